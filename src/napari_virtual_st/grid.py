@@ -1,0 +1,313 @@
+"""``SpotGrid``: where the spots (or tiles) are on a slide.
+
+Kinds of grid:
+
+- ``visium``: hexagonal lattice, 55 µm spots, 100 µm between neighbouring centres. Lattice
+  indices follow Space Ranger's ``array_row`` / ``array_col`` convention: rows are
+  100·√3/2 µm apart and ``array_col`` steps by 2 along a row, odd rows shifted by one.
+- ``st``: legacy Spatial Transcriptomics square lattice, 100 µm spots, 200 µm pitch.
+- ``dense``: square tiles covering the tissue, pitch = tile size minus the overlap.
+- ``explicit``: centres given by the caller (e.g. the measured spots of a Visium run).
+
+All centres are level-0 pixels, (x, y) order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from napari_virtual_st.errors import ParameterError
+from napari_virtual_st.tissue import TissueMask
+
+GridKind = Literal["visium", "st", "dense", "explicit"]
+
+VISIUM_SPOT_UM = 55.0
+VISIUM_PITCH_UM = 100.0
+ST_SPOT_UM = 100.0
+ST_PITCH_UM = 200.0
+
+
+@dataclass(frozen=True, eq=False)
+class SpotGrid:
+    """Spot centres on a slide, with their lattice indices.
+
+    Attributes
+    ----------
+    kind
+        ``"visium"``, ``"st"``, ``"dense"`` or ``"explicit"``.
+    xy_level0_px
+        ``(n, 2)`` float64 spot centres, (x, y) level-0 pixels.
+    lattice_rc
+        ``(n, 2)`` int32 lattice indices (row, col); for ``visium`` these are Space Ranger's
+        ``array_row``/``array_col``.
+    spot_diameter_um
+        Diameter (or tile side, for ``dense``) of a spot in µm.
+    pitch_um
+        Centre-to-centre distance of neighbouring spots in µm (0 for ``explicit``).
+    mpp
+        µm per level-0 pixel of the slide the grid was laid on.
+    spot_ids
+        Optional names of the spots (barcodes for measured data); default ``"r_c"``.
+    """
+
+    kind: GridKind
+    xy_level0_px: NDArray[np.float64]
+    lattice_rc: NDArray[np.int32]
+    spot_diameter_um: float
+    pitch_um: float
+    mpp: float
+    spot_ids: tuple[str, ...] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        xy = np.ascontiguousarray(self.xy_level0_px, dtype=np.float64).reshape(-1, 2)
+        rc = np.ascontiguousarray(self.lattice_rc, dtype=np.int32).reshape(-1, 2)
+        if len(xy) != len(rc):
+            raise ParameterError("a grid needs one lattice index per spot")
+        if self.spot_ids is not None and len(self.spot_ids) != len(xy):
+            raise ParameterError("a grid needs one id per spot")
+        object.__setattr__(self, "xy_level0_px", xy)
+        object.__setattr__(self, "lattice_rc", rc)
+
+    def __len__(self) -> int:
+        return len(self.xy_level0_px)
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def visium(
+        cls,
+        slide_dimensions: tuple[int, int],
+        mpp: float,
+        *,
+        origin_um: tuple[float, float] = (0.0, 0.0),
+    ) -> SpotGrid:
+        """Hexagonal Visium lattice (55 µm spots, 100 µm pitch) covering the whole slide.
+
+        Parameters
+        ----------
+        slide_dimensions
+            (width, height) of level 0 in pixels.
+        mpp
+            µm per level-0 pixel.
+        origin_um
+            (x, y) offset of the first spot centre from the half-pitch margin, in µm.
+        """
+        return cls.hexagonal(
+            slide_dimensions,
+            mpp,
+            VISIUM_SPOT_UM,
+            VISIUM_PITCH_UM,
+            origin_um=origin_um,
+            kind="visium",
+        )
+
+    @classmethod
+    def hexagonal(
+        cls,
+        slide_dimensions: tuple[int, int],
+        mpp: float,
+        spot_diameter_um: float,
+        pitch_um: float,
+        *,
+        origin_um: tuple[float, float] = (0.0, 0.0),
+        kind: GridKind = "visium",
+    ) -> SpotGrid:
+        """A hexagonal lattice with any spot size and pitch (see :meth:`visium`)."""
+        _check_geometry(mpp, spot_diameter_um, pitch_um)
+        width_um, height_um = slide_dimensions[0] * mpp, slide_dimensions[1] * mpp
+        row_step = pitch_um * np.sqrt(3.0) / 2.0
+        x_first = pitch_um / 2 + origin_um[0]
+        y_first = pitch_um / 2 + origin_um[1]
+        n_rows = int(np.floor((height_um - y_first) / row_step)) + 1 if height_um > y_first else 0
+        xs, ys, rows, cols = [], [], [], []
+        for r in range(n_rows):
+            shift = pitch_um / 2 if r % 2 else 0.0
+            n_cols = (
+                int(np.floor((width_um - x_first - shift) / pitch_um)) + 1
+                if width_um > x_first + shift
+                else 0
+            )
+            i = np.arange(n_cols)
+            xs.append(x_first + shift + i * pitch_um)
+            ys.append(np.full(n_cols, y_first + r * row_step))
+            rows.append(np.full(n_cols, r))
+            cols.append(2 * i + (r % 2))
+        xy_um = np.stack([np.concatenate(xs or [[]]), np.concatenate(ys or [[]])], axis=1)
+        rc = np.stack([np.concatenate(rows or [[]]), np.concatenate(cols or [[]])], axis=1)
+        return cls(
+            kind=kind,
+            xy_level0_px=xy_um / mpp,
+            lattice_rc=rc,
+            spot_diameter_um=spot_diameter_um,
+            pitch_um=pitch_um,
+            mpp=mpp,
+            params={"origin_um": list(origin_um)},
+        )
+
+    @classmethod
+    def legacy_st(
+        cls,
+        slide_dimensions: tuple[int, int],
+        mpp: float,
+        *,
+        origin_um: tuple[float, float] = (0.0, 0.0),
+    ) -> SpotGrid:
+        """Square legacy-ST lattice (100 µm spots, 200 µm pitch) covering the whole slide."""
+        return cls.square(
+            slide_dimensions, mpp, ST_SPOT_UM, ST_PITCH_UM, origin_um=origin_um, kind="st"
+        )
+
+    @classmethod
+    def dense(
+        cls,
+        slide_dimensions: tuple[int, int],
+        mpp: float,
+        tile_um: float,
+        *,
+        overlap_um: float = 0.0,
+    ) -> SpotGrid:
+        """Square tiles of ``tile_um`` side covering the slide, ``overlap_um`` shared by neighbours."""
+        if not 0 <= overlap_um < tile_um:
+            raise ParameterError(
+                f"tile overlap must be at least 0 and less than the tile size ({tile_um} µm); got {overlap_um}"
+            )
+        grid = cls.square(
+            slide_dimensions,
+            mpp,
+            tile_um,
+            tile_um - overlap_um,
+            kind="dense",
+            first_um=tile_um / 2,
+        )
+        grid.params["overlap_um"] = overlap_um
+        return grid
+
+    @classmethod
+    def square(
+        cls,
+        slide_dimensions: tuple[int, int],
+        mpp: float,
+        spot_diameter_um: float,
+        pitch_um: float,
+        *,
+        origin_um: tuple[float, float] = (0.0, 0.0),
+        kind: GridKind = "st",
+        first_um: float | None = None,
+    ) -> SpotGrid:
+        """A square lattice with any spot size and pitch."""
+        _check_geometry(mpp, spot_diameter_um, pitch_um)
+        width_um, height_um = slide_dimensions[0] * mpp, slide_dimensions[1] * mpp
+        first = pitch_um / 2 if first_um is None else first_um
+        x_first, y_first = first + origin_um[0], first + origin_um[1]
+        n_cols = int(np.floor((width_um - x_first) / pitch_um)) + 1 if width_um >= x_first else 0
+        n_rows = int(np.floor((height_um - y_first) / pitch_um)) + 1 if height_um >= y_first else 0
+        rr, cc = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
+        rc = np.stack([rr.ravel(), cc.ravel()], axis=1)
+        xy_um = np.stack([x_first + rc[:, 1] * pitch_um, y_first + rc[:, 0] * pitch_um], axis=1)
+        return cls(
+            kind=kind,
+            xy_level0_px=xy_um.astype(np.float64) / mpp,
+            lattice_rc=rc,
+            spot_diameter_um=spot_diameter_um,
+            pitch_um=pitch_um,
+            mpp=mpp,
+            params={"origin_um": list(origin_um)},
+        )
+
+    @classmethod
+    def from_coordinates(
+        cls,
+        xy_level0_px: ArrayLike,
+        mpp: float,
+        spot_diameter_um: float,
+        *,
+        lattice_rc: ArrayLike | None = None,
+        spot_ids: list[str] | tuple[str, ...] | None = None,
+    ) -> SpotGrid:
+        """A grid of explicit spot centres (e.g. measured Visium spots in level-0 px)."""
+        xy = np.asarray(xy_level0_px, dtype=np.float64).reshape(-1, 2)
+        if not np.isfinite(xy).all():
+            raise ParameterError("spot coordinates must be finite numbers")
+        _check_geometry(mpp, spot_diameter_um, spot_diameter_um)
+        rc = np.full((len(xy), 2), -1, np.int32) if lattice_rc is None else np.asarray(lattice_rc)
+        return cls(
+            kind="explicit",
+            xy_level0_px=xy,
+            lattice_rc=rc,
+            spot_diameter_um=spot_diameter_um,
+            pitch_um=0.0,
+            mpp=mpp,
+            spot_ids=None if spot_ids is None else tuple(str(s) for s in spot_ids),
+        )
+
+    # -- filtering --------------------------------------------------------------------------
+    def subset(self, keep: ArrayLike) -> SpotGrid:
+        """The grid restricted to a boolean mask or index array over its spots."""
+        keep = np.asarray(keep)
+        ids = (
+            None if self.spot_ids is None else tuple(np.asarray(self.spot_ids, dtype=object)[keep])
+        )
+        return SpotGrid(
+            kind=self.kind,
+            xy_level0_px=self.xy_level0_px[keep],
+            lattice_rc=self.lattice_rc[keep],
+            spot_diameter_um=self.spot_diameter_um,
+            pitch_um=self.pitch_um,
+            mpp=self.mpp,
+            spot_ids=ids,
+            params=dict(self.params),
+        )
+
+    def tissue_fractions(self, tissue: TissueMask) -> NDArray[np.float64]:
+        """Fraction of each spot's footprint (square of the spot diameter) that is tissue."""
+        return tissue.fraction_in_squares(self.xy_level0_px, self.spot_diameter_um / self.mpp)
+
+    def filter_tissue(self, tissue: TissueMask, min_fraction: float = 0.5) -> SpotGrid:
+        """Drop spots with less than ``min_fraction`` of tissue under them."""
+        if not 0.0 <= min_fraction <= 1.0:
+            raise ParameterError(
+                f"tissue fraction threshold must be between 0 and 1; got {min_fraction}"
+            )
+        grid = self.subset(self.tissue_fractions(tissue) >= min_fraction)
+        grid.params["min_tissue_fraction"] = float(min_fraction)
+        return grid
+
+    # -- identity ---------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly parameters (for provenance), without the coordinates."""
+        return {
+            "kind": self.kind,
+            "n_spots": len(self),
+            "spot_diameter_um": self.spot_diameter_um,
+            "pitch_um": self.pitch_um,
+            "mpp": self.mpp,
+            "params": self.params,
+            "fingerprint": self.fingerprint,
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the spot centres, lattice indices and ids."""
+        digest = hashlib.sha256()
+        digest.update(np.round(self.xy_level0_px, 6).tobytes())
+        digest.update(self.lattice_rc.tobytes())
+        digest.update(json.dumps([self.kind, self.spot_diameter_um, self.pitch_um]).encode())
+        if self.spot_ids is not None:
+            digest.update("\n".join(self.spot_ids).encode())
+        return digest.hexdigest()[:32]
+
+
+def _check_geometry(mpp: float, spot_diameter_um: float, pitch_um: float) -> None:
+    for name, value in (
+        ("µm/px", mpp),
+        ("spot diameter (µm)", spot_diameter_um),
+        ("pitch (µm)", pitch_um),
+    ):
+        if not (np.isfinite(value) and value > 0):
+            raise ParameterError(f"{name} must be a positive number; got {value}")

@@ -1,0 +1,278 @@
+"""``predict_slide``: a slide, a grid and a model in; a finished prediction store out.
+
+Tiles are read by a small thread pool (OpenSlide, tifffile and Pillow release the GIL)
+while ONNX Runtime computes the previous batch; at most ``prefetch`` batches of tiles are
+in memory at once, whatever the slide size. Each batch is one store chunk: it is written,
+then marked done, so a cancelled, crashed or killed run resumes where it stopped and ends
+bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from napari_virtual_st.errors import CancelledError, ParameterError, VirtualSTError
+from napari_virtual_st.grid import SpotGrid
+from napari_virtual_st.predictor import Predictor
+from napari_virtual_st.slide import Slide
+from napari_virtual_st.store import PredictionStore
+from napari_virtual_st.tissue import TissueMask, detect_tissue
+
+GridChoice = Literal["visium", "st", "dense"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run stands, reported after every batch.
+
+    Attributes
+    ----------
+    spots_done, spots_total
+        Spots predicted so far (including those from an earlier, resumed run) and in all.
+    chunk, spots
+        The chunk just written and its spot range (``None`` for the initial report).
+    elapsed_s
+        Seconds since this run started.
+    tiles_per_s
+        Spots predicted per second in this run.
+    """
+
+    spots_done: int
+    spots_total: int
+    chunk: int | None
+    spots: slice | None
+    elapsed_s: float
+    tiles_per_s: float
+
+    @property
+    def fraction(self) -> float:
+        """Share of spots done, 0..1."""
+        return self.spots_done / self.spots_total if self.spots_total else 1.0
+
+
+ProgressCallback = Callable[[Progress], None]
+CancelCheck = Callable[[], bool]
+
+
+def build_grid(
+    slide: Slide,
+    kind: GridChoice,
+    *,
+    tile_um: float,
+    min_tissue_fraction: float = 0.5,
+    overlap_um: float = 0.0,
+    tissue: TissueMask | None = None,
+) -> SpotGrid:
+    """Lay a grid of ``kind`` over the slide and keep the spots on tissue.
+
+    Parameters
+    ----------
+    slide
+        The slide (its µm/px must be known).
+    kind
+        ``"visium"`` (hexagonal, 55 µm spots, 100 µm pitch), ``"st"`` (square, 100 µm spots,
+        200 µm pitch) or ``"dense"`` (tiles of ``tile_um`` side).
+    tile_um
+        Side of a dense tile (normally the model's ``tile_um``).
+    min_tissue_fraction
+        Spots with less tissue than this under them are dropped (0 keeps all).
+    overlap_um
+        Overlap between dense tiles.
+    tissue
+        A precomputed tissue mask; detected from the thumbnail when omitted.
+    """
+    mpp = slide.mpp
+    if kind == "visium":
+        grid = SpotGrid.visium(slide.dimensions, mpp)
+    elif kind == "st":
+        grid = SpotGrid.legacy_st(slide.dimensions, mpp)
+    elif kind == "dense":
+        grid = SpotGrid.dense(slide.dimensions, mpp, tile_um, overlap_um=overlap_um)
+    else:
+        raise ParameterError(f"grid must be visium, st or dense; got {kind!r}")
+    if min_tissue_fraction > 0:
+        grid = grid.filter_tissue(
+            tissue if tissue is not None else detect_tissue(slide), min_tissue_fraction
+        )
+    return grid
+
+
+def predict_slide(
+    slide: Slide,
+    predictor: Predictor,
+    grid: SpotGrid,
+    store_path: str | Path,
+    *,
+    batch_size: int = 32,
+    read_threads: int = 2,
+    prefetch: int = 4,
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+    overwrite: bool = False,
+) -> PredictionStore:
+    """Predict every spot of ``grid`` and write the results to a store.
+
+    If ``store_path`` holds an unfinished run of the same slide, model and grid, only the
+    missing chunks are computed (its batch size is kept). A finished store is returned
+    at once.
+
+    Parameters
+    ----------
+    slide, predictor, grid
+        What to predict, with what, where.
+    store_path
+        The ``.vst.zarr`` folder to write (or resume).
+    batch_size
+        Tiles per model call and per store chunk (new stores only).
+    read_threads
+        Threads reading tiles.
+    prefetch
+        Batches of tiles read ahead of the model (bounds memory).
+    progress
+        Called after every batch with a :class:`Progress`.
+    should_cancel
+        Polled before every batch; returning ``True`` stops the run (finished batches are kept).
+    overwrite
+        Discard an existing store at ``store_path`` (even one from another slide or model).
+
+    Returns
+    -------
+    PredictionStore
+
+    Raises
+    ------
+    CancelledError
+        When ``should_cancel`` asked to stop; the store keeps what was done.
+    StoreMismatchError
+        When ``store_path`` holds a run of a different slide, model or grid.
+    """
+    if batch_size < 1 or read_threads < 1 or prefetch < 1:
+        raise ParameterError("batch size, read threads and prefetch must each be at least 1")
+    if predictor.fixed_batch_size is not None:
+        batch_size = predictor.fixed_batch_size
+    store_path = Path(store_path)
+    info = predictor.info
+    _ = slide.mpp  # fail early, with the clear message, when the resolution is unknown
+    if store_path.exists() and not overwrite:
+        store = PredictionStore.open(store_path, mode="r+")
+        store.check_matches(
+            slide_fingerprint=slide.fingerprint,
+            model_sha256=info.sha256,
+            grid=grid,
+            slide_name=slide.path.name,
+            model_name=predictor.path.name,
+        )
+    else:
+        store = PredictionStore.create(
+            store_path,
+            grid=grid,
+            genes=info.genes,
+            with_variance="variance" in info.outputs,
+            chunk_spots=batch_size,
+            provenance=_provenance(slide, predictor),
+            overwrite=overwrite,
+        )
+    pending = [c for c, finished in enumerate(store.done_chunks()) if not finished]
+    total = store.n_spots
+    done_spots = total - sum(
+        store.chunk_slice(c).stop - store.chunk_slice(c).start for c in pending
+    )
+    start = time.perf_counter()
+    if progress is not None:
+        progress(Progress(done_spots, total, None, None, 0.0, 0.0))
+    if not pending:
+        return store
+
+    xy = grid.xy_level0_px
+    tile_px, tile_um = info.tile_px, info.tile_um
+
+    def read_chunk(chunk: int) -> NDArray[np.uint8]:
+        sl = store.chunk_slice(chunk)
+        tiles = np.empty((sl.stop - sl.start, tile_px, tile_px, 3), np.uint8)
+        for i, (x, y) in enumerate(xy[sl]):
+            tiles[i] = slide.read_tile((x, y), tile_px, tile_um)
+        return tiles
+
+    store.set_status("running")
+    new_spots = 0
+    queue: collections.deque[tuple[int, Future[NDArray[np.uint8]]]] = collections.deque()
+    todo = iter(pending)
+    with ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="vst-read") as pool:
+        try:
+            for chunk in todo:
+                queue.append((chunk, pool.submit(read_chunk, chunk)))
+                if len(queue) >= prefetch:
+                    break
+            while queue:
+                if should_cancel is not None and should_cancel():
+                    raise CancelledError(
+                        f"cancelled: {done_spots} of {total} spots are saved in {store_path.name}; "
+                        "run again to resume"
+                    )
+                chunk, future = queue.popleft()
+                tiles = future.result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    queue.append((nxt, pool.submit(read_chunk, nxt)))
+                sl = store.chunk_slice(chunk)
+                result = predictor.predict(tiles, spot_index=np.arange(sl.start, sl.stop))
+                store.write_chunk(chunk, result.expression, result.variance)
+                done_spots += sl.stop - sl.start
+                new_spots += sl.stop - sl.start
+                if progress is not None:
+                    elapsed = time.perf_counter() - start
+                    progress(
+                        Progress(
+                            done_spots, total, chunk, sl, elapsed, new_spots / max(elapsed, 1e-9)
+                        )
+                    )
+        except BaseException as exc:
+            for _, future in queue:
+                future.cancel()
+            status = (
+                "cancelled" if isinstance(exc, (CancelledError, KeyboardInterrupt)) else "failed"
+            )
+            message = (
+                str(exc) if isinstance(exc, VirtualSTError) else f"{type(exc).__name__}: {exc}"
+            )
+            store.set_status(status, error=message, spots_done=done_spots)
+            raise
+    elapsed = time.perf_counter() - start
+    store.set_status(
+        "complete",
+        spots_done=done_spots,
+        last_run_seconds=round(elapsed, 3),
+        last_run_tiles_per_s=round(new_spots / max(elapsed, 1e-9), 2),
+    )
+    return store
+
+
+def _provenance(slide: Slide, predictor: Predictor) -> dict[str, Any]:
+    from napari_virtual_st import __version__
+
+    info = predictor.info
+    return {
+        "slide": slide.describe(),
+        "model": {
+            "file": predictor.path.name,
+            "sha256": info.sha256,
+            "family": info.family,
+            "tile_px": info.tile_px,
+            "tile_um": info.tile_um,
+            "target": info.target,
+            "metadata": dict(info.metadata),
+            "providers": predictor.providers,
+        },
+        "software": {"napari_virtual_st": __version__, "onnxruntime": ort.__version__},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

@@ -1,0 +1,385 @@
+"""``Slide``: one whole-slide image, whatever its format, in one frame.
+
+Every format reaches the engine through the same small surface: levels and downsamples,
+µm/px, a thumbnail, lazy per-level arrays (for napari), and :meth:`Slide.read_region`, which
+reads at a requested µm/px from the coarsest level that still has enough resolution.
+
+Backends: OpenSlide (vendor formats), tifffile (OME / generic pyramidal TIFF), Pillow
+(PNG/JPEG). Coordinates passed in and out are level-0 pixels, (x, y) order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from napari_virtual_st._backends import (
+    SlideBackend,
+    image_backend,
+    openslide_backend,
+    plausible_mpp,
+)
+from napari_virtual_st.errors import MissingResolutionError, ParameterError, SlideError
+
+#: A level may serve a request if its resolution is at most this much coarser than asked
+#: (vendor downsamples such as 4.0003 would otherwise push reads onto a finer level).
+LEVEL_TOLERANCE = 0.01
+
+_TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf", ".tf8", ".qptiff")
+
+
+def _open_backend(path: Path) -> SlideBackend:
+    from napari_virtual_st._backends.tiff_backend import TiffBackend
+
+    name = path.name.lower()
+    if name.endswith(image_backend.SUFFIXES):
+        return image_backend.ImageBackend(path)
+    if name.endswith((".ome.tif", ".ome.tiff")):
+        return TiffBackend(path)
+    vendor = openslide_backend.detect(path)
+    if vendor is not None and vendor != "generic-tiff":
+        return openslide_backend.OpenSlideBackend(path)
+    if vendor == "generic-tiff" or name.endswith(_TIFF_SUFFIXES):
+        return TiffBackend(path)
+    raise SlideError(
+        f"{path.name} is not a slide format this tool reads "
+        "(OpenSlide formats, OME/pyramidal TIFF, PNG or JPEG)"
+    )
+
+
+class Slide:
+    """A whole-slide image opened for reading.
+
+    Parameters
+    ----------
+    path
+        Slide file (any OpenSlide format, OME/generic TIFF, PNG or JPEG).
+    mpp
+        Micrometres per level-0 pixel. Overrides the file's own value; required when the
+        file has none.
+
+    Raises
+    ------
+    SlideError
+        If the file is missing, unreadable or not a slide.
+    ParameterError
+        If ``mpp`` is not a positive, finite number.
+
+    Examples
+    --------
+    >>> with Slide("CMU-1-Small-Region.svs") as slide:  # doctest: +SKIP
+    ...     tile = slide.read_region((1000, 1000), (224, 224), mpp=0.5)
+    """
+
+    def __init__(self, path: str | Path, mpp: float | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise SlideError(f"slide file not found: {self.path}")
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            raise SlideError(f"{self.path.name} is an empty file")
+        if mpp is not None and plausible_mpp(mpp) is None:
+            raise ParameterError(
+                f"µm/px must be a positive number up to 20 (a microscope resolution); got {mpp}"
+            )
+        self._backend = _open_backend(self.path)
+        self._mpp_override = None if mpp is None else float(mpp)
+        self._fingerprint: str | None = None
+
+    # -- description ------------------------------------------------------------------------
+    @property
+    def format(self) -> str:
+        """Short name of the file format (``"aperio"``, ``"hamamatsu"``, ``"ome-tiff"``, ...)."""
+        return self._backend.format_name
+
+    @property
+    def level_count(self) -> int:
+        """Number of pyramid levels."""
+        return len(self._backend.level_dimensions)
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        """(width, height) in pixels of every level, finest first."""
+        return self._backend.level_dimensions
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        """Downsample factor of every level relative to level 0."""
+        return self._backend.level_downsamples
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """(width, height) of level 0 in pixels."""
+        return self._backend.level_dimensions[0]
+
+    @property
+    def properties(self) -> Mapping[str, str]:
+        """Vendor metadata of the file."""
+        return self._backend.properties
+
+    @property
+    def mpp_source(self) -> str | None:
+        """Where :attr:`mpp` comes from: ``"override"``, ``"metadata"`` or ``None`` (unknown)."""
+        if self._mpp_override is not None:
+            return "override"
+        return "metadata" if self._backend.metadata_mpp is not None else None
+
+    @property
+    def mpp_or_none(self) -> float | None:
+        """Micrometres per level-0 pixel, or ``None`` when unknown."""
+        if self._mpp_override is not None:
+            return self._mpp_override
+        return self._backend.metadata_mpp
+
+    @property
+    def mpp(self) -> float:
+        """Micrometres per level-0 pixel.
+
+        Raises
+        ------
+        MissingResolutionError
+            If the file records no resolution and none was given when opening it.
+        """
+        value = self.mpp_or_none
+        if value is None:
+            raise MissingResolutionError(
+                f"{self.path.name} does not record its resolution (µm per pixel); "
+                "give it explicitly, e.g. --mpp 0.5 for a 20× scan"
+            )
+        return value
+
+    # -- reading ----------------------------------------------------------------------------
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """Coarsest level whose downsample does not exceed ``downsample`` (within 1 %)."""
+        best = 0
+        for level, ds in enumerate(self.level_downsamples):
+            if ds <= downsample * (1.0 + LEVEL_TOLERANCE) and ds > self.level_downsamples[best]:
+                best = level
+        return best
+
+    def level_for_mpp(self, mpp: float) -> int:
+        """Coarsest level that still resolves ``mpp`` µm/px."""
+        return self.best_level_for_downsample(mpp / self.mpp)
+
+    def read_region(
+        self,
+        xy_level0_px: tuple[float, float],
+        size_px: tuple[int, int],
+        mpp: float | None = None,
+    ) -> NDArray[np.uint8]:
+        """Read a region resampled to ``mpp`` µm/px.
+
+        Parameters
+        ----------
+        xy_level0_px
+            Top-left corner of the region, (x, y) level-0 pixels (may be fractional or
+            outside the slide; outside is white).
+        size_px
+            (width, height) of the returned image in output pixels.
+        mpp
+            Output resolution in µm/px; the slide's own level-0 resolution when omitted.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(height, width, 3)`` uint8 RGB (transparency composited on white).
+        """
+        downsample = 1.0 if mpp is None else float(mpp) / self.mpp
+        return self.read_region_downsampled(xy_level0_px, size_px, downsample)
+
+    def read_region_downsampled(
+        self,
+        xy_level0_px: tuple[float, float],
+        size_px: tuple[int, int],
+        downsample: float,
+    ) -> NDArray[np.uint8]:
+        """Like :meth:`read_region`, with the output scale given as a downsample of level 0."""
+        width, height = int(size_px[0]), int(size_px[1])
+        if width <= 0 or height <= 0:
+            raise ParameterError(f"region size must be positive; got {size_px}")
+        if not (math.isfinite(downsample) and downsample > 0):
+            raise ParameterError(f"downsample must be positive; got {downsample}")
+        level = self.best_level_for_downsample(downsample)
+        level_ds = self.level_downsamples[level]
+        factor = downsample / level_ds  # output pixel size in level pixels
+        fx = xy_level0_px[0] / level_ds
+        fy = xy_level0_px[1] / level_ds
+        if abs(factor - 1.0) < 1e-9 and fx == int(fx) and fy == int(fy):
+            return self._backend.read_level_region(level, int(fx), int(fy), width, height)
+        x0, y0 = math.floor(fx), math.floor(fy)
+        x1 = math.ceil(fx + width * factor) + 1
+        y1 = math.ceil(fy + height * factor) + 1
+        region = self._backend.read_level_region(level, x0, y0, x1 - x0, y1 - y0)
+        box = (fx - x0, fy - y0, fx - x0 + width * factor, fy - y0 + height * factor)
+        resized = Image.fromarray(region).resize(
+            (width, height), Image.Resampling.BILINEAR, box=box
+        )
+        return np.asarray(resized)
+
+    def read_tile(
+        self, center_xy_level0_px: tuple[float, float], tile_px: int, tile_um: float
+    ) -> NDArray[np.uint8]:
+        """Read a square tile of ``tile_um`` µm side, centred on a level-0 point, as ``tile_px`` px."""
+        side_level0 = tile_um / self.mpp
+        corner = (
+            center_xy_level0_px[0] - side_level0 / 2,
+            center_xy_level0_px[1] - side_level0 / 2,
+        )
+        return self.read_region_downsampled(corner, (tile_px, tile_px), side_level0 / tile_px)
+
+    def thumbnail(self, max_px: int = 2048) -> NDArray[np.uint8]:
+        """The whole slide as RGB, its longer side at most ``max_px`` pixels."""
+        if max_px <= 0:
+            raise ParameterError(f"thumbnail size must be positive; got {max_px}")
+        w0, h0 = self.dimensions
+        downsample = max(max(w0, h0) / max_px, 1.0)
+        size = (max(1, round(w0 / downsample)), max(1, round(h0 / downsample)))
+        return self.read_region_downsampled((0, 0), size, downsample)
+
+    def level_array(self, level: int) -> LevelArray:
+        """A lazy, array-like view of one level (reads only what is indexed)."""
+        if not 0 <= level < self.level_count:
+            raise ParameterError(f"level must be in 0..{self.level_count - 1}; got {level}")
+        return LevelArray(self._backend, level)
+
+    def level_arrays(self) -> list[LevelArray]:
+        """Lazy arrays of every level, finest first (a napari multiscale image)."""
+        return [self.level_array(level) for level in range(self.level_count)]
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of the file (size, head and tail bytes, geometry); path-independent."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            main = self.path if self.path.is_file() else _largest_file(self.path)
+            size = main.stat().st_size
+            digest.update(str(size).encode())
+            with main.open("rb") as fh:
+                digest.update(fh.read(1 << 20))
+                if size > 2 << 20:
+                    fh.seek(size - (1 << 20))
+                    digest.update(fh.read(1 << 20))
+            digest.update(repr(self.level_dimensions).encode())
+            self._fingerprint = digest.hexdigest()[:32]
+        return self._fingerprint
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-friendly summary (format, levels, µm/px) for provenance and ``info``."""
+        return {
+            "path": str(self.path),
+            "name": self.path.name,
+            "format": self.format,
+            "dimensions": list(self.dimensions),
+            "level_count": self.level_count,
+            "level_dimensions": [list(d) for d in self.level_dimensions],
+            "level_downsamples": list(self.level_downsamples),
+            "mpp": self.mpp_or_none,
+            "mpp_source": self.mpp_source,
+            "fingerprint": self.fingerprint,
+        }
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the file."""
+        self._backend.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        return f"Slide({self.path.name!r}, {self.format}, {w}×{h} px, {self.level_count} levels)"
+
+
+class LevelArray:
+    """Array-like ``(height, width, 3)`` uint8 view of one slide level, read on indexing.
+
+    napari and NumPy need only ``shape``, ``dtype``, ``ndim`` and ``__getitem__``; nothing is
+    read until a slice is asked for.
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 3
+
+    def __init__(self, backend: SlideBackend, level: int) -> None:
+        self._backend = backend
+        self.level = level
+        w, h = backend.level_dimensions[level]
+        self.shape = (h, w, 3)
+        self.chunks = (backend.level_tile_sizes[level][1], backend.level_tile_sizes[level][0], 3)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: object) -> NDArray[np.uint8]:
+        if not isinstance(key, tuple):
+            key = (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:i] + (slice(None),) * (3 - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (3 - len(key))
+        rows, cols, chans = key
+        h, w = self.shape[:2]
+        row_slice = (
+            rows if isinstance(rows, slice) else slice(_index(rows, h), _index(rows, h) + 1)
+        )
+        col_slice = (
+            cols if isinstance(cols, slice) else slice(_index(cols, w), _index(cols, w) + 1)
+        )
+        y0, y1, ys = row_slice.indices(h)
+        x0, x1, xs = col_slice.indices(w)
+        if y1 <= y0 or x1 <= x0:
+            block = np.empty((max(0, y1 - y0), max(0, x1 - x0), 3), np.uint8)
+        else:
+            block = self._backend.read_level_region(self.level, x0, y0, x1 - x0, y1 - y0)
+        block = block[::ys, ::xs]
+        if not isinstance(rows, slice):
+            block = block[0]
+            if not isinstance(cols, slice):
+                return block[0][chans]
+            return block[:, chans]
+        if not isinstance(cols, slice):
+            return block[:, 0][:, chans]
+        return block[:, :, chans]
+
+    def __array__(self, dtype: object = None, copy: object = None) -> NDArray[np.uint8]:
+        full = self[:, :, :]
+        return full if dtype is None else full.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"LevelArray(level={self.level}, shape={self.shape})"
+
+
+def _index(i: object, n: int) -> int:
+    i = int(i)  # type: ignore[call-overload]
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(f"index {i} out of range for size {n}")
+    return i
+
+
+def _largest_file(folder: Path) -> Path:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if not files:
+        raise SlideError(f"{folder} contains no files")
+    return max(files, key=lambda p: p.stat().st_size)

@@ -1,0 +1,327 @@
+"""``PredictionStore``: predictions of one slide on disk, written chunk by chunk.
+
+Layout of ``<name>.vst.zarr`` (zarr v3)::
+
+    expression    (n_spots, G) float32, NaN until predicted, chunked along spots
+    variance      (n_spots, G) float32, when the model provides it
+    xy_level0_px  (n_spots, 2) float64 spot centres, (x, y) level-0 pixels
+    lattice_rc    (n_spots, 2) int32 lattice indices (row, col)
+    done          (n_spots,)   bool, set after a chunk's values are on disk
+    attrs         genes, model metadata, grid parameters, slide fingerprint, spot ids
+
+A chunk's values are written before its ``done`` flags, and zarr writes each chunk file
+atomically, so a cancelled or killed run leaves a store that resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from numpy.typing import NDArray
+
+from napari_virtual_st.errors import ParameterError, StoreError, StoreMismatchError
+from napari_virtual_st.grid import SpotGrid
+
+STORE_FORMAT = "napari-virtual-st/prediction-store"
+STORE_VERSION = 1
+
+
+class PredictionStore:
+    """Predicted expression of the spots of one slide, on disk.
+
+    Use :meth:`create` for a new store and :meth:`open` for an existing one.
+    """
+
+    def __init__(self, path: Path, group: zarr.Group) -> None:
+        self.path = path
+        self._group = group
+        attrs = dict(group.attrs)
+        if attrs.get("format") != STORE_FORMAT:
+            raise StoreError(f"{path} is not a napari-virtual-st prediction store")
+        self.attrs: dict[str, Any] = attrs
+        self.genes: tuple[str, ...] = tuple(attrs["genes"])
+        self.chunk_spots: int = int(attrs["chunk_spots"])
+
+    # -- creation / opening ---------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        grid: SpotGrid,
+        genes: Sequence[str],
+        with_variance: bool = False,
+        chunk_spots: int = 64,
+        provenance: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> PredictionStore:
+        """Create an empty store for ``grid`` (atomically: it appears complete or not at all).
+
+        Parameters
+        ----------
+        path
+            Folder to create, conventionally ``<name>.vst.zarr``.
+        grid
+            The spots to be predicted.
+        genes
+            Gene names in model output order.
+        with_variance
+            Also allocate a ``variance`` array.
+        chunk_spots
+            Spots per chunk: the unit of writing, of resuming, and of batching.
+        provenance
+            JSON-friendly record (model metadata, slide, grid, software) kept in ``attrs``.
+        overwrite
+            Replace an existing store at ``path``.
+        """
+        path = Path(path)
+        if chunk_spots < 1:
+            raise ParameterError(f"chunk size must be at least 1 spot; got {chunk_spots}")
+        if len(grid) == 0:
+            raise ParameterError("the grid has no spots to predict (no tissue found?)")
+        if path.exists() and not overwrite:
+            raise StoreError(f"{path} already exists")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        n, g = len(grid), len(genes)
+        try:
+            root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+            root.create_array(
+                "expression",
+                shape=(n, g),
+                chunks=(chunk_spots, g),
+                dtype="float32",
+                fill_value=np.nan,
+            )
+            if with_variance:
+                root.create_array(
+                    "variance",
+                    shape=(n, g),
+                    chunks=(chunk_spots, g),
+                    dtype="float32",
+                    fill_value=np.nan,
+                )
+            xy = root.create_array(
+                "xy_level0_px", shape=(n, 2), chunks=(max(n, 1), 2), dtype="float64"
+            )
+            xy[:] = grid.xy_level0_px
+            rc = root.create_array(
+                "lattice_rc", shape=(n, 2), chunks=(max(n, 1), 2), dtype="int32"
+            )
+            rc[:] = grid.lattice_rc
+            root.create_array(
+                "done", shape=(n,), chunks=(chunk_spots,), dtype="bool", fill_value=False
+            )
+            root.attrs.update(
+                _jsonable(
+                    {
+                        "format": STORE_FORMAT,
+                        "format_version": STORE_VERSION,
+                        "genes": list(genes),
+                        "chunk_spots": chunk_spots,
+                        "n_spots": n,
+                        "grid": grid.describe(),
+                        "spot_ids": None if grid.spot_ids is None else list(grid.spot_ids),
+                        "status": "running",
+                        **(provenance or {}),
+                    }
+                )
+            )
+            if path.exists():
+                shutil.rmtree(path)
+            tmp.rename(path)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StoreError(f"cannot create the prediction store {path}: {exc}") from exc
+        return cls.open(path, mode="r+")
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> PredictionStore:
+        """Open an existing store (``mode="r"`` read-only, ``"r+"`` to continue writing)."""
+        path = Path(path)
+        if not path.exists():
+            raise StoreError(f"prediction store not found: {path}")
+        try:
+            group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+        except Exception as exc:  # zarr raises several types for foreign folders
+            raise StoreError(f"{path} is not a readable prediction store ({exc})") from exc
+        return cls(path, group)
+
+    def check_matches(
+        self,
+        *,
+        slide_fingerprint: str,
+        model_sha256: str,
+        grid: SpotGrid,
+        slide_name: str = "",
+        model_name: str = "",
+    ) -> None:
+        """Refuse to resume onto a different slide, model or grid.
+
+        Raises
+        ------
+        StoreMismatchError
+            Naming what differs.
+        """
+        slide = self.attrs.get("slide", {})
+        model = self.attrs.get("model", {})
+        where = f"{self.path.name} "
+        hint = "; choose another output or overwrite it"
+        if slide.get("fingerprint") != slide_fingerprint:
+            raise StoreMismatchError(
+                f"{where}holds predictions for a different slide ({slide.get('name', '?')}), not {slide_name or 'this one'}{hint}"
+            )
+        if model.get("sha256") != model_sha256:
+            raise StoreMismatchError(
+                f"{where}was made with a different model ({model.get('file', '?')}), not {model_name or 'this one'}{hint}"
+            )
+        if self.attrs.get("grid", {}).get("fingerprint") != grid.fingerprint:
+            raise StoreMismatchError(f"{where}was made with different spot grid settings{hint}")
+
+    # -- contents ---------------------------------------------------------------------------
+    @property
+    def n_spots(self) -> int:
+        """Number of spots."""
+        return int(self.attrs["n_spots"])
+
+    @property
+    def n_chunks(self) -> int:
+        """Number of chunks (units of work)."""
+        return -(-self.n_spots // self.chunk_spots)
+
+    def chunk_slice(self, chunk: int) -> slice:
+        """The spots of one chunk."""
+        start = chunk * self.chunk_spots
+        return slice(start, min(start + self.chunk_spots, self.n_spots))
+
+    @property
+    def has_variance(self) -> bool:
+        """Whether a variance array is stored."""
+        return "variance" in self._group
+
+    @property
+    def xy_level0_px(self) -> NDArray[np.float64]:
+        """``(n_spots, 2)`` spot centres, (x, y) level-0 pixels."""
+        return np.asarray(self._group["xy_level0_px"][:])
+
+    @property
+    def lattice_rc(self) -> NDArray[np.int32]:
+        """``(n_spots, 2)`` lattice indices (row, col)."""
+        return np.asarray(self._group["lattice_rc"][:])
+
+    @property
+    def spot_ids(self) -> list[str]:
+        """Spot names (barcodes when given, else ``"row_col"``)."""
+        ids = self.attrs.get("spot_ids")
+        if ids:
+            return list(ids)
+        return (
+            [f"{r}_{c}" for r, c in self.lattice_rc]
+            if (self.lattice_rc >= 0).all()
+            else [str(i) for i in range(self.n_spots)]
+        )
+
+    @property
+    def done(self) -> NDArray[np.bool_]:
+        """``(n_spots,)`` whether each spot has been predicted."""
+        return np.asarray(self._group["done"][:], dtype=bool)
+
+    def done_chunks(self) -> NDArray[np.bool_]:
+        """Whether each chunk is finished."""
+        done = self.done
+        return np.array(
+            [done[self.chunk_slice(c)].all() for c in range(self.n_chunks)], dtype=bool
+        )
+
+    @property
+    def is_complete(self) -> bool:
+        """Whether every spot has been predicted."""
+        return bool(self.done.all())
+
+    def expression(self, genes: Sequence[str] | None = None) -> NDArray[np.float32]:
+        """``(n_spots, G)`` predicted values (NaN where not yet predicted).
+
+        Parameters
+        ----------
+        genes
+            Restrict to these genes, in this order.
+        """
+        return self._read("expression", genes)
+
+    def variance(self, genes: Sequence[str] | None = None) -> NDArray[np.float32]:
+        """``(n_spots, G)`` predicted variance; raises if the model gave none."""
+        if not self.has_variance:
+            raise StoreError(f"{self.path.name} holds no variance (the model does not provide it)")
+        return self._read("variance", genes)
+
+    def gene_values(self, gene: str) -> NDArray[np.float32]:
+        """``(n_spots,)`` predicted values of one gene."""
+        return self.expression([gene])[:, 0]
+
+    def _read(self, name: str, genes: Sequence[str] | None) -> NDArray[np.float32]:
+        arr = self._group[name]
+        if genes is None:
+            return np.asarray(arr[:])
+        index = self.gene_index(genes)
+        data = np.asarray(arr[:])
+        return data[:, index]
+
+    def gene_index(self, genes: Sequence[str]) -> list[int]:
+        """Column indices of ``genes``; raises naming the first unknown gene."""
+        lookup = {g: i for i, g in enumerate(self.genes)}
+        missing = [g for g in genes if g not in lookup]
+        if missing:
+            raise ParameterError(f"gene {missing[0]!r} is not predicted by this model")
+        return [lookup[g] for g in genes]
+
+    # -- writing ----------------------------------------------------------------------------
+    def write_chunk(
+        self,
+        chunk: int,
+        expression: NDArray[np.float32],
+        variance: NDArray[np.float32] | None = None,
+    ) -> None:
+        """Write one chunk's predictions, then mark its spots done."""
+        sl = self.chunk_slice(chunk)
+        n = sl.stop - sl.start
+        if expression.shape != (n, len(self.genes)):
+            raise ParameterError(
+                f"chunk {chunk} needs expression of shape {(n, len(self.genes))}; got {expression.shape}"
+            )
+        self._group["expression"][sl] = expression
+        if self.has_variance:
+            if variance is None:
+                raise ParameterError("this store holds variance; the chunk has none")
+            self._group["variance"][sl] = variance
+        self._group["done"][sl] = True
+
+    def set_status(self, status: str, **extra: Any) -> None:
+        """Record the run status (``running``, ``cancelled``, ``complete``) and extras in attrs."""
+        update = _jsonable({"status": status, **extra})
+        self._group.attrs.update(update)
+        self.attrs.update(update)
+
+    def __repr__(self) -> str:
+        return f"PredictionStore({self.path.name!r}, spots={self.n_spots}, genes={len(self.genes)}, done={int(self.done.sum())})"
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through JSON so numpy scalars and tuples become plain types."""
+    return json.loads(json.dumps(value, default=_default))
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

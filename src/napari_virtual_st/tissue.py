@@ -1,0 +1,175 @@
+"""Tissue detection on a slide thumbnail.
+
+H&E tissue is coloured and absorbs light; glass is white/grey. Otsu's threshold on the
+HSV saturation, on the optical density, or on both (a pixel is tissue if either says so)
+separates them; objects and holes smaller than a physical area are then cleaned up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from skimage import filters, morphology
+
+from napari_virtual_st.errors import ParameterError
+
+if TYPE_CHECKING:
+    from napari_virtual_st.slide import Slide
+
+TissueMethod = Literal["saturation", "optical_density", "combined"]
+_METHODS = ("saturation", "optical_density", "combined")
+
+
+@dataclass(frozen=True)
+class TissueMask:
+    """A boolean tissue mask over the slide, at a coarse, known scale.
+
+    Attributes
+    ----------
+    mask
+        ``(rows, cols)`` boolean array; ``True`` is tissue.
+    downsample_xy
+        Level-0 pixels per mask pixel along x and y.
+    """
+
+    mask: NDArray[np.bool_]
+    downsample_xy: tuple[float, float]
+
+    @property
+    def tissue_fraction(self) -> float:
+        """Fraction of the slide covered by tissue."""
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+    def fraction_in_squares(
+        self, center_xy_level0_px: ArrayLike, side_level0_px: float
+    ) -> NDArray[np.float64]:
+        """Fraction of tissue inside axis-aligned squares centred on level-0 (x, y) points.
+
+        Parts of a square outside the slide count as background. Uses a summed-area table,
+        so it costs O(1) per square.
+        """
+        centers = np.asarray(center_xy_level0_px, dtype=np.float64).reshape(-1, 2)
+        rows, cols = self.mask.shape
+        sat = np.zeros((rows + 1, cols + 1), np.int64)
+        sat[1:, 1:] = np.cumsum(np.cumsum(self.mask, axis=0, dtype=np.int64), axis=1)
+        dx, dy = self.downsample_xy
+        half_x = side_level0_px / 2 / dx
+        half_y = side_level0_px / 2 / dy
+        cx, cy = centers[:, 0] / dx, centers[:, 1] / dy
+        x0 = np.clip(np.round(cx - half_x), 0, cols).astype(np.int64)
+        x1 = np.clip(np.round(cx + half_x), 0, cols).astype(np.int64)
+        y0 = np.clip(np.round(cy - half_y), 0, rows).astype(np.int64)
+        y1 = np.clip(np.round(cy + half_y), 0, rows).astype(np.int64)
+        # at least one mask pixel per square, so tiny spots on coarse masks still sample it
+        x1 = np.maximum(x1, np.minimum(x0 + 1, cols))
+        y1 = np.maximum(y1, np.minimum(y0 + 1, rows))
+        inside = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
+        area = np.maximum(2 * half_x, 1.0) * np.maximum(2 * half_y, 1.0)
+        return np.clip(inside / area, 0.0, 1.0)
+
+
+def tissue_mask_from_rgb(
+    rgb: NDArray[np.uint8],
+    *,
+    method: TissueMethod = "combined",
+    min_object_px: int = 64,
+    max_hole_px: int = 64,
+) -> NDArray[np.bool_]:
+    """Tissue mask of an RGB image (any scale).
+
+    Parameters
+    ----------
+    rgb
+        ``(rows, cols, 3)`` uint8 image.
+    method
+        ``"saturation"`` (Otsu on HSV saturation), ``"optical_density"`` (Otsu on the mean
+        optical density), or ``"combined"`` (either).
+    min_object_px, max_hole_px
+        Connected tissue smaller than ``min_object_px`` is dropped; holes smaller than
+        ``max_hole_px`` are filled.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask of shape ``(rows, cols)``.
+    """
+    if method not in _METHODS:
+        raise ParameterError(f"tissue method must be one of {', '.join(_METHODS)}; got {method!r}")
+    if min_object_px < 0 or max_hole_px < 0:
+        raise ParameterError("tissue cleanup sizes must be zero or positive")
+    img = np.asarray(rgb, dtype=np.float32)
+    mask = np.zeros(img.shape[:2], bool)
+    if method in ("saturation", "combined"):
+        mx = img.max(axis=-1)
+        mn = img.min(axis=-1)
+        saturation = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1.0), 0.0)
+        mask |= _otsu_foreground(saturation, min_contrast=0.05)
+    if method in ("optical_density", "combined"):
+        od = -np.log10(np.clip(img, 1.0, 255.0) / 255.0).mean(axis=-1)
+        mask |= _otsu_foreground(od, min_contrast=0.05)
+    if min_object_px > 0:
+        mask = morphology.remove_small_objects(mask, max_size=min_object_px)
+    if max_hole_px > 0:
+        mask = morphology.remove_small_holes(mask, max_size=max_hole_px)
+    return mask
+
+
+def _otsu_foreground(values: NDArray[np.floating], min_contrast: float) -> NDArray[np.bool_]:
+    """Pixels above Otsu's threshold, or none when the image has no real contrast."""
+    if float(values.max() - values.min()) < min_contrast:
+        return np.zeros(values.shape, bool)
+    threshold = filters.threshold_otsu(values)
+    return values > threshold
+
+
+def detect_tissue(
+    slide: Slide,
+    *,
+    method: TissueMethod = "combined",
+    mask_um_per_px: float = 8.0,
+    max_px: int = 4096,
+    min_object_um2: float = 20_000.0,
+    max_hole_um2: float = 20_000.0,
+) -> TissueMask:
+    """Detect tissue on a thumbnail of ``slide``.
+
+    Parameters
+    ----------
+    slide
+        The slide.
+    method
+        See :func:`tissue_mask_from_rgb`.
+    mask_um_per_px
+        Target resolution of the mask (finer slides are read coarser; never finer than the
+        slide). Ignored when the slide's µm/px is unknown (a 2048 px thumbnail is used).
+    max_px
+        Upper bound on the mask's longer side.
+    min_object_um2, max_hole_um2
+        Cleanup: tissue pieces and holes smaller than these areas (µm²) are removed/filled.
+
+    Returns
+    -------
+    TissueMask
+    """
+    if mask_um_per_px <= 0 or max_px <= 0:
+        raise ParameterError("tissue mask resolution and size must be positive")
+    w0, h0 = slide.dimensions
+    mpp = slide.mpp_or_none
+    if mpp is not None:
+        target = max(w0, h0) * mpp / mask_um_per_px
+        side = int(min(max_px, max(w0, h0), max(256, target)))
+    else:
+        side = min(max_px, max(w0, h0), 2048)
+    thumb = slide.thumbnail(side)
+    dx, dy = w0 / thumb.shape[1], h0 / thumb.shape[0]
+    if mpp is not None:
+        px_area_um2 = dx * dy * mpp * mpp
+        min_obj = int(min_object_um2 / px_area_um2)
+        max_hole = int(max_hole_um2 / px_area_um2)
+    else:
+        min_obj = max_hole = int(thumb.shape[0] * thumb.shape[1] * 1e-4)
+    mask = tissue_mask_from_rgb(thumb, method=method, min_object_px=min_obj, max_hole_px=max_hole)
+    return TissueMask(mask=mask, downsample_xy=(dx, dy))

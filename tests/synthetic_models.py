@@ -1,0 +1,125 @@
+"""Synthetic ONNX models for tests (not trained on anything; named ``synthetic``).
+
+``mean_colour_model`` predicts each gene as a fixed linear function of a tile's mean R, G,
+B (scaled to 0..1), so expected outputs can be computed independently in NumPy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from napari_virtual_st.contract import attach_metadata, contract_metadata, save_model
+
+
+def mean_colour_weights(n_genes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The (3, G) weights and (G,) bias of the synthetic mean-colour model."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(3, n_genes)).astype(np.float32), rng.normal(size=n_genes).astype(
+        np.float32
+    )
+
+
+def mean_colour_graph(
+    n_genes: int = 5,
+    tile_px: int = 32,
+    *,
+    seed: int = 0,
+    with_variance: bool = False,
+    image_dtype: int = TensorProto.UINT8,
+    image_shape: list[Any] | None = None,
+    expression_dtype: int = TensorProto.FLOAT,
+    noise_input: tuple[int, ...] | None = None,
+) -> onnx.ModelProto:
+    """A graph ``image (N,H,W,3) uint8 → expression (N,G)`` (+ ``variance``) without metadata."""
+    weights, bias = mean_colour_weights(n_genes, seed)
+    shape = image_shape if image_shape is not None else ["N", tile_px, tile_px, 3]
+    inputs = [helper.make_tensor_value_info("image", image_dtype, shape)]
+    nodes = [
+        helper.make_node("Cast", ["image"], ["image_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["image_f", "axes_hw"], ["mean_rgb"], keepdims=0),
+        helper.make_node("Div", ["mean_rgb", "c255"], ["mean01"]),
+        helper.make_node("MatMul", ["mean01", "W"], ["lin"]),
+        helper.make_node("Add", ["lin", "b"], ["expression_f"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([1, 2], np.int64), "axes_hw"),
+        numpy_helper.from_array(np.array(255.0, np.float32), "c255"),
+        numpy_helper.from_array(weights, "W"),
+        numpy_helper.from_array(bias, "b"),
+    ]
+    if noise_input is not None:
+        inputs.append(
+            helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["N", *noise_input])
+        )
+        nodes.append(
+            helper.make_node("ReduceMean", ["noise", "axes_noise"], ["noise_mean"], keepdims=0)
+        )
+        nodes.append(helper.make_node("Unsqueeze", ["noise_mean", "axes_last"], ["noise_col"]))
+        nodes.append(helper.make_node("Add", ["expression_f", "noise_col"], ["expression_n"]))
+        inits.append(
+            numpy_helper.from_array(
+                np.arange(1, len(noise_input) + 1, dtype=np.int64), "axes_noise"
+            )
+        )
+        inits.append(numpy_helper.from_array(np.array([1], np.int64), "axes_last"))
+        last = "expression_n"
+    else:
+        last = "expression_f"
+    nodes.append(helper.make_node("Cast", [last], ["expression"], to=expression_dtype))
+    outputs = [helper.make_tensor_value_info("expression", expression_dtype, ["N", n_genes])]
+    if with_variance:
+        nodes.append(helper.make_node("Mul", ["expression_f", "expression_f"], ["variance"]))
+        outputs.append(
+            helper.make_tensor_value_info("variance", TensorProto.FLOAT, ["N", n_genes])
+        )
+    graph = helper.make_graph(nodes, "synthetic_mean_colour", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_mean_colour_model(
+    path: Path,
+    *,
+    n_genes: int = 5,
+    tile_px: int = 32,
+    tile_um: float = 55.0,
+    with_variance: bool = False,
+    seed: int = 0,
+    metadata_overrides: dict[str, str | None] | None = None,
+    **graph_kwargs: Any,
+) -> Path:
+    """Write a synthetic contract model to ``path``; overrides replace (or with None, drop) keys."""
+    model = mean_colour_graph(
+        n_genes, tile_px, seed=seed, with_variance=with_variance, **graph_kwargs
+    )
+    meta = contract_metadata(
+        genes=[f"SYNTH{i}" for i in range(n_genes)],
+        tile_px=tile_px,
+        tile_um=tile_um,
+        family="baseline",
+        target="synthetic",
+        outputs=("expression", "variance") if with_variance else ("expression",),
+        name="synthetic mean-colour model",
+        license="CC0 (synthetic, for tests)",
+    )
+    for key, value in (metadata_overrides or {}).items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    attach_metadata(model, meta)
+    return save_model(model, path)
+
+
+def expected_mean_colour(tiles: np.ndarray, n_genes: int, seed: int = 0) -> np.ndarray:
+    """What the synthetic model must output for ``tiles``, computed in NumPy."""
+    weights, bias = mean_colour_weights(n_genes, seed)
+    mean01 = tiles.astype(np.float32).mean(axis=(1, 2)) / np.float32(255.0)
+    return mean01 @ weights + bias

@@ -1,0 +1,301 @@
+"""``virtual-st``: the engine from the command line.
+
+Every user error prints one line (``virtual-st: error: ...``) and exits with status 2; a
+cancelled run (Ctrl-C) keeps its finished batches, says how to resume, and exits with 130.
+``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from napari_virtual_st import __version__
+from napari_virtual_st.errors import CancelledError, VirtualSTError
+
+EXIT_USER_ERROR = 2
+EXIT_CANCELLED = 130
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1; got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1; got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``virtual-st``."""
+    parser = argparse.ArgumentParser(
+        prog="virtual-st",
+        description="Predict spatial gene expression from H&E whole-slide images.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    info = sub.add_parser("info", help="describe a slide (format, levels, µm/px)")
+    info.add_argument("slide", type=Path, help="slide file")
+    info.add_argument(
+        "--mpp", type=_positive_float, help="µm per level-0 pixel, if the file lacks it"
+    )
+    info.add_argument("--json", action="store_true", help="print JSON")
+
+    predict = sub.add_parser("predict", help="predict gene expression over a slide")
+    predict.add_argument("slide", type=Path, help="slide file")
+    predict.add_argument(
+        "--model", required=True, help="ONNX model file, or a bundled model's name"
+    )
+    predict.add_argument(
+        "--grid",
+        choices=("visium", "st", "dense"),
+        default="visium",
+        help="spot layout (default: visium)",
+    )
+    predict.add_argument(
+        "--mpp", type=_positive_float, help="µm per level-0 pixel, if the file lacks it"
+    )
+    predict.add_argument("--out", type=Path, help="output store (default: <slide>.vst.zarr here)")
+    predict.add_argument(
+        "--batch-size", type=_positive_int, default=32, help="tiles per model call (default: 32)"
+    )
+    predict.add_argument(
+        "--providers",
+        nargs="+",
+        metavar="P",
+        help="execution providers, e.g. cuda cpu (default: GPU if available)",
+    )
+    predict.add_argument(
+        "--min-tissue",
+        type=_fraction,
+        default=0.5,
+        help="drop spots with less tissue than this (default: 0.5)",
+    )
+    predict.add_argument(
+        "--overlap-um", type=float, default=0.0, help="overlap of dense tiles in µm (default: 0)"
+    )
+    predict.add_argument(
+        "--read-threads", type=_positive_int, default=2, help="threads reading tiles (default: 2)"
+    )
+    predict.add_argument(
+        "--overwrite", action="store_true", help="replace an existing store instead of resuming it"
+    )
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    models = sub.add_parser("models", help="list the bundled models")
+    models.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``virtual-st``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = {"info": _cmd_info, "predict": _cmd_predict, "models": _cmd_models}[args.command]
+    try:
+        return handler(args)
+    except CancelledError as exc:
+        print(f"virtual-st: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except VirtualSTError as exc:
+        if args.debug:
+            raise
+        print(f"virtual-st: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        if args.debug:
+            raise
+        print(
+            f"virtual-st: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from napari_virtual_st.slide import Slide
+
+    with Slide(args.slide, mpp=args.mpp) as slide:
+        description = slide.describe()
+    if args.json:
+        print(json.dumps(description, indent=2))
+        return 0
+    w, h = description["dimensions"]
+    mpp = description["mpp"]
+    mpp_text = f"{mpp:.4f} µm/px ({description['mpp_source']})" if mpp else "unknown (give --mpp)"
+    print(f"slide:       {description['name']}")
+    print(f"format:      {description['format']}")
+    print(
+        f"size:        {w} × {h} px"
+        + (f" = {w * mpp / 1000:.2f} × {h * mpp / 1000:.2f} mm" if mpp else "")
+    )
+    print(f"resolution:  {mpp_text}")
+    print(f"levels:      {description['level_count']}")
+    for level, ((lw, lh), ds) in enumerate(
+        zip(description["level_dimensions"], description["level_downsamples"], strict=True)
+    ):
+        print(f"  level {level}: {lw} × {lh} px, downsample {ds:g}")
+    print(f"fingerprint: {description['fingerprint']}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from napari_virtual_st.registry import bundled_models
+
+    models = bundled_models()
+    rows: list[dict[str, Any]] = []
+    for model in models:
+        row: dict[str, Any] = {"name": model.name, "path": str(model.path)}
+        if model.info is None:
+            row["problem"] = model.problem
+        else:
+            info = model.info
+            row.update(
+                family=info.family,
+                genes=len(info.genes),
+                tile_px=info.tile_px,
+                tile_um=info.tile_um,
+                target=info.target,
+                outputs=list(info.outputs),
+                metrics=info.metadata.get("metrics"),
+                license=info.metadata.get("license"),
+            )
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(
+            "No models are bundled with this installation; pass any contract ONNX file with --model."
+        )
+        return 0
+    for row in rows:
+        if "problem" in row:
+            print(f"{row['name']}: unusable ({row['problem']})")
+            continue
+        print(
+            f"{row['name']}: {row['family']}, {row['genes']} genes, tiles {row['tile_px']} px / "
+            f"{row['tile_um']:g} µm, outputs {', '.join(row['outputs'])}, target {row['target']}"
+        )
+        if row.get("metrics"):
+            print(f"    metrics: {json.dumps(row['metrics'])}")
+    return 0
+
+
+class _CtrlC:
+    """First Ctrl-C asks the run to stop after the current batch; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self._previous: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested.is_set():
+            raise KeyboardInterrupt
+        self.requested.set()
+        print(
+            "\nvirtual-st: stopping after this batch (Ctrl-C again to abort)...", file=sys.stderr
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_virtual_st.pipeline import Progress, build_grid, predict_slide
+    from napari_virtual_st.predictor import Predictor
+    from napari_virtual_st.registry import resolve_model
+    from napari_virtual_st.slide import Slide
+
+    predictor = Predictor(resolve_model(args.model), providers=args.providers)
+    out = args.out if args.out is not None else Path(f"{args.slide.stem}.vst.zarr")
+    with Slide(args.slide, mpp=args.mpp) as slide:
+        _ = slide.mpp
+        print(
+            f"model {predictor.path.name}: {len(predictor.genes)} genes, tiles of "
+            f"{predictor.info.tile_um:g} µm at {predictor.info.tile_px} px; running on {predictor.providers[0]}",
+            file=sys.stderr,
+        )
+        grid = build_grid(
+            slide,
+            args.grid,
+            tile_um=predictor.info.tile_um,
+            min_tissue_fraction=args.min_tissue,
+            overlap_um=args.overlap_um,
+        )
+        if len(grid) == 0:
+            raise VirtualSTError(
+                f"no {args.grid} spots have at least {args.min_tissue:.0%} tissue under them; "
+                "lower --min-tissue (0 keeps every spot)"
+            )
+        print(f"{len(grid)} {args.grid} spots on tissue", file=sys.stderr)
+        bars: list[Any] = []  # created at the first report, after the store checks passed
+
+        def report(p: Progress) -> None:
+            if not bars:
+                bars.append(
+                    tqdm(
+                        total=p.spots_total,
+                        unit="spot",
+                        disable=args.quiet,
+                        file=sys.stderr,
+                        dynamic_ncols=True,
+                    )
+                )
+            bars[0].n = p.spots_done
+            bars[0].refresh()
+
+        with _CtrlC() as ctrl_c:
+            try:
+                store = predict_slide(
+                    slide,
+                    predictor,
+                    grid,
+                    out,
+                    batch_size=args.batch_size,
+                    read_threads=args.read_threads,
+                    progress=report,
+                    should_cancel=ctrl_c.requested.is_set,
+                    overwrite=args.overwrite,
+                )
+            finally:
+                for bar in bars:
+                    bar.close()
+    seconds = store.attrs.get("last_run_seconds")
+    rate = store.attrs.get("last_run_tiles_per_s")
+    timing = f" in {seconds:.1f} s ({rate:.0f} tiles/s)" if seconds else ""
+    print(f"{store.n_spots} spots × {len(store.genes)} genes written to {out}{timing}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

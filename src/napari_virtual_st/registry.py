@@ -1,0 +1,70 @@
+"""The models that ship with the package, and turning a name or a path into a model file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from napari_virtual_st.errors import ModelError, VirtualSTError
+from napari_virtual_st.predictor import ModelInfo, Predictor
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model file shipped in ``napari_virtual_st/bundled_models``.
+
+    Attributes
+    ----------
+    name
+        File stem, used on the command line (``--model NAME``).
+    path
+        The ``.onnx`` file.
+    info
+        Its validated contract metadata, or ``None`` if it failed validation.
+    problem
+        Why it failed validation, if it did.
+    """
+
+    name: str
+    path: Path
+    info: ModelInfo | None
+    problem: str | None = None
+
+
+def bundled_models_dir() -> Path:
+    """Folder holding the bundled ``.onnx`` files."""
+    return Path(str(resources.files("napari_virtual_st") / "bundled_models"))
+
+
+def bundled_models() -> list[BundledModel]:
+    """Every bundled model, validated, sorted by name."""
+    found = []
+    for path in sorted(bundled_models_dir().glob("*.onnx")):
+        try:
+            info = Predictor(path, providers=["cpu"]).info
+            found.append(BundledModel(path.stem, path, info))
+        except VirtualSTError as exc:
+            found.append(BundledModel(path.stem, path, None, str(exc)))
+    return found
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """The model file for a bundled model name or a path to an ``.onnx`` file.
+
+    Raises
+    ------
+    ModelError
+        If it is neither an existing file nor a bundled model's name.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    candidate = bundled_models_dir() / f"{name_or_path}.onnx"
+    if candidate.is_file():
+        return candidate
+    names = [m.name for m in bundled_models()]
+    known = f"bundled models: {', '.join(names)}" if names else "no models are bundled yet"
+    raise ModelError(
+        f"model {str(name_or_path)!r} is neither an ONNX file nor a bundled model ({known})"
+    )

@@ -1,0 +1,167 @@
+"""The ``virtual-st`` command line: info, predict (with resume after a kill), models, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic_models import write_mean_colour_model
+
+from napari_virtual_st.cli import main
+from napari_virtual_st.store import PredictionStore
+
+
+def test_info_prints_format_levels_and_resolution_of_a_real_ndpi(ndpi_dapi: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(ndpi_dapi)]) == 0
+    out = capsys.readouterr().out
+    assert "hamamatsu" in out
+    assert "levels:      7" in out
+    assert "0.2282 µm/px (metadata)" in out
+    assert "level 6: 62 × 76 px, downsample 64" in out
+
+
+def test_info_json_describes_a_real_svs(cmu_small_svs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(cmu_small_svs), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "aperio"
+    assert info["dimensions"] == [2220, 2967]
+    assert info["mpp"] == pytest.approx(0.499)
+    assert info["mpp_source"] == "metadata"
+
+
+def test_info_of_a_png_without_resolution_says_it_is_unknown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    path = tmp_path / "synthetic.png"
+    Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(path)
+    assert main(["info", str(path)]) == 0
+    assert "unknown (give --mpp)" in capsys.readouterr().out
+
+
+def test_predict_writes_a_complete_store_on_a_real_svs(cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cmu.vst.zarr"
+    code = main(["predict", str(cmu_small_svs), "--model", str(synthetic_model), "--out", str(out), "--quiet"])
+    assert code == 0
+    store = PredictionStore.open(out)
+    assert store.is_complete
+    assert store.attrs["status"] == "complete"
+    assert store.attrs["slide"]["name"] == cmu_small_svs.name
+    assert store.attrs["grid"]["kind"] == "visium"
+    assert "written to" in capsys.readouterr().out
+
+
+def test_predict_on_a_real_ndpi_with_the_st_grid(ndpi_dapi: Path, synthetic_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ndpi.vst.zarr"
+    code = main(["predict", str(ndpi_dapi), "--model", str(synthetic_model), "--grid", "st", "--min-tissue", "0", "--out", str(out), "--quiet"])
+    assert code == 0
+    store = PredictionStore.open(out)
+    assert store.is_complete
+    # 0.905 × 1.110 mm at 200 µm pitch: 4 columns × 5 rows of legacy-ST spots
+    assert store.n_spots == 20
+
+
+@pytest.mark.parametrize(
+    ("argv_tail", "message"),
+    [
+        (["--model", "no-such-model"], "neither an ONNX file nor a bundled model"),
+        (["--model", "{model}", "--providers", "cuda"], "not available here"),
+        (["--model", "{model}", "--mpp", "-1"], "must be a positive number"),
+    ],
+)
+def test_predict_user_errors_print_one_line_and_exit_nonzero(
+    argv_tail: list[str], message: str, cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["predict", str(cmu_small_svs), "--out", str(tmp_path / "x.vst.zarr")]
+    argv += [a.replace("{model}", str(synthetic_model)) for a in argv_tail]
+    with pytest.raises(SystemExit) if "-1" in argv_tail else _no_raise():
+        code = main(argv)
+        assert code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_predict_on_a_corrupt_slide_is_a_clear_error(tmp_path: Path, synthetic_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "corrupt.svs"
+    bad.write_bytes(b"II*\x00" + os.urandom(4000))
+    assert main(["predict", str(bad), "--model", str(synthetic_model), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("virtual-st: error:")
+    assert err.count("\n") == 1
+
+
+def test_predict_without_resolution_asks_for_mpp(tmp_path: Path, synthetic_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    path = tmp_path / "synthetic.png"
+    Image.fromarray(np.full((400, 600, 3), 200, np.uint8)).save(path)
+    assert main(["predict", str(path), "--model", str(synthetic_model), "--quiet"]) == 2
+    assert "--mpp" in capsys.readouterr().err
+
+
+def test_predict_refuses_to_resume_a_store_of_another_slide(cmu_small_svs: Path, ndpi_dapi: Path, synthetic_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "shared.vst.zarr"
+    assert main(["predict", str(cmu_small_svs), "--model", str(synthetic_model), "--out", str(out), "--quiet"]) == 0
+    before = PredictionStore.open(out).expression()
+    assert main(["predict", str(ndpi_dapi), "--model", str(synthetic_model), "--out", str(out), "--quiet"]) == 2
+    assert "different slide" in capsys.readouterr().err
+    np.testing.assert_array_equal(PredictionStore.open(out).expression(), before)
+    assert main(["predict", str(ndpi_dapi), "--model", str(synthetic_model), "--out", str(out), "--quiet", "--overwrite"]) == 0
+    assert PredictionStore.open(out).attrs["slide"]["name"] == ndpi_dapi.name
+
+
+def test_models_lists_nothing_bundled_without_failing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert isinstance(rows, list)
+    for row in rows:
+        assert "problem" not in row, row
+
+
+def test_a_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(cmu_small_svs: Path, tmp_path: Path) -> None:
+    """SIGKILL mid-run, rerun the same command: finished chunks are kept, result is bit-identical."""
+    model = write_mean_colour_model(tmp_path / "synthetic.onnx", tile_px=16, tile_um=40.0)
+    common = ["predict", str(cmu_small_svs), "--model", str(model), "--grid", "dense", "--min-tissue", "0", "--batch-size", "2", "--quiet"]
+    reference = tmp_path / "reference.vst.zarr"
+    assert main([*common, "--out", str(reference)]) == 0
+
+    killed = tmp_path / "killed.vst.zarr"
+    cmd = [sys.executable, "-m", "napari_virtual_st.cli", *common, "--out", str(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    total = PredictionStore.open(reference).n_spots
+    deadline = time.monotonic() + 60
+    done = 0
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            if (killed / "done").exists():
+                done = int(PredictionStore.open(killed).done.sum())
+                if done >= 100:
+                    break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    partial = PredictionStore.open(killed)
+    assert 0 < partial.done.sum() < total
+    assert partial.attrs["status"] == "running"
+
+    assert main([*common, "--out", str(killed)]) == 0
+    resumed = PredictionStore.open(killed)
+    assert resumed.is_complete
+    np.testing.assert_array_equal(resumed.expression(), PredictionStore.open(reference).expression())
+
+
+class _no_raise:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,7 +1,9 @@
 """Synthetic ONNX models for tests (not trained on anything; named ``synthetic``).
 
 ``mean_colour_model`` predicts each gene as a fixed linear function of a tile's mean R, G,
-B (scaled to 0..1), so expected outputs can be computed independently in NumPy.
+B (scaled to 0..1), so expected outputs can be computed independently in NumPy. An optional
+``noise`` input (declared as a ``vst.extra_inputs`` entry) adds the mean of each spot's noise
+vector to all of its genes, which :func:`expected_noise` reproduces.
 """
 
 from __future__ import annotations
@@ -15,13 +17,25 @@ from onnx import TensorProto, helper, numpy_helper
 
 from napari_virtual_st.contract import attach_metadata, contract_metadata, save_model
 
+#: The ``vst.extra_inputs`` entry of the synthetic ``noise`` input (8 normal values a spot).
+NOISE_SPEC: dict[str, Any] = {
+    "dtype": "float32",
+    "shape": ["N", 8],
+    "distribution": "normal",
+    "seed": 7,
+}
 
-def mean_colour_weights(n_genes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The (3, G) weights and (G,) bias of the synthetic mean-colour model."""
+
+def mean_colour_weights(
+    n_genes: int, seed: int = 0, channels: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (C, G) weights and (G,) bias of the synthetic mean-colour model."""
     rng = np.random.default_rng(seed)
-    return rng.normal(size=(3, n_genes)).astype(np.float32), rng.normal(size=n_genes).astype(
-        np.float32
-    )
+    weights = rng.normal(size=(3, n_genes)).astype(np.float32)
+    bias = rng.normal(size=n_genes).astype(np.float32)
+    if channels != 3:
+        weights = np.resize(weights, (channels, n_genes))
+    return weights, bias
 
 
 def mean_colour_graph(
@@ -32,32 +46,39 @@ def mean_colour_graph(
     with_variance: bool = False,
     image_dtype: int = TensorProto.UINT8,
     image_shape: list[Any] | None = None,
+    image_name: str = "image",
     expression_dtype: int = TensorProto.FLOAT,
     noise_input: tuple[int, ...] | None = None,
+    noise_dtype: int = TensorProto.FLOAT,
 ) -> onnx.ModelProto:
-    """A graph ``image (N,H,W,3) uint8 → expression (N,G)`` (+ ``variance``) without metadata."""
-    weights, bias = mean_colour_weights(n_genes, seed)
+    """A graph ``image (N,H,W,3) uint8 → expression (N,G)`` (+ ``variance``) without metadata.
+
+    ``image_shape`` may have any rank: the mean runs over every axis between the first and
+    the last (channel) axis, and the weights have one row per channel. ``noise_input`` adds an
+    input ``noise`` of shape ``(N, *noise_input)`` whose per-spot mean is added to every gene.
+    """
     shape = image_shape if image_shape is not None else ["N", tile_px, tile_px, 3]
-    inputs = [helper.make_tensor_value_info("image", image_dtype, shape)]
+    channels = shape[-1] if isinstance(shape[-1], int) else 3
+    weights, bias = mean_colour_weights(n_genes, seed, channels)
+    inputs = [helper.make_tensor_value_info(image_name, image_dtype, shape)]
     nodes = [
-        helper.make_node("Cast", ["image"], ["image_f"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", [image_name], ["image_f"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["image_f", "axes_hw"], ["mean_rgb"], keepdims=0),
         helper.make_node("Div", ["mean_rgb", "c255"], ["mean01"]),
         helper.make_node("MatMul", ["mean01", "W"], ["lin"]),
         helper.make_node("Add", ["lin", "b"], ["expression_f"]),
     ]
     inits = [
-        numpy_helper.from_array(np.array([1, 2], np.int64), "axes_hw"),
+        numpy_helper.from_array(np.arange(1, len(shape) - 1, dtype=np.int64), "axes_hw"),
         numpy_helper.from_array(np.array(255.0, np.float32), "c255"),
         numpy_helper.from_array(weights, "W"),
         numpy_helper.from_array(bias, "b"),
     ]
     if noise_input is not None:
-        inputs.append(
-            helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["N", *noise_input])
-        )
+        inputs.append(helper.make_tensor_value_info("noise", noise_dtype, ["N", *noise_input]))
+        nodes.append(helper.make_node("Cast", ["noise"], ["noise_f"], to=TensorProto.FLOAT))
         nodes.append(
-            helper.make_node("ReduceMean", ["noise", "axes_noise"], ["noise_mean"], keepdims=0)
+            helper.make_node("ReduceMean", ["noise_f", "axes_noise"], ["noise_mean"], keepdims=0)
         )
         nodes.append(helper.make_node("Unsqueeze", ["noise_mean", "axes_last"], ["noise_col"]))
         nodes.append(helper.make_node("Add", ["expression_f", "noise_col"], ["expression_n"]))
@@ -91,11 +112,17 @@ def write_mean_colour_model(
     tile_px: int = 32,
     tile_um: float = 55.0,
     with_variance: bool = False,
+    with_noise: bool = False,
     seed: int = 0,
     metadata_overrides: dict[str, str | None] | None = None,
     **graph_kwargs: Any,
 ) -> Path:
-    """Write a synthetic contract model to ``path``; overrides replace (or with None, drop) keys."""
+    """Write a synthetic contract model to ``path``; overrides replace (or with None, drop) keys.
+
+    ``with_noise`` adds the ``noise`` input and declares it with :data:`NOISE_SPEC`.
+    """
+    if with_noise:
+        graph_kwargs.setdefault("noise_input", tuple(NOISE_SPEC["shape"][1:]))
     model = mean_colour_graph(
         n_genes, tile_px, seed=seed, with_variance=with_variance, **graph_kwargs
     )
@@ -108,6 +135,7 @@ def write_mean_colour_model(
         outputs=("expression", "variance") if with_variance else ("expression",),
         name="synthetic mean-colour model",
         license="CC0 (synthetic, for tests)",
+        extra_inputs={"noise": NOISE_SPEC} if with_noise else None,
     )
     for key, value in (metadata_overrides or {}).items():
         if value is None:
@@ -123,3 +151,20 @@ def expected_mean_colour(tiles: np.ndarray, n_genes: int, seed: int = 0) -> np.n
     weights, bias = mean_colour_weights(n_genes, seed)
     mean01 = tiles.astype(np.float32).mean(axis=(1, 2)) / np.float32(255.0)
     return mean01 @ weights + bias
+
+
+def expected_noise(spot_index: np.ndarray, spec: dict[str, Any] = NOISE_SPEC) -> np.ndarray:
+    """``(N, 1)`` what the ``noise`` input adds for these spots, written out independently.
+
+    The contract: a declared normal input is drawn per spot from
+    ``numpy.random.default_rng([seed, spot])``, so it depends on the spot alone.
+    """
+    shape = tuple(spec["shape"][1:])
+    rows = [
+        np.random.default_rng([int(spec.get("seed", 0)), int(s)])
+        .standard_normal(shape)
+        .astype(np.float32)
+        .mean()
+        for s in spot_index
+    ]
+    return np.asarray(rows, np.float32)[:, None]

@@ -9,6 +9,8 @@ Kinds of grid:
 - ``dense``: square tiles covering the tissue, pitch = tile size minus the overlap.
 - ``explicit``: centres given by the caller (e.g. the measured spots of a Visium run).
 
+Lattice spots (``visium``, ``st``) lie wholly on the slide; dense tiles cover all of it, the
+last ones overhanging its right and bottom edges where the tile size does not divide it.
 All centres are level-0 pixels, (x, y) order.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -87,7 +90,9 @@ class SpotGrid:
         *,
         origin_um: tuple[float, float] = (0.0, 0.0),
     ) -> SpotGrid:
-        """Hexagonal Visium lattice (55 µm spots, 100 µm pitch) covering the whole slide.
+        """Hexagonal Visium lattice (55 µm spots, 100 µm pitch) over the whole slide.
+
+        Every spot lies wholly on the slide.
 
         Parameters
         ----------
@@ -124,15 +129,12 @@ class SpotGrid:
         row_step = pitch_um * np.sqrt(3.0) / 2.0
         x_first = pitch_um / 2 + origin_um[0]
         y_first = pitch_um / 2 + origin_um[1]
-        n_rows = int(np.floor((height_um - y_first) / row_step)) + 1 if height_um > y_first else 0
+        radius = spot_diameter_um / 2
+        n_rows = _count_within(height_um - y_first - radius, row_step)
         xs, ys, rows, cols = [], [], [], []
         for r in range(n_rows):
             shift = pitch_um / 2 if r % 2 else 0.0
-            n_cols = (
-                int(np.floor((width_um - x_first - shift) / pitch_um)) + 1
-                if width_um > x_first + shift
-                else 0
-            )
+            n_cols = _count_within(width_um - x_first - shift - radius, pitch_um)
             i = np.arange(n_cols)
             xs.append(x_first + shift + i * pitch_um)
             ys.append(np.full(n_cols, y_first + r * row_step))
@@ -158,7 +160,7 @@ class SpotGrid:
         *,
         origin_um: tuple[float, float] = (0.0, 0.0),
     ) -> SpotGrid:
-        """Square legacy-ST lattice (100 µm spots, 200 µm pitch) covering the whole slide."""
+        """Square legacy-ST lattice (100 µm spots, 200 µm pitch), every spot on the slide."""
         return cls.square(
             slide_dimensions, mpp, ST_SPOT_UM, ST_PITCH_UM, origin_um=origin_um, kind="st"
         )
@@ -173,6 +175,7 @@ class SpotGrid:
         overlap_um: float = 0.0,
     ) -> SpotGrid:
         """Square tiles of ``tile_um`` side covering the slide, ``overlap_um`` shared by neighbours."""
+        _check_geometry(mpp, tile_um, tile_um)
         if not 0 <= overlap_um < tile_um:
             raise ParameterError(
                 f"tile overlap must be at least 0 and less than the tile size ({tile_um} µm); got {overlap_um}"
@@ -184,6 +187,7 @@ class SpotGrid:
             tile_um - overlap_um,
             kind="dense",
             first_um=tile_um / 2,
+            cover_slide=True,
         )
         grid.params["overlap_um"] = overlap_um
         return grid
@@ -199,14 +203,41 @@ class SpotGrid:
         origin_um: tuple[float, float] = (0.0, 0.0),
         kind: GridKind = "st",
         first_um: float | None = None,
+        cover_slide: bool = False,
     ) -> SpotGrid:
-        """A square lattice with any spot size and pitch."""
+        """A square lattice with any spot size and pitch.
+
+        Parameters
+        ----------
+        slide_dimensions
+            (width, height) of level 0 in pixels.
+        mpp
+            µm per level-0 pixel.
+        spot_diameter_um, pitch_um
+            Spot diameter (tile side) and centre-to-centre distance in µm.
+        origin_um
+            (x, y) offset of the first spot centre in µm.
+        kind
+            Grid kind recorded on the result.
+        first_um
+            Distance of the first centre from the slide's top-left edge (default half a pitch).
+        cover_slide
+            ``False``: every spot lies wholly on the slide. ``True``: the fewest spots whose
+            squares together reach the slide's right and bottom edges (the last ones may
+            overhang them), so no strip of the slide is left out (dense tiles).
+        """
         _check_geometry(mpp, spot_diameter_um, pitch_um)
         width_um, height_um = slide_dimensions[0] * mpp, slide_dimensions[1] * mpp
         first = pitch_um / 2 if first_um is None else first_um
         x_first, y_first = first + origin_um[0], first + origin_um[1]
-        n_cols = int(np.floor((width_um - x_first) / pitch_um)) + 1 if width_um >= x_first else 0
-        n_rows = int(np.floor((height_um - y_first) / pitch_um)) + 1 if height_um >= y_first else 0
+        if cover_slide:
+            half = spot_diameter_um / 2
+            n_cols = _count_to_cover(width_um - x_first - half, pitch_um)
+            n_rows = _count_to_cover(height_um - y_first - half, pitch_um)
+        else:
+            radius = spot_diameter_um / 2
+            n_cols = _count_within(width_um - x_first - radius, pitch_um)
+            n_rows = _count_within(height_um - y_first - radius, pitch_um)
         rr, cc = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
         rc = np.stack([rr.ravel(), cc.ravel()], axis=1)
         xy_um = np.stack([x_first + rc[:, 1] * pitch_um, y_first + rc[:, 0] * pitch_um], axis=1)
@@ -301,6 +332,18 @@ class SpotGrid:
         if self.spot_ids is not None:
             digest.update("\n".join(self.spot_ids).encode())
         return digest.hexdigest()[:32]
+
+
+def _count_within(room_um: float, pitch_um: float) -> int:
+    """Spots that fit when the first leaves ``room_um`` before the edge: 0 if it does not fit."""
+    if room_um < -1e-9:
+        return 0
+    return math.floor(room_um / pitch_um + 1e-9) + 1
+
+
+def _count_to_cover(remaining_um: float, pitch_um: float) -> int:
+    """Spots needed so that the first plus ``pitch_um`` steps reach ``remaining_um`` further."""
+    return max(math.ceil(remaining_um / pitch_um - 1e-9), 0) + 1
 
 
 def _check_geometry(mpp: float, spot_diameter_um: float, pitch_um: float) -> None:

@@ -1,8 +1,9 @@
 """``predict_slide``: a slide, a grid and a model in; a finished prediction store out.
 
 Tiles are read by a small thread pool (OpenSlide, tifffile and Pillow release the GIL)
-while ONNX Runtime computes the previous batch; at most ``prefetch`` batches of tiles are
-in memory at once, whatever the slide size. Each batch is one store chunk: it is written,
+while ONNX Runtime computes the previous batch; at most ``prefetch`` batches are read ahead
+of the one the model is working on, so at most ``prefetch + 1`` batches of tiles are in
+memory at once, whatever the slide size. Each batch is one store chunk: it is written,
 then marked done, so a cancelled, crashed or killed run resumes where it stopped and ends
 bit-identical to an uninterrupted one.
 """
@@ -133,11 +134,12 @@ def predict_slide(
     store_path
         The ``.vst.zarr`` folder to write (or resume).
     batch_size
-        Tiles per model call and per store chunk (new stores only).
+        Tiles per model call and per store chunk (new stores only); rounded up to a multiple
+        of the model's batch size when that is fixed.
     read_threads
         Threads reading tiles.
     prefetch
-        Batches of tiles read ahead of the model (bounds memory).
+        Batches of tiles read ahead of the one the model is working on (bounds memory).
     progress
         Called after every batch with a :class:`Progress`.
     should_cancel
@@ -154,12 +156,18 @@ def predict_slide(
     CancelledError
         When ``should_cancel`` asked to stop; the store keeps what was done.
     StoreMismatchError
-        When ``store_path`` holds a run of a different slide, model or grid.
+        When ``store_path`` holds a run of a different slide, model or grid (it is left as
+        it is).
+    ParameterError
+        When the grid is empty or a size is below 1 (nothing is written).
+    MissingResolutionError
+        When the slide's µm/px is unknown (nothing is written).
     """
     if batch_size < 1 or read_threads < 1 or prefetch < 1:
         raise ParameterError("batch size, read threads and prefetch must each be at least 1")
-    if predictor.fixed_batch_size is not None:
-        batch_size = predictor.fixed_batch_size
+    fixed = predictor.fixed_batch_size
+    if fixed is not None:  # whole model calls per chunk, without one tiny chunk per call
+        batch_size = -(-batch_size // fixed) * fixed
     store_path = Path(store_path)
     info = predictor.info
     _ = slide.mpp  # fail early, with the clear message, when the resolution is unknown

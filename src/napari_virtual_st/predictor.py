@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from numpy.typing import ArrayLike, NDArray
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from napari_virtual_st.errors import ModelError, ParameterError
 
@@ -45,6 +46,15 @@ _PROVIDER_ALIASES = {
     "directml": "DmlExecutionProvider",
     "openvino": "OpenVINOExecutionProvider",
 }
+#: What ``InferenceSession.run`` raises when a model fails on its input (private classes).
+_ORT_RUN_ERRORS: tuple[type[Exception], ...] = tuple(
+    cls
+    for cls in (
+        getattr(_ort_state, name, None)
+        for name in ("Fail", "InvalidArgument", "RuntimeException", "EPFail")
+    )
+    if isinstance(cls, type) and issubclass(cls, Exception)
+)
 _NUMPY_DTYPES = {
     "float32": np.float32,
     "float16": np.float16,
@@ -308,6 +318,11 @@ def _validate_extra_input(name: str, spec: Any, node: Any) -> None:
         raise ModelError(
             f"{where}: shape {shape} does not match the model's input rank ({node.shape})"
         )
+    for declared, actual in zip(shape[1:], node.shape[1:], strict=True):
+        if isinstance(actual, int) and actual != declared:
+            raise ModelError(
+                f"{where}: shape {shape} does not match the model's input shape {node.shape}"
+            )
     if spec.get("distribution", "normal") not in ("normal", "uniform", "zeros"):
         raise ModelError(f"{where}: distribution must be normal, uniform or zeros")
 
@@ -392,6 +407,11 @@ class Predictor:
         Returns
         -------
         Prediction
+
+        Raises
+        ------
+        ParameterError
+            If ``tiles`` or ``spot_index`` have the wrong shape or dtype.
         """
         batch = np.ascontiguousarray(tiles)
         t = self.info.tile_px
@@ -405,6 +425,13 @@ class Predictor:
             if spot_index is None
             else np.asarray(spot_index, dtype=np.int64)
         )
+        if ids.shape != (n,):
+            raise ParameterError(
+                f"spot_index must hold one id per tile, shape ({n},); got shape {ids.shape}"
+            )
+        if n == 0:
+            empty = np.empty((0, len(self.info.genes)), np.float32)
+            return Prediction(empty, empty.copy() if "variance" in self.info.outputs else None)
         if self.fixed_batch_size is not None and self.fixed_batch_size != n:
             step = self.fixed_batch_size
             parts = [self._run(batch[i : i + step], ids[i : i + step]) for i in range(0, n, step)]
@@ -427,7 +454,13 @@ class Predictor:
         for name, spec in self.info.extra_inputs.items():
             feeds[name] = _extra_input(spec, ids)
         wanted = list(self.info.outputs)
-        results = self._session.run(wanted, feeds)
+        try:
+            results = self._session.run(wanted, feeds)
+        except _ORT_RUN_ERRORS as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(
+                f"{self.path.name} failed on a batch of {len(batch)} tiles: {message}"
+            ) from exc
         out = dict(zip(wanted, results, strict=True))
         expression = np.asarray(out["expression"], dtype=np.float32)
         if expression.shape != (len(batch), len(self.info.genes)):

@@ -33,6 +33,19 @@ from napari_virtual_st.errors import MissingResolutionError, ParameterError, Sli
 LEVEL_TOLERANCE = 0.01
 
 _TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf", ".tf8", ".qptiff")
+#: Vendor formats that only OpenSlide reads (TIFF-named files fall back to tifffile).
+_OPENSLIDE_SUFFIXES = (
+    ".svs",
+    ".svslide",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".bif",
+    ".czi",
+    ".dcm",
+)
 
 
 def _open_backend(path: Path) -> SlideBackend:
@@ -48,6 +61,12 @@ def _open_backend(path: Path) -> SlideBackend:
         return openslide_backend.OpenSlideBackend(path)
     if vendor == "generic-tiff" or name.endswith(_TIFF_SUFFIXES):
         return TiffBackend(path)
+    if name.endswith(_OPENSLIDE_SUFFIXES) and path.is_file():
+        raise SlideError(
+            f"{path.name} cannot be opened: OpenSlide does not recognise it as a "
+            f"{path.suffix} slide. The file is probably truncated or damaged (an incomplete "
+            f"download or copy? it is {path.stat().st_size:,} bytes), or not a slide at all"
+        )
     raise SlideError(
         f"{path.name} is not a slide format this tool reads "
         "(OpenSlide formats, OME/pyramidal TIFF, PNG or JPEG)"
@@ -345,13 +364,19 @@ class LevelArray:
         col_slice = (
             cols if isinstance(cols, slice) else slice(_index(cols, w), _index(cols, w) + 1)
         )
-        y0, y1, ys = row_slice.indices(h)
-        x0, x1, xs = col_slice.indices(w)
-        if y1 <= y0 or x1 <= x0:
-            block = np.empty((max(0, y1 - y0), max(0, x1 - x0), 3), np.uint8)
+        row_range = range(*row_slice.indices(h))
+        col_range = range(*col_slice.indices(w))
+        if len(row_range) and len(col_range):
+            # read the bounding box of the selected pixels (any step sign), then step in it
+            y0, y1 = min(row_range[0], row_range[-1]), max(row_range[0], row_range[-1]) + 1
+            x0, x1 = min(col_range[0], col_range[-1]), max(col_range[0], col_range[-1]) + 1
+            region = self._backend.read_level_region(self.level, x0, y0, x1 - x0, y1 - y0)
+            block = region[
+                slice(row_range[0] - y0, None, row_range.step),
+                slice(col_range[0] - x0, None, col_range.step),
+            ]
         else:
-            block = self._backend.read_level_region(self.level, x0, y0, x1 - x0, y1 - y0)
-        block = block[::ys, ::xs]
+            block = np.empty((len(row_range), len(col_range), 3), np.uint8)
         if not isinstance(rows, slice):
             block = block[0]
             if not isinstance(cols, slice):

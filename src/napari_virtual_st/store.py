@@ -15,6 +15,7 @@ atomically, so a cancelled or killed run leaves a store that resumes exactly whe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import uuid
@@ -79,7 +80,14 @@ class PredictionStore:
         provenance
             JSON-friendly record (model metadata, slide, grid, software) kept in ``attrs``.
         overwrite
-            Replace an existing store at ``path``.
+            Replace an existing store at ``path`` (kept if the new one cannot be created).
+
+        Raises
+        ------
+        StoreError
+            If ``path`` exists (without ``overwrite``) or cannot be written.
+        ParameterError
+            If the grid is empty or ``chunk_spots`` is below 1.
         """
         path = Path(path)
         if chunk_spots < 1:
@@ -88,10 +96,11 @@ class PredictionStore:
             raise ParameterError("the grid has no spots to predict (no tissue found?)")
         if path.exists() and not overwrite:
             raise StoreError(f"{path} already exists")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tag = uuid.uuid4().hex[:8]
+        tmp = path.with_name(f".{path.name}.{tag}.tmp")
         n, g = len(grid), len(genes)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
             root.create_array(
                 "expression",
@@ -134,12 +143,12 @@ class PredictionStore:
                     }
                 )
             )
-            if path.exists():
-                shutil.rmtree(path)
-            tmp.rename(path)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise StoreError(f"cannot create the prediction store {path}: {exc}") from exc
+            _replace(tmp, path, path.with_name(f".{path.name}.{tag}.old"))
+        except BaseException as exc:
+            _remove(tmp)
+            if isinstance(exc, OSError):
+                raise StoreError(f"cannot create the prediction store {path}: {exc}") from exc
+            raise
         return cls.open(path, mode="r+")
 
     @classmethod
@@ -288,17 +297,38 @@ class PredictionStore:
         expression: NDArray[np.float32],
         variance: NDArray[np.float32] | None = None,
     ) -> None:
-        """Write one chunk's predictions, then mark its spots done."""
+        """Write one chunk's predictions, then mark its spots done.
+
+        Parameters
+        ----------
+        chunk
+            Chunk number (see :meth:`chunk_slice`).
+        expression
+            ``(spots in the chunk, G)`` values.
+        variance
+            Values of the same shape; required when the store holds variance, else ignored.
+
+        Raises
+        ------
+        ParameterError
+            If a shape is wrong or the variance is missing; nothing is written then.
+        """
         sl = self.chunk_slice(chunk)
         n = sl.stop - sl.start
-        if expression.shape != (n, len(self.genes)):
+        shape = (n, len(self.genes))
+        if expression.shape != shape:
             raise ParameterError(
-                f"chunk {chunk} needs expression of shape {(n, len(self.genes))}; got {expression.shape}"
+                f"chunk {chunk} needs expression of shape {shape}; got {expression.shape}"
             )
-        self._group["expression"][sl] = expression
         if self.has_variance:
             if variance is None:
                 raise ParameterError("this store holds variance; the chunk has none")
+            if variance.shape != shape:
+                raise ParameterError(
+                    f"chunk {chunk} needs variance of shape {shape}; got {variance.shape}"
+                )
+        self._group["expression"][sl] = expression
+        if self.has_variance:
             self._group["variance"][sl] = variance
         self._group["done"][sl] = True
 
@@ -310,6 +340,29 @@ class PredictionStore:
 
     def __repr__(self) -> str:
         return f"PredictionStore({self.path.name!r}, spots={self.n_spots}, genes={len(self.genes)}, done={int(self.done.sum())})"
+
+
+def _replace(new: Path, path: Path, trash: Path) -> None:
+    """Move ``new`` to ``path``; an existing ``path`` is set aside first and put back on failure."""
+    if not path.exists():
+        new.rename(path)
+        return
+    path.rename(trash)
+    try:
+        new.rename(path)
+    except BaseException:
+        trash.rename(path)
+        raise
+    _remove(trash)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or folder if present, ignoring errors."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _jsonable(value: Any) -> Any:

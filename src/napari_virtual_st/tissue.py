@@ -48,8 +48,22 @@ class TissueMask:
     ) -> NDArray[np.float64]:
         """Fraction of tissue inside axis-aligned squares centred on level-0 (x, y) points.
 
-        Parts of a square outside the slide count as background. Uses a summed-area table,
-        so it costs O(1) per square.
+        Each square is snapped to whole mask pixels (at least one), and the result is the
+        fraction of those pixels that are tissue: a square wholly on tissue gives exactly 1,
+        one wholly off it exactly 0. Parts of a square outside the slide count as background.
+        Uses a summed-area table, so it costs O(1) per square.
+
+        Parameters
+        ----------
+        center_xy_level0_px
+            ``(n, 2)`` square centres, (x, y) level-0 pixels.
+        side_level0_px
+            Side of every square in level-0 pixels.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n,)`` fractions in [0, 1].
         """
         centers = np.asarray(center_xy_level0_px, dtype=np.float64).reshape(-1, 2)
         rows, cols = self.mask.shape
@@ -59,16 +73,17 @@ class TissueMask:
         half_x = side_level0_px / 2 / dx
         half_y = side_level0_px / 2 / dy
         cx, cy = centers[:, 0] / dx, centers[:, 1] / dy
-        x0 = np.clip(np.round(cx - half_x), 0, cols).astype(np.int64)
-        x1 = np.clip(np.round(cx + half_x), 0, cols).astype(np.int64)
-        y0 = np.clip(np.round(cy - half_y), 0, rows).astype(np.int64)
-        y1 = np.clip(np.round(cy + half_y), 0, rows).astype(np.int64)
-        # at least one mask pixel per square, so tiny spots on coarse masks still sample it
-        x1 = np.maximum(x1, np.minimum(x0 + 1, cols))
-        y1 = np.maximum(y1, np.minimum(y0 + 1, rows))
+        # Square bounds in mask pixels, before clipping to the mask: at least one pixel per
+        # square, so tiny spots on coarse masks still sample it.
+        x0 = np.round(cx - half_x).astype(np.int64)
+        y0 = np.round(cy - half_y).astype(np.int64)
+        x1 = np.maximum(np.round(cx + half_x).astype(np.int64), x0 + 1)
+        y1 = np.maximum(np.round(cy + half_y).astype(np.int64), y0 + 1)
+        area = (x1 - x0) * (y1 - y0)
+        x0, x1 = np.clip(x0, 0, cols), np.clip(x1, 0, cols)
+        y0, y1 = np.clip(y0, 0, rows), np.clip(y1, 0, rows)
         inside = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
-        area = np.maximum(2 * half_x, 1.0) * np.maximum(2 * half_y, 1.0)
-        return np.clip(inside / area, 0.0, 1.0)
+        return inside / area
 
 
 def tissue_mask_from_rgb(

@@ -27,9 +27,7 @@ class ImageBackend(SlideBackend):
                 img.load()
                 fmt = (img.format or path.suffix.lstrip(".")).lower()
                 dpi = img.info.get("dpi")
-                rgb = to_rgb(
-                    np.asarray(img.convert("RGBA") if _has_alpha(img) else img.convert("RGB"))
-                )
+                rgb = _rgb_pixels(img)
         except (OSError, SyntaxError, ValueError) as exc:
             raise SlideError(f"cannot read {path.name} as an image: {exc}") from exc
         finally:
@@ -61,6 +59,14 @@ class ImageBackend(SlideBackend):
         if x0 < x1 and y0 < y1:
             out[y0 - y : y1 - y, x0 - x : x1 - x] = img[y0:y1, x0:x1]
         return out
+
+
+def _rgb_pixels(img: Image.Image) -> NDArray[np.uint8]:
+    """uint8 RGB pixels of ``img``; 16-bit grayscale keeps its high byte (not clipped)."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I"):
+        gray = np.clip(np.asarray(img), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+        return to_rgb(gray)
+    return to_rgb(np.asarray(img.convert("RGBA") if _has_alpha(img) else img.convert("RGB")))
 
 
 def _has_alpha(img: Image.Image) -> bool:

@@ -89,11 +89,32 @@ class TiffBackend(SlideBackend):
     def __init__(self, path: Path, cache_bytes: int = 96 * 2**20) -> None:
         try:
             self._tif = tifffile.TiffFile(str(path))
-            series = self._tif.series[0]
-            levels = list(series.levels)
-            pages = [lvl.keyframe for lvl in levels]
         except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as exc:
+            raise SlideError(
+                f"cannot read {path.name}: the file is damaged, truncated or not a TIFF ({exc})"
+            ) from exc
+        try:
+            self._load_levels(path)
+        except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as exc:
+            self._tif.close()
             raise SlideError(f"cannot read {path.name} as a TIFF: {exc}") from exc
+        except BaseException:
+            self._tif.close()
+            raise
+        self.metadata_mpp = plausible_mpp(self._read_mpp())
+        self._lock = threading.Lock()
+        self._cache = _SegmentCache(cache_bytes)
+        self._path = path
+
+    def _load_levels(self, path: Path) -> None:
+        """Find the pyramid of the file's first image series (raises :class:`SlideError`)."""
+        if not self._tif.series:
+            raise SlideError(
+                f"{path.name} holds no readable image: the TIFF file is truncated or damaged "
+                "(an incomplete download or copy?)"
+            )
+        series = self._tif.series[0]
+        pages = [lvl.keyframe for lvl in series.levels]
         axes = series.axes
         if not set("YX") <= set(axes) or any(
             a not in "YXS" and n > 1 for a, n in zip(axes, series.shape, strict=True)
@@ -102,23 +123,18 @@ class TiffBackend(SlideBackend):
                 f"{path.name} is a multi-dimensional TIFF (axes {axes}); "
                 "an RGB or grayscale 2-D slide is needed"
             )
-        self._levels = [_Level(p) for p in pages]
+        levels = [_Level(p) for p in pages]
         # Drop levels that are not reductions of level 0 (some writers append labels).
-        w0 = self._levels[0].width
-        self._levels = [lvl for lvl in self._levels if lvl.width <= w0]
+        w0, h0 = levels[0].width, levels[0].height
+        self._levels = [lvl for lvl in levels if lvl.width <= w0]
         self.format_name = "ome-tiff" if self._tif.is_ome else "tiff"
         self.level_dimensions = tuple((lvl.width, lvl.height) for lvl in self._levels)
         self.level_downsamples = tuple(
-            float(np.mean([w0 / lvl.width, self._levels[0].height / lvl.height]))
-            for lvl in self._levels
+            float(np.mean([w0 / lvl.width, h0 / lvl.height])) for lvl in self._levels
         )
         self.level_tile_sizes = tuple(
             (lvl.seg_w, lvl.seg_h) if lvl.page.is_tiled else (512, 512) for lvl in self._levels
         )
-        self.metadata_mpp = plausible_mpp(self._read_mpp())
-        self._lock = threading.Lock()
-        self._cache = _SegmentCache(cache_bytes)
-        self._path = path
 
     # -- metadata ---------------------------------------------------------------------------
     def _read_mpp(self) -> float | None:

@@ -1,0 +1,193 @@
+"""The evaluation harness: every method on the same real data, splits and metrics.
+
+Protocol (HER2ST, legacy ST, 100 µm spots):
+
+- **cross_patient** (headline): train on patient C (sections C2–C6), test on patient A (A1).
+- **loso_C** (optimistic, reported separately): leave one C section out, train on the other
+  four. The C sections are serial cuts of one patient, so this overstates generalisation.
+
+Gene panel: the top-250 genes by mean log1p CP10k over the training spots, among genes
+measured in every training section and in the test section. Metrics (see
+``workshop/metrics.py``): PCC-ALL, PCC-HEG50, PCC-HVG50, MSE, MAE and the share of genes with
+PCC > 0, each against raw labels and against 3×3-neighbourhood-smoothed labels.
+
+Usage::
+
+    python -m models.evaluate --methods mean ridge_colour nsl --json OUT.json --markdown OUT.md
+    python -m models.evaluate --onnx src/napari_virtual_st/bundled_models/nsl_her2st.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.workshop.data import SectionData, gene_panel, load_her2st
+from models.workshop.metrics import evaluate_predictions, gene_sets
+
+REPO = Path(__file__).resolve().parents[1]
+
+C_SECTIONS = ("C2", "C3", "C4", "C5", "C6")
+TEST_SECTION = "A1"
+N_GENES = 250
+#: Tile geometry of the protocol: 110 µm (the 100 µm spot plus a margin) at 16 px.
+TILE_PX = 16
+TILE_UM = 110.0
+
+
+def splits(
+    sections: dict[str, SectionData], protocol: str
+) -> list[tuple[str, list[SectionData], SectionData]]:
+    """(fold name, training sections, test section) of a protocol."""
+    if protocol == "cross_patient":
+        return [("C→A1", [sections[n] for n in C_SECTIONS], sections[TEST_SECTION])]
+    if protocol == "loso_C":
+        return [
+            (f"C−{k}→{k}", [sections[n] for n in C_SECTIONS if n != k], sections[k])
+            for k in C_SECTIONS
+        ]
+    raise ValueError(f"unknown protocol {protocol!r}")
+
+
+def make_method(name: str) -> Any:
+    """A fresh method object with ``fit(train, genes)`` and ``predict(tiles)``."""
+    from models.workshop.baselines import MeanPredictor, RidgeColour
+
+    if name == "mean":
+        return MeanPredictor()
+    if name == "ridge_colour":
+        return RidgeColour()
+    if name.startswith("nsl"):
+        from models.nsl.train import NSLMethod, NSLSettings
+
+        variants = {
+            "nsl": NSLSettings(),
+            "nsl_allpix": NSLSettings(pool_tissue_only=False),
+            "nsl_nojitter": NSLSettings(hed_scale=0.0, hed_shift=0.0),
+        }
+        return NSLMethod(variants[name])
+    raise ValueError(f"unknown method {name!r}")
+
+
+def run_protocol(
+    method_names: Sequence[str],
+    protocol: str,
+    sections: dict[str, SectionData],
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Fit and score every method on every fold of ``protocol``; folds are averaged."""
+    results: dict[str, Any] = {}
+    for name in method_names:
+        folds = []
+        for fold, train, test in splits(sections, protocol):
+            genes = gene_panel(train, N_GENES, test.measured.genes)
+            start = time.perf_counter()
+            method = make_method(name).fit(train, genes)
+            seconds = time.perf_counter() - start
+            pred = method.predict(test.tiles)
+            sets = gene_sets(np.concatenate([s.targets(genes) for s in train]), genes)
+            scores = evaluate_predictions(pred, test.targets(genes), test.array_rc, sets)
+            folds.append(
+                {
+                    "fold": fold,
+                    "train_seconds": round(seconds, 2),
+                    "n_test_spots": len(test.tiles),
+                    **scores,
+                }
+            )
+            log(
+                f"{protocol} {name} {fold}: PCC-ALL raw {scores['raw']['PCC-ALL']:.4f}, smoothed {scores['smoothed_3x3']['PCC-ALL']:.4f} ({seconds:.0f} s)"
+            )
+        results[name] = {
+            "folds": folds,
+            "mean": _average([{k: f[k] for k in ("raw", "smoothed_3x3")} for f in folds]),
+        }
+    return results
+
+
+def evaluate_onnx(
+    model_path: Path, sections: dict[str, SectionData] | None = None
+) -> dict[str, Any]:
+    """Score a contract ONNX model on the cross-patient test section (A1), through the engine's
+    own Predictor, with the gene sets chosen on the C sections."""
+    from napari_virtual_st.predictor import Predictor
+
+    predictor = Predictor(model_path, providers=["cpu"])
+    info = predictor.info
+    if sections is None:
+        sections = load_her2st(info.tile_px, info.tile_um)
+    train = [sections[n] for n in C_SECTIONS]
+    test = sections[TEST_SECTION]
+    genes = list(info.genes)
+    pred = np.concatenate(
+        [
+            predictor.predict(test.tiles[i : i + 64]).expression
+            for i in range(0, len(test.tiles), 64)
+        ]
+    )
+    sets = gene_sets(np.concatenate([s.targets(genes) for s in train]), genes)
+    return evaluate_predictions(pred, test.targets(genes), test.array_rc, sets)
+
+
+def _average(folds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    return {
+        label: {k: float(np.mean([f[label][k] for f in folds])) for k in folds[0][label]}
+        for label in folds[0]
+    }
+
+
+def markdown_table(results: dict[str, dict[str, Any]]) -> str:
+    """A markdown table: one row per (protocol, method, labels)."""
+    keys = ["PCC-ALL", "PCC-HEG50", "PCC-HVG50", "MSE", "MAE", "frac_PCC_gt_0"]
+    lines = [
+        "| protocol | method | labels | " + " | ".join(keys) + " |",
+        "|" + "---|" * (len(keys) + 3),
+    ]
+    for protocol, methods in results.items():
+        for method, res in methods.items():
+            for labels, scores in res["mean"].items():
+                cells = " | ".join(f"{scores[k]:.4f}" for k in keys)
+                lines.append(f"| {protocol} | {method} | {labels} | {cells} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--methods", nargs="+", default=["mean", "ridge_colour", "nsl"])
+    parser.add_argument("--protocols", nargs="+", default=["cross_patient", "loso_C"])
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        help="score a contract model on the cross-patient test section instead",
+    )
+    parser.add_argument("--json", type=Path, help="write results as JSON")
+    parser.add_argument("--markdown", type=Path, help="write a markdown table")
+    args = parser.parse_args(argv)
+    if args.onnx is not None:
+        scores = evaluate_onnx(args.onnx)
+        print(json.dumps(scores, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(scores, indent=2))
+        return 0
+    sections = load_her2st(TILE_PX, TILE_UM)
+    results = {p: run_protocol(args.methods, p, sections) for p in args.protocols}
+    table = markdown_table(results)
+    print(table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""NSL: neural stain learning (Dawood et al., 2021), reimplemented from the paper's description."""

@@ -1,0 +1,112 @@
+"""Build the shipped NSL model: train on patient C, score on patient A, export to the contract.
+
+    python -m models.nsl.build [--out src/napari_virtual_st/bundled_models/nsl_her2st.onnx]
+
+The shipped weights are the cross-patient fold's: trained on C2–C6 only, so the metrics stored
+in the model (``vst.metrics``) are held-out numbers on A1, and ``models/evaluate.py --onnx``
+reproduces them from the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from models.evaluate import (
+    C_SECTIONS,
+    N_GENES,
+    TEST_SECTION,
+    TILE_PX,
+    TILE_UM,
+    evaluate_onnx,
+    run_protocol,
+)
+from models.nsl.train import NSLSettings, fit_nsl
+from models.workshop.data import gene_panel, load_her2st
+from napari_virtual_st.onnx_export import export_torch_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+DEFAULT_OUT = REPO / "src" / "napari_virtual_st" / "bundled_models" / "nsl_her2st.onnx"
+LICENCE_NOTE = (
+    "Weights trained on HER2ST (Andersson et al. 2021, github.com/almaan/her2st), whose data "
+    "licence is unknown: research and test use only; do not use clinically."
+)
+
+
+def _git_revision() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def build(out: Path, settings: NSLSettings | None = None) -> dict:
+    settings = settings or NSLSettings()
+    torch.set_num_threads(2)
+    sections = load_her2st(TILE_PX, TILE_UM)
+    train = [sections[n] for n in C_SECTIONS]
+    genes = gene_panel(train, N_GENES, sections[TEST_SECTION].measured.genes)
+    start = time.perf_counter()
+    model = fit_nsl(train, genes, settings, log=True)
+    seconds = time.perf_counter() - start
+    training = {
+        "data": "HER2ST legacy ST, patient C sections C2-C6 (910 spots)",
+        "split": "cross-patient: train C2-C6, test A1 (patient A)",
+        "targets": "log1p counts per 10k (library size over all genes)",
+        "genes": f"top {N_GENES} by mean over training spots, measured in all sections",
+        "settings": settings.__dict__,
+        "train_seconds_2_cpu": round(seconds, 1),
+        "code_revision": _git_revision(),
+        "built": time.strftime("%Y-%m-%d"),
+    }
+    common = {
+        "genes": genes,
+        "tile_px": TILE_PX,
+        "tile_um": TILE_UM,
+        "family": "nsl",
+        "target": "log1p_cp10k",
+        "name": "NSL (HER2ST, cross-patient fold)",
+        "training": training,
+        "license": "Code BSD-3-Clause; " + LICENCE_NOTE,
+        "description": "Neural stain learning: learned per-gene stain deconvolution, 11 weights per gene.",
+    }
+    export_torch_model(model, out, **common)
+    held_out = evaluate_onnx(out, sections)
+    baselines = run_protocol(
+        ["mean", "ridge_colour"], "cross_patient", sections, log=lambda _: None
+    )
+    metrics = {
+        "protocol": "models/evaluate.py cross_patient: train C2-C6, test A1; raw and 3x3-smoothed labels",
+        "test_section": TEST_SECTION,
+        "n_test_spots": len(sections[TEST_SECTION].tiles),
+        "raw": held_out["raw"],
+        "smoothed_3x3": held_out["smoothed_3x3"],
+        "baselines_same_split": {name: res["mean"] for name, res in baselines.items()},
+    }
+    report = export_torch_model(model, out, metrics=metrics, **common)
+    print(f"wrote {report.path} (torch vs ONNX Runtime max |diff| {report.max_abs_diff:.2e})")
+    print(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+    metrics = build(args.out)
+    (REPO / "models" / "nsl" / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""The NSL network: a learned stain-deconvolution matrix per gene, trained end to end.
+
+Dawood, Branson, Rajpoot & Minhas, "All You Need is Color: Image based Spatial Gene
+Expression Prediction using Neural Stain Learning" (2021). The paper's idea, as built here:
+
+1. RGB → optical density by Beer–Lambert: ``OD = -log((I + 1) / 256)`` per channel.
+2. Per gene g, a learned 3×2 deconvolution matrix ``D_g`` (initialised from the pseudo-inverse
+   of Ruifrok & Johnston's H&E stain OD vectors) maps each pixel's OD to two stain
+   concentrations; concentrations are non-negative (ReLU).
+3. The concentrations are pooled over tissue pixels (OD sum above a threshold: glass and
+   white background are ignored): mean and standard deviation of each stain.
+4. A per-gene linear head on the 4 pooled values.
+
+Trainable weights per gene: 6 (D_g) + 4 (head) + 1 (bias) = **11**, the paper's count.
+
+Choices the paper leaves open, and what we chose: the number of stains (2: H and E), the
+pooling statistics (mean and standard deviation over tissue pixels), the tissue threshold
+(total OD > 0.15), the +1 in Beer–Lambert (avoids log 0), and standardising pooled features
+and targets with training-set constants (fixed buffers, not trained) so that all genes train
+at the same pace; the head is then un-standardised inside the graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+#: Ruifrok & Johnston (2001) optical-density vectors of haematoxylin and eosin (RGB).
+RUIFROK_H = (0.650, 0.704, 0.286)
+RUIFROK_E = (0.072, 0.990, 0.105)
+
+
+def ruifrok_deconvolution() -> np.ndarray:
+    """3×2 matrix mapping an RGB OD vector to (H, E) concentrations (pseudo-inverse)."""
+    stains = np.array([RUIFROK_H, RUIFROK_E], dtype=np.float64)
+    stains /= np.linalg.norm(stains, axis=1, keepdims=True)
+    return np.linalg.pinv(stains).astype(np.float32)  # (3, 2)
+
+
+class NSL(nn.Module):
+    """Neural stain learning over uint8 NHWC RGB tiles.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes predicted.
+    tissue_od
+        Pixels whose summed OD is at most this are background.
+    pool_tissue_only
+        Pool over tissue pixels only (the default), or over every pixel of the tile (then the
+        pooled means also carry how much of the spot is tissue).
+    """
+
+    def __init__(
+        self, n_genes: int, tissue_od: float = 0.15, pool_tissue_only: bool = True
+    ) -> None:
+        super().__init__()
+        init = torch.from_numpy(ruifrok_deconvolution())
+        self.deconvolution = nn.Parameter(
+            init.unsqueeze(0).repeat(n_genes, 1, 1).contiguous()
+        )  # (G, 3, 2)
+        self.head = nn.Parameter(torch.zeros(n_genes, 4))
+        self.bias = nn.Parameter(torch.zeros(n_genes))
+        self.tissue_od = tissue_od
+        self.pool_tissue_only = pool_tissue_only
+        self.register_buffer("feature_mean", torch.zeros(n_genes, 4))
+        self.register_buffer("feature_std", torch.ones(n_genes, 4))
+        self.register_buffer("target_mean", torch.zeros(n_genes))
+        self.register_buffer("target_std", torch.ones(n_genes))
+
+    def pooled_features(self, image: torch.Tensor) -> torch.Tensor:
+        """``(N, G, 4)`` mean and std of the two stain concentrations over the pooled pixels."""
+        n = image.shape[0]
+        g = self.deconvolution.shape[0]
+        rgb = image.to(torch.float32).reshape(n, -1, 3)
+        od = -torch.log((rgb + 1.0) / 256.0)  # (N, P, 3)
+        if self.pool_tissue_only:
+            mask = (od.sum(dim=-1) > self.tissue_od).to(torch.float32)  # (N, P)
+        else:
+            mask = torch.ones_like(od[..., 0])
+        weights = (mask / mask.sum(dim=1, keepdim=True).clamp(min=1.0)).unsqueeze(1)  # (N, 1, P)
+        matrix = self.deconvolution.permute(1, 0, 2).reshape(3, g * 2)  # (3, G·2)
+        conc = torch.relu(od @ matrix)  # (N, P, G·2): one GEMM for all genes
+        mean = (weights @ conc).squeeze(1)  # (N, G·2)
+        mean_sq = (weights @ (conc * conc)).squeeze(1)
+        std = torch.sqrt(torch.clamp(mean_sq - mean * mean, min=0.0) + 1e-6)
+        return torch.cat([mean.reshape(n, g, 2), std.reshape(n, g, 2)], dim=-1)
+
+    def standardised(self, image: torch.Tensor) -> torch.Tensor:
+        """Prediction in standardised target units (what training optimises)."""
+        feats = (self.pooled_features(image) - self.feature_mean) / self.feature_std
+        return (feats * self.head).sum(dim=-1) + self.bias
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """``(N, G)`` log1p CP10k from ``(N, H, W, 3)`` uint8 RGB."""
+        return self.standardised(image) * self.target_std + self.target_mean
+
+    def n_trainable_per_gene(self) -> int:
+        """Trainable weights per gene (11)."""
+        g = self.head.shape[0]
+        return sum(p.numel() for p in self.parameters() if p.requires_grad) // g

@@ -1,0 +1,1 @@
+"""Shared workshop code: real training data, the evaluation protocol, baselines."""

@@ -1,0 +1,264 @@
+"""Bring your own model: export a torch module to the ONNX model contract, and quantise it.
+
+``export_torch_model`` takes any ``torch.nn.Module`` whose ``forward`` maps a uint8 NHWC RGB
+batch to expression (and optionally variance) — normalisation belongs inside ``forward`` — and
+writes one self-contained ``.onnx`` file with the ``vst.`` metadata, validated by
+:class:`~napari_virtual_st.predictor.Predictor` and checked against torch on random tiles.
+
+``quantize_int8`` writes an int8 variant calibrated on real tissue tiles (ONNX Runtime static
+quantisation, QDQ format) and reports its agreement with fp32 and the speed of both.
+
+torch is only needed for :func:`export_torch_model` (the ``train`` extra).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from numpy.typing import NDArray
+
+from napari_virtual_st.contract import attach_metadata, contract_metadata, save_model
+from napari_virtual_st.errors import ModelError, ParameterError
+from napari_virtual_st.predictor import Predictor
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """Outcome of an export: where, and how closely ONNX Runtime reproduces torch."""
+
+    path: Path
+    max_abs_diff: float
+    providers: list[str]
+
+
+def export_torch_model(
+    module: Any,
+    path: str | Path,
+    *,
+    genes: Sequence[str],
+    tile_px: int,
+    tile_um: float,
+    family: str,
+    target: str,
+    outputs: Sequence[str] = ("expression",),
+    name: str | None = None,
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    license: str | None = None,
+    description: str | None = None,
+    opset: int = 18,
+    check_tiles: NDArray[np.uint8] | None = None,
+    tolerance: float = 1e-4,
+) -> ExportReport:
+    """Export ``module`` (uint8 ``(N, tile_px, tile_px, 3)`` → expression [, variance]) to the contract.
+
+    Parameters
+    ----------
+    module
+        A ``torch.nn.Module``; ``forward(image)`` returns a tensor ``(N, G)`` or a tuple
+        ordered as ``outputs``.
+    path
+        The ``.onnx`` file to write (atomically).
+    genes, tile_px, tile_um, family, target, outputs, name, training, metrics, license, description
+        Contract metadata (see :func:`napari_virtual_st.contract.contract_metadata`).
+    opset
+        ONNX opset.
+    check_tiles
+        Tiles on which torch and ONNX Runtime must agree (default: 4 random tiles).
+    tolerance
+        Largest absolute difference accepted between torch and ONNX Runtime.
+
+    Returns
+    -------
+    ExportReport
+
+    Raises
+    ------
+    ModelError
+        If the exported graph breaks the contract or disagrees with torch.
+    """
+    import torch
+
+    path = Path(path)
+    if tile_px < 1 or tile_um <= 0:
+        raise ParameterError("tile_px and tile_um must be positive")
+    module = module.eval()
+    example = torch.zeros((2, tile_px, tile_px, 3), dtype=torch.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch's exporter warns about its own internals; they are not the user's concern
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            torch.onnx.export(
+                module,
+                (example,),
+                str(raw),
+                input_names=["image"],
+                output_names=list(outputs),
+                dynamic_shapes=({0: torch.export.Dim("N", min=1, max=1 << 16)},),
+                opset_version=opset,
+                external_data=False,
+                dynamo=True,
+                verbose=False,
+            )
+        model = onnx.load(str(raw))
+    meta = contract_metadata(
+        genes=genes,
+        tile_px=tile_px,
+        tile_um=tile_um,
+        family=family,
+        target=target,
+        outputs=outputs,
+        name=name,
+        training=training,
+        metrics=metrics,
+        license=license,
+        description=description,
+    )
+    attach_metadata(model, meta)
+    save_model(model, path)
+    predictor = Predictor(path, providers=["cpu"])  # validates the contract
+    tiles = (
+        check_tiles
+        if check_tiles is not None
+        else np.random.default_rng(0).integers(0, 256, (4, tile_px, tile_px, 3), dtype=np.uint8)
+    )
+    with torch.no_grad():
+        expected = module(torch.from_numpy(np.ascontiguousarray(tiles)))
+    expected_list = list(expected) if isinstance(expected, (tuple, list)) else [expected]
+    got = predictor.predict(tiles)
+    got_list = [got.expression] + ([got.variance] if got.variance is not None else [])
+    diff = max(
+        float(np.max(np.abs(e.numpy() - g))) for e, g in zip(expected_list, got_list, strict=True)
+    )
+    if not diff <= tolerance:
+        path.unlink(missing_ok=True)
+        raise ModelError(
+            f"the exported model differs from torch by {diff:.3g} (tolerance {tolerance:g})"
+        )
+    return ExportReport(path, diff, predictor.providers)
+
+
+@dataclass(frozen=True)
+class QuantizationReport:
+    """How an int8 model compares with its fp32 original on the same tiles."""
+
+    path: Path
+    median_gene_pcc: float
+    min_gene_pcc: float
+    max_abs_diff: float
+    fp32_tiles_per_s: float
+    int8_tiles_per_s: float
+
+    @property
+    def speedup(self) -> float:
+        """int8 throughput over fp32 throughput."""
+        return self.int8_tiles_per_s / self.fp32_tiles_per_s
+
+
+def quantize_int8(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calibration_tiles: NDArray[np.uint8],
+    *,
+    check_tiles: NDArray[np.uint8] | None = None,
+    batch_size: int = 32,
+) -> QuantizationReport:
+    """Write an int8 (QDQ, per-channel) variant of a contract model, calibrated on real tiles.
+
+    Parameters
+    ----------
+    fp32_path
+        The contract model to quantise.
+    out_path
+        Where to write the int8 model (its metadata is copied, ``vst.name`` gains "int8").
+    calibration_tiles
+        ``(n, tile_px, tile_px, 3)`` uint8 tissue tiles for activation ranges.
+    check_tiles
+        Tiles to compare fp32 and int8 on (default: the calibration tiles).
+    batch_size
+        Batch size of the speed measurement.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    reference = Predictor(fp32_path, providers=["cpu"])
+    tiles = np.ascontiguousarray(calibration_tiles)
+    if tiles.ndim != 4 or tiles.shape[1:] != (reference.info.tile_px, reference.info.tile_px, 3):
+        raise ParameterError("calibration tiles must match the model's tile size")
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter([{"image": tiles[i : i + 8]} for i in range(0, len(tiles), 8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        raw = Path(tmp) / "int8.onnx"
+        quantize_static(
+            str(pre),
+            str(raw),
+            _Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        model = onnx.load(str(raw))
+    meta = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
+    meta["vst.name"] = f"{meta.get('vst.name', fp32_path.stem)} (int8)"
+    del model.metadata_props[:]
+    attach_metadata(model, meta)
+    save_model(model, out_path)
+    quantised = Predictor(out_path, providers=["cpu"])
+    check = tiles if check_tiles is None else np.ascontiguousarray(check_tiles)
+    a = reference.predict(check).expression
+    b = quantised.predict(check).expression
+    pcc = _column_pcc(a, b)
+    return QuantizationReport(
+        path=out_path,
+        median_gene_pcc=float(np.median(pcc)),
+        min_gene_pcc=float(np.min(pcc)),
+        max_abs_diff=float(np.max(np.abs(a - b))),
+        fp32_tiles_per_s=_throughput(reference, check, batch_size),
+        int8_tiles_per_s=_throughput(quantised, check, batch_size),
+    )
+
+
+def _column_pcc(a: NDArray[np.floating], b: NDArray[np.floating]) -> NDArray[np.float64]:
+    a = a - a.mean(axis=0)
+    b = b - b.mean(axis=0)
+    denom = np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
+    return np.divide((a * b).sum(axis=0), denom, out=np.ones(a.shape[1]), where=denom > 1e-12)
+
+
+def _throughput(
+    predictor: Predictor, tiles: NDArray[np.uint8], batch_size: int, min_seconds: float = 1.0
+) -> float:
+    reps = max(1, -(-batch_size // len(tiles)))
+    batch = np.concatenate([tiles] * reps)[:batch_size]
+    predictor.predict(batch)  # warm-up
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_seconds:
+        predictor.predict(batch)
+        n += len(batch)
+    return n / (time.perf_counter() - start)

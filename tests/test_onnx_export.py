@@ -1,0 +1,122 @@
+"""Bring-your-own-model export: torch module → contract ONNX, and int8 quantisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is in the 'train' extra")
+pytest.importorskip("onnxscript", reason="torch.onnx dynamo export needs onnxscript")
+
+from napari_virtual_st.errors import ModelError  # noqa: E402
+from napari_virtual_st.onnx_export import export_torch_model, quantize_int8  # noqa: E402
+from napari_virtual_st.predictor import Predictor  # noqa: E402
+from napari_virtual_st.slide import Slide  # noqa: E402
+
+
+class TinyCNN(torch.nn.Module):
+    """A small synthetic CNN (random weights) with normalisation inside ``forward``."""
+
+    def __init__(self, n_genes: int = 7, with_variance: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+        )
+        self.head = torch.nn.Linear(32, n_genes)
+        self.with_variance = with_variance
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x = image.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        x = (x - self.mean) / self.std
+        out = self.head(self.features(x).flatten(1))
+        if self.with_variance:
+            return out, torch.nn.functional.softplus(out)
+        return out
+
+
+def _genes(n: int) -> list[str]:
+    return [f"SYNTH{i}" for i in range(n)]
+
+
+def test_exported_model_matches_torch_within_1e_4_and_passes_the_contract(tmp_path: Path) -> None:
+    module = TinyCNN()
+    report = export_torch_model(
+        module,
+        tmp_path / "tiny.onnx",
+        genes=_genes(7),
+        tile_px=32,
+        tile_um=55.0,
+        family="baseline",
+        target="synthetic",
+    )
+    assert report.max_abs_diff <= 1e-4
+    predictor = Predictor(report.path)
+    assert predictor.genes == tuple(_genes(7))
+    assert predictor.info.tile_um == 55.0
+    tiles = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(tiles)).numpy()
+    np.testing.assert_allclose(predictor.predict(tiles).expression, expected, atol=1e-4)
+
+
+def test_variance_output_is_exported_and_returned(tmp_path: Path) -> None:
+    report = export_torch_model(
+        TinyCNN(with_variance=True),
+        tmp_path / "var.onnx",
+        genes=_genes(7),
+        tile_px=32,
+        tile_um=55.0,
+        family="stem",
+        target="synthetic",
+        outputs=("expression", "variance"),
+    )
+    out = Predictor(report.path).predict(np.zeros((3, 32, 32, 3), np.uint8))
+    assert out.variance is not None and out.variance.shape == (3, 7)
+    assert (out.variance >= 0).all()
+
+
+def test_export_with_wrong_gene_count_is_refused_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"vst\.genes"):
+        export_torch_model(
+            TinyCNN(7),
+            tmp_path / "bad.onnx",
+            genes=_genes(5),
+            tile_px=32,
+            tile_um=55.0,
+            family="x",
+            target="y",
+        )
+
+
+def test_int8_model_agrees_with_fp32_on_real_tissue_tiles(
+    tmp_path: Path, cmu_small_svs: Path
+) -> None:
+    report = export_torch_model(
+        TinyCNN(),
+        tmp_path / "fp32.onnx",
+        genes=_genes(7),
+        tile_px=32,
+        tile_um=55.0,
+        family="baseline",
+        target="synthetic",
+    )
+    with Slide(cmu_small_svs) as slide:
+        centres = [(x, y) for x in range(300, 2000, 300) for y in range(300, 2700, 300)]
+        tiles = np.stack([slide.read_tile(c, 32, 55.0) for c in centres])
+    result = quantize_int8(
+        report.path, tmp_path / "int8.onnx", tiles[::2], check_tiles=tiles, batch_size=16
+    )
+    quantised = Predictor(result.path)
+    assert quantised.genes == tuple(_genes(7))
+    assert "int8" in quantised.info.name
+    assert result.median_gene_pcc > 0.95
+    assert result.fp32_tiles_per_s > 0 and result.int8_tiles_per_s > 0

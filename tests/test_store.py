@@ -1,0 +1,297 @@
+"""PredictionStore: created whole or not at all, written chunk by chunk, read back by gene,
+and refusing to resume onto another slide, model or grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+import napari_virtual_st.store as store_module
+from napari_virtual_st.errors import ParameterError, StoreError, StoreMismatchError
+from napari_virtual_st.grid import SpotGrid
+from napari_virtual_st.store import PredictionStore
+
+GENES = ("EPCAM", "PTPRC", "COL1A1")
+
+
+def small_grid(n: int = 10) -> SpotGrid:
+    """``n`` spots on a line, 200 level-0 px apart."""
+    xy = np.stack([np.arange(n) * 200.0 + 100, np.full(n, 100.0)], axis=1)
+    return SpotGrid.from_coordinates(xy, mpp=0.5, spot_diameter_um=55.0)
+
+
+def provenance(slide: str = "slide-a", model: str = "model-a") -> dict[str, Any]:
+    return {
+        "slide": {"name": f"{slide}.svs", "fingerprint": slide},
+        "model": {"file": f"{model}.onnx", "sha256": model},
+    }
+
+
+def new_store(tmp_path: Path, **kwargs: Any) -> PredictionStore:
+    options: dict[str, Any] = {
+        "grid": small_grid(),
+        "genes": GENES,
+        "chunk_spots": 4,
+        "provenance": provenance(),
+    }
+    options.update(kwargs)
+    return PredictionStore.create(tmp_path / "s.vst.zarr", **options)
+
+
+def values(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, len(GENES))).astype(np.float32)
+
+
+# -- creation ----------------------------------------------------------------------------------
+def test_a_new_store_holds_the_grid_and_nothing_predicted(tmp_path: Path) -> None:
+    grid = small_grid()
+    store = new_store(tmp_path, grid=grid)
+    assert store.path == tmp_path / "s.vst.zarr"
+    assert (store.n_spots, store.chunk_spots, store.n_chunks) == (10, 4, 3)
+    assert store.genes == GENES
+    assert [store.chunk_slice(c) for c in range(3)] == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    np.testing.assert_array_equal(store.xy_level0_px, grid.xy_level0_px)
+    np.testing.assert_array_equal(store.lattice_rc, grid.lattice_rc)
+    assert store.spot_ids == [str(i) for i in range(10)]
+    assert not store.done.any()
+    assert not store.done_chunks().any()
+    assert not store.is_complete
+    assert np.isnan(store.expression()).all()
+    assert store.attrs["status"] == "running"
+    assert store.attrs["grid"]["fingerprint"] == grid.fingerprint
+    assert store.attrs["slide"]["fingerprint"] == "slide-a"
+
+
+def test_lattice_spots_are_named_row_col(tmp_path: Path) -> None:
+    grid = SpotGrid.legacy_st((1000, 600), mpp=1.0)
+    store = PredictionStore.create(tmp_path / "st.vst.zarr", grid=grid, genes=GENES)
+    assert store.spot_ids[:3] == ["0_0", "0_1", "0_2"]
+
+
+def test_barcodes_are_kept_as_spot_ids(tmp_path: Path) -> None:
+    grid = SpotGrid.from_coordinates(
+        [[10, 10], [20, 20]], mpp=0.5, spot_diameter_um=55, spot_ids=["AAAC-1", "TTTG-1"]
+    )
+    store = PredictionStore.create(tmp_path / "b.vst.zarr", grid=grid, genes=GENES)
+    assert PredictionStore.open(store.path).spot_ids == ["AAAC-1", "TTTG-1"]
+
+
+def test_an_existing_store_is_not_replaced_unless_asked(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    store.write_chunk(0, values(4))
+    with pytest.raises(StoreError, match="already exists"):
+        new_store(tmp_path)
+    assert PredictionStore.open(store.path).done[:4].all()
+    fresh = new_store(tmp_path, overwrite=True, genes=("A",))
+    assert fresh.genes == ("A",)
+    assert not fresh.done.any()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.vst.zarr"]
+
+
+def test_an_empty_grid_or_a_zero_chunk_is_refused(tmp_path: Path) -> None:
+    empty = SpotGrid.from_coordinates(np.empty((0, 2)), mpp=0.5, spot_diameter_um=55)
+    with pytest.raises(ParameterError, match="no spots"):
+        new_store(tmp_path, grid=empty)
+    with pytest.raises(ParameterError, match="chunk size must be at least 1"):
+        new_store(tmp_path, chunk_spots=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [(OSError("disk full"), StoreError), (RuntimeError("zarr broke"), RuntimeError)],
+    ids=["os-error", "unexpected-error"],
+)
+def test_a_failed_creation_leaves_no_half_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception, raised: type
+) -> None:
+    def fail(value: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(store_module, "_jsonable", fail)  # fails after the arrays are written
+    with pytest.raises(raised, match=r"disk full|zarr broke") as info:
+        new_store(tmp_path)
+    if raised is StoreError:
+        assert "cannot create the prediction store" in str(info.value)
+        assert "s.vst.zarr" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_under_an_unwritable_path_fails_cleanly(tmp_path: Path) -> None:
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(StoreError, match="cannot create the prediction store"):
+        PredictionStore.create(blocker / "s.vst.zarr", grid=small_grid(), genes=GENES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_folder"]
+
+
+def test_a_failed_overwrite_keeps_the_old_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = new_store(tmp_path)
+    old.write_chunk(1, values(4))
+
+    def fail(value: Any) -> Any:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_module, "_jsonable", fail)
+    with pytest.raises(StoreError):
+        new_store(tmp_path, overwrite=True)
+    assert PredictionStore.open(old.path).done_chunks().tolist() == [False, True, False]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.vst.zarr"]
+
+
+# -- opening -----------------------------------------------------------------------------------
+def test_opening_something_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="prediction store not found"):
+        PredictionStore.open(tmp_path / "missing.vst.zarr")
+    folder = tmp_path / "plain_folder"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello")
+    with pytest.raises(StoreError, match="plain_folder is not a readable prediction store"):
+        PredictionStore.open(folder)
+    a_file = tmp_path / "file.vst.zarr"
+    a_file.write_text("hello")
+    with pytest.raises(StoreError, match=r"file\.vst\.zarr is not a readable prediction store"):
+        PredictionStore.open(a_file)
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w").attrs["format"] = "something else"
+    with pytest.raises(StoreError, match=r"other\.zarr is not a napari-virtual-st prediction"):
+        PredictionStore.open(tmp_path / "other.zarr")
+
+
+def test_a_store_opened_read_only_cannot_be_written(tmp_path: Path) -> None:
+    new_store(tmp_path)
+    store = PredictionStore.open(tmp_path / "s.vst.zarr")
+    with pytest.raises(Exception):  # noqa: B017 - zarr's own read-only error
+        store.write_chunk(0, values(4))
+    assert not PredictionStore.open(tmp_path / "s.vst.zarr").done.any()
+
+
+# -- writing and reading -----------------------------------------------------------------------
+def test_a_written_chunk_is_marked_done_and_the_rest_stays_nan(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    chunk = values(4)
+    store.write_chunk(1, chunk)
+    reopened = PredictionStore.open(store.path)
+    assert reopened.done.tolist() == [False] * 4 + [True] * 4 + [False] * 2
+    assert reopened.done_chunks().tolist() == [False, True, False]
+    expression = reopened.expression()
+    assert expression.dtype == np.float32
+    np.testing.assert_array_equal(expression[4:8], chunk)
+    assert np.isnan(expression[:4]).all()
+    assert np.isnan(expression[8:]).all()
+    assert not reopened.is_complete
+
+
+def test_a_store_is_complete_when_every_chunk_is_written(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    full = values(10)
+    for c in (2, 0, 1):  # any order
+        store.write_chunk(c, full[store.chunk_slice(c)])
+    assert store.is_complete
+    assert store.done_chunks().all()
+    np.testing.assert_array_equal(PredictionStore.open(store.path).expression(), full)
+
+
+def test_a_chunk_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    with pytest.raises(ParameterError, match=r"chunk 2 needs expression of shape \(2, 3\)"):
+        store.write_chunk(2, values(4))
+    assert not store.done.any()
+
+
+def test_values_are_read_by_gene_in_the_order_asked(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    full = values(10)
+    for c in range(store.n_chunks):
+        store.write_chunk(c, full[store.chunk_slice(c)])
+    np.testing.assert_array_equal(store.gene_values("PTPRC"), full[:, 1])
+    np.testing.assert_array_equal(store.expression(["COL1A1", "EPCAM"]), full[:, [2, 0]])
+    assert store.gene_index(["COL1A1", "PTPRC"]) == [2, 1]
+
+
+def test_an_unknown_gene_is_named_in_the_error(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    with pytest.raises(ParameterError, match="gene 'GAPDH' is not predicted by this model"):
+        store.gene_values("GAPDH")
+    with pytest.raises(ParameterError, match="'MKI67'"):
+        store.gene_index(["EPCAM", "MKI67"])
+    with pytest.raises(ParameterError, match="'MKI67'"):
+        store.expression(["MKI67"])
+
+
+def test_variance_is_stored_beside_expression(tmp_path: Path) -> None:
+    store = new_store(tmp_path, with_variance=True)
+    assert store.has_variance
+    mean, var = values(4), values(4, seed=1) ** 2
+    store.write_chunk(0, mean, var)
+    reopened = PredictionStore.open(store.path)
+    np.testing.assert_array_equal(reopened.variance()[:4], var)
+    np.testing.assert_array_equal(reopened.variance(["COL1A1"])[:4, 0], var[:, 2])
+    assert np.isnan(reopened.variance()[4:]).all()
+    with pytest.raises(ParameterError, match="holds variance; the chunk has none"):
+        store.write_chunk(1, values(4))
+    with pytest.raises(ParameterError, match=r"needs variance of shape \(4, 3\); got \(4, 2\)"):
+        store.write_chunk(1, values(4), var[:, :2])
+    assert not store.done[4:8].any()
+    assert np.isnan(store.expression()[4:8]).all()  # nothing half-written
+
+
+def test_asking_for_variance_the_model_never_gave_is_an_error(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    assert not store.has_variance
+    with pytest.raises(StoreError, match="holds no variance"):
+        store.variance()
+
+
+def test_the_status_is_kept_on_disk(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    store.set_status("cancelled", spots_done=np.int64(4), error="stopped by the user")
+    assert store.attrs["status"] == "cancelled"
+    attrs = PredictionStore.open(store.path).attrs
+    assert (attrs["status"], attrs["spots_done"], attrs["error"]) == (
+        "cancelled",
+        4,
+        "stopped by the user",
+    )
+    assert attrs["model"]["sha256"] == "model-a"  # provenance survives status updates
+
+
+# -- resuming onto the same slide, model and grid ----------------------------------------------
+def test_the_same_slide_model_and_grid_match(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    store.check_matches(slide_fingerprint="slide-a", model_sha256="model-a", grid=small_grid())
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"slide_fingerprint": "slide-b", "slide_name": "b.svs"},
+            r"different slide \(slide-a\.svs\), not b\.svs",
+        ),
+        (
+            {"model_sha256": "model-b", "model_name": "b.onnx"},
+            r"different model \(model-a\.onnx\), not b\.onnx",
+        ),
+        ({"grid": small_grid(11)}, "different spot grid settings"),
+    ],
+    ids=["slide", "model", "grid"],
+)
+def test_a_different_slide_model_or_grid_is_refused_naming_which(
+    tmp_path: Path, changes: dict[str, Any], expected: str
+) -> None:
+    store = new_store(tmp_path)
+    same: dict[str, Any] = {
+        "slide_fingerprint": "slide-a",
+        "model_sha256": "model-a",
+        "grid": small_grid(),
+    }
+    with pytest.raises(StoreMismatchError, match=expected) as info:
+        store.check_matches(**{**same, **changes})
+    assert "s.vst.zarr" in str(info.value)
+    assert "overwrite" in str(info.value)

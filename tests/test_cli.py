@@ -270,3 +270,30 @@ class _no_raise:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def test_demo_predicts_the_bundled_slide_and_writes_a_heatmap_png(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    store = PredictionStore.open(tmp_path / "CMU-1-Small-Region.vst.zarr")
+    assert store.is_complete and store.n_spots > 20
+    assert store.attrs["model"]["family"] == "nsl"
+    pngs = list(tmp_path.glob("CMU-1-Small-Region_*.png"))
+    assert len(pngs) == 1 and str(pngs[0]) in out
+    picture = np.asarray(Image.open(pngs[0]).convert("RGB"))
+    assert picture.shape[0] > 500
+    # viridis-coloured spots were drawn over the H&E thumbnail
+    assert (np.abs(picture.astype(int) - [253, 231, 37]).sum(axis=-1) < 60).any() or (
+        np.abs(picture.astype(int) - [68, 1, 84]).sum(axis=-1) < 60
+    ).any()
+
+
+def test_demo_with_a_gene_the_model_does_not_predict_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--out", str(tmp_path), "--gene", "NOT_A_GENE", "--quiet"]) == 2
+    assert "'NOT_A_GENE' is not predicted by this model" in capsys.readouterr().err

@@ -103,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    demo = sub.add_parser(
+        "demo", help="run the whole job on the bundled real slide with a bundled model"
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("vst-demo"), help="output folder (default: ./vst-demo)"
+    )
+    demo.add_argument(
+        "--model", help="bundled model name or ONNX file (default: the bundled NSL model)"
+    )
+    demo.add_argument("--gene", help="gene to draw (default: the most variable predicted gene)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+
     models = sub.add_parser("models", help="list the bundled models")
     models.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -112,7 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``virtual-st``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = {"info": _cmd_info, "predict": _cmd_predict, "models": _cmd_models}[args.command]
+    handler = {
+        "info": _cmd_info,
+        "predict": _cmd_predict,
+        "models": _cmd_models,
+        "demo": _cmd_demo,
+    }[args.command]
     try:
         return handler(args)
     except CancelledError as exc:
@@ -198,8 +215,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
             f"{row['name']}: {row['family']}, {row['genes']} genes, tiles {row['tile_px']} px / "
             f"{row['tile_um']:g} µm, outputs {', '.join(row['outputs'])}, target {row['target']}"
         )
-        if row.get("metrics"):
-            print(f"    metrics: {json.dumps(row['metrics'])}")
+        metrics = row.get("metrics") or {}
+        raw = metrics.get("raw", {}) if isinstance(metrics, dict) else {}
+        if "PCC-ALL" in raw:
+            test = metrics.get("test_section", "held-out data")
+            print(
+                f"    held-out PCC-ALL {raw['PCC-ALL']:.3f} (raw labels) on {test}; protocol: {metrics.get('protocol', '?')}"
+            )
+        if row.get("license"):
+            print(f"    licence: {row['license']}")
     return 0
 
 
@@ -294,6 +318,51 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     rate = store.attrs.get("last_run_tiles_per_s")
     timing = f" in {seconds:.1f} s ({rate:.0f} tiles/s)" if seconds else ""
     print(f"{store.n_spots} spots × {len(store.genes)} genes written to {out}{timing}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from napari_virtual_st.overlay import most_variable_gene, save_gene_overlay
+    from napari_virtual_st.registry import default_model, resolve_model, sample_slide_path
+    from napari_virtual_st.slide import Slide
+    from napari_virtual_st.store import PredictionStore
+
+    slide_path = sample_slide_path()
+    model_path = resolve_model(args.model) if args.model else default_model().path
+    out_dir: Path = args.out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store_path = out_dir / f"{slide_path.stem}.vst.zarr"
+    print(f"demo: bundled slide {slide_path.name}, model {model_path.name}", file=sys.stderr)
+    _cmd_info(argparse.Namespace(slide=slide_path, mpp=None, json=False))
+    code = _cmd_predict(
+        argparse.Namespace(
+            slide=slide_path,
+            model=str(model_path),
+            grid="visium",
+            mpp=None,
+            out=store_path,
+            batch_size=32,
+            providers=None,
+            min_tissue=0.5,
+            overlap_um=0.0,
+            read_threads=2,
+            overwrite=False,
+            quiet=args.quiet,
+        )
+    )
+    if code != 0:
+        return code
+    store = PredictionStore.open(store_path)
+    gene = args.gene or most_variable_gene(store)
+    store.gene_index([gene])  # a clear error for a gene the model does not predict
+    with Slide(slide_path) as slide:
+        picture = save_gene_overlay(slide, store, gene, out_dir / f"{slide_path.stem}_{gene}.png")
+    values = store.gene_values(gene)
+    print(
+        f"{gene}: predicted {store.attrs['model']['target']} from {values.min():.2f} to {values.max():.2f} over {store.n_spots} spots"
+    )
+    print(f"store:   {store_path}")
+    print(f"heatmap: {picture}")
     return 0
 
 

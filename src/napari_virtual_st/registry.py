@@ -68,3 +68,24 @@ def resolve_model(name_or_path: str | Path) -> Path:
     raise ModelError(
         f"model {str(name_or_path)!r} is neither an ONNX file nor a bundled model ({known})"
     )
+
+
+def sample_slide_path() -> Path:
+    """The real sample slide shipped with the package (Aperio CMU-1-Small-Region.svs)."""
+    return Path(
+        str(resources.files("napari_virtual_st") / "sample_data" / "CMU-1-Small-Region.svs")
+    )
+
+
+def default_model() -> BundledModel:
+    """The bundled model used when none is named (the first valid one by name).
+
+    Raises
+    ------
+    ModelError
+        If no valid model is bundled.
+    """
+    for model in bundled_models():
+        if model.info is not None:
+            return model
+    raise ModelError("no usable model is bundled with this installation; pass --model FILE.onnx")

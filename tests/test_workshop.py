@@ -1,0 +1,98 @@
+"""The model workshop: protocol metrics, baselines, NSL training and the shipped model's record.
+
+Training tests use a tiny subset of the real HER2ST data (skipped where ../shared/data is absent).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from models.workshop.metrics import gene_sets, neighbourhood_mean, pearson_per_gene, score
+
+torch = pytest.importorskip("torch", reason="torch is in the 'train' extra")
+
+
+def _her2st():
+    from models.workshop.data import data_available
+
+    if not data_available():
+        pytest.skip(
+            "HER2ST data not available: ../shared/data/her2st_subset is absent beside the checkout"
+        )
+    from models.workshop import data
+
+    return data
+
+
+def test_pearson_is_zero_for_constant_predictions_and_one_for_perfect_ones() -> None:
+    true = np.random.default_rng(0).normal(size=(30, 4))
+    assert np.allclose(pearson_per_gene(true * 2 + 1, true), 1.0)
+    assert np.all(pearson_per_gene(np.ones_like(true) * 0.3, true) == 0.0)
+
+
+def test_neighbourhood_mean_averages_the_3x3_array_neighbours_present() -> None:
+    rc = np.array([[0, 0], [0, 1], [1, 1], [5, 5]])
+    values = np.array([[1.0], [2.0], [3.0], [10.0]])
+    out = neighbourhood_mean(values, rc)
+    np.testing.assert_allclose(out[:, 0], [2.0, 2.0, 2.0, 10.0])
+
+
+def test_gene_sets_are_chosen_on_training_targets() -> None:
+    train = np.zeros((10, 60))
+    train[:, 59] = np.arange(10)  # most variable
+    train[:, 3] = 100  # highest mean
+    sets = gene_sets(train, [f"g{i}" for i in range(60)], k=1)
+    assert sets["HEG1"] == [3] and sets["HVG1"] == [59]
+    scores = score(train + 1, train, sets)
+    assert scores["MSE"] == pytest.approx(1.0)
+
+
+def test_tiles_come_from_the_spot_centres_at_the_derived_resolution() -> None:
+    data = _her2st()
+    c2 = next(s for s in data.her2st_sections() if s.name == "C2")
+    section = data.load_section(c2, 16, 110.0, use_cache=False)
+    assert section.mpp == pytest.approx(0.69, abs=0.01)  # 200 µm array pitch ≈ 290 px
+    assert section.tiles.shape == (section.measured.n_spots, 16, 16, 3)
+    # spots are under tissue: tiles are darker than glass
+    assert section.tiles.mean() < 200
+
+
+def test_nsl_has_eleven_trainable_weights_per_gene_and_trains_end_to_end_on_a_tiny_subset() -> (
+    None
+):
+    data = _her2st()
+    from models.nsl.train import NSLSettings, fit_nsl, predict_nsl
+    from models.workshop.baselines import MeanPredictor, RidgeColour
+
+    sections = data.load_her2st(16, 110.0, ["C2", "C3"])
+    train, test = [sections["C2"]], sections["C3"]
+    genes = data.gene_panel(train, 12, test.measured.genes)
+    assert len(genes) == 12
+    model = fit_nsl(train, genes, NSLSettings(epochs=2, batch_size=32))
+    assert model.n_trainable_per_gene() == 11
+    pred = predict_nsl(model, test.tiles)
+    assert pred.shape == (len(test.tiles), 12) and np.isfinite(pred).all()
+    for baseline in (MeanPredictor(), RidgeColour()):
+        out = baseline.fit(train, genes).predict(test.tiles)
+        assert out.shape == pred.shape
+
+
+def test_evaluate_reproduces_the_bundled_models_recorded_held_out_metrics() -> None:
+    _her2st()
+    from models.evaluate import evaluate_onnx
+    from napari_virtual_st.predictor import Predictor
+    from napari_virtual_st.registry import bundled_models
+
+    models = [m for m in bundled_models() if m.info is not None and m.info.family == "nsl"]
+    if not models:
+        pytest.fail("the NSL model is not bundled")
+    model = models[0]
+    recorded = Predictor(model.path).info.metadata["metrics"]
+    measured = evaluate_onnx(model.path)
+    for labels in ("raw", "smoothed_3x3"):
+        for key, value in recorded[labels].items():
+            assert measured[labels][key] == pytest.approx(value, abs=1e-3), (labels, key)
+    assert json.dumps(recorded)  # the record is plain JSON

@@ -295,3 +295,21 @@ def test_a_different_slide_model_or_grid_is_refused_naming_which(
         store.check_matches(**{**same, **changes})
     assert "s.vst.zarr" in str(info.value)
     assert "overwrite" in str(info.value)
+
+
+def test_leftovers_of_a_creation_killed_half_way_are_cleaned_up(tmp_path: Path) -> None:
+    stale = tmp_path / ".s.vst.zarr.deadbeef.tmp"
+    stale.mkdir()
+    (stale / "junk").write_text("x")
+    new_store(tmp_path)
+    assert not stale.exists()
+    assert (tmp_path / "s.vst.zarr").is_dir()
+
+
+def test_a_store_missing_an_array_is_reported_as_damaged(tmp_path: Path) -> None:
+    import shutil
+
+    store = new_store(tmp_path)
+    shutil.rmtree(store.path / "done")
+    with pytest.raises(StoreError, match="damaged prediction store: it lacks 'done'"):
+        PredictionStore.open(store.path)

@@ -33,6 +33,15 @@ PREFERRED_PROVIDERS = (
     "CUDAExecutionProvider",
     "CPUExecutionProvider",
 )
+GPU_PROVIDERS = frozenset(
+    {
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "ROCMExecutionProvider",
+        "MIGraphXExecutionProvider",
+        "DmlExecutionProvider",
+    }
+)
 _PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
     "trt": "TensorrtExecutionProvider",
@@ -148,7 +157,8 @@ def resolve_providers(requested: Sequence[str] | None = None) -> list[str]:
             raise ModelError(
                 f"execution provider {name!r} is not available here{hint}; available: {', '.join(available)}"
             )
-        chosen.append(full)
+        if full not in chosen:
+            chosen.append(full)
     if "CPUExecutionProvider" not in chosen and "CPUExecutionProvider" in available:
         chosen.append("CPUExecutionProvider")
     return chosen
@@ -390,8 +400,8 @@ class Predictor:
 
     @property
     def on_gpu(self) -> bool:
-        """Whether a GPU execution provider is in use."""
-        return self.providers[0] not in ("CPUExecutionProvider",)
+        """Whether a GPU execution provider (TensorRT, CUDA, ROCm, MIGraphX, DirectML) is in use."""
+        return self.providers[0] in GPU_PROVIDERS
 
     def predict(self, tiles: ArrayLike, spot_index: ArrayLike | None = None) -> Prediction:
         """Run the model on a batch of tiles.

@@ -46,6 +46,12 @@ class PredictionStore:
         attrs = dict(group.attrs)
         if attrs.get("format") != STORE_FORMAT:
             raise StoreError(f"{path} is not a napari-virtual-st prediction store")
+        missing = [k for k in ("genes", "chunk_spots", "n_spots") if k not in attrs]
+        missing += [
+            a for a in ("expression", "done", "xy_level0_px", "lattice_rc") if a not in group
+        ]
+        if missing:
+            raise StoreError(f"{path} is a damaged prediction store: it lacks {missing[0]!r}")
         self.attrs: dict[str, Any] = attrs
         self.genes: tuple[str, ...] = tuple(attrs["genes"])
         self.chunk_spots: int = int(attrs["chunk_spots"])
@@ -96,6 +102,9 @@ class PredictionStore:
             raise ParameterError("the grid has no spots to predict (no tissue found?)")
         if path.exists() and not overwrite:
             raise StoreError(f"{path} already exists")
+        if path.parent.is_dir():  # leftovers of a creation killed half-way
+            for stale in path.parent.glob(f".{path.name}.*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
         tag = uuid.uuid4().hex[:8]
         tmp = path.with_name(f".{path.name}.{tag}.tmp")
         n, g = len(grid), len(genes)

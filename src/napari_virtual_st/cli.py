@@ -102,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace an existing store instead of resuming it"
     )
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_measured_arguments(
+        predict, "predict at the measured spots of this data instead of a grid"
+    )
+
+    evaluate = sub.add_parser("evaluate", help="compare a prediction store with measured ST")
+    evaluate.add_argument("store", type=Path, help="prediction store (.vst.zarr)")
+    _add_measured_arguments(evaluate, "measured data to compare with", required=True)
+    evaluate.add_argument("--csv", type=Path, help="write the per-gene table here")
+    evaluate.add_argument("--top", type=int, default=10, help="genes to list (default: 10)")
 
     demo = sub.add_parser(
         "demo", help="run the whole job on the bundled real slide with a bundled model"
@@ -129,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "predict": _cmd_predict,
         "models": _cmd_models,
         "demo": _cmd_demo,
+        "evaluate": _cmd_evaluate,
     }[args.command]
     try:
         return handler(args)
@@ -269,13 +279,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             f"{predictor.info.tile_um:g} µm at {predictor.info.tile_px} px; running on {predictor.providers[0]}",
             file=sys.stderr,
         )
-        grid = build_grid(
-            slide,
-            args.grid,
-            tile_um=predictor.info.tile_um,
-            min_tissue_fraction=args.min_tissue,
-            overlap_um=args.overlap_um,
-        )
+        if getattr(args, "measured", None) is not None:
+            grid = _measured_grid(args, slide.mpp)
+            args.grid = "measured"
+        else:
+            grid = build_grid(
+                slide,
+                args.grid,
+                tile_um=predictor.info.tile_um,
+                min_tissue_fraction=args.min_tissue,
+                overlap_um=args.overlap_um,
+            )
         if len(grid) == 0:
             raise VirtualSTError(
                 f"no {args.grid} spots have at least {args.min_tissue:.0%} tissue under them; "
@@ -318,6 +332,81 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     rate = store.attrs.get("last_run_tiles_per_s")
     timing = f" in {seconds:.1f} s ({rate:.0f} tiles/s)" if seconds else ""
     print(f"{store.n_spots} spots × {len(store.genes)} genes written to {out}{timing}")
+    return 0
+
+
+def _add_measured_arguments(
+    parser: argparse.ArgumentParser, help_text: str, required: bool = False
+) -> None:
+    parser.add_argument(
+        "--measured",
+        type=Path,
+        required=required,
+        help=f"{help_text}: Space Ranger outs/, .h5ad, or legacy ST counts .tsv",
+    )
+    parser.add_argument(
+        "--spots", type=Path, help="legacy ST spot (selection) file, with a counts .tsv"
+    )
+    parser.add_argument(
+        "--pixel-scale",
+        type=_positive_float,
+        default=1.0,
+        help="legacy ST: spot-file px → image px (default: 1)",
+    )
+    parser.add_argument(
+        "--transform",
+        type=Path,
+        help="alignment JSON: measured px → slide level-0 px (default: same image)",
+    )
+
+
+def _load_measured(args: argparse.Namespace) -> tuple[Any, Any]:
+    from napari_virtual_st.align import Transform
+    from napari_virtual_st.measured import read_measured
+
+    measured = read_measured(args.measured, spots=args.spots, pixel_scale=args.pixel_scale)
+    transform = Transform.from_json(args.transform.read_text()) if args.transform else None
+    return measured, transform
+
+
+def _measured_grid(args: argparse.Namespace, mpp: float) -> Any:
+    from napari_virtual_st.grid import ST_SPOT_UM, VISIUM_SPOT_UM, SpotGrid
+
+    measured, transform = _load_measured(args)
+    xy = measured.xy_fullres_px if transform is None else transform.apply(measured.xy_fullres_px)
+    diameter_um = VISIUM_SPOT_UM if measured.source == "spaceranger" else ST_SPOT_UM
+    return SpotGrid.from_coordinates(
+        xy, mpp, diameter_um, lattice_rc=measured.array_rc, spot_ids=list(measured.spot_ids)
+    )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_virtual_st.compare import compare
+    from napari_virtual_st.store import PredictionStore
+
+    store = PredictionStore.open(args.store)
+    measured, transform = _load_measured(args)
+    result = compare(store, measured, transform)
+    summary = result.summary()
+    print(
+        f"{summary['n_spots']} spots matched by {summary['spot_match']}, {summary['n_genes']} genes compared"
+        + (
+            f" ({summary['n_missing_genes']} model genes absent from the measured data)"
+            if summary["n_missing_genes"]
+            else ""
+        )
+    )
+    print(
+        f"mean Pearson {summary['mean_pearson']:.4f} (median {summary['median_pearson']:.4f}), "
+        f"mean Spearman {summary['mean_spearman']:.4f}, mean SSIM {summary['mean_ssim']:.4f}, "
+        f"genes with Pearson > 0: {summary['frac_pearson_gt_0']:.1%}"
+    )
+    for score in result.sorted_by()[: max(args.top, 0)]:
+        print(
+            f"  {score.gene:12s} Pearson {score.pearson:+.3f}  Spearman {score.spearman:+.3f}  SSIM {score.ssim:.3f}"
+        )
+    if args.csv:
+        print(f"per-gene table: {result.write_csv(args.csv)}")
     return 0
 
 

@@ -364,3 +364,41 @@ def read_h5ad(path: str | Path, library_id: str | None = None) -> MeasuredST:
         scalefactors=scalefactors,
         source="h5ad",
     )
+
+
+def read_measured(
+    path: str | Path,
+    *,
+    spots: str | Path | None = None,
+    image: str | Path | None = None,
+    pixel_scale: float = 1.0,
+) -> MeasuredST:
+    """Read measured data of any supported kind.
+
+    Parameters
+    ----------
+    path
+        A Space Ranger ``outs/`` folder, an ``.h5ad`` file, or a legacy ST count table.
+    spots
+        The legacy ST spot (selection) file; required with a count table.
+    image
+        The image the legacy ST pixel columns refer to (optional).
+    pixel_scale
+        Legacy ST: factor from the spot file's pixels to the image's pixels.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return read_space_ranger(path)
+    if path.suffix == ".h5ad":
+        return read_h5ad(path)
+    if path.name.endswith((".tsv", ".tsv.gz", ".txt", ".txt.gz")):
+        if spots is None:
+            raise MeasuredDataError(
+                f"{path.name} is a legacy ST count table: give its spot file too (--spots)"
+            )
+        return read_legacy_st(path, spots, image, pixel_scale=pixel_scale)
+    if not path.exists():
+        raise MeasuredDataError(f"measured data not found: {path}")
+    raise MeasuredDataError(
+        f"{path.name} is not measured ST data this tool reads (a Space Ranger outs/ folder, .h5ad, or a legacy ST .tsv)"
+    )

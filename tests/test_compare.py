@@ -1,0 +1,125 @@
+"""Predicted vs measured: joining spots and genes, per-gene scores, and the evaluate command."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_virtual_st.cli import main
+from napari_virtual_st.compare import ComparisonError, compare
+from napari_virtual_st.measured import read_legacy_st
+from napari_virtual_st.predictor import Predictor
+from napari_virtual_st.registry import bundled_models
+from napari_virtual_st.store import PredictionStore
+
+
+@pytest.fixture(scope="module")
+def a1_prediction(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[PredictionStore, object, dict]:
+    """The bundled NSL model run by the CLI at the measured spots of HER2ST A1 (real data)."""
+    from models.workshop import data
+
+    if not data.data_available():
+        pytest.skip(
+            "HER2ST data not available: ../shared/data/her2st_subset is absent beside the checkout"
+        )
+    a1 = next(s for s in data.her2st_sections() if s.name == "A1")
+    measured = read_legacy_st(a1.counts, a1.spots, a1.image, pixel_scale=a1.pixel_scale)
+    mpp = data.mpp_from_spot_spacing(measured.xy_fullres_px, measured.array_rc)
+    image = data._cleaned_copy(a1.image, a1.mask_boxes, a1.black_background)
+    model = next(m for m in bundled_models() if m.info is not None and m.info.family == "nsl")
+    out = tmp_path_factory.mktemp("a1") / "a1.vst.zarr"
+    argv = [
+        "predict",
+        str(image),
+        "--model",
+        str(model.path),
+        "--mpp",
+        repr(mpp),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    argv += [
+        "--measured",
+        str(a1.counts),
+        "--spots",
+        str(a1.spots),
+        "--pixel-scale",
+        repr(a1.pixel_scale),
+    ]
+    assert main(argv) == 0
+    recorded = Predictor(model.path).info.metadata["metrics"]
+    return PredictionStore.open(out), measured, {"a1": a1, "recorded": recorded}
+
+
+def test_the_cli_evaluation_of_her2st_a1_agrees_with_the_workshop_harness(
+    a1_prediction: tuple,
+) -> None:
+    store, measured, extra = a1_prediction
+    result = compare(store, measured)
+    assert result.spot_match == "id"
+    assert result.n_spots == 346
+    assert len(result.genes) == 250 and not result.missing_genes
+    pearson = np.nan_to_num(
+        [g.pearson for g in result.genes]
+    )  # the harness counts constant genes as 0
+    assert pearson.mean() == pytest.approx(extra["recorded"]["raw"]["PCC-ALL"], abs=1e-3)
+    assert all(-1 <= g.ssim <= 1 for g in result.genes if np.isfinite(g.ssim))
+
+
+def test_evaluate_command_prints_the_summary_and_writes_a_sorted_csv(
+    a1_prediction: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, _, extra = a1_prediction
+    a1 = extra["a1"]
+    out = tmp_path / "genes.csv"
+    argv = [
+        "evaluate",
+        str(store.path),
+        "--measured",
+        str(a1.counts),
+        "--spots",
+        str(a1.spots),
+        "--pixel-scale",
+        repr(a1.pixel_scale),
+        "--csv",
+        str(out),
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "346 spots matched by id, 250 genes compared" in printed
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 250
+    values = [float(r["pearson"]) for r in rows]
+    assert values == sorted(values, reverse=True)
+
+
+def test_partly_shared_genes_are_reported_and_none_shared_is_a_clear_error(
+    a1_prediction: tuple,
+) -> None:
+    store, measured, _ = a1_prediction
+    renamed = tuple(g if i % 2 else f"{g}_OTHER" for i, g in enumerate(measured.genes))
+    partial = compare(store, replace(measured, genes=renamed))
+    assert 0 < len(partial.missing_genes) < 250
+    assert len(partial.genes) + len(partial.missing_genes) == 250
+    with pytest.raises(ComparisonError, match="none of the model's 250 genes"):
+        compare(
+            store,
+            replace(measured, genes=tuple(f"ENSG{i:011d}" for i in range(len(measured.genes)))),
+        )
+
+
+def test_spots_are_matched_by_nearest_centre_when_ids_differ(a1_prediction: tuple) -> None:
+    store, measured, _ = a1_prediction
+    anonymous = replace(measured, spot_ids=tuple(f"s{i}" for i in range(measured.n_spots)))
+    result = compare(store, anonymous)
+    assert result.spot_match == "nearest" and result.n_spots == 346
+    far = replace(anonymous, xy_fullres_px=anonymous.xy_fullres_px + 10_000)
+    with pytest.raises(ComparisonError, match="no predicted spot lies on a measured spot"):
+        compare(store, far)

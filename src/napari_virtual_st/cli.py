@@ -112,6 +112,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--csv", type=Path, help="write the per-gene table here")
     evaluate.add_argument("--top", type=int, default=10, help="genes to list (default: 10)")
 
+    export = sub.add_parser(
+        "export",
+        help="export predictions to .h5ad (scanpy/squidpy) and/or GeoJSON (QuPath)",
+        description="Export the predicted spots (only those inside --regions, when given) to "
+        "an AnnData .h5ad in scanpy's Visium layout and/or a QuPath GeoJSON of detections "
+        "with the genes as measurements. Files appear complete or not at all.",
+    )
+    export.add_argument("store", type=Path, help="prediction store (.vst.zarr)")
+    export.add_argument(
+        "--regions", type=Path, help="QuPath GeoJSON of annotations: export only the spots inside"
+    )
+    export.add_argument("--h5ad", type=Path, help="write an AnnData file here")
+    export.add_argument("--geojson", type=Path, help="write a QuPath GeoJSON file here")
+    export.add_argument(
+        "--slide", type=Path, help="the slide, if it moved since the prediction (for the image)"
+    )
+    export.add_argument(
+        "--library-id", help="key under uns['spatial'] (default: the slide's name)"
+    )
+    _add_measured_arguments(export, "add the measured values as layers['measured']")
+
     demo = sub.add_parser(
         "demo", help="run the whole job on the bundled real slide with a bundled model"
     )
@@ -123,6 +144,80 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--gene", help="gene to draw (default: the most variable predicted gene)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    cohort = sub.add_parser(
+        "cohort",
+        help="predict many slides on a Dask cluster (local, or a scheduler address)",
+        description="Predict every slide of a cohort, one store per slide, on a Dask cluster. "
+        "Exit status: 0 when every slide is done or was done already, 1 when some slides "
+        "failed (each is reported; the others finish), 2 for errors in the arguments, "
+        "130 after Ctrl-C.",
+    )
+    cohort.add_argument(
+        "slides", nargs="*", type=Path, metavar="SLIDE", help="slide files or folders of slides"
+    )
+    cohort.add_argument(
+        "--list", type=Path, metavar="CSV", help="CSV of slides: a 'slide' column, optional 'mpp'"
+    )
+    cohort.add_argument(
+        "--model", required=True, help="ONNX model file, or a bundled model's name"
+    )
+    cohort.add_argument(
+        "--out", type=Path, required=True, help="folder for the stores and cohort_summary.csv"
+    )
+    cohort.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Dask scheduler, e.g. tcp://host:8786 (default: a local cluster)",
+    )
+    cohort.add_argument(
+        "--workers", type=_positive_int, help="local cluster workers (default: by cores)"
+    )
+    cohort.add_argument(
+        "--threads-per-worker",
+        type=_positive_int,
+        help="model threads per worker (default: cores / workers locally)",
+    )
+    cohort.add_argument(
+        "--grid",
+        choices=("visium", "st", "dense"),
+        default="visium",
+        help="spot layout (default: visium)",
+    )
+    cohort.add_argument(
+        "--mpp", type=_positive_float, help="µm per level-0 pixel for slides whose files lack it"
+    )
+    cohort.add_argument(
+        "--min-tissue",
+        type=_fraction,
+        default=0.5,
+        help="drop spots with less tissue than this (default: 0.5)",
+    )
+    cohort.add_argument(
+        "--batch-size", type=_positive_int, default=32, help="tiles per model call (default: 32)"
+    )
+    cohort.add_argument(
+        "--read-threads",
+        type=_positive_int,
+        default=2,
+        help="threads reading tiles per slide (default: 2)",
+    )
+    cohort.add_argument(
+        "--providers",
+        nargs="+",
+        metavar="P",
+        help="execution providers, e.g. cuda cpu (default: each worker's GPU if it has one)",
+    )
+    cohort.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="extra attempts after an unexpected failure or a lost worker (default: 2)",
+    )
+    cohort.add_argument(
+        "--overwrite", action="store_true", help="replace existing stores instead of skipping"
+    )
+    cohort.add_argument("--quiet", action="store_true", help="no progress bars")
 
     models = sub.add_parser("models", help="list the bundled models")
     models.add_argument("--json", action="store_true", help="print JSON")
@@ -139,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models": _cmd_models,
         "demo": _cmd_demo,
         "evaluate": _cmd_evaluate,
+        "export": _cmd_export,
+        "cohort": _cmd_cohort,
     }[args.command]
     try:
         return handler(args)
@@ -235,6 +332,91 @@ def _cmd_models(args: argparse.Namespace) -> int:
         if row.get("license"):
             print(f"    licence: {row['license']}")
     return 0
+
+
+def _cmd_cohort(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from napari_virtual_st.cohort import (
+        SUMMARY_NAME,
+        CohortProgress,
+        find_slides,
+        read_slide_list,
+        run_cohort,
+    )
+    from napari_virtual_st.errors import ParameterError
+
+    if bool(args.slides) == (args.list is not None):
+        raise ParameterError("give either slide files/folders or --list CSV (one of the two)")
+    if args.retries < 0:
+        raise ParameterError(f"--retries must be 0 or more; got {args.retries}")
+    slides = read_slide_list(args.list) if args.list is not None else find_slides(args.slides)
+    where = args.scheduler or "a local Dask cluster"
+    print(f"{len(slides)} slides → {args.out}, on {where}", file=sys.stderr)
+    bars: list[Any] = []  # created at the first report, once the model and cluster are up
+
+    def report(p: CohortProgress) -> None:
+        if not bars:
+            options: dict[str, Any] = {
+                "disable": args.quiet,
+                "file": sys.stderr,
+                "dynamic_ncols": True,
+            }
+            bars.append(tqdm(total=p.slides_total, unit="slide", position=0, **options))
+            bars.append(tqdm(total=0, unit="spot", position=1, **options))
+        slide_bar, spot_bar = bars
+        slide_bar.n = p.slides_done
+        slide_bar.set_postfix(failed=p.failed, refresh=False)
+        slide_bar.refresh()
+        spot_bar.total = p.spots_total
+        spot_bar.n = p.spots_done
+        spot_bar.refresh()
+
+    start = time.perf_counter()
+    with _CtrlC() as ctrl_c:
+        try:
+            results = run_cohort(
+                slides,
+                args.model,
+                args.out,
+                scheduler=args.scheduler,
+                workers=args.workers,
+                threads_per_worker=args.threads_per_worker,
+                grid=args.grid,
+                min_tissue=args.min_tissue,
+                batch_size=args.batch_size,
+                read_threads=args.read_threads,
+                providers=args.providers,
+                retries=args.retries,
+                mpp=args.mpp,
+                overwrite=args.overwrite,
+                progress=report,
+                should_cancel=ctrl_c.requested.is_set,
+            )
+        finally:
+            for bar in reversed(bars):
+                bar.close()
+    elapsed = time.perf_counter() - start
+    counts = {
+        s: sum(r.status == s for r in results) for s in dict.fromkeys(r.status for r in results)
+    }
+    for result in results:
+        if result.status == "failed":
+            print(f"virtual-st: failed: {result.slide}: {result.error}", file=sys.stderr)
+    spots_new = sum(r.spots_new for r in results)
+    per_hour = sum(r.status in ("done", "resumed") for r in results) / max(elapsed, 1e-9) * 3600
+    print(
+        f"{len(results)} slides in {elapsed:.1f} s: "
+        + ", ".join(f"{n} {status}" for status, n in counts.items())
+        + f"; {spots_new} spots predicted ({per_hour:.0f} slides/hour)"
+    )
+    print(f"stores in {args.out}; summary: {args.out / SUMMARY_NAME}")
+    if counts.get("cancelled"):
+        print("virtual-st: cancelled; run the same command again to resume", file=sys.stderr)
+        return EXIT_CANCELLED
+    return 1 if counts.get("failed") else 0
 
 
 class _CtrlC:
@@ -407,6 +589,44 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         )
     if args.csv:
         print(f"per-gene table: {result.write_csv(args.csv)}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from napari_virtual_st.export import ExportError, export_store
+    from napari_virtual_st.regions import read_geojson_regions
+    from napari_virtual_st.store import PredictionStore
+
+    if args.h5ad is None and args.geojson is None:
+        raise ExportError("say what to write: --h5ad OUT.h5ad, --geojson OUT.geojson, or both")
+    store = PredictionStore.open(args.store)
+    if not store.is_complete:
+        print(
+            f"virtual-st: note: {store.path.name} is unfinished ({int(store.done.sum())} of "
+            f"{store.n_spots} spots predicted); only predicted spots are exported",
+            file=sys.stderr,
+        )
+    regions = read_geojson_regions(args.regions) if args.regions is not None else None
+    measured, transform = _load_measured(args) if args.measured is not None else (None, None)
+    result = export_store(
+        store,
+        regions,
+        h5ad=args.h5ad,
+        geojson=args.geojson,
+        slide=args.slide,
+        measured=measured,
+        transform=transform,
+        library_id=args.library_id,
+    )
+    where = (
+        " in " + ", ".join(f"{label}: {n}" for label, n in result.region_counts.items())
+        if result.region_counts
+        else ""
+    )
+    print(f"{result.n_spots} spots × {len(store.genes)} genes{where}")
+    for path in (result.h5ad, result.geojson):
+        if path is not None:
+            print(f"written: {path}")
     return 0
 
 

@@ -1,0 +1,88 @@
+"""Atomic writes: a file (or folder) appears under its final name complete, or not at all.
+
+Writers put their output at a temporary name beside the destination (same folder, so the
+final ``rename`` is atomic on one file system) and move it into place only after it was
+written and flushed to disk. A failure or Ctrl-C half-way removes the temporary output and
+leaves any previous file under the final name untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Give a temporary path to write to; move it to ``path`` when the block succeeds.
+
+    The temporary name keeps ``path``'s suffix (some writers insist on ``.h5ad``), starts with
+    a dot, and lies in the same folder. The block may write a file or a folder there. An
+    existing ``path`` is replaced only after the new output is complete; if the block raises,
+    the temporary output is deleted and ``path`` is left as it was.
+
+    Parameters
+    ----------
+    path
+        The final destination.
+
+    Yields
+    ------
+    pathlib.Path
+        Where to write.
+
+    Examples
+    --------
+    >>> with atomic_path("out.json") as tmp:  # doctest: +SKIP
+    ...     tmp.write_text("{}")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    tmp = path.with_name(f".{path.stem}.{tag}.tmp{path.suffix}")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"nothing was written for {path.name}")
+        _flush_to_disk(tmp)
+        _move_into_place(tmp, path, path.with_name(f".{path.stem}.{tag}.old{path.suffix}"))
+    except BaseException:
+        remove_path(tmp)
+        raise
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file or folder if present, ignoring errors."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _flush_to_disk(path: Path) -> None:
+    """``fsync`` a written file (folders are left to the writer that made them)."""
+    if path.is_file():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _move_into_place(new: Path, path: Path, trash: Path) -> None:
+    """Rename ``new`` to ``path``; an existing folder is set aside first and put back on failure."""
+    if not (path.is_dir() and not path.is_symlink()):
+        os.replace(new, path)  # atomic for files, also over an existing file
+        return
+    path.rename(trash)
+    try:
+        new.rename(path)
+    except BaseException:
+        trash.rename(path)
+        raise
+    remove_path(trash)

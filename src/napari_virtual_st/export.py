@@ -1,0 +1,610 @@
+"""Exports of a prediction store: AnnData for scanpy/squidpy, GeoJSON for QuPath.
+
+- :func:`to_anndata` / :func:`write_h5ad` — the spots (optionally only those inside some
+  regions) as an ``AnnData`` laid out like a Space Ranger Visium run read by scanpy:
+  ``X`` predicted values (float32), ``obsm['spatial']`` spot centres in level-0 (x, y) px,
+  ``uns['spatial'][library_id]`` with a downsampled slide image (``hires``, ``lowres``),
+  ``scalefactors`` (``tissue_hires_scalef``: image px per level-0 px;
+  ``spot_diameter_fullres``: level-0 px) and ``metadata``. ``squidpy.pl.spatial_scatter``
+  and ``scanpy.pl.spatial`` plot it with no extra arguments.
+- :func:`to_geojson` / :func:`write_geojson` — every spot (or tile) as a QuPath *detection*
+  with its predicted genes as ``measurements`` and its region's class as ``classification``,
+  plus the regions as *annotations*; *File → Import objects from file* in QuPath reads it.
+- :func:`export_store` — both, for the command line and the napari widget.
+
+Every file is written atomically (:mod:`napari_virtual_st.atomic`).
+
+SpatialData (zarr) is not written: ``spatialdata`` pins ``dask``/``distributed`` below the
+versions the cohort runner uses, so it cannot be installed beside this package cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from napari_virtual_st.atomic import atomic_path
+from napari_virtual_st.errors import VirtualSTError
+from napari_virtual_st.regions import (
+    CLASS_PALETTE,
+    Region,
+    assign_spots,
+    class_colors,
+    regions_to_geojson,
+)
+from napari_virtual_st.store import PredictionStore
+
+if TYPE_CHECKING:
+    import anndata as ad
+
+    from napari_virtual_st.align import Transform
+    from napari_virtual_st.measured import MeasuredST
+    from napari_virtual_st.slide import Slide
+
+#: Longer side (px) of the images stored with the AnnData (Space Ranger's sizes).
+HIRES_PX = 2000
+LOWRES_PX = 600
+#: Vertices of the polygon drawn for a round spot in GeoJSON.
+SPOT_POLYGON_VERTICES = 32
+#: Significant digits kept for GeoJSON measurements (float32 holds about 7).
+MEASUREMENT_DIGITS = 6
+#: Namespace of the stable QuPath object ids given to spots.
+_SPOT_ID_NAMESPACE = uuid.UUID("8a3c2f0e-6d0b-4a55-9a57-5f1d3c7e2b19")
+
+
+class ExportError(VirtualSTError):
+    """An export cannot be made (nothing to export, slide missing, data not aligned)."""
+
+
+# -- selecting spots ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpotSelection:
+    """The spots of a store chosen for export.
+
+    Attributes
+    ----------
+    spot_index
+        ``(n,)`` rows of the store, in store order: predicted spots inside the regions (all
+        predicted spots when there are no regions).
+    region_index
+        ``(n,)`` index of each spot's region in ``regions`` (``-1`` without regions).
+    regions
+        The regions used (empty without regions).
+    """
+
+    spot_index: NDArray[np.intp]
+    region_index: NDArray[np.intp]
+    regions: tuple[Region, ...]
+
+    def __len__(self) -> int:
+        return len(self.spot_index)
+
+    def counts(self) -> dict[str, int]:
+        """Spots per region label (regions sharing a label are added up)."""
+        out: dict[str, int] = {}
+        for j, region in enumerate(self.regions):
+            out[region.label] = out.get(region.label, 0) + int(np.sum(self.region_index == j))
+        return out
+
+
+def select_spots(store: PredictionStore, regions: Sequence[Region] | None = None) -> SpotSelection:
+    """The predicted spots of ``store`` inside ``regions`` (every predicted spot without).
+
+    Raises
+    ------
+    ExportError
+        If no spot is predicted yet, or no predicted spot lies inside the regions.
+    """
+    done = store.done
+    if not done.any():
+        raise ExportError(
+            f"{store.path.name} holds no predicted spot yet: run or resume the prediction first"
+        )
+    if not regions:
+        index = np.flatnonzero(done)
+        return SpotSelection(index, np.full(len(index), -1, np.intp), ())
+    regions = tuple(regions)
+    assignment = assign_spots(regions, store.xy_level0_px)
+    keep = assignment.assigned & done
+    if not keep.any():
+        labels = ", ".join(dict.fromkeys(r.label for r in regions))
+        raise ExportError(
+            f"no predicted spot lies inside the regions ({labels}): are they from this slide "
+            "(coordinates in its full-resolution pixels)?"
+        )
+    index = np.flatnonzero(keep)
+    return SpotSelection(index, assignment.region_index[index], regions)
+
+
+# -- AnnData ------------------------------------------------------------------------------------
+def to_anndata(
+    store: PredictionStore,
+    regions: Sequence[Region] | None = None,
+    *,
+    slide: Slide | str | Path | None = None,
+    measured: MeasuredST | None = None,
+    transform: Transform | None = None,
+    library_id: str | None = None,
+    hires_px: int = HIRES_PX,
+    lowres_px: int = LOWRES_PX,
+) -> ad.AnnData:
+    """The predicted spots as an AnnData in scanpy's Visium layout.
+
+    Parameters
+    ----------
+    store
+        The predictions.
+    regions
+        Keep only the spots inside these (all predicted spots when ``None``).
+    slide
+        The slide (or its path) for the images; default: the path recorded in the store.
+    measured
+        Measured data of the same section: adds ``layers['measured']`` (in the model's
+        target units, NaN where a spot or gene has no measurement).
+    transform
+        Measured full-resolution px → slide level-0 px (identity when omitted).
+    library_id
+        Key under ``uns['spatial']``; default: the slide's file name without extension.
+    hires_px, lowres_px
+        Longer side of the stored ``hires`` and ``lowres`` slide images.
+
+    Returns
+    -------
+    anndata.AnnData
+        ``X`` float32 predictions; ``var_names`` genes; ``obs`` indexed by spot id with
+        ``array_row``/``array_col`` (lattice indices), ``spot_index`` (store row) and, with
+        regions, ``region`` and ``region_class``; ``obsm['spatial']`` level-0 (x, y) px;
+        ``uns['spatial']``; ``layers['variance']`` when the model gives it;
+        ``uns['virtual_st']`` the provenance (model, slide, grid, regions).
+
+    Raises
+    ------
+    ExportError
+        If nothing can be exported, the slide is missing or is not the store's slide, or
+        the measured data do not overlap the spots.
+    """
+    import anndata as ad
+    import pandas as pd
+
+    selection = select_spots(store, regions)
+    index = selection.spot_index
+    x = store.expression()[index].astype(np.float32, copy=False)
+    ids = store.spot_ids
+    rc = store.lattice_rc[index]
+    obs = pd.DataFrame(
+        {
+            "array_row": rc[:, 0].astype(np.int32),
+            "array_col": rc[:, 1].astype(np.int32),
+            "spot_index": index.astype(np.int64),
+        },
+        index=pd.Index([str(ids[i]) for i in index], name="spot_id"),
+    )
+    uns: dict[str, Any] = {}
+    if selection.regions:
+        _add_region_columns(obs, uns, selection)
+    var = pd.DataFrame(index=pd.Index([str(g) for g in store.genes], name="gene"))
+    adata = ad.AnnData(X=x, obs=obs, var=var, uns=uns)
+    adata.obsm["spatial"] = store.xy_level0_px[index].astype(np.float64)
+    if store.has_variance:
+        adata.layers["variance"] = store.variance()[index].astype(np.float32, copy=False)
+    library = library_id or Path(str(store.attrs.get("slide", {}).get("name", "slide"))).stem
+    adata.uns["spatial"] = {library: _spatial_entry(store, slide, hires_px, lowres_px)}
+    adata.uns["virtual_st"] = _provenance(store, selection, library)
+    if measured is not None:
+        values, info = _measured_values(store, index, measured, transform)
+        adata.layers["measured"] = values
+        adata.var["measured"] = info.pop("gene_measured")
+        adata.uns["virtual_st"]["measured"] = info
+    return adata
+
+
+def _add_region_columns(obs: Any, uns: dict[str, Any], selection: SpotSelection) -> None:
+    import pandas as pd
+
+    regions = selection.regions
+    present = sorted(set(selection.region_index.tolist()))
+    labels = list(dict.fromkeys(regions[j].label for j in present))
+    obs["region"] = pd.Categorical(
+        [regions[j].label for j in selection.region_index], categories=labels
+    )
+    uns["region_colors"] = [
+        _hex(CLASS_PALETTE[i % len(CLASS_PALETTE)]) for i in range(len(labels))
+    ]
+    classes = list(
+        dict.fromkeys(
+            regions[j].classification for j in present if regions[j].classification is not None
+        )
+    )
+    if classes:
+        obs["region_class"] = pd.Categorical(
+            [regions[j].classification for j in selection.region_index], categories=classes
+        )
+        colors = class_colors(regions)
+        uns["region_class_colors"] = [_hex(colors[c]) for c in classes]
+
+
+def _hex(rgb: Sequence[int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb[:3]))
+
+
+def _spatial_entry(
+    store: PredictionStore, slide: Slide | str | Path | None, hires_px: int, lowres_px: int
+) -> dict[str, Any]:
+    """``uns['spatial'][library_id]``: images, scale factors and metadata, as scanpy reads."""
+    from napari_virtual_st import __version__
+    from napari_virtual_st.slide import Slide
+
+    if hires_px < 1 or lowres_px < 1:
+        raise ExportError(f"image sizes must be positive; got {hires_px} and {lowres_px}")
+    grid = store.attrs.get("grid", {})
+    mpp = float(grid["mpp"])
+    recorded = store.attrs.get("slide", {})
+    if slide is None:
+        path = recorded.get("path")
+        if not path or not Path(path).exists():
+            raise ExportError(
+                f"the slide of {store.path.name} ({recorded.get('name', '?')}) is not at "
+                f"{path or 'a recorded place'}: give the slide file (--slide)"
+            )
+        slide = Path(path)
+    own = not isinstance(slide, Slide)
+    opened = Slide(slide, mpp=mpp) if own else slide
+    try:
+        expected = recorded.get("fingerprint")
+        if expected and opened.fingerprint != expected:
+            raise ExportError(
+                f"{opened.path.name} is not the slide {store.path.name} was predicted on "
+                f"({recorded.get('name', '?')})"
+            )
+        w0, h0 = opened.dimensions
+        images: dict[str, NDArray[np.uint8]] = {}
+        scalefactors: dict[str, float] = {}
+        for key, side in (("hires", hires_px), ("lowres", lowres_px)):
+            image = np.ascontiguousarray(opened.thumbnail(side)[..., :3], dtype=np.uint8)
+            images[key] = image
+            scalefactors[f"tissue_{key}_scalef"] = float(
+                (image.shape[1] / w0 + image.shape[0] / h0) / 2
+            )
+        source = str(opened.path)
+    finally:
+        if own:
+            opened.close()
+    scalefactors["spot_diameter_fullres"] = float(grid["spot_diameter_um"]) / mpp
+    metadata = {
+        "chemistry_description": "virtual (predicted from H&E by napari-virtual-st)",
+        "software_version": f"napari-virtual-st {__version__}",
+        "source_image_path": source,
+    }
+    return {"images": images, "scalefactors": scalefactors, "metadata": metadata}
+
+
+def _provenance(store: PredictionStore, selection: SpotSelection, library: str) -> dict[str, Any]:
+    """Model, slide, grid and regions, flattened to what HDF5 stores (no None)."""
+    from napari_virtual_st import __version__
+
+    attrs = store.attrs
+    model = attrs.get("model", {})
+    metadata = model.get("metadata", {}) or {}
+    slide = attrs.get("slide", {})
+    grid = attrs.get("grid", {})
+    record = {
+        "library_id": library,
+        "store": str(store.path),
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "software": f"napari-virtual-st {__version__}",
+        "complete": bool(store.is_complete),
+        "model": {
+            "file": model.get("file"),
+            "name": metadata.get("name"),
+            "family": model.get("family"),
+            "target": model.get("target"),
+            "sha256": model.get("sha256"),
+            "tile_px": model.get("tile_px"),
+            "tile_um": model.get("tile_um"),
+            "license": metadata.get("license"),
+            "metadata_json": json.dumps(metadata),
+        },
+        "slide": {
+            "name": slide.get("name"),
+            "fingerprint": slide.get("fingerprint"),
+            "mpp": grid.get("mpp"),
+            "dimensions": slide.get("dimensions"),
+        },
+        "grid": {
+            "kind": grid.get("kind"),
+            "spot_diameter_um": grid.get("spot_diameter_um"),
+            "pitch_um": grid.get("pitch_um"),
+            "fingerprint": grid.get("fingerprint"),
+        },
+        "regions_geojson": json.dumps(regions_to_geojson(selection.regions))
+        if selection.regions
+        else "",
+        "store_attrs_json": json.dumps(
+            {k: v for k, v in attrs.items() if k not in ("genes", "spot_ids")}
+        ),
+    }
+    return _no_none(record)
+
+
+def _no_none(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _no_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_no_none(v) for v in value]
+    return value
+
+
+def _measured_values(
+    store: PredictionStore,
+    index: NDArray[np.intp],
+    measured: MeasuredST,
+    transform: Transform | None,
+) -> tuple[NDArray[np.float32], dict[str, Any]]:
+    """Measured values at the exported spots, in the model's target units (NaN: none)."""
+    from scipy.spatial import cKDTree
+
+    from napari_virtual_st.measured import log1p_cp10k
+
+    rows = np.full(len(index), -1, np.intp)
+    ids = store.attrs.get("spot_ids")
+    lookup = {s: i for i, s in enumerate(measured.spot_ids)}
+    if ids and any(ids[i] in lookup for i in index):
+        rows[:] = [lookup.get(ids[i], -1) for i in index]
+        match = "id"
+    else:
+        xy = (
+            measured.xy_fullres_px
+            if transform is None
+            else transform.apply(measured.xy_fullres_px)
+        )
+        grid = store.attrs["grid"]
+        size_um = grid["pitch_um"] / 2 if grid.get("pitch_um") else grid["spot_diameter_um"]
+        distance, nearest = cKDTree(xy).query(
+            store.xy_level0_px[index], distance_upper_bound=size_um / grid["mpp"]
+        )
+        found = np.isfinite(distance)
+        rows[found] = nearest[found]
+        match = "nearest"
+    matched = rows >= 0
+    if not matched.any():
+        raise ExportError(
+            "no exported spot lies on a measured spot: check the alignment (--transform)"
+        )
+    target = str(store.attrs.get("model", {}).get("target", ""))
+    counts = measured.counts[rows[matched]]
+    values_all = (
+        log1p_cp10k(counts) if target == "log1p_cp10k" else counts.toarray().astype(np.float32)
+    )
+    gene_lookup = {g: i for i, g in enumerate(measured.genes)}
+    out_cols = [j for j, g in enumerate(store.genes) if g in gene_lookup]
+    out = np.full((len(index), len(store.genes)), np.nan, np.float32)
+    if out_cols:
+        src_cols = [gene_lookup[store.genes[j]] for j in out_cols]
+        out[np.ix_(np.flatnonzero(matched), out_cols)] = values_all[:, src_cols]
+    gene_measured = np.zeros(len(store.genes), bool)
+    gene_measured[out_cols] = True
+    info = {
+        "units": "log1p_cp10k" if target == "log1p_cp10k" else "counts",
+        "spot_match": match,
+        "n_spots_matched": int(matched.sum()),
+        "source": measured.source,
+        "gene_measured": gene_measured,
+    }
+    if transform is not None:
+        info["transform_json"] = transform.to_json()
+    return out, info
+
+
+def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
+    """Write an AnnData to ``.h5ad`` atomically (gzip-compressed).
+
+    Raises
+    ------
+    ExportError
+        If the file cannot be written.
+    """
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            adata.write_h5ad(tmp, compression="gzip")
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc}") from exc
+    return path
+
+
+# -- QuPath GeoJSON -----------------------------------------------------------------------------
+def to_geojson(
+    store: PredictionStore,
+    regions: Sequence[Region] | None = None,
+    *,
+    genes: Sequence[str] | None = None,
+    include_regions: bool = True,
+    include_variance: bool = False,
+) -> dict[str, Any]:
+    """Spots as QuPath detections with gene measurements (and regions as annotations).
+
+    Each predicted spot (inside ``regions``, when given) becomes a ``Feature`` with
+    ``properties.objectType = "detection"``, ``name`` = spot id, a stable ``id`` (UUID),
+    ``measurements`` = ``{gene: value}`` and, when its region has a class,
+    ``classification = {"name": class, "color": [r, g, b]}``. Round spots are polygons
+    marked ``isEllipse`` (QuPath restores an ellipse); dense tiles are squares.
+    Coordinates are level-0 px, (x, y) — QuPath's frame.
+
+    Parameters
+    ----------
+    store
+        The predictions.
+    regions
+        Keep only spots inside these; they are also written as annotations.
+    genes
+        Genes to include as measurements (default: all).
+    include_regions
+        Write the regions as annotation features before the detections.
+    include_variance
+        Also add ``"<gene> variance"`` measurements when the store has variance.
+    """
+    selection = select_spots(store, regions)
+    index = selection.spot_index
+    names = list(store.genes) if genes is None else list(genes)
+    columns = store.gene_index(names)
+    values = _round_significant(store.expression()[np.ix_(index, columns)], MEASUREMENT_DIGITS)
+    keys = list(names)
+    if include_variance and store.has_variance:
+        variance = store.variance()[np.ix_(index, columns)]
+        values = np.concatenate([values, _round_significant(variance, MEASUREMENT_DIGITS)], 1)
+        keys += [f"{g} variance" for g in names]
+    outlines = _spot_outlines(store, index)
+    grid = store.attrs.get("grid", {})
+    ellipse = grid.get("kind") != "dense"
+    colors = class_colors(selection.regions)
+    ids = store.spot_ids
+    seed = f"{store.attrs.get('slide', {}).get('fingerprint', '')}/{grid.get('fingerprint', '')}"
+    features: list[dict[str, Any]] = []
+    if include_regions and selection.regions:
+        features.extend(regions_to_geojson(selection.regions)["features"])
+    for k, i in enumerate(index):
+        properties: dict[str, Any] = {"objectType": "detection", "name": str(ids[i])}
+        if selection.regions:
+            cls = selection.regions[selection.region_index[k]].classification
+            if cls is not None:
+                properties["classification"] = {"name": cls, "color": list(colors[cls])}
+        row = values[k]
+        properties["measurements"] = {
+            key: float(v) for key, v in zip(keys, row.tolist(), strict=True) if math.isfinite(v)
+        }
+        geometry: dict[str, Any] = {"type": "Polygon", "coordinates": [outlines[k].tolist()]}
+        if ellipse:
+            geometry["isEllipse"] = True
+        features.append(
+            {
+                "type": "Feature",
+                "id": str(uuid.uuid5(_SPOT_ID_NAMESPACE, f"{seed}/{ids[i]}")),
+                "geometry": geometry,
+                "properties": properties,
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _spot_outlines(store: PredictionStore, index: NDArray[np.intp]) -> NDArray[np.float64]:
+    """``(n, m, 2)`` closed outlines (level-0 px) of the spots: circles, or squares for tiles."""
+    grid = store.attrs["grid"]
+    radius = float(grid["spot_diameter_um"]) / float(grid["mpp"]) / 2
+    if grid.get("kind") == "dense":
+        unit = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1], [-1, -1]], np.float64)
+    else:
+        t = np.linspace(0, 2 * np.pi, SPOT_POLYGON_VERTICES, endpoint=False)
+        unit = np.stack([np.cos(t), np.sin(t)], axis=1)
+        unit = np.concatenate([unit, unit[:1]])
+    centres = store.xy_level0_px[index]
+    return np.round(centres[:, None, :] + radius * unit[None], 2)
+
+
+def _round_significant(values: NDArray[np.floating], digits: int) -> NDArray[np.float64]:
+    """Round to ``digits`` significant digits so that JSON holds short decimals."""
+    a = np.asarray(values, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        magnitude = np.floor(np.log10(np.abs(a)))
+    magnitude = np.where(np.isfinite(magnitude), magnitude, 0)
+    decimals = np.clip(digits - 1 - magnitude, -22, 22)
+    up = decimals >= 0
+    out = np.empty_like(a)
+    scale = 10.0 ** np.abs(decimals)
+    out[up] = np.round(a[up] * scale[up]) / scale[up]
+    out[~up] = np.round(a[~up] / scale[~up]) * scale[~up]
+    return out
+
+
+def write_geojson(document: Mapping[str, Any], path: str | Path) -> Path:
+    """Write GeoJSON atomically, as strict JSON (no NaN), UTF-8.
+
+    Raises
+    ------
+    ExportError
+        If the file cannot be written.
+    """
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
+            json.dump(document, fh, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc}") from exc
+    return path
+
+
+def write_regions_geojson(regions: Sequence[Region], path: str | Path) -> Path:
+    """Write regions as QuPath annotations (e.g. regions drawn in napari, for QuPath)."""
+    if not regions:
+        raise ExportError("there are no regions to write")
+    return write_geojson(regions_to_geojson(regions), path)
+
+
+# -- both ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_store` wrote.
+
+    Attributes
+    ----------
+    n_spots
+        Spots exported.
+    region_counts
+        Spots per region label (empty without regions).
+    h5ad, geojson
+        The files written, or ``None``.
+    """
+
+    n_spots: int
+    region_counts: dict[str, int]
+    h5ad: Path | None = None
+    geojson: Path | None = None
+
+
+def export_store(
+    store: PredictionStore | str | Path,
+    regions: Sequence[Region] | None = None,
+    *,
+    h5ad: str | Path | None = None,
+    geojson: str | Path | None = None,
+    slide: Slide | str | Path | None = None,
+    measured: MeasuredST | None = None,
+    transform: Transform | None = None,
+    library_id: str | None = None,
+) -> ExportResult:
+    """Export a store to ``.h5ad`` and/or QuPath GeoJSON (see :func:`to_anndata`,
+    :func:`to_geojson`); the command line's ``virtual-st export`` and the napari widget
+    call this.
+
+    Raises
+    ------
+    ExportError
+        If no output is asked for, or an export cannot be made.
+    """
+    if h5ad is None and geojson is None:
+        raise ExportError("say what to write: an .h5ad file, a GeoJSON file, or both")
+    if not isinstance(store, PredictionStore):
+        store = PredictionStore.open(store)
+    selection = select_spots(store, regions)
+    h5ad_path = geojson_path = None
+    if h5ad is not None:
+        adata = to_anndata(
+            store,
+            regions,
+            slide=slide,
+            measured=measured,
+            transform=transform,
+            library_id=library_id,
+        )
+        h5ad_path = write_h5ad(adata, h5ad)
+    if geojson is not None:
+        geojson_path = write_geojson(to_geojson(store, regions), geojson)
+    return ExportResult(len(selection), selection.counts(), h5ad_path, geojson_path)

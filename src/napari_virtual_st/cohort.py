@@ -34,7 +34,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from napari_virtual_st._backends import image_backend
 from napari_virtual_st.errors import (
     CancelledError,
     ParameterError,
@@ -44,7 +43,7 @@ from napari_virtual_st.errors import (
 from napari_virtual_st.pipeline import GridChoice, Progress, build_grid, predict_slide
 from napari_virtual_st.predictor import GPU_PROVIDERS, Predictor, resolve_providers
 from napari_virtual_st.registry import resolve_model
-from napari_virtual_st.slide import _OPENSLIDE_SUFFIXES, _TIFF_SUFFIXES, Slide
+from napari_virtual_st.slide import SLIDE_SUFFIXES, Slide
 from napari_virtual_st.store import PredictionStore
 
 #: File name of the per-slide summary written into the output folder.
@@ -66,10 +65,6 @@ SUMMARY_COLUMNS = (
 #: Statuses of a slide that needs nothing more: computed now, finished a partial store,
 #: or found finished already.
 SUCCESS_STATUSES = frozenset({"done", "resumed", "skipped"})
-#: File endings collected when a folder is given.
-SLIDE_SUFFIXES: tuple[str, ...] = tuple(
-    dict.fromkeys(image_backend.SUFFIXES + _TIFF_SUFFIXES + _OPENSLIDE_SUFFIXES)
-)
 
 #: How often a worker may ask the scheduler whether the run was cancelled, and send progress.
 _CANCEL_POLL_S = 1.0

@@ -46,6 +46,10 @@ _OPENSLIDE_SUFFIXES = (
     ".czi",
     ".dcm",
 )
+#: Every file ending a slide may have (for folder scans, file dialogs and the napari reader).
+SLIDE_SUFFIXES: tuple[str, ...] = tuple(
+    dict.fromkeys(image_backend.SUFFIXES + _TIFF_SUFFIXES + _OPENSLIDE_SUFFIXES)
+)
 
 
 def _open_backend(path: Path) -> SlideBackend:

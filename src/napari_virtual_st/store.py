@@ -263,33 +263,39 @@ class PredictionStore:
         """Whether every spot has been predicted."""
         return bool(self.done.all())
 
-    def expression(self, genes: Sequence[str] | None = None) -> NDArray[np.float32]:
+    def expression(
+        self, genes: Sequence[str] | None = None, spots: slice | None = None
+    ) -> NDArray[np.float32]:
         """``(n_spots, G)`` predicted values (NaN where not yet predicted).
 
         Parameters
         ----------
         genes
             Restrict to these genes, in this order.
+        spots
+            Restrict to this range of spots (reads only the chunks it covers).
         """
-        return self._read("expression", genes)
+        return self._read("expression", genes, spots)
 
-    def variance(self, genes: Sequence[str] | None = None) -> NDArray[np.float32]:
+    def variance(
+        self, genes: Sequence[str] | None = None, spots: slice | None = None
+    ) -> NDArray[np.float32]:
         """``(n_spots, G)`` predicted variance; raises if the model gave none."""
         if not self.has_variance:
             raise StoreError(f"{self.path.name} holds no variance (the model does not provide it)")
-        return self._read("variance", genes)
+        return self._read("variance", genes, spots)
 
     def gene_values(self, gene: str) -> NDArray[np.float32]:
         """``(n_spots,)`` predicted values of one gene."""
         return self.expression([gene])[:, 0]
 
-    def _read(self, name: str, genes: Sequence[str] | None) -> NDArray[np.float32]:
+    def _read(
+        self, name: str, genes: Sequence[str] | None, spots: slice | None = None
+    ) -> NDArray[np.float32]:
         arr = self._group[name]
-        if genes is None:
-            return np.asarray(arr[:])
-        index = self.gene_index(genes)
-        data = np.asarray(arr[:])
-        return data[:, index]
+        index = None if genes is None else self.gene_index(genes)
+        data = np.asarray(arr[slice(None) if spots is None else spots])
+        return data if index is None else data[:, index]
 
     def gene_index(self, genes: Sequence[str]) -> list[int]:
         """Column indices of ``genes``; raises naming the first unknown gene."""

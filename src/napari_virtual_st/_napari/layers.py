@@ -1,0 +1,333 @@
+"""Building and finding the plugin's napari layers: slide, heatmaps, uncertainty, spots.
+
+Every layer lives in the napari world frame of micrometres, (row, col): the slide with
+``scale = (mpp, mpp)``, heatmaps with the ``scale``/``translate`` of their
+:class:`~napari_virtual_st.heatmap.HeatmapGeometry`, spots at their centres converted by
+:mod:`napari_virtual_st.coords`. Layers made here carry ``metadata["vst"]`` saying their role
+(``slide``, ``heatmap``, ``uncertainty``, ``spots``), their store and gene, so the widgets
+find them again however the user renames or reorders them.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+from numpy.typing import NDArray
+
+from napari_virtual_st._napari.store_view import StoreView
+from napari_virtual_st.slide import LevelArray, Slide
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Layer
+
+LayerDataTuple = tuple[Any, dict[str, Any], str]
+
+#: Coarsest level napari should need: slides whose own pyramid stops above this get extra
+#: levels computed from the finest one, so napari never loads a whole large level.
+MAX_COARSEST_PX = 2048
+#: Chunk side of those computed levels.
+VIRTUAL_CHUNK_PX = 512
+HEATMAP_OPACITY = 0.65
+#: Display limits follow the values as they land, but only moves larger than this share of
+#: their span are applied (each change redraws the layer's colour bar and controls).
+LIMITS_TOLERANCE = 0.02
+COLORMAP = "viridis"
+
+
+# -- the slide ----------------------------------------------------------------------------
+class _DownsampledLevel:
+    """Array-like ``(h, w, 3)`` view of a slide at a downsample it has no level for."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 3
+
+    def __init__(self, slide: Slide, downsample: float) -> None:
+        self._slide = slide
+        self.downsample = downsample
+        w0, h0 = slide.dimensions
+        self.shape = (max(1, math.ceil(h0 / downsample)), max(1, math.ceil(w0 / downsample)), 3)
+
+    def __getitem__(self, key: tuple[slice, ...]) -> NDArray[np.uint8]:
+        # dask asks for whole chunks: a tuple of slices with unit steps
+        key = tuple(key) + (slice(None),) * (3 - len(key))
+        rows = range(*key[0].indices(self.shape[0]))
+        cols = range(*key[1].indices(self.shape[1]))
+        if not rows or not cols:
+            return np.empty((len(rows), len(cols), 3), np.uint8)[:, :, key[2]]
+        corner = (cols[0] * self.downsample, rows[0] * self.downsample)
+        size = (cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1)
+        block = self._slide.read_region_downsampled(corner, size, self.downsample)
+        return block[:: rows.step, :: cols.step, key[2]]
+
+
+def slide_levels(slide: Slide, max_coarsest_px: int = MAX_COARSEST_PX) -> list[da.Array]:
+    """Lazy dask arrays of every level of the slide, chunked like its storage tiles.
+
+    When even the coarsest level is larger than ``max_coarsest_px``, coarser levels (4× each)
+    are added whose chunks are read from the finest level that serves them; so a large
+    slide without a pyramid still opens without reading it all.
+    """
+    token = uuid.uuid4().hex[:12]
+    levels: list[Any] = list(slide.level_arrays())
+    downsample = slide.level_downsamples[-1]
+    side = max(levels[-1].shape[:2])
+    while side > max_coarsest_px:
+        downsample *= 4.0
+        side = math.ceil(side / 4.0)
+        levels.append(_DownsampledLevel(slide, downsample))
+    arrays = []
+    for i, level in enumerate(levels):
+        if isinstance(level, LevelArray):
+            chunks = tuple(min(c, s) for c, s in zip(level.chunks, level.shape, strict=True))
+        else:
+            chunks = (VIRTUAL_CHUNK_PX, VIRTUAL_CHUNK_PX, 3)
+        arrays.append(
+            da.from_array(
+                level,
+                chunks=chunks,
+                name=f"vst-slide-{token}-{i}",
+                asarray=False,
+                fancy=False,
+                lock=False,
+                meta=np.empty((0, 0, 0), np.uint8),
+            )
+        )
+    return arrays
+
+
+def slide_layer_data(slide: Slide, *, name: str | None = None) -> LayerDataTuple:
+    """An RGB image layer of the slide: lazy multiscale, placed in µm when µm/px is known."""
+    levels = slide_levels(slide)
+    mpp = slide.mpp_or_none
+    kwargs: dict[str, Any] = {
+        "name": name or slide.path.name,
+        "rgb": True,
+        "multiscale": len(levels) > 1,
+        "contrast_limits": (0, 255),
+        "metadata": {
+            "vst": {"role": "slide", "slide_path": str(slide.path), "mpp": mpp},
+        },
+    }
+    if mpp is not None:
+        kwargs["scale"] = (mpp, mpp)
+        kwargs["units"] = "um"
+    return (levels if len(levels) > 1 else levels[0], kwargs, "image")
+
+
+def place_slide_layer(layer: Layer, mpp: float) -> None:
+    """Give a slide layer its µm/px (``scale``, units µm), e.g. when the user supplies it."""
+    layer.scale = (mpp, mpp)
+    layer.units = ("um", "um")
+    meta = dict(layer.metadata.get("vst", {}))
+    meta["mpp"] = mpp
+    layer.metadata = {**layer.metadata, "vst": meta}
+
+
+# -- predictions --------------------------------------------------------------------------
+def heatmap_layer_data(
+    view: StoreView, gene: str, *, uncertainty: bool = False, visible: bool = True
+) -> LayerDataTuple:
+    """A heatmap image layer of one gene's values (or standard deviations) over its spots."""
+    if view.geometry is None:
+        raise ValueError(f"{view.path.name} has no lattice; show its spots instead")
+    geometry = view.geometry
+    image = view.heatmap(gene, uncertainty=uncertainty)
+    role = "uncertainty" if uncertainty else "heatmap"
+    what = "uncertainty (SD)" if uncertainty else "predicted"
+    kwargs: dict[str, Any] = {
+        "name": f"{gene} {what}",
+        "scale": geometry.scale_um,
+        "translate": geometry.translate_um,
+        "units": "um",
+        "colormap": "magma" if uncertainty else COLORMAP,
+        "contrast_limits": view.limits(gene, uncertainty=uncertainty),
+        "opacity": HEATMAP_OPACITY,
+        "blending": "translucent",
+        "interpolation2d": "nearest",
+        "visible": visible,
+        "metadata": {"vst": {"role": role, "store": str(view.path), "gene": gene}},
+    }
+    return (image, kwargs, "image")
+
+
+def empty_heatmap_layer_data(
+    store: str | Path, gene: str, *, uncertainty: bool = False
+) -> LayerDataTuple:
+    """A heatmap layer with no values yet (one NaN pixel), placed when its store exists."""
+    role = "uncertainty" if uncertainty else "heatmap"
+    what = "uncertainty (SD)" if uncertainty else "predicted"
+    kwargs: dict[str, Any] = {
+        "name": f"{gene} {what}",
+        "units": "um",
+        "colormap": "magma" if uncertainty else COLORMAP,
+        "contrast_limits": (0.0, 1.0),
+        "opacity": HEATMAP_OPACITY,
+        "blending": "translucent",
+        "interpolation2d": "nearest",
+        "visible": not uncertainty,
+        "metadata": {"vst": {"role": role, "store": str(Path(store)), "gene": gene}},
+    }
+    return (np.full((1, 1), np.nan, np.float32), kwargs, "image")
+
+
+def spots_layer_data(view: StoreView, colour_by: str, *, visible: bool = True) -> LayerDataTuple:
+    """A points layer of the spots (µm), every gene a feature, coloured by ``colour_by``."""
+    kwargs: dict[str, Any] = {
+        "name": f"{view.name} spots",
+        "features": view.features(),
+        "size": view.spot_diameter_um,
+        "face_color": colour_by,
+        "face_colormap": COLORMAP,
+        "face_contrast_limits": view.limits(colour_by),
+        "border_width": 0,
+        "units": "um",
+        "visible": visible,
+        "metadata": {"vst": {"role": "spots", "store": str(view.path), "gene": colour_by}},
+    }
+    return (view.yx_um.copy(), kwargs, "points")
+
+
+def store_layer_data(
+    view: StoreView, genes: list[str] | None = None, *, with_slide: bool = True
+) -> list[LayerDataTuple]:
+    """Layers showing a finished store: its slide (if found), heatmaps and spots.
+
+    Parameters
+    ----------
+    view
+        The store.
+    genes
+        Genes to draw as heatmaps (default: the most variable one).
+    with_slide
+        Add the slide recorded in the store, when its file is still there.
+    """
+    genes = genes or [view.most_variable_gene()]
+    layers: list[LayerDataTuple] = []
+    slide_path = view.slide_path
+    if with_slide and slide_path is not None and slide_path.exists():
+        slide = Slide(slide_path, mpp=view.mpp)
+        layers.append(slide_layer_data(slide))
+    if view.geometry is not None:
+        for gene in genes:
+            layers.append(heatmap_layer_data(view, gene))
+            if view.has_variance:
+                layers.append(heatmap_layer_data(view, gene, uncertainty=True, visible=False))
+    layers.append(spots_layer_data(view, genes[-1], visible=view.geometry is None))
+    return layers
+
+
+# -- finding and updating layers in a viewer ------------------------------------------------
+def vst_meta(layer: Layer) -> dict[str, Any]:
+    """The plugin's metadata of a layer (empty for layers it did not make)."""
+    meta = layer.metadata.get("vst") if isinstance(layer.metadata, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def find_layers(
+    viewer: napari.Viewer,
+    store: str | Path | None = None,
+    role: str | None = None,
+    gene: str | None = None,
+) -> list[Layer]:
+    """Layers made by the plugin, filtered by store, role and gene."""
+    key = None if store is None else str(Path(store))
+    found = []
+    for layer in viewer.layers:
+        meta = vst_meta(layer)
+        if not meta:
+            continue
+        if key is not None and meta.get("store") != key:
+            continue
+        if role is not None and meta.get("role") != role:
+            continue
+        if gene is not None and meta.get("gene") != gene:
+            continue
+        found.append(layer)
+    return found
+
+
+def add_layer(viewer: napari.Viewer, data: LayerDataTuple) -> Layer:
+    """Add a layer data tuple to the viewer and return the layer."""
+    from napari.layers import Layer
+
+    layer = Layer.create(*data)
+    viewer.add_layer(layer)
+    return layer
+
+
+def show_heatmap(
+    viewer: napari.Viewer, view: StoreView, gene: str, *, uncertainty: bool = False
+) -> Layer | None:
+    """The heatmap layer of ``gene`` (added if missing); ``None`` for grids without lattice."""
+    if view.geometry is None:
+        return None
+    role = "uncertainty" if uncertainty else "heatmap"
+    existing = find_layers(viewer, view.path, role, gene)
+    if existing:
+        return existing[0]
+    layer = add_layer(
+        viewer, heatmap_layer_data(view, gene, uncertainty=uncertainty, visible=not uncertainty)
+    )
+    show_colorbar(layer)
+    return layer
+
+
+def show_colorbar(layer: Layer) -> None:
+    """Show the layer's colour bar on the canvas (napari versions that have one)."""
+    colorbar = getattr(layer, "colorbar", None)
+    if colorbar is not None and not colorbar.visible:
+        colorbar.visible = True
+
+
+def refresh_heatmaps(viewer: napari.Viewer, view: StoreView) -> None:
+    """Redraw every heatmap and uncertainty layer of the store from the view's values
+    (placing layers that were added before the store's grid was known)."""
+    geometry = view.geometry
+    for layer in find_layers(viewer, view.path):
+        meta = vst_meta(layer)
+        role = meta.get("role")
+        if role not in ("heatmap", "uncertainty"):
+            continue
+        if geometry is None:  # spots without a lattice: no heatmap can be drawn
+            viewer.layers.remove(layer)
+            continue
+        uncertainty = role == "uncertainty"
+        gene = str(meta["gene"])
+        lo, hi = view.limits(gene, uncertainty=uncertainty)
+        if tuple(layer.scale[-2:]) != geometry.scale_um:
+            layer.scale = geometry.scale_um
+        if tuple(layer.translate[-2:]) != geometry.translate_um:
+            layer.translate = geometry.translate_um
+        layer.data = view.heatmap(gene, uncertainty=uncertainty)
+        old_lo, old_hi = layer.contrast_limits
+        span = max(hi - lo, old_hi - old_lo, 1e-12)
+        if max(abs(lo - old_lo), abs(hi - old_hi)) > LIMITS_TOLERANCE * span:
+            layer.contrast_limits_range = (lo, hi)
+            layer.contrast_limits = (lo, hi)
+
+
+def show_spots(
+    viewer: napari.Viewer, view: StoreView, colour_by: str, *, visible: bool = True
+) -> Layer:
+    """The spots layer of the store (added if missing), coloured by ``colour_by``."""
+    existing = find_layers(viewer, view.path, "spots")
+    if existing:
+        colour_spots(existing[0], view, colour_by)
+        return existing[0]
+    return add_layer(viewer, spots_layer_data(view, colour_by, visible=visible))
+
+
+def colour_spots(layer: Layer, view: StoreView, gene: str) -> None:
+    """Colour a spots layer by one gene's predicted values (no re-run, no re-read)."""
+    meta = vst_meta(layer)
+    if meta.get("gene") == gene:
+        return
+    layer.face_color = gene
+    layer.face_contrast_limits = view.limits(gene)
+    layer.metadata = {**layer.metadata, "vst": {**meta, "gene": gene}}

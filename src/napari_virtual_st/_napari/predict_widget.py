@@ -1,0 +1,671 @@
+"""The Predict dock widget: choose a slide layer and a model, press Run, watch heatmaps fill in.
+
+A thin form over the engine. The run itself (:func:`.runner.run_prediction_outcome`) happens
+in a ``napari.qt.threading`` worker; this widget only turns the events it yields into layer
+updates, progress (here and in napari's activity dock) and notifications, so the GUI thread
+never waits for the slide, the model or the store.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+import threading
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+)
+from napari.layers import Image
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
+
+from napari_virtual_st._napari import layers as vst_layers
+from napari_virtual_st._napari.runner import (
+    BatchEvent,
+    RunEvent,
+    RunOutcome,
+    RunRequest,
+    StageEvent,
+    StoreReadyEvent,
+    run_prediction_outcome,
+)
+from napari_virtual_st._napari.store_view import StoreView, forget_view, register_view
+from napari_virtual_st.errors import VirtualSTError
+from napari_virtual_st.pipeline import Progress
+from napari_virtual_st.predictor import ModelInfo, Predictor, resolve_providers
+from napari_virtual_st.registry import BundledModel, bundled_models
+from napari_virtual_st.slide import Slide
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Layer
+
+#: Fewest seconds between two heatmap redraws during a run (the first batch draws at once).
+REDRAW_INTERVAL_S = 0.25
+#: Fewest seconds between two updates of napari's activity dock (each one makes napari
+#: process all pending Qt events, canvas drawing included, before it returns).
+ACTIVITY_INTERVAL_S = 0.5
+#: Milliseconds between the GUI's own steps (preparing a run, finishing it): enough for the
+#: event loop to handle input and drawing between two of them.
+STEP_MS = 5
+#: Model chooser entry that opens a file dialog.
+BROWSE = "browse…"
+GRID_CHOICES = [
+    ("Visium: 55 µm spots, 100 µm apart (hexagonal)", "visium"),
+    ("Legacy ST: 100 µm spots, 200 µm apart (square)", "st"),
+    ("Dense: square tiles of the model's size", "dense"),
+]
+_PROVIDER_NAMES = {
+    "TensorrtExecutionProvider": "TensorRT (NVIDIA GPU)",
+    "CUDAExecutionProvider": "CUDA (NVIDIA GPU)",
+    "CPUExecutionProvider": "CPU",
+}
+
+
+@functools.cache
+def _bundled() -> tuple[BundledModel, ...]:
+    """The bundled models, validated once per session."""
+    return tuple(m for m in bundled_models() if m.info is not None)
+
+
+def provider_label(providers: list[str] | tuple[str, ...]) -> str:
+    """Human name of the execution provider that runs first."""
+    if not providers:
+        return "unknown"
+    return _PROVIDER_NAMES.get(providers[0], providers[0].removesuffix("ExecutionProvider"))
+
+
+def model_summary(info: ModelInfo) -> str:
+    """One line about a model: genes, tile size, what values mean, held-out metric."""
+    parts = [
+        f"{len(info.genes)} genes",
+        f"{info.tile_px} px tiles of {info.tile_um:g} µm",
+        info.target,
+    ]
+    metric = metric_summary(info.metadata.get("metrics"))
+    if metric:
+        parts.append(metric)
+    if "variance" in info.outputs:
+        parts.append("with uncertainty")
+    return " · ".join(parts)
+
+
+def metric_summary(metrics: Any) -> str:
+    """The headline held-out correlations of a model's ``vst.metrics`` (PCC-* entries)."""
+    if not isinstance(metrics, dict):
+        return ""
+    source = metrics.get("raw") if isinstance(metrics.get("raw"), dict) else metrics
+    pcc = [
+        f"{key} {value:.2f}"
+        for key, value in source.items()
+        if str(key).upper().startswith("PCC") and isinstance(value, (int, float))
+    ]
+    if not pcc:
+        return ""
+    where = metrics.get("test_section")
+    return "held-out " + ", ".join(pcc[:3]) + (f" (test section {where})" if where else "")
+
+
+def default_output_dir(slide_path: Path) -> Path:
+    """Where results go by default: beside the slide, unless that folder is not writable or
+    is inside the installed package (the bundled sample slide); then ``~/napari-virtual-st``."""
+    package = Path(__file__).resolve().parents[1]
+    folder = slide_path.resolve().parent
+    if os.access(folder, os.W_OK) and not folder.is_relative_to(package):
+        return folder
+    return Path.home() / "napari-virtual-st"
+
+
+def predict_then_build_spots(
+    request: RunRequest, cancel: threading.Event, colour_by: str
+) -> Generator[RunEvent, None, tuple[RunOutcome, Layer | None, StoreView | None]]:
+    """The worker's job: the run, then (still off the GUI thread) the finished store read
+    back and its spots layer, with every gene as a feature, built for the GUI to add."""
+    from napari.layers import Layer
+
+    outcome = yield from run_prediction_outcome(request, cancel)
+    if outcome.store_path is None:
+        return outcome, None, None
+    view = StoreView.open(outcome.store_path)
+    gene = colour_by if colour_by in view.genes else view.genes[0]
+    spots = Layer.create(*vst_layers.spots_layer_data(view, gene, visible=view.geometry is None))
+    return outcome, spots, view
+
+
+class PredictWidget(Container):
+    """Predict gene expression over a slide layer with an ONNX model.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer whose slide layers are offered and where results appear.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._extra_models: list[tuple[str, Path]] = []
+        self._model_info: dict[Path, ModelInfo] = {}
+        self._worker: GeneratorWorker | None = None
+        self._cancel = threading.Event()
+        self._view: StoreView | None = None
+        self._progress: napari_progress | None = None
+        self._run_slide_layer: Layer | None = None
+        self._latest: Progress | None = None
+        self._drawn = False
+        self._activity_time = 0.0
+        self._run_store: Path | None = None
+        self._run_model: Path | None = None
+        self._closed = False
+        self._pending_steps = 0
+        self._started = 0.0
+        self._output_is_default = True
+        self._setting_output = False
+        self.batch_size = 32
+        self.last_outcome: RunOutcome | None = None
+        self._inbox: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._draining = False
+
+        self.slide = ComboBox(label="Slide", choices=self._slide_choices)
+        self.mpp = FloatSpinBox(
+            label="µm per pixel", value=0.5, min=0.01, max=20.0, step=0.001, visible=False
+        )
+        self.mpp_hint = Label(
+            value="This slide does not record its resolution: give it (0.25 at 40×, 0.5 at 20×).",
+            visible=False,
+        )
+        self.model = ComboBox(label="Model", choices=self._model_choices)
+        self.model_info = Label(value="")
+        self.grid = ComboBox(label="Spots", choices=GRID_CHOICES, value="visium")
+        self.min_tissue = FloatSlider(
+            label="Tissue per spot ≥", value=0.5, min=0.0, max=1.0, step=0.05
+        )
+        self.output = FileEdit(label="Save to", mode="w", filter="*.vst.zarr")
+        self.overwrite = CheckBox(text="Replace earlier results in this file", value=False)
+        self.provider = Label(value=f"Runs on: {provider_label(resolve_providers(None))}")
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        buttons = Container(
+            widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
+        )
+        self.progress_bar = ProgressBar(label="Progress", value=0, min=0, max=1)
+        self.status = Label(value="Open a slide, choose a model, press Run.")
+        for label in (self.model_info, self.status, self.mpp_hint):
+            label.native.setWordWrap(True)
+        self.extend(
+            [
+                self.slide,
+                self.mpp_hint,
+                self.mpp,
+                self.model,
+                self.model_info,
+                self.grid,
+                self.min_tissue,
+                self.output,
+                self.overwrite,
+                self.provider,
+                buttons,
+                self.progress_bar,
+                self.status,
+            ]
+        )
+        self.slide.changed.connect(self._on_slide_changed)
+        self.model.changed.connect(self._on_model_changed)
+        self.grid.changed.connect(self._update_default_output)
+        self.output.changed.connect(self._on_output_edited)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self._redraw_timer = QTimer()
+        self._redraw_timer.setSingleShot(True)
+        self._redraw_timer.timeout.connect(self._redraw)
+        napari_viewer.layers.events.inserted.connect(self._on_layers_changed)
+        napari_viewer.layers.events.removed.connect(self._on_layers_changed)
+        self.native.destroyed.connect(self._on_destroyed)
+        self._on_model_changed()
+        self._on_slide_changed()
+
+    def _on_destroyed(self, *_: Any) -> None:
+        """The panel is closing (or the viewer): stop a run after its current batch."""
+        self._closed = True
+        self._cancel.set()
+
+    # -- choices ----------------------------------------------------------------------------
+    def _slide_choices(self, _widget: Any = None) -> list[tuple[str, Layer]]:
+        return [(layer.name, layer) for layer in self._viewer.layers if _slide_path(layer)]
+
+    def _model_choices(self, _widget: Any = None) -> list[tuple[str, object]]:
+        choices: list[tuple[str, object]] = []
+        for model in _bundled():
+            assert model.info is not None
+            self._model_info[model.path] = model.info
+            choices.append((f"{model.info.name} ({model.name}, bundled)", model.path))
+        choices.extend(self._extra_models)
+        choices.append(("Browse for a model file (.onnx)…", BROWSE))
+        return choices
+
+    def add_model(self, path: str | Path) -> None:
+        """Validate an ONNX model file, offer it in the chooser and select it.
+
+        Raises
+        ------
+        ModelError
+            If the file does not follow the model contract (the message names the problem).
+        """
+        path = Path(path)
+        info = Predictor(path, providers=["cpu"]).info
+        self._model_info[path] = info
+        if all(p != path for _, p in self._extra_models):
+            self._extra_models.append((f"{info.name} ({path.name})", path))
+        self.model.reset_choices()
+        self.model.value = path
+
+    # -- reactions --------------------------------------------------------------------------
+    def _on_layers_changed(self, event: Any = None) -> None:
+        self.slide.reset_choices()
+        added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+        if added is not None and _slide_path(added) is not None:
+            self.slide.value = added  # a slide just opened is the one to predict on
+        self._on_slide_changed()
+
+    def _on_slide_changed(self, _value: Any = None) -> None:
+        layer = self.slide.value
+        needs_mpp = layer is not None and _slide_mpp(layer) is None
+        self.mpp.visible = needs_mpp
+        self.mpp_hint.visible = needs_mpp
+        self.run_button.enabled = layer is not None and self._worker is None
+        self._update_default_output()
+
+    def _on_model_changed(self, _value: Any = None) -> None:
+        value = self.model.value
+        if value == BROWSE:
+            self._browse_model()
+            return
+        info = self._model_info.get(value) if value is not None else None
+        self.model_info.value = model_summary(info) if info is not None else ""
+        self._update_default_output()
+
+    def _browse_model(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        filename, _ = QFileDialog.getOpenFileName(
+            self.native, "Choose an ONNX model", str(Path.home()), "ONNX models (*.onnx)"
+        )
+        if filename:
+            try:
+                self.add_model(filename)
+                return
+            except VirtualSTError as exc:
+                show_error(str(exc))
+        choices = [c for c in self.model.choices if c != BROWSE]
+        self.model.value = choices[0] if choices else None
+
+    def _on_output_edited(self, _value: Any = None) -> None:
+        if not self._setting_output:
+            self._output_is_default = False
+
+    def _update_default_output(self, _value: Any = None) -> None:
+        layer = self.slide.value
+        model = self.model.value
+        if not self._output_is_default or layer is None or not isinstance(model, Path):
+            return
+        slide_path = _slide_path(layer)
+        assert slide_path is not None
+        name = f"{slide_path.stem}.{model.stem}.{self.grid.value}.vst.zarr"
+        self._setting_output = True
+        try:
+            self.output.value = default_output_dir(slide_path) / name
+        finally:
+            self._setting_output = False
+
+    # -- running ----------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """Whether a run is in progress (its last layers included)."""
+        return self._worker is not None or self._pending_steps > 0
+
+    @property
+    def worker(self) -> GeneratorWorker | None:
+        """The worker of the run in progress."""
+        return self._worker
+
+    def request(self) -> RunRequest:
+        """The run the form describes.
+
+        Raises
+        ------
+        VirtualSTError
+            If no slide or model is chosen.
+        """
+        layer = self.slide.value
+        if layer is None:
+            raise VirtualSTError("open a slide first (File ▸ Open, or the sample data menu)")
+        model = self.model.value
+        if not isinstance(model, Path):
+            raise VirtualSTError("choose a model first")
+        slide_path = _slide_path(layer)
+        assert slide_path is not None
+        mpp = _slide_mpp(layer)
+        if mpp is None:
+            mpp = float(self.mpp.value)
+        output = Path(self.output.value)
+        if not output.name.endswith(".vst.zarr"):
+            output = output.with_name(output.name + ".vst.zarr")
+        return RunRequest(
+            slide_path=slide_path,
+            model_path=model,
+            store_path=output,
+            grid_kind=self.grid.value,
+            min_tissue_fraction=float(self.min_tissue.value),
+            mpp=mpp,
+            batch_size=self.batch_size,
+            overwrite=bool(self.overwrite.value),
+        )
+
+    def run(self, _value: Any = None) -> GeneratorWorker | None:
+        """Start predicting in a worker thread (returns the worker, or ``None`` if refused).
+
+        The worker starts at once. The GUI's own preparation follows in small steps, one
+        event-loop turn each, while the worker opens the slide and finds tissue: the activity
+        dock's bar, the run's heatmap layers (empty until the spots are laid out, so that
+        afterwards the GUI only has to draw values) and the Gene browser.
+        """
+        if self.running:
+            return None
+        try:
+            request = self.request()
+        except VirtualSTError as exc:
+            show_error(str(exc))
+            return None
+        info = self._model_info[request.model_path]
+        self._run_slide_layer = self.slide.value
+        if request.overwrite:
+            forget_view(request.store_path)
+        self._cancel = threading.Event()
+        self._view = None
+        self._latest = None
+        self._drawn = False
+        self._started = time.perf_counter()
+        self._run_store = request.store_path
+        self._run_model = request.model_path
+        self.last_outcome = None
+        genes = self._genes_to_show(request.store_path, info)
+        worker = create_worker(
+            predict_then_build_spots, request, self._cancel, genes[-1], _start_thread=False
+        )
+        # napari's progress bars and layer controls process Qt events while they update, so
+        # a handler can be re-entered; the inbox keeps the worker's messages in order
+        worker.yielded.connect(lambda event: self._post(self._on_event, event))
+        worker.returned.connect(lambda result: self._post(self._on_outcome, *result))
+        worker.finished.connect(lambda: self._post(self._on_finished))
+        self._worker = worker
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress_bar.max = 0  # busy until the number of spots is known
+        self._set_status("starting…")
+        worker.start()
+        steps = [
+            functools.partial(self._start_activity, request.slide_path.name),
+            functools.partial(self._prepare_layers, request.store_path, info, genes),
+            self._open_gene_browser,
+        ]
+        self._step(worker, steps)
+        return worker
+
+    def _step(self, worker: GeneratorWorker, steps: list[Callable[[], None]]) -> None:
+        """Run the next preparation step in its own event-loop turn (while the run lasts)."""
+
+        def next_step() -> None:
+            if self._worker is worker and steps and not self._closed:
+                steps.pop(0)()
+                self._step(worker, steps)
+
+        if steps:
+            QTimer.singleShot(STEP_MS, next_step)
+
+    def cancel(self, _value: Any = None) -> None:
+        """Ask the run to stop after the batch in progress (finished batches are kept)."""
+        if self._worker is None:
+            return
+        self._cancel.set()
+        self.cancel_button.enabled = False
+        self._set_status("cancelling after the current batch…")
+
+    def _start_activity(self, slide_name: str) -> None:
+        """A bar in napari's activity dock for this run."""
+        self._progress = napari_progress(total=0, desc=f"Predicting {slide_name}")
+        if self._latest is not None:
+            self._progress.total = self._latest.spots_total
+
+    def _genes_to_show(self, store_path: Path, info: ModelInfo) -> list[str]:
+        """Genes already shown for this store (a resumed or repeated run), else the first."""
+        shown = [
+            vst_layers.vst_meta(layer)["gene"]
+            for layer in vst_layers.find_layers(self._viewer, store_path, "heatmap")
+        ]
+        return [g for g in shown if g in info.genes] or [info.genes[0]]
+
+    def _prepare_layers(self, store_path: Path, info: ModelInfo, genes: list[str]) -> None:
+        """Heatmap layers for the run, empty until its store exists."""
+        viewer = self._viewer
+        with_variance = "variance" in info.outputs
+        for gene in genes:
+            for uncertainty in (False, True) if with_variance else (False,):
+                role = "uncertainty" if uncertainty else "heatmap"
+                if not vst_layers.find_layers(viewer, store_path, role, gene):
+                    vst_layers.add_layer(
+                        viewer,
+                        vst_layers.empty_heatmap_layer_data(
+                            store_path, gene, uncertainty=uncertainty
+                        ),
+                    )
+        active = vst_layers.find_layers(viewer, store_path, "heatmap", genes[-1])
+        viewer.layers.selection.active = active[0]
+        if self._view is not None:  # the store was ready before the layers were
+            self._redraw()
+
+    # -- events from the worker (GUI thread) ------------------------------------------------
+    def _post(self, handler: Callable[..., None], *args: Any) -> None:
+        """Handle a message from the worker after those before it (never re-entered)."""
+        self._inbox.append((handler, args))
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._inbox:
+                handler, args = self._inbox.popleft()
+                handler(*args)
+        finally:
+            self._draining = False
+
+    def _on_event(self, event: RunEvent) -> None:
+        if isinstance(event, StageEvent):
+            self._set_status(f"{event.message}…")
+        elif isinstance(event, StoreReadyEvent):
+            self._on_store_ready(event)
+        elif isinstance(event, BatchEvent):
+            self._on_batch(event)
+
+    def _on_store_ready(self, event: StoreReadyEvent) -> None:
+        view = register_view(event.view)
+        self._view = view
+        # layers of an earlier run into this file that this run does not refresh go
+        genes = self._genes_to_show(view.path, self._model_info[self._run_model])
+        for layer in vst_layers.find_layers(self._viewer, view.path):
+            meta = vst_layers.vst_meta(layer)
+            keep = meta.get("role") in ("heatmap", "uncertainty") and meta.get("gene") in genes
+            if not keep or (meta.get("role") == "uncertainty" and not view.has_variance):
+                self._viewer.layers.remove(layer)
+        self._latest = event.progress
+        layer = self._run_slide_layer
+        if (
+            layer is not None
+            and layer in self._viewer.layers
+            and tuple(layer.scale[-2:]) != (event.mpp, event.mpp)
+        ):
+            vst_layers.place_slide_layer(layer, event.mpp)
+        total = event.progress.spots_total
+        self.progress_bar.max = max(total, 1)
+        if self._progress is not None:
+            self._progress.total = total
+            self._progress.set_description(f"Predicting {total:,} spots")
+        self.provider.value = f"Runs on: {provider_label(event.providers)}"
+        self._redraw()
+
+    def _on_batch(self, event: BatchEvent) -> None:
+        """Take a batch's values; the screen follows at most every ``REDRAW_INTERVAL_S``."""
+        view = self._view
+        if view is None or event.progress.spots is None:
+            return
+        view.update(event.progress.spots, event.expression, event.variance)
+        self._latest = event.progress
+        if not self._drawn:
+            self._redraw()  # the first values go on screen at once
+        elif not self._redraw_timer.isActive():
+            self._redraw_timer.start(round(REDRAW_INTERVAL_S * 1000))
+
+    def _redraw(self) -> None:
+        """Show the values and progress received so far."""
+        self._redraw_timer.stop()
+        view, p = self._view, self._latest
+        if view is None or p is None:
+            return
+        vst_layers.refresh_heatmaps(self._viewer, view)
+        self._drawn = self._drawn or p.spots_done > 0
+        self.progress_bar.value = p.spots_done
+        rate = f" ({p.tiles_per_s:,.0f} spots/s)" if p.tiles_per_s else ""
+        self._set_status(f"{p.spots_done:,} of {p.spots_total:,} spots predicted{rate}")
+        if time.perf_counter() - self._activity_time >= ACTIVITY_INTERVAL_S:
+            self._activity_time = time.perf_counter()
+            QTimer.singleShot(0, self._update_activity)  # after this handler, on its own
+
+    def _update_activity(self) -> None:
+        """Bring napari's activity dock up to date."""
+        p = self._latest
+        if self._progress is not None and p is not None and p.spots_done > self._progress.n:
+            self._progress.update(p.spots_done - self._progress.n)
+
+    def _on_outcome(
+        self, outcome: RunOutcome, spots: Layer | None = None, final: StoreView | None = None
+    ) -> None:
+        self.last_outcome = outcome
+        self._redraw()  # whatever was finished, cancelled runs included
+        if outcome.error is not None:
+            if self._view is None:  # no store: the empty layers made for it go
+                for layer in vst_layers.find_layers(self._viewer, self._run_store):
+                    if layer.data.shape == (1, 1):
+                        self._viewer.layers.remove(layer)
+            if outcome.cancelled:
+                show_info(str(outcome.error))
+                self._set_status(str(outcome.error))
+                if self._view is not None:
+                    self._later(functools.partial(self._show_colorbars, self._view))
+            else:
+                show_error(str(outcome.error))
+                self._set_status(f"stopped: {outcome.error}")
+            return
+        view = self._view
+        if view is None:  # (the store's first report always comes first)
+            view = self._view = register_view(final) if final is not None else None
+        elif final is not None:  # the whole store, as the worker read it back: same values
+            view.update(slice(None), final.expression, final.variance)
+        if view is None:
+            return
+        seconds = time.perf_counter() - self._started
+        self._set_status(
+            f"Done: {view.n_spots:,} spots predicted in {seconds:.1f} s and saved to {view.path}"
+        )
+        # the rest in later event-loop turns, so the GUI answers in between
+        if spots is not None:
+            self._later(functools.partial(self._add_spots, spots, view))
+        self._later(functools.partial(self._show_colorbars, view))
+
+    def _add_spots(self, spots: Layer, view: StoreView) -> None:
+        self._viewer.add_layer(spots)
+        shown = vst_layers.find_layers(self._viewer, view.path, "heatmap")
+        if shown:  # the status bar shows the values of the active layer under the cursor
+            self._viewer.layers.selection.active = shown[-1]
+
+    def _show_colorbars(self, view: StoreView) -> None:
+        """Colour bars for the run's heatmaps, once they have values (the first one costs
+        napari a font atlas and a new visual: not while batches are landing)."""
+        for layer in vst_layers.find_layers(self._viewer, view.path, "heatmap"):
+            vst_layers.show_colorbar(layer)
+
+    def _later(self, step: Callable[[], None]) -> None:
+        """Run ``step`` in a later event-loop turn, unless the panel has closed by then."""
+
+        def guarded() -> None:
+            self._pending_steps -= 1
+            if not self._closed:
+                step()
+
+        self._pending_steps += 1
+        QTimer.singleShot(STEP_MS, guarded)
+
+    def _on_finished(self) -> None:
+        self._redraw_timer.stop()
+        self._worker = None
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.cancel_button.enabled = False
+        self.run_button.enabled = self.slide.value is not None
+
+    def _set_status(self, text: str) -> None:
+        self.status.value = text
+
+    def _open_gene_browser(self) -> None:
+        """Dock the gene browser beside this widget, once (when napari knows the plugin)."""
+        window = getattr(self._viewer, "window", None)
+        if window is None:
+            return
+        try:
+            window.add_plugin_dock_widget("napari-virtual-st", "Gene browser")
+        except Exception:  # the plugin may not be registered (e.g. a widget made in a test)
+            return
+
+
+def _slide_path(layer: Layer) -> Path | None:
+    """The slide file behind an image layer (opened by this plugin or any other reader)."""
+    if not isinstance(layer, Image):
+        return None
+    meta = vst_layers.vst_meta(layer)
+    if meta.get("role") == "slide":
+        return Path(meta["slide_path"])
+    source = getattr(layer.source, "path", None)
+    if source and layer.rgb and Path(source).is_file():
+        return Path(source)
+    return None
+
+
+def _slide_mpp(layer: Layer) -> float | None:
+    """µm/px of a slide layer's file, or ``None`` when the file does not record it."""
+    meta = vst_layers.vst_meta(layer)
+    if meta.get("role") == "slide":
+        mpp = meta.get("mpp")
+        return None if mpp is None else float(mpp)
+    path = _slide_path(layer)
+    if path is None:
+        return None
+    try:
+        with Slide(path) as slide:
+            return slide.mpp_or_none
+    except VirtualSTError:
+        return None

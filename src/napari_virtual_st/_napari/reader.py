@@ -1,0 +1,89 @@
+"""napari reader: whole-slide images and saved prediction stores (``.vst.zarr``).
+
+Slides open as lazy multiscale RGB layers in micrometres (nothing is read until napari
+draws it, and then only the tiles on screen at the level it needs). A prediction store opens
+as its slide (when the file is still where the store says), heatmaps and spots, at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from napari_virtual_st._backends import image_backend
+from napari_virtual_st._napari.layers import LayerDataTuple, slide_layer_data, store_layer_data
+from napari_virtual_st._napari.store_view import StoreView, register_view
+from napari_virtual_st.errors import SlideError, VirtualSTError
+from napari_virtual_st.slide import Slide
+from napari_virtual_st.store import STORE_FORMAT
+
+ReaderFunction = Callable[[str | Sequence[str]], list[LayerDataTuple]]
+
+
+def get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
+    """The reader for ``path`` if this plugin can open it, else ``None`` (npe2 reader hook).
+
+    Parameters
+    ----------
+    path
+        A file or folder, or a list of them (each must be readable).
+    """
+    paths = [path] if isinstance(path, str) else list(path)
+    if not paths or not all(_readable(Path(p)) for p in paths):
+        return None
+    return read
+
+
+def read(path: str | Sequence[str]) -> list[LayerDataTuple]:
+    """Layer data for slides and prediction stores.
+
+    Raises
+    ------
+    VirtualSTError
+        With a message for the user when a file cannot be opened (napari shows it).
+    """
+    paths = [path] if isinstance(path, str) else list(path)
+    layers: list[LayerDataTuple] = []
+    for p in map(Path, paths):
+        if _is_store(p):
+            layers.extend(read_store(p))
+        else:
+            layers.extend(read_slide(p))
+    return layers
+
+
+def read_slide(path: str | Path, *, mpp: float | None = None) -> list[LayerDataTuple]:
+    """One lazy multiscale RGB layer of a slide (``scale`` = µm/px when known)."""
+    slide = Slide(path, mpp=mpp)  # kept open by the layer's lazy arrays
+    return [slide_layer_data(slide)]
+
+
+def read_store(path: str | Path) -> list[LayerDataTuple]:
+    """A finished (or partial) prediction store: its slide, the most variable gene's
+    heatmap (and uncertainty, when the model gives it) and the spots with every gene."""
+    view = register_view(StoreView.open(path))
+    return store_layer_data(view)
+
+
+def _is_store(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    meta = path / "zarr.json"
+    try:
+        return meta.is_file() and STORE_FORMAT in meta.read_text(encoding="utf-8")
+    except OSError:
+        return False
+
+
+def _readable(path: Path) -> bool:
+    if _is_store(path):
+        return True
+    if not path.is_file():
+        return False
+    if path.name.lower().endswith(image_backend.SUFFIXES):
+        return True  # plain images are decoded whole on opening: only when asked to read
+    try:
+        with Slide(path):
+            return True
+    except (SlideError, VirtualSTError):
+        return False

@@ -1,0 +1,269 @@
+"""``StoreView``: what the viewer shows of one prediction store, held in memory.
+
+A finished store is read once when it is opened; during a run the view starts from the
+store's state when the run began and takes each batch's values as it lands, so the GUI
+never re-reads the store. No Qt and no napari here: views are built in worker threads and
+handed to the GUI thread, which alone changes them afterwards.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+
+from napari_virtual_st.coords import xy_level0_px_to_yx_um
+from napari_virtual_st.errors import ParameterError
+from napari_virtual_st.heatmap import HeatmapGeometry, heatmap_geometry, robust_limits
+from napari_virtual_st.store import PredictionStore
+
+
+class StoreView:
+    """Genes, spot positions (µm), values and heatmap geometry of one prediction store.
+
+    Parameters
+    ----------
+    path
+        The ``.vst.zarr`` folder.
+    attrs
+        The store's attributes (genes, grid, slide, model).
+    xy_level0_px, lattice_rc
+        ``(n, 2)`` spot centres (x, y level-0 px) and lattice indices (row, col).
+    spot_ids
+        One name per spot.
+    expression, variance
+        ``(n, G)`` values so far (NaN where not predicted); variance ``None`` when the model
+        gives none.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        attrs: dict[str, Any],
+        xy_level0_px: ArrayLike,
+        lattice_rc: ArrayLike,
+        spot_ids: Sequence[str],
+        expression: NDArray[np.float32],
+        variance: NDArray[np.float32] | None,
+    ) -> None:
+        self.path = Path(path)
+        self.attrs = attrs
+        self.genes: tuple[str, ...] = tuple(attrs["genes"])
+        grid = attrs["grid"]
+        self.kind = str(grid["kind"])
+        self.mpp = float(grid["mpp"])
+        self.spot_diameter_um = float(grid["spot_diameter_um"])
+        self.pitch_um = float(grid["pitch_um"])
+        self.xy_level0_px = np.asarray(xy_level0_px, dtype=np.float64).reshape(-1, 2)
+        self.lattice_rc = np.asarray(lattice_rc, dtype=np.int64).reshape(-1, 2)
+        #: spot centres in the napari world frame, (row, col) µm
+        self.yx_um = xy_level0_px_to_yx_um(self.xy_level0_px, self.mpp)
+        self.spot_ids = list(spot_ids)
+        self.expression = np.asarray(expression, dtype=np.float32)
+        self.variance = None if variance is None else np.asarray(variance, dtype=np.float32)
+        self._gene_index = {g: i for i, g in enumerate(self.genes)}
+        try:
+            self.geometry: HeatmapGeometry | None = heatmap_geometry(
+                self.kind, self.lattice_rc, self.xy_level0_px, self.mpp, self.pitch_um
+            )
+        except ParameterError:
+            self.geometry = None  # explicit spot coordinates: spots only, no heatmap
+        self._index_image: NDArray[np.int64] | None = None
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_store(cls, store: PredictionStore) -> StoreView:
+        """Read everything the viewer needs from an open store.
+
+        Values are read only when some spot is done (a new store is all NaN).
+        """
+        n, g = store.n_spots, len(store.genes)
+        started = bool(store.done.any())
+        empty = np.full((n, g), np.nan, np.float32)
+        expression = store.expression() if started else empty
+        variance = None
+        if store.has_variance:
+            variance = store.variance() if started else empty.copy()
+        return cls(
+            store.path,
+            dict(store.attrs),
+            store.xy_level0_px,
+            store.lattice_rc,
+            store.spot_ids,
+            expression,
+            variance,
+        )
+
+    @classmethod
+    def open(cls, path: str | Path) -> StoreView:
+        """Open a store read-only and read it (see :meth:`from_store`)."""
+        return cls.from_store(PredictionStore.open(path))
+
+    # -- description ------------------------------------------------------------------------
+    @property
+    def n_spots(self) -> int:
+        """Number of spots."""
+        return len(self.xy_level0_px)
+
+    @property
+    def has_variance(self) -> bool:
+        """Whether the model gave a variance per value."""
+        return self.variance is not None
+
+    @property
+    def spots_done(self) -> int:
+        """Spots whose values are known."""
+        return int(np.isfinite(self.expression[:, 0]).sum()) if self.genes else 0
+
+    @property
+    def name(self) -> str:
+        """Short display name: the store folder without ``.vst.zarr``."""
+        name = self.path.name
+        return name[: -len(".vst.zarr")] if name.endswith(".vst.zarr") else self.path.stem
+
+    @property
+    def model_name(self) -> str:
+        """The model's display name."""
+        model = self.attrs.get("model", {})
+        meta = model.get("metadata", {})
+        return str(meta.get("name") or model.get("family") or model.get("file") or "model")
+
+    @property
+    def target(self) -> str:
+        """What a value means (e.g. ``log1p_cp10k``)."""
+        return str(self.attrs.get("model", {}).get("target", ""))
+
+    @property
+    def slide_path(self) -> Path | None:
+        """The slide the predictions were made on, as recorded in the store."""
+        path = self.attrs.get("slide", {}).get("path")
+        return None if path is None else Path(path)
+
+    def gene_column(self, gene: str) -> int:
+        """Column of ``gene``; raises naming an unknown gene."""
+        try:
+            return self._gene_index[gene]
+        except KeyError:
+            raise ParameterError(f"gene {gene!r} is not predicted by this model") from None
+
+    # -- values -----------------------------------------------------------------------------
+    def values(self, gene: str) -> NDArray[np.float32]:
+        """``(n_spots,)`` predicted values of ``gene`` (NaN where not predicted yet)."""
+        return self.expression[:, self.gene_column(gene)]
+
+    def sd(self, gene: str) -> NDArray[np.float32] | None:
+        """``(n_spots,)`` predicted standard deviation of ``gene``, or ``None``."""
+        if self.variance is None:
+            return None
+        var = self.variance[:, self.gene_column(gene)]
+        return np.sqrt(np.maximum(var, 0.0))
+
+    def update(
+        self,
+        spots: slice,
+        expression: NDArray[np.float32],
+        variance: NDArray[np.float32] | None = None,
+    ) -> None:
+        """Take the values of a range of spots (one finished batch)."""
+        self.expression[spots] = expression
+        if self.variance is not None and variance is not None:
+            self.variance[spots] = variance
+
+    def limits(self, gene: str, *, uncertainty: bool = False) -> tuple[float, float]:
+        """Display limits (1st–99th percentile) of a gene's values or standard deviations."""
+        values = self.sd(gene) if uncertainty else self.values(gene)
+        return robust_limits(values if values is not None else [])
+
+    def most_variable_gene(self) -> str:
+        """The gene whose predicted values vary most across spots (the first if none do)."""
+        done = np.isfinite(self.expression).all(axis=1)
+        if not done.any():
+            return self.genes[0]
+        spread = self.expression[done].var(axis=0)
+        return self.genes[int(np.argmax(spread))]
+
+    # -- pictures ---------------------------------------------------------------------------
+    def heatmap(self, gene: str, *, uncertainty: bool = False) -> NDArray[np.float32]:
+        """The gene's values (or SDs) rasterised on the lattice (see :mod:`..heatmap`)."""
+        if self.geometry is None:
+            raise ParameterError(
+                f"{self.path.name}: spots given by coordinates have no heatmap; use the spots layer"
+            )
+        values = self.sd(gene) if uncertainty else self.values(gene)
+        if values is None:
+            raise ParameterError("this model gives no uncertainty (variance)")
+        return self.geometry.rasterise(values)
+
+    def spot_at(self, yx_um: ArrayLike) -> int:
+        """The spot under a world point (row, col) µm: its heatmap cell, else its spot circle.
+
+        Returns -1 when there is none.
+        """
+        point = np.asarray(yx_um, dtype=np.float64).reshape(-1)[-2:]
+        if self.geometry is not None:
+            if self._index_image is None:
+                self._index_image = self.geometry.spot_index_image()
+            return self.geometry.spot_at(point, self._index_image)
+        if self.n_spots == 0:
+            return -1
+        dist = np.hypot(*(self.yx_um - point).T)
+        nearest = int(np.argmin(dist))
+        return nearest if dist[nearest] <= self.spot_diameter_um / 2 else -1
+
+    def features(self) -> pd.DataFrame:
+        """A table with one row per spot: its id and every gene's predicted value."""
+        table = pd.DataFrame(self.expression, columns=list(self.genes), copy=False)
+        table.insert(0, "spot", self.spot_ids)
+        return table
+
+
+#: Views of the stores shown in this session, by resolved path (GUI thread only).
+_VIEWS: dict[str, StoreView] = {}
+#: Called with each newly registered view (weakly held bound methods).
+_LISTENERS: list[weakref.WeakMethod[Callable[[StoreView], None]]] = []
+
+
+def register_view(view: StoreView) -> StoreView:
+    """Make ``view`` the one shown for its store (replacing an older one) and tell the
+    listeners (e.g. an open Gene browser)."""
+    _VIEWS[_key(view.path)] = view
+    for ref in list(_LISTENERS):
+        callback = ref()
+        if callback is None:
+            _LISTENERS.remove(ref)
+        else:
+            callback(view)
+    return view
+
+
+def on_register(callback: Callable[[StoreView], None]) -> None:
+    """Call the bound method ``callback`` with every view registered from now on (held
+    weakly: it stops when its object goes away)."""
+    _LISTENERS.append(weakref.WeakMethod(callback))  # type: ignore[arg-type]
+
+
+def lookup_view(path: str | Path) -> StoreView | None:
+    """The registered view of a store, or ``None`` (never reads the disk)."""
+    return _VIEWS.get(_key(path))
+
+
+def get_view(path: str | Path) -> StoreView:
+    """The registered view of a store, reading the store if it has none yet."""
+    view = lookup_view(path)
+    if view is None:
+        view = register_view(StoreView.open(path))
+    return view
+
+
+def forget_view(path: str | Path) -> None:
+    """Drop the registered view of a store (e.g. before it is overwritten)."""
+    _VIEWS.pop(_key(path), None)
+
+
+def _key(path: str | Path) -> str:
+    return str(Path(path).resolve())

@@ -1,0 +1,243 @@
+"""The Predict widget and the Gene browser, driven in a real viewer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from napari.utils.notifications import notification_manager
+from napari.utils.status_messages import status_format
+from PIL import Image
+
+from napari_virtual_st._napari.gene_browser import GeneBrowser
+from napari_virtual_st._napari.layers import find_layers, vst_meta
+from napari_virtual_st._napari.predict_widget import PredictWidget
+from napari_virtual_st._napari.runner import BatchEvent
+from napari_virtual_st._napari.store_view import get_view
+from napari_virtual_st.registry import default_model
+from napari_virtual_st.store import PredictionStore
+
+PLUGIN = "napari-virtual-st"
+RUN_TIMEOUT_MS = 120_000
+
+
+def _widget(viewer, qtbot) -> PredictWidget:
+    widget = PredictWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Predict expression")
+    return widget
+
+
+def _run(widget: PredictWidget, qtbot) -> None:
+    worker = widget.run()
+    assert worker is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
+
+
+def _messages(severity: str | None = None, since: int = 0) -> list[str]:
+    """Messages of napari notifications (of one severity) from record ``since`` on."""
+    return [
+        str(n.message)
+        for n in notification_manager.records[since:]
+        if severity is None or str(n.severity) == severity
+    ]
+
+
+def test_run_on_the_bundled_slide_fills_heatmaps_progressively(
+    make_napari_viewer, qtbot, tmp_path: Path
+) -> None:
+    viewer = make_napari_viewer()
+    (slide_layer,) = viewer.open_sample(PLUGIN, "cmu1_small_region")
+    widget = _widget(viewer, qtbot)
+    assert widget.slide.value is slide_layer and widget.mpp.native.isHidden()
+    assert widget.model.value == default_model().path  # the bundled model
+    assert "250 genes" in widget.model_info.value and "110 µm" in widget.model_info.value
+    assert widget.provider.value == "Runs on: CPU"
+    widget.output.value = tmp_path / "bundled.vst.zarr"
+    widget.batch_size = 16
+    finite_counts: list[int] = []
+
+    def watch(event) -> None:
+        layer = event.value
+        if vst_meta(layer).get("role") == "heatmap":
+            layer.events.data.connect(
+                lambda _e: finite_counts.append(int(np.isfinite(layer.data).sum()))
+            )
+
+    viewer.layers.events.inserted.connect(watch)
+    before = len(notification_manager.records)
+    _run(widget, qtbot)
+
+    assert widget.last_outcome is not None and widget.last_outcome.error is None
+    store = PredictionStore.open(tmp_path / "bundled.vst.zarr")
+    assert store.is_complete and len(store.genes) == 250
+    (heatmap,) = find_layers(viewer, store.path, "heatmap")
+    (spots,) = find_layers(viewer, store.path, "spots")
+    gene = vst_meta(heatmap)["gene"]
+    assert gene == store.genes[0]
+    drawn = np.unique(heatmap.data[np.isfinite(heatmap.data)])
+    np.testing.assert_array_equal(drawn, np.unique(store.gene_values(gene)))
+    assert list(spots.features.columns) == ["spot", *store.genes]
+    # batches landed in several redraws while the run went on, then the whole map
+    drawn_counts = [c for c in finite_counts if c]  # the layer exists, empty, from Run on
+    assert len(drawn_counts) >= 2 and drawn_counts[0] < drawn_counts[-1]
+    assert drawn_counts[-1] == 2 * store.n_spots  # two pixels per Visium spot
+    assert widget.progress_bar.value == store.n_spots
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+    assert widget.status.value.startswith("Done:") and str(store.path) in widget.status.value
+    assert viewer.layers.selection.active is heatmap  # status bar shows its values
+    assert not _messages("warning", before) and not _messages("error", before)  # worker's too
+
+
+def test_cancel_mid_run_keeps_finished_batches_and_a_rerun_resumes(
+    make_napari_viewer, qtbot, cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path
+) -> None:
+    viewer = make_napari_viewer()
+    viewer.open(cmu_small_svs, plugin=PLUGIN)
+    widget = _widget(viewer, qtbot)
+    widget.add_model(synthetic_model)
+    widget.grid.value = "st"
+    widget.min_tissue.value = 0.0
+    widget.output.value = tmp_path / "cancel.vst.zarr"
+    widget.batch_size = 2
+    worker = widget.run()
+    batches = []
+
+    def on_event(event) -> None:
+        if isinstance(event, BatchEvent):
+            batches.append(event)
+            if len(batches) == 2:
+                widget.cancel()
+
+    worker.yielded.connect(on_event)
+    qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
+
+    outcome = widget.last_outcome
+    assert outcome is not None and outcome.cancelled
+    store = PredictionStore.open(tmp_path / "cancel.vst.zarr")
+    done = int(store.done.sum())
+    assert 0 < done < store.n_spots  # stopped within a batch or two of the request
+    assert done <= 2 * (len(batches) + 1)
+    (heatmap,) = find_layers(viewer, store.path, "heatmap")
+    assert int(np.isfinite(heatmap.data).sum()) == done  # what was saved is shown
+    assert any("cancelled" in m and "resume" in m for m in _messages("info"))
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+    widget.batch_size = 64  # ignored on resume: the store keeps its chunking
+    _run(widget, qtbot)
+    store = PredictionStore.open(store.path)
+    assert store.is_complete and widget.last_outcome.error is None
+    (heatmap,) = find_layers(viewer, store.path, "heatmap")
+    assert int(np.isfinite(heatmap.data).sum()) == store.n_spots
+
+
+def test_engine_errors_are_shown_as_notifications(
+    make_napari_viewer, qtbot, cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path
+) -> None:
+    viewer = make_napari_viewer()
+    viewer.open(cmu_small_svs, plugin=PLUGIN)
+    widget = _widget(viewer, qtbot)
+    widget.output.value = tmp_path / "shared.vst.zarr"
+    _run(widget, qtbot)  # the bundled model
+    widget.add_model(synthetic_model)
+    widget.output.value = tmp_path / "shared.vst.zarr"
+    _run(widget, qtbot)  # another model onto the same file, without "replace"
+    assert widget.last_outcome.error is not None
+    errors = _messages("error")
+    assert any("different model" in m for m in errors), errors
+    # the failed run leaves the first run's layers as they were, and adds none
+    (heatmap,) = find_layers(viewer, tmp_path / "shared.vst.zarr", "heatmap")
+    assert vst_meta(heatmap)["gene"] == default_model().info.genes[0]
+    assert np.isfinite(heatmap.data).any()
+    assert len(find_layers(viewer, tmp_path / "shared.vst.zarr", "spots")) == 1
+
+
+def test_a_slide_without_resolution_asks_for_it(
+    make_napari_viewer, qtbot, synthetic_model: Path, tmp_path: Path
+) -> None:
+    png = tmp_path / "scan.png"
+    rgb = np.full((800, 1000, 3), 245, np.uint8)
+    rgb[200:600, 200:800] = (180, 90, 160)  # a block of "tissue"
+    Image.fromarray(rgb).save(png)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(png, plugin=PLUGIN)
+    widget = _widget(viewer, qtbot)
+    widget.add_model(synthetic_model)
+    assert not widget.mpp.native.isHidden() and not widget.mpp_hint.native.isHidden()
+    widget.mpp.value = 0.5
+    widget.output.value = tmp_path / "png.vst.zarr"
+    _run(widget, qtbot)
+    assert widget.last_outcome.error is None
+    np.testing.assert_allclose(layer.scale, (0.5, 0.5))  # now placed in µm like its heatmap
+    assert find_layers(viewer, tmp_path / "png.vst.zarr", "heatmap")
+
+
+@pytest.fixture
+def variance_store(cmu_small_svs: Path, tmp_path: Path) -> Path:
+    """A finished Visium store of the real slide from a model that gives variance."""
+    from napari_virtual_st._napari.runner import RunRequest, run_prediction
+    from synthetic_models import write_mean_colour_model
+
+    model = write_mean_colour_model(tmp_path / "var.onnx", n_genes=40, with_variance=True)
+    request = RunRequest(cmu_small_svs, model, tmp_path / "var.vst.zarr", batch_size=64)
+    gen = run_prediction(request)
+    for _ in gen:
+        pass
+    return request.store_path
+
+
+def test_gene_browser_search_select_recolour_and_cursor_values(
+    make_napari_viewer, variance_store: Path
+) -> None:
+    viewer = make_napari_viewer()
+    viewer.open(variance_store, plugin=PLUGIN)
+    browser = GeneBrowser(viewer)
+    viewer.window.add_dock_widget(browser, name="Gene browser")
+    view = get_view(variance_store)
+    assert browser.prediction.value == str(variance_store)
+    assert len(browser.genes.choices) == 40
+    # search narrows the list without losing the selection
+    browser.search.value = "synth1"
+    assert browser.visible_genes() == ["SYNTH1", *[f"SYNTH1{i}" for i in range(10)]]
+    # selecting genes adds their heatmaps (and uncertainty layers); deselecting removes them
+    browser.show_genes(["SYNTH1", "SYNTH12"])
+    assert {vst_meta(lyr)["gene"] for lyr in find_layers(viewer, view.path, "heatmap")} == {
+        "SYNTH1",
+        "SYNTH12",
+    }
+    assert {vst_meta(lyr)["gene"] for lyr in find_layers(viewer, view.path, "uncertainty")} == {
+        "SYNTH1",
+        "SYNTH12",
+    }
+    (sd_layer,) = find_layers(viewer, view.path, "uncertainty", "SYNTH12")
+    np.testing.assert_allclose(
+        sd_layer.data, view.geometry.rasterise(np.sqrt(view.variance[:, 12])), rtol=1e-6
+    )
+    browser.show_genes(["SYNTH12"])
+    assert not find_layers(viewer, view.path, "heatmap", "SYNTH1")
+    assert not find_layers(viewer, view.path, "uncertainty", "SYNTH1")
+    # the spots layer recolours by the chosen gene from its features (no re-run)
+    (spots,) = find_layers(viewer, view.path, "spots")
+    assert vst_meta(spots)["gene"] == "SYNTH12"
+    browser.colour_spots_by("SYNTH3")
+    values = view.values("SYNTH3")
+    lo, hi = spots.face_contrast_limits
+    expected = spots.face_colormap.map(np.clip((values - lo) / (hi - lo), 0, 1))
+    np.testing.assert_allclose(spots.face_color, expected, atol=1e-5)
+    # values under the cursor: in the widget and, for the active heatmap, the status bar
+    (heatmap,) = find_layers(viewer, view.path, "heatmap", "SYNTH12")
+    i = view.n_spots // 2
+    text = browser.values_at(view.yx_um[i])
+    assert text.startswith(f"spot {view.spot_ids[i]}:")
+    assert f"SYNTH12 {view.values('SYNTH12')[i]:.3g} ± {view.sd('SYNTH12')[i]:.3g}" in text
+    assert browser.values_at((-500.0, -500.0)) == ""
+    viewer.layers.selection.active = heatmap
+    viewer.mouse_over_canvas = True
+    viewer.cursor.position = tuple(view.yx_um[i])
+    status, _ = viewer._calc_status_from_cursor()
+    assert heatmap.get_value(view.yx_um[i], world=True) == view.values("SYNTH12")[i]
+    assert heatmap.name in str(status)
+    assert status_format(view.values("SYNTH12")[i]) in str(status)
+    # removing a heatmap layer by hand deselects its gene
+    viewer.layers.remove(heatmap)
+    assert "SYNTH12" not in browser.genes.value

@@ -19,6 +19,9 @@ from napari_virtual_st.errors import ParameterError
 if TYPE_CHECKING:
     from napari_virtual_st.slide import Slide
 
+#: Optical density of every uint8 intensity, -log10(max(v, 1) / 255).
+_OD_LUT = (-np.log10(np.maximum(np.arange(256), 1) / 255.0)).astype(np.float32)
+
 TissueMethod = Literal["saturation", "optical_density", "combined"]
 _METHODS = ("saturation", "optical_density", "combined")
 
@@ -115,15 +118,17 @@ def tissue_mask_from_rgb(
         raise ParameterError(f"tissue method must be one of {', '.join(_METHODS)}; got {method!r}")
     if min_object_px < 0 or max_hole_px < 0:
         raise ParameterError("tissue cleanup sizes must be zero or positive")
-    img = np.asarray(rgb, dtype=np.float32)
+    img = np.asarray(rgb)
+    if img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
     mask = np.zeros(img.shape[:2], bool)
     if method in ("saturation", "combined"):
         mx = img.max(axis=-1)
         mn = img.min(axis=-1)
-        saturation = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1.0), 0.0)
+        saturation = (mx - mn).astype(np.float32) / np.maximum(mx, 1).astype(np.float32)
         mask |= _otsu_foreground(saturation, min_contrast=0.05)
     if method in ("optical_density", "combined"):
-        od = -np.log10(np.clip(img, 1.0, 255.0) / 255.0).mean(axis=-1)
+        od = _OD_LUT[img].mean(axis=-1, dtype=np.float32)  # lookup: no per-pixel logarithm
         mask |= _otsu_foreground(od, min_contrast=0.05)
     if min_object_px > 0:
         mask = morphology.remove_small_objects(mask, max_size=min_object_px)

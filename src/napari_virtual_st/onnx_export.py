@@ -112,6 +112,7 @@ def export_torch_model(
                 verbose=False,
             )
         model = onnx.load(str(raw))
+    strip_build_paths(model)
     meta = contract_metadata(
         genes=genes,
         tile_px=tile_px,
@@ -147,6 +148,17 @@ def export_torch_model(
             f"the exported model differs from torch by {diff:.3g} (tolerance {tolerance:g})"
         )
     return ExportReport(path, diff, predictor.providers)
+
+
+def strip_build_paths(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove the exporter's per-node Python stack traces (they hold the builder's file paths)."""
+    graphs = [model.graph, *(f for f in model.functions)]
+    for graph in graphs:
+        for node in graph.node:
+            kept = [p for p in node.metadata_props if "stack_trace" not in p.key]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+    return model
 
 
 @dataclass(frozen=True)

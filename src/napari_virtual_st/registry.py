@@ -77,15 +77,25 @@ def sample_slide_path() -> Path:
     )
 
 
+#: The bundled model used when none is named: the small, fast NSL model, so the demo and the
+#: plugin's first run take seconds on any CPU. Other bundled models are chosen by name.
+DEFAULT_MODEL_NAME = "nsl_her2st"
+
+
 def default_model() -> BundledModel:
-    """The bundled model used when none is named (the first valid one by name).
+    """The bundled model used when none is named.
+
+    ``DEFAULT_MODEL_NAME`` when it is bundled and valid, else the first valid one by name.
 
     Raises
     ------
     ModelError
         If no valid model is bundled.
     """
-    for model in bundled_models():
-        if model.info is not None:
+    usable = [m for m in bundled_models() if m.info is not None]
+    for model in usable:
+        if model.name == DEFAULT_MODEL_NAME:
             return model
+    if usable:
+        return usable[0]
     raise ModelError("no usable model is bundled with this installation; pass --model FILE.onnx")

@@ -534,3 +534,115 @@ def test_export_store_writes_both_files_and_counts_spots_per_region(
     assert ad.read_h5ad(result.h5ad).n_obs == result.n_spots
     features = check_qupath_geojson(result.geojson.read_text(encoding="utf-8"))
     assert len(features) == result.n_spots + len(regions)
+
+
+# -- progress and cancel ------------------------------------------------------------------------
+def test_export_reports_progress_in_order_and_a_cancel_writes_nothing(
+    real_store: tuple[PredictionStore, Path],
+    regions: list[Region],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import napari_virtual_st.export as export
+
+    store, _ = real_store
+    monkeypatch.setattr(export, "GEOJSON_CHUNK_SPOTS", 50)  # several chunks of real spots
+    reports: list[export.ExportProgress] = []
+    result = export_store(
+        store,
+        h5ad=tmp_path / "all.h5ad",
+        geojson=tmp_path / "all.geojson",
+        progress=reports.append,
+    )
+    chunks = math.ceil(result.n_spots / 50)
+    assert [r.done for r in reports] == list(range(1, len(reports) + 1))
+    assert len(reports) == reports[-1].total == 1 + 3 + chunks + 1
+    assert reports[-1].fraction == 1.0
+    assert sum(r.message.startswith("GeoJSON:") for r in reports) == chunks
+    assert reports[-2].message == f"GeoJSON: {result.n_spots:,} of {result.n_spots:,} spots"
+
+    # cancel at every step in turn: no file under either final name, old files kept
+    (tmp_path / "old.geojson").write_text("previous")
+    for stop_at in range(1, len(reports) + 1):
+        calls = iter(range(1, 100))
+
+        def cancel(stop_at: int = stop_at, calls: Any = calls) -> bool:
+            return next(calls) >= stop_at
+
+        with pytest.raises(export.ExportCancelled, match="nothing was written"):
+            export_store(
+                store, h5ad=tmp_path / "new.h5ad", geojson=tmp_path / "old.geojson", cancel=cancel
+            )
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "all.geojson",
+            "all.h5ad",
+            "old.geojson",
+        ]
+        assert (tmp_path / "old.geojson").read_text() == "previous"
+
+    # a generator stopped half-way (what a closed napari worker does) removes its files too
+    steps = export.export_steps(store, regions, h5ad=tmp_path / "half.h5ad")
+    next(steps), next(steps), next(steps), next(steps)  # the .h5ad is at its temporary name
+    assert any(p.name.startswith(".half.") for p in tmp_path.iterdir())
+    steps.close()
+    assert not any("half" in p.name for p in tmp_path.iterdir())
+
+
+def test_output_paths_that_are_folders_or_under_a_file_are_refused(
+    real_store: tuple[PredictionStore, Path], tmp_path: Path
+) -> None:
+    store, _ = real_store
+    (tmp_path / "folder.h5ad").mkdir()
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(ExportError, match="is a folder"):
+        export_store(store, h5ad=tmp_path / "folder.h5ad")
+    with pytest.raises(ExportError, match="is a file, not a folder"):
+        export_store(store, geojson=tmp_path / "plain" / "spots.geojson")
+    with pytest.raises(ExportError, match="cannot both be written"):
+        export_store(store, h5ad=tmp_path / "same", geojson=tmp_path / "same")
+    assert (tmp_path / "folder.h5ad").is_dir() and (tmp_path / "plain").read_text() == "x"
+
+
+# -- measured counts of a real section ------------------------------------------------------------
+def test_real_her2st_a1_export_carries_its_measured_counts_as_log1p_cp10k(
+    tmp_path: Path,
+) -> None:
+    """The bundled NSL model at the measured spots of HER2ST A1 (real data); the measured
+    layer is log1p CP10k of A1's own counts, spot by spot and gene by gene."""
+    from models.workshop import data
+    from napari_virtual_st.cli import main
+    from napari_virtual_st.measured import read_legacy_st
+    from napari_virtual_st.registry import bundled_models
+
+    if not data.data_available():
+        pytest.skip(
+            "HER2ST data not available: ../shared/data/her2st_subset is absent beside the checkout"
+        )
+    a1 = next(s for s in data.her2st_sections() if s.name == "A1")
+    measured = read_legacy_st(a1.counts, a1.spots, a1.image, pixel_scale=a1.pixel_scale)
+    mpp = data.mpp_from_spot_spacing(measured.xy_fullres_px, measured.array_rc)
+    image = data._cleaned_copy(a1.image, a1.mask_boxes, a1.black_background)
+    model = next(m for m in bundled_models() if m.info is not None and m.info.family == "nsl")
+    out = tmp_path / "a1.vst.zarr"
+    argv = ["predict", str(image), "--model", str(model.path), "--mpp", repr(mpp)]
+    argv += ["--out", str(out), "--quiet", "--measured", str(a1.counts), "--spots", str(a1.spots)]
+    assert main([*argv, "--pixel-scale", repr(a1.pixel_scale)]) == 0  # as tests/test_compare.py
+    store = PredictionStore.open(out)
+    assert store.attrs["model"]["target"] == "log1p_cp10k"
+
+    adata = to_anndata(store, measured=measured, hires_px=64, lowres_px=32)
+    info = adata.uns["virtual_st"]["measured"]
+    assert info["spot_match"] == "id" and info["units"] == "log1p_cp10k"
+    assert adata.n_obs == info["n_spots_matched"] == measured.n_spots == 346
+    rows = [measured.spot_ids.index(s) for s in adata.obs_names]
+    gene_cols = [measured.genes.index(g) for g in adata.var_names]
+    assert adata.var["measured"].all()  # the model's 250 genes are all measured in A1
+    expected = log1p_cp10k(measured.counts)[np.ix_(rows, gene_cols)]
+    np.testing.assert_allclose(adata.layers["measured"], expected, rtol=1e-6)
+    # the real counts, not something derived from the predictions
+    raw = measured.counts.toarray()[np.ix_(rows, gene_cols)]
+    library = measured.counts.toarray().sum(axis=1)[rows]
+    np.testing.assert_allclose(
+        np.expm1(adata.layers["measured"]) * library[:, None] / 1e4, raw, rtol=1e-3, atol=1e-3
+    )
+    assert not np.allclose(adata.layers["measured"], adata.X)

@@ -10,7 +10,10 @@
 - :func:`to_geojson` / :func:`write_geojson` — every spot (or tile) as a QuPath *detection*
   with its predicted genes as ``measurements`` and its region's class as ``classification``,
   plus the regions as *annotations*; *File → Import objects from file* in QuPath reads it.
-- :func:`export_store` — both, for the command line and the napari widget.
+- :func:`export_store` — both, for the command line, with an optional ``progress`` callback
+  and ``cancel`` check; :func:`export_steps` is the same as a generator of
+  :class:`ExportProgress` (what the napari widget's thread worker runs). A cancelled or
+  failed export leaves nothing under the final names.
 
 Every file is written atomically (:mod:`napari_virtual_st.atomic`).
 
@@ -20,14 +23,15 @@ versions the cohort runner uses, so it cannot be installed beside this package c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -61,8 +65,16 @@ MEASUREMENT_DIGITS = 6
 _SPOT_ID_NAMESPACE = uuid.UUID("8a3c2f0e-6d0b-4a55-9a57-5f1d3c7e2b19")
 
 
+#: Spots turned into GeoJSON features between two progress reports (and cancel checks).
+GEOJSON_CHUNK_SPOTS = 2000
+
+
 class ExportError(VirtualSTError):
     """An export cannot be made (nothing to export, slide missing, data not aligned)."""
+
+
+class ExportCancelled(ExportError):
+    """The export was cancelled; nothing was written under the final names."""
 
 
 # -- selecting spots ----------------------------------------------------------------------------
@@ -172,10 +184,35 @@ def to_anndata(
         If nothing can be exported, the slide is missing or is not the store's slide, or
         the measured data do not overlap the spots.
     """
+    return _run(
+        _anndata_steps(
+            store,
+            select_spots(store, regions),
+            slide=slide,
+            measured=measured,
+            transform=transform,
+            library_id=library_id,
+            hires_px=hires_px,
+            lowres_px=lowres_px,
+        )
+    )
+
+
+def _anndata_steps(
+    store: PredictionStore,
+    selection: SpotSelection,
+    *,
+    slide: Slide | str | Path | None,
+    measured: MeasuredST | None,
+    transform: Transform | None,
+    library_id: str | None,
+    hires_px: int = HIRES_PX,
+    lowres_px: int = LOWRES_PX,
+) -> Generator[str, None, ad.AnnData]:
+    """Build the AnnData of :func:`to_anndata`, yielding the name of each phase done."""
     import anndata as ad
     import pandas as pd
 
-    selection = select_spots(store, regions)
     index = selection.spot_index
     x = store.expression()[index].astype(np.float32, copy=False)
     ids = store.spot_ids
@@ -196,6 +233,7 @@ def to_anndata(
     adata.obsm["spatial"] = store.xy_level0_px[index].astype(np.float64)
     if store.has_variance:
         adata.layers["variance"] = store.variance()[index].astype(np.float32, copy=False)
+    yield "read the predicted values"
     library = library_id or Path(str(store.attrs.get("slide", {}).get("name", "slide"))).stem
     adata.uns["spatial"] = {library: _spatial_entry(store, slide, hires_px, lowres_px)}
     adata.uns["virtual_st"] = _provenance(store, selection, library)
@@ -204,7 +242,20 @@ def to_anndata(
         adata.layers["measured"] = values
         adata.var["measured"] = info.pop("gene_measured")
         adata.uns["virtual_st"]["measured"] = info
+    yield "read the slide images"
     return adata
+
+
+_T = TypeVar("_T")
+
+
+def _run(steps: Generator[Any, None, _T]) -> _T:
+    """Run a generator of steps to its end and return its value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 def _add_region_columns(obs: Any, uns: dict[str, Any], selection: SpotSelection) -> None:
@@ -412,7 +463,7 @@ def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
     ExportError
         If the file cannot be written.
     """
-    path = Path(path)
+    path = _check_output(path)
     try:
         with atomic_path(path) as tmp:
             adata.write_h5ad(tmp, compression="gzip")
@@ -452,7 +503,28 @@ def to_geojson(
     include_variance
         Also add ``"<gene> variance"`` measurements when the store has variance.
     """
-    selection = select_spots(store, regions)
+    return _run(
+        _geojson_steps(
+            store,
+            select_spots(store, regions),
+            genes=genes,
+            include_regions=include_regions,
+            include_variance=include_variance,
+        )
+    )
+
+
+def _geojson_steps(
+    store: PredictionStore,
+    selection: SpotSelection,
+    *,
+    genes: Sequence[str] | None = None,
+    include_regions: bool = True,
+    include_variance: bool = False,
+    chunk: int | None = None,
+) -> Generator[int, None, dict[str, Any]]:
+    """Build the document of :func:`to_geojson`, yielding the spots done after each chunk."""
+    chunk = chunk or GEOJSON_CHUNK_SPOTS
     index = selection.spot_index
     names = list(store.genes) if genes is None else list(genes)
     columns = store.gene_index(names)
@@ -492,6 +564,9 @@ def to_geojson(
                 "properties": properties,
             }
         )
+        if (k + 1) % chunk == 0 and k + 1 < len(index):
+            yield k + 1
+    yield len(index)
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -532,12 +607,30 @@ def write_geojson(document: Mapping[str, Any], path: str | Path) -> Path:
     ExportError
         If the file cannot be written.
     """
-    path = Path(path)
+    path = _check_output(path)
     try:
-        with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
-            json.dump(document, fh, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        with atomic_path(path) as tmp:
+            _dump_geojson(document, tmp)
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc}") from exc
+    return path
+
+
+def _dump_geojson(document: Mapping[str, Any], path: Path) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        json.dump(document, fh, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
+def _check_output(path: str | Path) -> Path:
+    """An output path that names a file (not a folder) in a folder that can exist."""
+    path = Path(path).expanduser()
+    if not path.name or path.is_dir():
+        raise ExportError(f"{path} is a folder: give a file name to write")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ExportError(f"cannot write {path}: {parent} is a file, not a folder")
+            break
     return path
 
 
@@ -569,6 +662,133 @@ class ExportResult:
     geojson: Path | None = None
 
 
+@dataclass(frozen=True)
+class ExportProgress:
+    """Where an export stands, as reported by :func:`export_steps`.
+
+    Attributes
+    ----------
+    done, total
+        Steps done so far and in all (selection, values, images, h5ad writing, each chunk of
+        GeoJSON spots, GeoJSON writing).
+    message
+        What was just done, e.g. ``"GeoJSON: 4,000 of 9,500 spots"``.
+    """
+
+    done: int
+    total: int
+    message: str
+
+    @property
+    def fraction(self) -> float:
+        """Share of the work done, 0–1."""
+        return self.done / self.total if self.total else 1.0
+
+
+def export_steps(
+    store: PredictionStore | str | Path,
+    regions: Sequence[Region] | None = None,
+    *,
+    h5ad: str | Path | None = None,
+    geojson: str | Path | None = None,
+    slide: Slide | str | Path | None = None,
+    measured: MeasuredST | None = None,
+    transform: Transform | None = None,
+    library_id: str | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Generator[ExportProgress, None, ExportResult]:
+    """:func:`export_store` step by step: a generator of :class:`ExportProgress`.
+
+    The files are written under temporary names and moved into place together after the
+    last step, so stopping the generator early (``close()``, an error, ``cancel``) leaves
+    nothing under the final names (and older files there as they were). Napari's thread
+    workers run this directly.
+
+    Parameters
+    ----------
+    store, regions, h5ad, geojson, slide, measured, transform, library_id
+        As for :func:`export_store`.
+    cancel
+        Called between steps; when it returns true the export stops with
+        :class:`ExportCancelled`.
+
+    Returns
+    -------
+    ExportResult
+        The value of the ``StopIteration`` that ends the generator.
+    """
+    if h5ad is None and geojson is None:
+        raise ExportError("say what to write: an .h5ad file, a GeoJSON file, or both")
+    h5ad_path = None if h5ad is None else _check_output(h5ad)
+    geojson_path = None if geojson is None else _check_output(geojson)
+    if h5ad_path is not None and h5ad_path == geojson_path:
+        raise ExportError(f"the .h5ad and the GeoJSON cannot both be written to {h5ad_path}")
+    if not isinstance(store, PredictionStore):
+        store = PredictionStore.open(store)
+    selection = select_spots(store, regions)
+    n_chunks = max(1, math.ceil(len(selection) / GEOJSON_CHUNK_SPOTS))
+    total = 1 + (3 if h5ad_path is not None else 0) + (n_chunks + 1 if geojson_path else 0)
+    done = 0
+
+    def step(message: str) -> ExportProgress:
+        nonlocal done
+        if cancel is not None and cancel():
+            raise ExportCancelled("export cancelled: nothing was written")
+        done += 1
+        return ExportProgress(done, total, message)
+
+    counts = selection.counts()
+    where = f" in {len(counts)} regions" if counts else ""
+    yield step(f"{len(selection):,} spots{where}")
+    with contextlib.ExitStack() as files:
+        if h5ad_path is not None:
+            adata_steps = _anndata_steps(
+                store,
+                selection,
+                slide=slide,
+                measured=measured,
+                transform=transform,
+                library_id=library_id,
+            )
+            while True:
+                try:
+                    phase = next(adata_steps)
+                except StopIteration as stop:
+                    adata = stop.value
+                    break
+                yield step(f".h5ad: {phase}")
+            tmp = files.enter_context(_export_file(h5ad_path))
+            adata.write_h5ad(tmp, compression="gzip")
+            del adata
+            yield step(f"wrote {h5ad_path.name}")
+        if geojson_path is not None:
+            geojson_steps = _geojson_steps(store, selection)
+            while True:
+                try:
+                    n = next(geojson_steps)
+                except StopIteration as stop:
+                    document = stop.value
+                    break
+                yield step(f"GeoJSON: {n:,} of {len(selection):,} spots")
+            tmp = files.enter_context(_export_file(geojson_path))
+            _dump_geojson(document, tmp)
+            del document
+            yield step(f"wrote {geojson_path.name}")
+        if cancel is not None and cancel():
+            raise ExportCancelled("export cancelled: nothing was written")
+    return ExportResult(len(selection), counts, h5ad_path, geojson_path)
+
+
+@contextlib.contextmanager
+def _export_file(path: Path) -> Generator[Path, None, None]:
+    """:func:`atomic_path`, with write errors as :class:`ExportError`."""
+    try:
+        with atomic_path(path) as tmp:
+            yield tmp
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc}") from exc
+
+
 def export_store(
     store: PredictionStore | str | Path,
     regions: Sequence[Region] | None = None,
@@ -579,32 +799,54 @@ def export_store(
     measured: MeasuredST | None = None,
     transform: Transform | None = None,
     library_id: str | None = None,
+    progress: Callable[[ExportProgress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> ExportResult:
     """Export a store to ``.h5ad`` and/or QuPath GeoJSON (see :func:`to_anndata`,
-    :func:`to_geojson`); the command line's ``virtual-st export`` and the napari widget
-    call this.
+    :func:`to_geojson`); the command line's ``virtual-st export`` calls this, the napari
+    widget its step-by-step form :func:`export_steps`.
+
+    Parameters
+    ----------
+    store
+        The prediction store (or its path).
+    regions
+        Export only the spots inside these (every predicted spot when ``None``).
+    h5ad, geojson
+        Where to write the AnnData and the QuPath GeoJSON (at least one).
+    slide, measured, transform, library_id
+        As for :func:`to_anndata`.
+    progress
+        Called with an :class:`ExportProgress` after each step.
+    cancel
+        Called between steps; when it returns true the export stops with
+        :class:`ExportCancelled` and writes nothing under the final names.
 
     Raises
     ------
     ExportError
-        If no output is asked for, or an export cannot be made.
+        If no output is asked for, an output path is a folder, or an export cannot be made.
+    ExportCancelled
+        If ``cancel`` asked to stop.
     """
-    if h5ad is None and geojson is None:
-        raise ExportError("say what to write: an .h5ad file, a GeoJSON file, or both")
-    if not isinstance(store, PredictionStore):
-        store = PredictionStore.open(store)
-    selection = select_spots(store, regions)
-    h5ad_path = geojson_path = None
-    if h5ad is not None:
-        adata = to_anndata(
-            store,
-            regions,
-            slide=slide,
-            measured=measured,
-            transform=transform,
-            library_id=library_id,
-        )
-        h5ad_path = write_h5ad(adata, h5ad)
-    if geojson is not None:
-        geojson_path = write_geojson(to_geojson(store, regions), geojson)
-    return ExportResult(len(selection), selection.counts(), h5ad_path, geojson_path)
+    steps = export_steps(
+        store,
+        regions,
+        h5ad=h5ad,
+        geojson=geojson,
+        slide=slide,
+        measured=measured,
+        transform=transform,
+        library_id=library_id,
+        cancel=cancel,
+    )
+    try:
+        while True:
+            try:
+                report = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            if progress is not None:
+                progress(report)
+    finally:
+        steps.close()  # a callback that raised: the temporary files go at once

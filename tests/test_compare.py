@@ -123,3 +123,52 @@ def test_spots_are_matched_by_nearest_centre_when_ids_differ(a1_prediction: tupl
     far = replace(anonymous, xy_fullres_px=anonymous.xy_fullres_px + 10_000)
     with pytest.raises(ComparisonError, match="no predicted spot lies on a measured spot"):
         compare(store, far)
+
+
+def test_evaluate_uses_the_alignment_saved_with_the_store_unless_given_one(
+    a1_prediction: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    import zarr
+
+    from napari_virtual_st.align import Transform, from_scale
+
+    store, _, extra = a1_prediction
+    a1 = extra["a1"]
+    # a copy whose spots carry other names: it is joined to the measured spots by position,
+    # so the alignment decides which spots meet
+    copy = tmp_path / "renamed.vst.zarr"
+    shutil.copytree(store.path, copy)
+    group = zarr.open_group(str(copy), mode="r+", zarr_format=3)
+    group.attrs["spot_ids"] = [f"s{i}" for i in range(store.n_spots)]
+    argv = [
+        "evaluate",
+        str(copy),
+        "--measured",
+        str(a1.counts),
+        "--spots",
+        str(a1.spots),
+        "--pixel-scale",
+        repr(a1.pixel_scale),
+    ]
+    away = Transform(np.array([[1.0, 0, 10_000.0], [0, 1.0, 0], [0, 0, 1.0]]))
+    PredictionStore.open(copy).save_transform(away)
+    assert main(argv) != 0  # the saved alignment puts every measured spot off the prediction
+    err = capsys.readouterr().err
+    assert "the transform saved with the store (renamed.vst.zarr/transform.json)" in err
+    assert "no predicted spot lies on a measured spot" in err
+
+    PredictionStore.open(copy).save_transform(from_scale(1.0, (2.0, -1.5)))
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "transform saved with the store" in captured.err
+    assert "346 spots matched by nearest, 250 genes compared" in captured.out
+
+    given = tmp_path / "identity.json"
+    given.write_text(from_scale(1.0).to_json())
+    PredictionStore.open(copy).save_transform(away)
+    assert main([*argv, "--transform", str(given)]) == 0  # an explicit one wins
+    captured = capsys.readouterr()
+    assert "transform saved with the store" not in captured.err
+    assert "346 spots matched by nearest" in captured.out

@@ -313,3 +313,25 @@ def test_a_store_missing_an_array_is_reported_as_damaged(tmp_path: Path) -> None
     shutil.rmtree(store.path / "done")
     with pytest.raises(StoreError, match="damaged prediction store: it lacks 'done'"):
         PredictionStore.open(store.path)
+
+
+def test_an_alignment_saved_with_the_store_is_read_back(tmp_path: Path) -> None:
+    from napari_virtual_st.align import AlignmentError, Transform, fit_landmarks
+
+    store = new_store(tmp_path)
+    assert store.load_transform() is None
+    src = np.array([[0.0, 0.0], [100.0, 0.0], [0.0, 80.0], [60.0, 70.0]])
+    dst = src @ np.array([[0.9, 0.1], [-0.1, 0.9]]).T + [12.0, -3.0]
+    fitted = fit_landmarks(src, dst, kind="affine")
+    written = PredictionStore.open(store.path).save_transform(fitted)  # read-only open
+    assert written == store.path / "transform.json"
+    assert [p.name for p in store.path.iterdir() if p.name.startswith(".")] == []
+    again = PredictionStore.open(store.path)  # still a readable store
+    loaded = again.load_transform()
+    assert isinstance(loaded, Transform)
+    np.testing.assert_allclose(loaded.matrix, fitted.matrix)
+    assert loaded.kind == "affine" and loaded.residual_px == pytest.approx(fitted.residual_px)
+    assert again.n_spots == store.n_spots
+    written.write_text("{not json")
+    with pytest.raises(AlignmentError, match="not a saved alignment transform"):
+        again.load_transform()

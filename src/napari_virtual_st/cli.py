@@ -568,6 +568,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     store = PredictionStore.open(args.store)
     measured, transform = _load_measured(args)
+    if transform is None:
+        transform = store.load_transform()
+        if transform is not None:
+            print(
+                f"alignment: the transform saved with the store ({store.path.name}/transform.json)",
+                file=sys.stderr,
+            )
     result = compare(store, measured, transform)
     summary = result.summary()
     print(

@@ -8,6 +8,7 @@ Layout of ``<name>.vst.zarr`` (zarr v3)::
     lattice_rc    (n_spots, 2) int32 lattice indices (row, col)
     done          (n_spots,)   bool, set after a chunk's values are on disk
     attrs         genes, model metadata, grid parameters, slide fingerprint, spot ids
+    transform.json  optional: the alignment of measured ST data to this slide
 
 A chunk's values are written before its ``done`` flags, and zarr writes each chunk file
 atomically, so a cancelled or killed run leaves a store that resumes exactly where it stopped.
@@ -21,7 +22,7 @@ import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -30,8 +31,13 @@ from numpy.typing import NDArray
 from napari_virtual_st.errors import ParameterError, StoreError, StoreMismatchError
 from napari_virtual_st.grid import SpotGrid
 
+if TYPE_CHECKING:
+    from napari_virtual_st.align import Transform
+
 STORE_FORMAT = "napari-virtual-st/prediction-store"
 STORE_VERSION = 1
+#: File inside the store holding the alignment of measured data to the slide.
+TRANSFORM_FILE = "transform.json"
 
 
 class PredictionStore:
@@ -346,6 +352,39 @@ class PredictionStore:
         if self.has_variance:
             self._group["variance"][sl] = variance
         self._group["done"][sl] = True
+
+    def save_transform(self, transform: Transform) -> Path:
+        """Keep the alignment of measured data to this slide with the store.
+
+        Written atomically to ``transform.json`` inside the store folder (a read-only open
+        store can take it too); it replaces an earlier one.
+
+        Returns
+        -------
+        pathlib.Path
+            The file written.
+        """
+        from napari_virtual_st.atomic import atomic_path
+
+        path = self.path / TRANSFORM_FILE
+        with atomic_path(path) as tmp:
+            tmp.write_text(transform.to_json())
+        return path
+
+    def load_transform(self) -> Transform | None:
+        """The alignment saved with :meth:`save_transform`, or ``None`` when there is none.
+
+        Raises
+        ------
+        AlignmentError
+            If the saved file is damaged (the message says why).
+        """
+        from napari_virtual_st.align import Transform
+
+        path = self.path / TRANSFORM_FILE
+        if not path.is_file():
+            return None
+        return Transform.from_json(path.read_text())
 
     def set_status(self, status: str, **extra: Any) -> None:
         """Record the run status (``running``, ``cancelled``, ``complete``) and extras in attrs."""

@@ -529,7 +529,8 @@ class MeasuredWidget(Container):
                 self.transform.quality,
                 {**fitted.info, "refines": "register_images"},
             )
-        self._set_transform(fitted, "refines the automatic registration" if previous else "")
+        why = "refines the automatic registration" if previous == "register_images" else ""
+        self._set_transform(fitted, why)
         residual = fitted.residual_um(mpp)
         self._set_status(f"Landmark fit: residual {residual:.1f} µm RMS.")
         return fitted
@@ -578,7 +579,7 @@ class MeasuredWidget(Container):
                 "image",
             ),
         )
-        self._set_transform(registration.transform, "automatic")
+        self._set_transform(registration.transform)
         quality = registration.transform.quality or 0.0
         hint = "" if quality >= 0.5 else ": check the overlay, refine with landmarks"
         self._set_status(f"Registered: quality {quality:.3f}{hint}.")
@@ -837,8 +838,15 @@ class MeasuredWidget(Container):
         if not self.side_by_side.value:
             return (0.0, 0.0)
         yx = view.yx_um
-        width = float(np.ptp(yx[:, 1])) + view.spot_diameter_um if len(yx) else 0.0
-        return (0.0, width * (1 + SIDE_BY_SIDE_GAP))
+        if not len(yx):
+            return (0.0, 0.0)
+        # the measured values start right of the slide (or of the predicted spots)
+        left = float(yx[:, 1].min()) - view.spot_diameter_um / 2
+        right = float(yx[:, 1].max()) + view.spot_diameter_um / 2
+        slide = self.slide.value
+        if slide is not None and slide in self._viewer.layers:
+            right = max(right, float(np.asarray(slide.extent.world)[1, -1]))
+        return (0.0, right - left + SIDE_BY_SIDE_GAP * (right - left))
 
     def _place_side_by_side(self, layer: Layer, view: StoreView) -> None:
         base = np.asarray(vst_layers.vst_meta(layer).get("base", layer.translate), np.float64)

@@ -239,10 +239,10 @@ def test_predict_at_measured_spots_and_compare_fill_the_table_like_compare(
     np.testing.assert_allclose(measured_layer.data_to_world(measured_layer.data[5]), spots_um[5])
 
 
-def test_partial_gene_overlap_is_shown_and_engine_errors_are_notifications(
+def test_partial_gene_overlap_errors_and_the_alignment_saved_with_the_store(
     make_napari_viewer, qtbot, a1: dict, tmp_path: Path
 ) -> None:
-    _viewer, widget = _viewer_and_widget(make_napari_viewer, a1)
+    viewer, widget = _viewer_and_widget(make_napari_viewer, a1)
     before = len(notification_manager.records)
     widget.kind.value = "legacy"
     widget.data_path.value = tmp_path / "missing.tsv"
@@ -267,3 +267,18 @@ def test_partial_gene_overlap_is_shown_and_engine_errors_are_notifications(
     n_missing = len(widget.comparison.missing_genes)
     assert 0 < n_missing < 250 and widget.table.rowCount() == 250 - n_missing
     assert f"{n_missing} model genes are absent from the measured data" in widget.summary.value
+
+    # a new alignment is saved with the store, and a later session starts from it
+    widget.measured = measured
+    moved = from_scale(1.0, (1.5, -0.5))
+    widget._set_transform(moved)
+    written = widget.save_transform()
+    assert written == store_path / "transform.json"
+    np.testing.assert_allclose(
+        PredictionStore.open(store_path).load_transform().matrix, moved.matrix
+    )
+    later = MeasuredWidget(viewer)
+    later.store.value = store_path
+    _load(later, a1, qtbot)
+    np.testing.assert_allclose(later.transform.matrix, moved.matrix)
+    assert "alignment read from the store" in later.transform_info.value

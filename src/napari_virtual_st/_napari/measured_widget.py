@@ -152,6 +152,7 @@ class MeasuredWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress_bar = ProgressBar(label="Progress", value=0, min=0, max=1)
         self.compare_button = PushButton(text="Compare")
+        self.save_button = PushButton(text="Save alignment with the store")
         self.side_by_side = CheckBox(text="Measured values beside the predicted", value=True)
         self.summary = Label(value="")
         self.status = Label(value="Open a slide, then load the measured data of that section.")
@@ -185,6 +186,7 @@ class MeasuredWidget(Container):
                 self.overwrite,
                 run_row,
                 self.progress_bar,
+                self.save_button,
                 self.compare_button,
                 self.side_by_side,
                 self.summary,
@@ -215,6 +217,7 @@ class MeasuredWidget(Container):
         self.predict_button.changed.connect(self.predict)
         self.cancel_button.changed.connect(self.cancel)
         self.compare_button.changed.connect(self.run_compare)
+        self.save_button.changed.connect(self.save_transform)
         self.store.changed.connect(self._on_store_changed)
         self.side_by_side.changed.connect(self._on_side_by_side)
         self.table.itemSelectionChanged.connect(self._on_table_selection)
@@ -273,6 +276,7 @@ class MeasuredWidget(Container):
         self.register_button.enabled = idle and loaded and self._image is not None
         self.predict_button.enabled = idle and loaded and self.transform is not None
         self.compare_button.enabled = idle and loaded and self.transform is not None
+        self.save_button.enabled = idle and self.transform is not None
         self.cancel_button.enabled = not idle
 
     def _set_status(self, text: str) -> None:
@@ -375,10 +379,15 @@ class MeasuredWidget(Container):
         )
         self._set_status("Loaded. Align it: (a), (b) or (c).")
         transform = self._saved_transform()
-        if transform is not None:
-            self._set_transform(transform, "alignment read from the store")
-        else:
-            self._set_transform(from_scale(float(self.scale.value)), "placed by the scale factor")
+        try:
+            if transform is not None:
+                self._set_transform(transform, "alignment read from the store")
+            else:
+                self._set_transform(
+                    from_scale(float(self.scale.value)), "placed by the scale factor"
+                )
+        except VirtualSTError as exc:
+            show_error(str(exc))
 
     def _remove_role(self, role: str) -> None:
         for layer in list(self._viewer.layers):
@@ -605,14 +614,26 @@ class MeasuredWidget(Container):
     def _on_store_changed(self, _value: Any = None) -> None:
         transform = self._saved_transform()
         if transform is not None and self.measured is not None:
-            self._set_transform(transform, "alignment read from the store")
+            try:
+                self._set_transform(transform, "alignment read from the store")
+            except VirtualSTError as exc:
+                show_error(str(exc))
+        self._update_buttons()
 
-    def save_transform(self) -> Path | None:
-        """Save the current alignment with the store (``transform.json``)."""
+    def save_transform(self, _value: Any = None) -> Path | None:
+        """Save the current alignment with the existing store (``transform.json``); a
+        prediction saves it too."""
         path = self._store_path()
         if self.transform is None or path is None or not path.is_dir():
+            show_error("align the data and choose an existing prediction store first")
             return None
-        return PredictionStore.open(path).save_transform(self.transform)
+        try:
+            written = PredictionStore.open(path).save_transform(self.transform)
+        except VirtualSTError as exc:
+            show_error(str(exc))
+            return None
+        self._set_status(f"Alignment saved with the store: {written}")
+        return written
 
     # -- prediction ---------------------------------------------------------------------------
     def predict(self, _value: Any = None) -> FunctionWorker | GeneratorWorker | None:

@@ -282,3 +282,75 @@ def test_partial_gene_overlap_errors_and_the_alignment_saved_with_the_store(
     _load(later, a1, qtbot)
     np.testing.assert_allclose(later.transform.matrix, moved.matrix)
     assert "alignment read from the store" in later.transform_info.value
+
+
+def test_space_ranger_outs_with_a_lowres_image_are_placed_and_their_values_drawn(
+    make_napari_viewer, qtbot, tmp_path: Path
+) -> None:
+    """Real Space Ranger 3 output (Visium CytAssist, mouse). The slide is its lowres image
+    enlarged 2× (the lowres image is 0.2× full-res, so slide px = 0.4 × full-res px); the
+    measured image layer is the lowres image itself, placed through the alignment."""
+    from PIL import Image
+
+    from conftest import SHARED_DATA
+    from napari_virtual_st._napari.measured_layers import (
+        lattice_kind,
+        measured_value_layer_data,
+        value_geometry,
+    )
+
+    outs = SHARED_DATA / "visium_format_fixtures" / "coexpressdeconvolve_mouse_cytassist"
+    if not outs.is_dir():
+        pytest.skip("Space Ranger fixture absent: ../shared/data/visium_format_fixtures")
+    lowres = outs / "spatial" / "tissue_lowres_image.png"
+    with Image.open(lowres) as img:
+        rgb = img.convert("RGB")
+        slide_png = tmp_path / "lowres_x2.png"
+        rgb.resize((rgb.width * 2, rgb.height * 2), Image.Resampling.BILINEAR).save(slide_png)
+    mpp = 100.0 / 21.378 / 0.4  # 100 µm Visium pitch = 21.378 full-res px (spot spacing)
+    viewer = make_napari_viewer()
+    vst_layers.add_layer(viewer, vst_layers.slide_layer_data(Slide(slide_png, mpp=mpp)))
+    widget = MeasuredWidget(viewer)
+    widget.kind.value = "spaceranger"
+    widget.data_path.value = outs
+    widget.scale.value = 0.4
+    widget.load()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    measured = widget.measured
+    assert measured is not None and measured.source == "spaceranger"
+    assert widget.image_name == "lowres" and widget.image_scale == pytest.approx(0.2)
+    spots = _role(viewer, "measured-spots")
+    expected = xy_level0_px_to_yx_um(measured.xy_fullres_px * 0.4, mpp)
+    np.testing.assert_allclose(spots.data, expected, atol=1e-9)
+    image = _role(viewer, "measured-image")
+    i = 100
+    x, y = measured.xy_fullres_px[i] * 0.2  # the spot in lowres image px
+    np.testing.assert_allclose(image.data_to_world((y, x)), spots.data[i], atol=1e-9)
+
+    gene = measured.genes[int(np.argmax(np.asarray(measured.counts.sum(axis=0)).ravel()))]
+    values = measured_values(measured, gene)
+    # these spots are not on an exact 100 µm hexagonal lattice (rows 0.5 % too far apart):
+    # like the Gene browser, the values are drawn as coloured spots
+    assert value_geometry(lattice_kind(measured), measured.array_rc, spots.data) is None
+    _, kwargs, kind = measured_value_layer_data(measured, gene, values, spots.data, geometry=None)
+    assert kind == "points" and kwargs["size"] == 55.0
+    np.testing.assert_allclose(kwargs["features"]["measured"], values)
+    # on an exact lattice (synthetic positions made from the array indices) a heatmap
+    rc = measured.array_rc
+    exact_um = np.column_stack([rc[:, 0] * 100 * np.sqrt(3) / 2, rc[:, 1] * 50.0]) + 500.0
+    geometry = value_geometry(lattice_kind(measured), rc, exact_um)
+    assert geometry is not None and geometry.kind == "visium"
+    image_data, _, kind = measured_value_layer_data(
+        measured, gene, values, exact_um, geometry=geometry
+    )
+    assert kind == "image"
+    row, col = geometry.pixel_of(exact_um[i])[0]
+    assert image_data[row, col] == pytest.approx(values[i])
+
+
+def test_the_widget_is_in_the_plugin_menu(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-virtual-st", "Measured ST")
+    assert isinstance(widget, MeasuredWidget)
+    assert widget.slide.value is None  # no slide open yet
+    assert not widget.predict_button.enabled and not widget.compare_button.enabled

@@ -157,9 +157,16 @@ def library_sizes(measured: MeasuredST) -> NDArray[np.float64]:
 
 
 def measured_values(
-    measured: MeasuredST, gene: str, library: NDArray[np.float64] | None = None
+    measured: MeasuredST,
+    gene: str,
+    library: NDArray[np.float64] | None = None,
+    *,
+    columns: sp.csc_matrix | None = None,
 ) -> NDArray[np.float32]:
     """``(n_spots,)`` log1p CP10k of one gene (the models' target), library over all genes.
+
+    ``library`` (:func:`library_sizes`) and ``columns`` (the counts as CSC, fast to slice by
+    gene) can be computed once and passed in.
 
     Raises
     ------
@@ -171,7 +178,7 @@ def measured_values(
     except ValueError:
         raise ParameterError(f"the measured data has no gene {gene!r}") from None
     library = library_sizes(measured) if library is None else library
-    counts = measured.counts[:, column]
+    counts = (measured.counts if columns is None else columns)[:, column]
     counts = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
     counts = np.asarray(counts, np.float64).reshape(-1)
     scaled = np.divide(counts * 1e4, library, out=np.zeros_like(counts), where=library > 0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +46,7 @@ from napari_virtual_st._napari.store_view import StoreView, forget_view, registe
 from napari_virtual_st.align import Transform, fit_landmarks, from_scale
 from napari_virtual_st.compare import Comparison
 from napari_virtual_st.errors import VirtualSTError
-from napari_virtual_st.measured import MeasuredST, read_measured
+from napari_virtual_st.measured import MeasuredDataError, MeasuredST, read_measured
 from napari_virtual_st.pipeline import Progress
 from napari_virtual_st.store import PredictionStore
 
@@ -113,6 +113,8 @@ class MeasuredWidget(Container):
         self.batch_size = 32
         self._image: np.ndarray | None = None
         self._library: np.ndarray | None = None
+        self._columns: Any = None
+        self._columns_of: MeasuredST | None = None
         self._slide_layer: Layer | None = None
         self._worker: FunctionWorker | GeneratorWorker | None = None
         self._cancel = threading.Event()
@@ -360,15 +362,15 @@ class MeasuredWidget(Container):
             message=f"reading {path.name}…",
         )
 
-    def _on_loaded(self, result: tuple[MeasuredST, str | None, np.ndarray | None]) -> None:
-        measured, image_name, image = result
+    def _on_loaded(self, loaded: _Loaded) -> None:
+        measured, image_name = loaded.measured, loaded.image_name
         self.measured = measured
         self.image_name = image_name
-        self._image = image
-        self.image_scale = (
-            ml.image_px_per_fullres_px(measured, image_name) if image_name is not None else 1.0
-        )
-        self._library = ml.library_sizes(measured)
+        self._image = loaded.image
+        self.image_scale = loaded.image_scale
+        self._library = loaded.library
+        self._columns = loaded.columns
+        self._columns_of = measured
         self.comparison = None
         self._slide_layer = self.slide.value
         for role in ("measured-image", "measured-spots", "landmarks-measured"):
@@ -652,7 +654,7 @@ class MeasuredWidget(Container):
             forget_view(request["store_path"])
         return self._start(
             functools.partial(
-                ml.predict_at_spots,
+                _predict_job,
                 batch_size=request["batch_size"],
                 overwrite=request["overwrite"],
             ),
@@ -700,8 +702,9 @@ class MeasuredWidget(Container):
         self.progress_bar.value = p.spots_done
         self._set_status(f"{p.spots_done:,} of {p.spots_total:,} measured spots predicted")
 
-    def _on_predicted(self, store_path: Path) -> None:
-        register_view(StoreView.open(store_path))
+    def _on_predicted(self, result: tuple[Path, StoreView]) -> None:
+        store_path, view = result
+        register_view(view)
         self._set_status(
             f"Predicted at the measured spots; saved with the alignment to {store_path}."
         )
@@ -717,7 +720,7 @@ class MeasuredWidget(Container):
             show_error("load and align the measured data, and choose the prediction store")
             return None
         return self._start(
-            ml.compare_store,
+            _compare_job,
             store_path,
             self.measured,
             self.transform,
@@ -725,7 +728,9 @@ class MeasuredWidget(Container):
             message="comparing predicted with measured…",
         )
 
-    def _on_compared(self, comparison: Comparison) -> None:
+    def _on_compared(self, result: tuple[Comparison, StoreView]) -> None:
+        comparison, view = result
+        register_view(view)
         self.comparison = comparison
         s = comparison.summary()
         text = (
@@ -842,7 +847,12 @@ class MeasuredWidget(Container):
         # the measured values, by the same rule, beside them
         yx = ml.spots_yx_um(measured, transform, mpp)
         geometry = ml.value_geometry(ml.lattice_kind(measured), measured.array_rc, yx)
-        values = ml.measured_values(measured, gene, self._library)
+        values = ml.measured_values(
+            measured,
+            gene,
+            self._library,
+            columns=self._columns if measured is self._columns_of else None,
+        )
         self._remove_role("measured-values")
         data = ml.measured_value_layer_data(measured, gene, values, yx, geometry=geometry)
         layer = vst_layers.add_layer(viewer, data)
@@ -893,16 +903,48 @@ def _view_of(store_path: Path) -> StoreView:
     return get_view(store_path)
 
 
-def _load_job(
-    path: Path, spots: Path | None, image: Path | None, pixel_scale: float
-) -> tuple[MeasuredST, str | None, np.ndarray | None]:
+@dataclass(frozen=True)
+class _Loaded:
+    """What the load worker hands to the GUI: the data, its image and per-spot totals."""
+
+    measured: MeasuredST
+    image_name: str | None
+    image: np.ndarray | None
+    image_scale: float
+    library: np.ndarray
+    columns: Any
+
+
+def _load_job(path: Path, spots: Path | None, image: Path | None, pixel_scale: float) -> _Loaded:
     """Read measured data and the image it brings (the worker's part of loading)."""
     from PIL import Image
 
     measured = read_measured(path, spots=spots, image=image, pixel_scale=pixel_scale)
     name = ml.choose_image(measured)
     array = None
+    scale = 1.0
     if name is not None:
-        with Image.open(measured.images[name]) as img:
-            array = np.asarray(img.convert("RGB"))
-    return measured, name, array
+        scale = ml.image_px_per_fullres_px(measured, name)
+        try:
+            with Image.open(measured.images[name]) as img:
+                array = np.asarray(img.convert("RGB"))
+        except OSError as exc:
+            raise MeasuredDataError(
+                f"cannot read the image {Path(measured.images[name]).name}: {exc}"
+            ) from exc
+    return _Loaded(
+        measured, name, array, scale, ml.library_sizes(measured), measured.counts.tocsc()
+    )
+
+
+def _predict_job(*args: Any, **kwargs: Any) -> Generator[Progress, None, tuple[Path, StoreView]]:
+    """:func:`.measured_layers.predict_at_spots`, then the finished store read for the maps."""
+    store_path = yield from ml.predict_at_spots(*args, **kwargs)
+    return store_path, StoreView.open(store_path)
+
+
+def _compare_job(
+    store_path: Path, measured: MeasuredST, transform: Transform
+) -> tuple[Comparison, StoreView]:
+    """The comparison, and the store read for the maps (both off the GUI thread)."""
+    return ml.compare_store(store_path, measured, transform), StoreView.open(store_path)

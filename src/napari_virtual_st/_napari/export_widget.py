@@ -1,0 +1,583 @@
+"""The Export dock widget: a prediction's spots, or those inside drawn regions, to an AnnData
+``.h5ad`` (scanpy, squidpy) and/or QuPath GeoJSON detections.
+
+A thin form over :mod:`napari_virtual_st.export` and :mod:`napari_virtual_st.regions`. The
+regions come from napari **Shapes** layers (polygons, rectangles, ellipses drawn over the
+slide, in world µm) or from a **QuPath GeoJSON** file of annotations; an import button turns
+such a file into a Shapes layer (placed in the slide's µm frame, classes kept as features and
+colours), so regions go QuPath → napari → QuPath. The export itself runs in a
+``napari.qt.threading`` worker over :func:`~napari_virtual_st.export.export_steps`, with a
+progress bar and a cancel button; files appear under their names only when complete.
+
+What a region is called, from a Shapes layer:
+
+- its **class** (QuPath's classification, ``obs['region_class']``) is the shape's ``class``
+  (or ``classification``) feature when it has one, else **the layer's name**: draw a
+  ``Tumor`` layer and a ``Stroma`` layer and the spots are classed so;
+- its **name** (``obs['region']``) is the shape's ``name`` (or ``label``) feature, else its
+  class. Shapes sharing a label are counted together.
+
+A layer imported from QuPath keeps each annotation's own name and class (its layer name is
+not used as a class) and its QuPath ids and properties; holes are drawn as their own
+(transparent) polygons and cut out again on export.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import shapely
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    RadioButtons,
+    Select,
+)
+from napari.layers import Shapes
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils.notifications import show_error, show_info
+from shapely.geometry import MultiPolygon, Polygon
+
+from napari_virtual_st._napari import layers as vst_layers
+from napari_virtual_st.coords import xy_level0_px_to_yx_um
+from napari_virtual_st.errors import VirtualSTError
+from napari_virtual_st.export import (
+    ExportCancelled,
+    ExportError,
+    ExportProgress,
+    ExportResult,
+    export_steps,
+)
+from napari_virtual_st.regions import (
+    Region,
+    RegionError,
+    class_colors,
+    read_geojson_regions,
+    regions_from_shapes_layer,
+)
+from napari_virtual_st.store import PredictionStore
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_virtual_st._napari.layers import LayerDataTuple
+
+ALL_SPOTS = "All spots"
+FROM_SHAPES = "Shapes layers"
+FROM_GEOJSON = "QuPath GeoJSON file"
+#: Opacity of a class colour filling an imported region (its outline is opaque).
+REGION_FACE_ALPHA = 0.25
+#: Role of an imported QuPath layer in ``metadata['vst']``.
+REGIONS_ROLE = "regions"
+
+
+# -- regions <-> Shapes layers (no Qt here) ------------------------------------------------------
+def shapes_layer_data(
+    regions: Sequence[Region], mpp: float, *, name: str = "QuPath regions", source: str = ""
+) -> LayerDataTuple:
+    """A Shapes layer of regions, in the napari world frame (row, col) µm.
+
+    Every polygon of a region (a ``MultiPolygon`` has several) becomes a polygon shape; each
+    hole becomes a transparent polygon of its own. Features: ``name``, ``class``, ``region``
+    (the region's index, shared by its parts and holes) and ``hole``. Faces and outlines take
+    the class colours (QuPath's, else the palette). The regions' other properties (QuPath
+    ``id``, ``isLocked``, metadata) travel in ``metadata['vst']``, so
+    :func:`regions_from_layers` gives the regions back as they came.
+
+    Parameters
+    ----------
+    regions
+        Regions in level-0 (x, y) px.
+    mpp
+        µm per level-0 pixel of the slide they belong to.
+    name, source
+        The layer's name and where the regions came from (a file path, shown in metadata).
+
+    Raises
+    ------
+    RegionError
+        If there are no regions.
+    """
+    if not regions:
+        raise RegionError("there are no regions to show")
+    colors = class_colors(regions)
+    shapes: list[np.ndarray] = []
+    rows: dict[str, list[Any]] = {"name": [], "class": [], "region": [], "hole": []}
+    face: list[tuple[float, ...]] = []
+    edge: list[tuple[float, ...]] = []
+    for j, region in enumerate(regions):
+        rgb = colors.get(region.classification or "", None) or region.color or (255, 255, 0)
+        colour = tuple(c / 255 for c in rgb)
+        geometry = region.geometry_xy_level0_px
+        parts = geometry.geoms if isinstance(geometry, MultiPolygon) else [geometry]
+        for part in parts:
+            rings = [(part.exterior, False)] + [(ring, True) for ring in part.interiors]
+            for ring, hole in rings:
+                xy = np.asarray(ring.coords, dtype=np.float64)[:-1, :2]  # napari closes rings
+                shapes.append(xy_level0_px_to_yx_um(xy, mpp))
+                rows["name"].append(region.name or "")
+                rows["class"].append(region.classification or "")
+                rows["region"].append(j)
+                rows["hole"].append(hole)
+                face.append((*colour, 0.0 if hole else REGION_FACE_ALPHA))
+                edge.append((*colour, 1.0))
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "shape_type": "polygon",
+        "features": rows,
+        "face_color": np.array(face),
+        "edge_color": np.array(edge),
+        "edge_width": 2.0,
+        "units": "um",
+        "metadata": {
+            "vst": {
+                "role": REGIONS_ROLE,
+                "source": source,
+                "mpp": float(mpp),
+                "region_properties": [dict(r.properties) for r in regions],
+                "class_colors": {c: list(v) for c, v in colors.items()},
+            }
+        },
+    }
+    return (shapes, kwargs, "shapes")
+
+
+def regions_from_layers(layers: Sequence[Any], mpp: float) -> list[Region]:
+    """Regions from napari Shapes layers, named as the module docstring says.
+
+    Parameters
+    ----------
+    layers
+        ``napari.layers.Shapes`` layers (user-drawn, or imported by :func:`shapes_layer_data`).
+    mpp
+        µm per level-0 pixel of the slide the shapes were drawn on.
+
+    Raises
+    ------
+    RegionError
+        If no layer is given, a layer has no shapes, or a shape is a line or path or
+        encloses no area (the message names the layer).
+    """
+    if not layers:
+        raise RegionError("choose one or more Shapes layers holding the regions")
+    regions: list[Region] = []
+    for layer in layers:
+        if len(layer.data) == 0:
+            raise RegionError(
+                f"the Shapes layer {layer.name!r} holds no shape: draw a polygon, rectangle "
+                "or ellipse"
+            )
+        try:
+            drawn = regions_from_shapes_layer(layer, mpp)
+        except RegionError as exc:
+            raise RegionError(f"{layer.name}: {exc}") from exc
+        meta = vst_layers.vst_meta(layer)
+        if meta.get("role") == REGIONS_ROLE and "region" in layer.features.columns:
+            regions.extend(_regroup(layer, drawn, meta))
+        else:
+            regions.extend(
+                Region(r.geometry_xy_level0_px, r.name, r.classification or layer.name)
+                for r in drawn
+            )
+    return regions
+
+
+def _regroup(layer: Any, drawn: list[Region], meta: dict[str, Any]) -> list[Region]:
+    """The regions of an imported layer: parts united, holes cut out, properties restored."""
+    features = layer.features
+    groups: dict[Any, list[int]] = {}
+    for i, key in enumerate(features["region"].tolist()):
+        groups.setdefault(-1 - i if _missing(key) else int(key), []).append(i)
+    holes = features["hole"].fillna(False).astype(bool).tolist() if "hole" in features else []
+    properties = meta.get("region_properties") or []
+    colours = meta.get("class_colors") or {}
+    regions = []
+    for key, members in groups.items():
+        outlines = [drawn[i].geometry_xy_level0_px for i in members if not (holes and holes[i])]
+        cut = [drawn[i].geometry_xy_level0_px for i in members if holes and holes[i]]
+        if not outlines:
+            continue  # only the holes of a region were left: nothing to export
+        geometry = shapely.union_all(outlines)
+        if cut:
+            geometry = geometry.difference(shapely.union_all(cut))
+        geometry = _polygonal(geometry)
+        if geometry is None:
+            continue
+        first = drawn[members[0]]
+        cls = first.classification
+        colour = tuple(colours[cls]) if cls in colours else None
+        props = properties[key] if 0 <= key < len(properties) else {}
+        regions.append(Region(geometry, first.name, cls, colour, dict(props)))  # type: ignore[arg-type]
+    return regions
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def _polygonal(geometry: Any) -> Polygon | MultiPolygon | None:
+    polygons = [g for g in shapely.get_parts(geometry) if isinstance(g, Polygon) and g.area > 0]
+    if not polygons:
+        return None
+    return polygons[0] if len(polygons) == 1 else MultiPolygon(polygons)
+
+
+# -- the worker ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExportOutcome:
+    """How an export ended: its result, or the engine's error (``cancelled`` when asked)."""
+
+    result: ExportResult | None
+    error: VirtualSTError | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the user cancelled it."""
+        return isinstance(self.error, ExportCancelled)
+
+
+def run_export(
+    store: Path,
+    regions: list[Region] | None,
+    h5ad: Path | None,
+    geojson: Path | None,
+    cancel: Callable[[], bool],
+) -> Generator[ExportProgress, None, ExportOutcome]:
+    """The worker's job: :func:`export_steps`, with engine errors returned, not raised."""
+    try:
+        result = yield from export_steps(store, regions, h5ad=h5ad, geojson=geojson, cancel=cancel)
+    except VirtualSTError as exc:
+        return ExportOutcome(None, exc)
+    return ExportOutcome(result)
+
+
+# -- the widget ----------------------------------------------------------------------------------
+class ExportWidget(Container):
+    """Export a prediction (all spots, or those inside regions) to ``.h5ad`` and GeoJSON.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer whose prediction layers and Shapes layers are exported.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._opened: list[str] = []
+        self._worker: GeneratorWorker | None = None
+        self._cancel = threading.Event()
+        self._defaults: dict[str, str] = {}
+        #: how the last export ended (``None`` before the first, and while one runs)
+        self.last_outcome: ExportOutcome | None = None
+
+        self.prediction = ComboBox(label="Prediction", choices=self._store_choices, nullable=True)
+        self.open_store = FileEdit(label="Or open store", mode="d")
+        self.info = Label(value="")
+        self.source = RadioButtons(
+            label="Regions", choices=[ALL_SPOTS, FROM_SHAPES, FROM_GEOJSON], value=ALL_SPOTS
+        )
+        self.shapes = Select(label="Shapes layers", choices=self._shapes_choices)
+        self.shapes.native.setMaximumHeight(110)
+        self.regions_file = FileEdit(label="QuPath GeoJSON", mode="r", filter="*.geojson *.json")
+        self.import_button = PushButton(text="Import GeoJSON as a Shapes layer")
+        self.want_h5ad = CheckBox(text="AnnData .h5ad (scanpy, squidpy)", value=True)
+        self.h5ad_path = FileEdit(label=".h5ad file", mode="w", filter="*.h5ad")
+        self.want_geojson = CheckBox(text="QuPath GeoJSON (spots as detections)", value=False)
+        self.geojson_path = FileEdit(label="GeoJSON file", mode="w", filter="*.geojson")
+        self.export_button = PushButton(text="Export")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress_bar = ProgressBar(label="Progress", value=0, min=0, max=1)
+        self.status = Label(value="")
+        self.summary = Label(value="")
+        for label in (self.info, self.status, self.summary):
+            label.native.setWordWrap(True)
+        self.extend(
+            [
+                self.prediction,
+                self.open_store,
+                self.info,
+                self.source,
+                self.shapes,
+                self.regions_file,
+                self.import_button,
+                self.want_h5ad,
+                self.h5ad_path,
+                self.want_geojson,
+                self.geojson_path,
+                self.export_button,
+                self.cancel_button,
+                self.progress_bar,
+                self.status,
+                self.summary,
+            ]
+        )
+        self.prediction.changed.connect(self._on_prediction_changed)
+        self.open_store.changed.connect(self._on_open_store)
+        self.source.changed.connect(self._on_source_changed)
+        self.import_button.changed.connect(self.import_geojson)
+        self.want_h5ad.changed.connect(self._on_outputs_changed)
+        self.want_geojson.changed.connect(self._on_outputs_changed)
+        self.export_button.changed.connect(self.export)
+        self.cancel_button.changed.connect(self.cancel)
+        napari_viewer.layers.events.inserted.connect(self._on_layers_changed)
+        napari_viewer.layers.events.removed.connect(self._on_layers_changed)
+        self._on_layers_changed()
+        self._on_source_changed()
+        self._on_outputs_changed()
+
+    # -- which prediction ---------------------------------------------------------------------
+    def _store_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
+        seen: dict[str, str] = {}
+        for layer in self._viewer.layers:
+            store = vst_layers.vst_meta(layer).get("store")
+            if store and store not in seen:
+                seen[store] = Path(store).name
+        for store in self._opened:
+            seen.setdefault(store, Path(store).name)
+        return [(name, key) for key, name in seen.items()]
+
+    def _shapes_choices(self, _widget: Any = None) -> list[tuple[str, Shapes]]:
+        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Shapes)]
+
+    def _on_layers_changed(self, _event: Any = None) -> None:
+        self.prediction.reset_choices()
+        if self.prediction.value is None and self.prediction.choices:
+            self.prediction.value = self.prediction.choices[-1]
+        chosen = list(self.shapes.value)
+        self.shapes.reset_choices()
+        self.shapes.value = [layer for layer in chosen if layer in self.shapes.choices]
+        self._update_export_enabled()
+
+    def _on_open_store(self, value: Any = None) -> None:
+        path = Path(self.open_store.value)
+        if not str(self.open_store.value) or path == Path("."):
+            return
+        try:
+            PredictionStore.open(path)
+        except VirtualSTError as exc:
+            show_error(str(exc))
+            return
+        key = str(path)
+        if key not in self._opened:
+            self._opened.append(key)
+        self.prediction.reset_choices()
+        self.prediction.value = key
+
+    @property
+    def store_path(self) -> Path | None:
+        """The chosen prediction store."""
+        key = self.prediction.value
+        return None if key is None else Path(key)
+
+    def _store_mpp(self) -> float:
+        """µm per level-0 pixel of the chosen prediction's slide."""
+        path = self.store_path
+        if path is None:
+            raise RegionError("choose a prediction first: the regions are placed on its slide")
+        return float(PredictionStore.open(path).attrs["grid"]["mpp"])
+
+    def _on_prediction_changed(self, _value: Any = None) -> None:
+        path = self.store_path
+        self.summary.value = ""
+        if path is None:
+            self.info.value = "No prediction in the viewer: run one, or open a .vst.zarr."
+            self._update_export_enabled()
+            return
+        try:
+            store = PredictionStore.open(path)
+        except VirtualSTError as exc:
+            self.info.value = str(exc)
+            self._update_export_enabled()
+            return
+        done = int(store.done.sum())
+        state = "" if done == store.n_spots else f" ({done:,} predicted so far)"
+        self.info.value = f"{store.n_spots:,} spots × {len(store.genes)} genes{state}"
+        stem = path.name.removesuffix(".zarr").removesuffix(".vst")
+        self._set_default(self.h5ad_path, path.with_name(f"{stem}.h5ad"))
+        self._set_default(self.geojson_path, path.with_name(f"{stem}_spots.geojson"))
+        self._update_export_enabled()
+
+    def _set_default(self, field: FileEdit, path: Path) -> None:
+        """Suggest an output path, unless the user typed one of their own."""
+        current = str(field.value)
+        key = field.label
+        if current in ("", ".") or current == self._defaults.get(key):
+            field.value = path
+            self._defaults[key] = str(field.value)
+
+    def _on_source_changed(self, _value: Any = None) -> None:
+        source = self.source.value
+        self.shapes.visible = source == FROM_SHAPES
+        self.regions_file.visible = source == FROM_GEOJSON
+        self.import_button.visible = source == FROM_GEOJSON
+
+    def _on_outputs_changed(self, _value: Any = None) -> None:
+        self.h5ad_path.enabled = bool(self.want_h5ad.value)
+        self.geojson_path.enabled = bool(self.want_geojson.value)
+        self._update_export_enabled()
+
+    def _update_export_enabled(self) -> None:
+        self.export_button.enabled = (
+            self._worker is None
+            and self.store_path is not None
+            and bool(self.want_h5ad.value or self.want_geojson.value)
+        )
+
+    # -- regions --------------------------------------------------------------------------------
+    def regions(self) -> list[Region] | None:
+        """The regions chosen in the form (``None`` for all spots).
+
+        Raises
+        ------
+        RegionError
+            If the chosen layers or file hold no usable region.
+        """
+        source = self.source.value
+        if source == ALL_SPOTS:
+            return None
+        mpp = self._store_mpp()
+        if source == FROM_SHAPES:
+            return regions_from_layers(list(self.shapes.value), mpp)
+        return read_geojson_regions(self._regions_file())
+
+    def _regions_file(self) -> Path:
+        value = str(self.regions_file.value)
+        if value in ("", "."):
+            raise RegionError("choose the QuPath GeoJSON file of annotations")
+        return Path(value)
+
+    def import_geojson(self, _value: Any = None) -> Shapes | None:
+        """Add the annotations of the chosen QuPath GeoJSON file as a Shapes layer (placed on
+        the prediction's slide) and select it as the regions; ``None`` on an error (shown)."""
+        try:
+            path = self._regions_file()
+            regions = read_geojson_regions(path)
+            data = shapes_layer_data(
+                regions, self._store_mpp(), name=f"{path.stem} regions", source=str(path)
+            )
+        except VirtualSTError as exc:
+            show_error(str(exc))
+            return None
+        layer = vst_layers.add_layer(self._viewer, data)
+        self.source.value = FROM_SHAPES
+        self.shapes.value = [layer]
+        show_info(f"{len(regions)} regions from {path.name} added as the layer {layer.name!r}")
+        return layer  # type: ignore[return-value]
+
+    # -- export ---------------------------------------------------------------------------------
+    def outputs(self) -> tuple[Path | None, Path | None]:
+        """The ``.h5ad`` and GeoJSON paths to write (``None`` where not wanted).
+
+        Raises
+        ------
+        ExportError
+            If nothing is chosen, or a wanted output has no file name.
+        """
+        h5ad = self._output(self.h5ad_path, self.want_h5ad.value, ".h5ad", (".h5ad",))
+        geojson = self._output(
+            self.geojson_path, self.want_geojson.value, ".geojson", (".geojson", ".json")
+        )
+        if h5ad is None and geojson is None:
+            raise ExportError("tick what to write: an .h5ad file, a GeoJSON file, or both")
+        return h5ad, geojson
+
+    @staticmethod
+    def _output(
+        field: FileEdit, wanted: bool, suffix: str, suffixes: tuple[str, ...]
+    ) -> Path | None:
+        if not wanted:
+            return None
+        value = str(field.value)
+        if value in ("", "."):
+            raise ExportError(f"give a file name for the {field.label}")
+        path = Path(value).expanduser()
+        if path.suffix.lower() not in suffixes and not path.is_dir():
+            path = path.with_name(path.name + suffix)
+        return path
+
+    @property
+    def running(self) -> bool:
+        """Whether an export is in progress."""
+        return self._worker is not None
+
+    def export(self, _value: Any = None) -> GeneratorWorker | None:
+        """Start the export in a worker thread (returns the worker, or ``None`` on an error
+        in the form, which is shown as a notification)."""
+        if self.running:
+            return None
+        store = self.store_path
+        try:
+            if store is None:
+                raise ExportError("choose a prediction to export (or open a .vst.zarr)")
+            regions = self.regions()
+            h5ad, geojson = self.outputs()
+        except VirtualSTError as exc:
+            show_error(str(exc))
+            return None
+        self._cancel = threading.Event()
+        self.last_outcome = None
+        worker = create_worker(
+            run_export, store, regions, h5ad, geojson, self._cancel.is_set, _start_thread=False
+        )
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_outcome)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.export_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress_bar.max = 0  # busy until the first step
+        self.progress_bar.value = 0
+        self.status.value = f"exporting {store.name}…"
+        self.summary.value = ""
+        worker.start()
+        return worker
+
+    def cancel(self, _value: Any = None) -> None:
+        """Stop the export at its next step; nothing is written under the final names."""
+        if self._worker is None:
+            return
+        self._cancel.set()
+        self.cancel_button.enabled = False
+        self.status.value = "cancelling…"
+
+    def _on_progress(self, report: ExportProgress) -> None:
+        self.progress_bar.max = report.total
+        self.progress_bar.value = report.done
+        if not self._cancel.is_set():
+            self.status.value = report.message
+
+    def _on_outcome(self, outcome: ExportOutcome) -> None:
+        self.last_outcome = outcome
+        if outcome.error is not None:
+            if outcome.cancelled:
+                show_info(str(outcome.error))
+            else:
+                show_error(str(outcome.error))
+            self.status.value = str(outcome.error)
+            self.progress_bar.value = 0
+            return
+        result = outcome.result
+        assert result is not None
+        written = [str(p) for p in (result.h5ad, result.geojson) if p is not None]
+        per_region = "; ".join(f"{label}: {n:,}" for label, n in result.region_counts.items())
+        self.summary.value = (
+            f"{result.n_spots:,} spots" + (f" — {per_region}" if per_region else "") + "\n"
+        ) + "\n".join(written)
+        self.status.value = "Done."
+        show_info(f"Exported {result.n_spots:,} spots to " + " and ".join(written))
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self.cancel_button.enabled = False
+        self._update_export_enabled()

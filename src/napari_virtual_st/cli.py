@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--library-id", help="key under uns['spatial'] (default: the slide's name)"
     )
     _add_measured_arguments(export, "add the measured values as layers['measured']")
+    export.add_argument("--quiet", action="store_true", help="no progress bar")
 
     demo = sub.add_parser(
         "demo", help="run the whole job on the bundled real slide with a bundled model"
@@ -615,16 +616,35 @@ def _cmd_export(args: argparse.Namespace) -> int:
         )
     regions = read_geojson_regions(args.regions) if args.regions is not None else None
     measured, transform = _load_measured(args) if args.measured is not None else (None, None)
-    result = export_store(
-        store,
-        regions,
-        h5ad=args.h5ad,
-        geojson=args.geojson,
-        slide=args.slide,
-        measured=measured,
-        transform=transform,
-        library_id=args.library_id,
-    )
+    from tqdm import tqdm
+
+    bars: list[Any] = []  # a bar on a terminal only: errors stay one line in logs
+
+    def report(p: Any) -> None:
+        if not bars:
+            quiet = args.quiet or not sys.stderr.isatty()
+            options = {"disable": quiet, "file": sys.stderr, "dynamic_ncols": True}
+            bars.append(tqdm(total=p.total, unit="step", **options))
+        bars[0].n = p.done
+        bars[0].set_description(p.message, refresh=True)
+
+    with _CtrlC() as ctrl_c:  # Ctrl-C: stop at the next step, nothing written
+        try:
+            result = export_store(
+                store,
+                regions,
+                h5ad=args.h5ad,
+                geojson=args.geojson,
+                slide=args.slide,
+                measured=measured,
+                transform=transform,
+                library_id=args.library_id,
+                progress=report,
+                cancel=ctrl_c.requested.is_set,
+            )
+        finally:
+            for bar in bars:
+                bar.close()
     where = (
         " in " + ", ".join(f"{label}: {n}" for label, n in result.region_counts.items())
         if result.region_counts

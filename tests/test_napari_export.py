@@ -310,7 +310,10 @@ def test_malformed_geojson_and_empty_regions_are_notified_and_change_nothing(
 def test_output_problems_are_notified_before_anything_runs(
     make_napari_viewer, qtbot, prediction: Path, tmp_path: Path
 ) -> None:
-    _, widget = _open(make_napari_viewer, prediction)
+    viewer = make_napari_viewer()
+    viewer.open(prediction, plugin=PLUGIN)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Export")  # from the manifest
+    assert isinstance(widget, ExportWidget) and widget.prediction.value == str(prediction)
     assert widget.h5ad_path.value == prediction.with_name("cmu.h5ad")  # suggested beside it
     widget.want_h5ad.value = False
     assert not widget.export_button.enabled  # nothing ticked

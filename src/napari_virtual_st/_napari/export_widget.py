@@ -332,9 +332,19 @@ class ExportWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         napari_viewer.layers.events.inserted.connect(self._on_layers_changed)
         napari_viewer.layers.events.removed.connect(self._on_layers_changed)
+        self._closed = False
+        self.native.destroyed.connect(self._on_destroyed)
         self._on_layers_changed()
         self._on_source_changed()
         self._on_outputs_changed()
+
+    def _on_destroyed(self, *_: Any) -> None:
+        """The panel closed: stop listening to the viewer, and stop a running export (which
+        then writes nothing)."""
+        self._closed = True
+        self._cancel.set()
+        for emitter in (self._viewer.layers.events.inserted, self._viewer.layers.events.removed):
+            emitter.disconnect(self._on_layers_changed)
 
     # -- which prediction ---------------------------------------------------------------------
     def _store_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
@@ -552,6 +562,8 @@ class ExportWidget(Container):
         self.status.value = "cancelling…"
 
     def _on_progress(self, report: ExportProgress) -> None:
+        if self._closed:
+            return
         self.progress_bar.max = report.total
         self.progress_bar.value = report.done
         if not self._cancel.is_set():
@@ -559,6 +571,8 @@ class ExportWidget(Container):
 
     def _on_outcome(self, outcome: ExportOutcome) -> None:
         self.last_outcome = outcome
+        if self._closed:
+            return
         if outcome.error is not None:
             if outcome.cancelled:
                 show_info(str(outcome.error))
@@ -579,5 +593,7 @@ class ExportWidget(Container):
 
     def _on_finished(self) -> None:
         self._worker = None
+        if self._closed:
+            return
         self.cancel_button.enabled = False
         self._update_export_enabled()

@@ -332,3 +332,24 @@ def test_output_problems_are_notified_before_anything_runs(
     assert outcome.error is None and outcome.result.n_spots == int(store.done.sum())
     assert ad.read_h5ad(tmp_path / "all.h5ad").n_obs == store.n_spots
     assert "region" not in ad.read_h5ad(tmp_path / "all.h5ad").obs
+
+
+def test_a_run_that_has_not_saved_its_store_yet_is_waited_for(
+    make_napari_viewer, prediction: Path, tmp_path: Path
+) -> None:
+    from napari_virtual_st._napari.layers import add_layer, empty_heatmap_layer_data
+
+    viewer = make_napari_viewer()
+    widget = ExportWidget(viewer)
+    assert widget.prediction.value is None and not widget.export_button.enabled
+    assert "No prediction" in widget.info.value
+    run = tmp_path / "run.vst.zarr"  # the Predict widget's layers come before its store
+    add_layer(viewer, empty_heatmap_layer_data(run, "ERBB2"))
+    assert widget.prediction.value == str(run)
+    assert widget.info.value == "Waiting for the run to save its spots…"
+    viewer.open(prediction, plugin=PLUGIN)  # another store's layers: listed too
+    assert set(widget.prediction.choices) - {None} == {str(run), str(prediction)}
+    widget.prediction.value = str(prediction)
+    assert widget.info.value.startswith(
+        f"{PredictionStore.open(prediction).n_spots:,} spots × 250"
+    )

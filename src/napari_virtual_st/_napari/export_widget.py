@@ -278,6 +278,7 @@ class ExportWidget(Container):
         self._worker: GeneratorWorker | None = None
         self._cancel = threading.Event()
         self._defaults: dict[str, str] = {}
+        self._shown_store: Path | None = None
         #: how the last export ended (``None`` before the first, and while one runs)
         self.last_outcome: ExportOutcome | None = None
 
@@ -361,9 +362,12 @@ class ExportWidget(Container):
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Shapes)]
 
     def _on_layers_changed(self, _event: Any = None) -> None:
+        before = self.prediction.value
         self.prediction.reset_choices()
         if self.prediction.value is None and self.prediction.choices:
             self.prediction.value = self.prediction.choices[-1]
+        if self.prediction.value == before:  # e.g. a run's spots layer: refresh the counts
+            self._on_prediction_changed()
         chosen = list(self.shapes.value)
         self.shapes.reset_choices()
         self.shapes.value = [layer for layer in chosen if layer in self.shapes.choices]
@@ -399,7 +403,9 @@ class ExportWidget(Container):
 
     def _on_prediction_changed(self, _value: Any = None) -> None:
         path = self.store_path
-        self.summary.value = ""
+        if path != self._shown_store:  # the last export's summary was of another store
+            self.summary.value = ""
+            self._shown_store = path
         if path is None:
             self.info.value = "No prediction in the viewer: run one, or open a .vst.zarr."
             self._update_export_enabled()
@@ -407,7 +413,8 @@ class ExportWidget(Container):
         try:
             store = PredictionStore.open(path)
         except VirtualSTError as exc:
-            self.info.value = str(exc)
+            running = not path.exists()  # a run's layers come before its store
+            self.info.value = "Waiting for the run to save its spots…" if running else str(exc)
             self._update_export_enabled()
             return
         done = int(store.done.sum())

@@ -361,9 +361,20 @@ def test_an_extra_input_of_another_dtype_than_declared_is_refused(tmp_path: Path
         ({**NOISE_SPEC, "shape": ["N", 2, 4]}, "does not match the model's input rank"),
         ({**NOISE_SPEC, "shape": ["N", 16]}, "does not match the model's input shape"),
         ({**NOISE_SPEC, "distribution": "cauchy"}, "distribution must be normal"),
+        ({**NOISE_SPEC, "seed": -1}, "seed must be a non-negative integer"),
+        ({**NOISE_SPEC, "seed": "7"}, "seed must be a non-negative integer"),
         ("normal", "must be an object"),
     ],
-    ids=["dtype", "shape", "rank", "size", "distribution", "not-object"],
+    ids=[
+        "dtype",
+        "shape",
+        "rank",
+        "size",
+        "distribution",
+        "seed-negative",
+        "seed-text",
+        "not-object",
+    ],
 )
 def test_a_malformed_extra_input_declaration_is_refused(
     tmp_path: Path, spec: Any, expected: str

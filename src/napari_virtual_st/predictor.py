@@ -335,6 +335,10 @@ def _validate_extra_input(name: str, spec: Any, node: Any) -> None:
             )
     if spec.get("distribution", "normal") not in ("normal", "uniform", "zeros"):
         raise ModelError(f"{where}: distribution must be normal, uniform or zeros")
+    seed = spec.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        # seeds the per-spot generators, default_rng([seed, spot]): a non-negative integer
+        raise ModelError(f"{where}: seed must be a non-negative integer; got {seed!r}")
 
 
 class Predictor:

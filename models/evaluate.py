@@ -72,6 +72,14 @@ def make_method(name: str) -> Any:
             "nsl_nojitter": NSLSettings(hed_scale=0.0, hed_shift=0.0),
         }
         return NSLMethod(variants[name])
+    if name.startswith("stem"):
+        from models.stem.train import StemMethod, StemSettings
+
+        stem_variants = {
+            "stem": StemSettings(),
+            "stem_plain": StemSettings(residual=False),  # diffuse expression, not residuals
+        }
+        return StemMethod(stem_variants[name])
     raise ValueError(f"unknown method {name!r}")
 
 

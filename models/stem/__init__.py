@@ -1,0 +1,1 @@
+"""Stem-style conditional diffusion model (mean and uncertainty)."""

@@ -1,0 +1,206 @@
+"""The Stem-style diffusion model: training on real data, the exported sampler, its variance,
+the engine feeding its noise input, and the shipped model's record.
+
+Training tests use a tiny subset of the real HER2ST data (skipped where ../shared/data is absent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is in the 'train' extra")
+pytest.importorskip(
+    "onnxscript", reason="the torch ONNX exporter needs onnxscript ('train' extra)"
+)
+
+N_GENES = 12
+
+
+def _her2st():
+    from models.workshop.data import data_available
+
+    if not data_available():
+        pytest.skip(
+            "HER2ST data not available: ../shared/data/her2st_subset is absent beside the checkout"
+        )
+    from models.workshop import data
+
+    return data
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Iterator[dict]:
+    """A Stem model trained for a few epochs on C2 (12 genes), and C3 to predict."""
+    data = _her2st()
+    from models.stem.train import StemSettings, fit_stem
+
+    sections = data.load_her2st(16, 110.0, ["C2", "C3"])
+    train, test = [sections["C2"]], sections["C3"]
+    genes = data.gene_panel(train, N_GENES, test.measured.genes)
+    settings = StemSettings(epochs=3, batch_size=64, hidden=64, n_blocks=2, embed_dim=32)
+    model = fit_stem(train, genes, settings)
+    yield {"model": model, "genes": genes, "test": test, "settings": settings}
+
+
+@pytest.fixture(scope="module")
+def exported(tiny: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's sampler (3 DDIM steps, 4 samples) exported to the contract."""
+    from models.stem.export import export_stem
+
+    path = tmp_path_factory.mktemp("stem") / "stem_tiny.onnx"
+    export_stem(
+        tiny["model"],
+        path,
+        n_steps=3,
+        n_samples=4,
+        genes=tiny["genes"],
+        tile_px=16,
+        tile_um=110.0,
+        check_tiles=tiny["test"].tiles[:8],
+    )
+    return path
+
+
+def test_training_on_a_tiny_real_subset_gives_finite_means_and_non_negative_variances(
+    tiny: dict,
+) -> None:
+    from models.stem.train import sample_stem
+
+    test = tiny["test"]
+    mean, var = sample_stem(tiny["model"], test.tiles, n_steps=3, n_samples=4)
+    assert mean.shape == var.shape == (len(test.tiles), N_GENES)
+    assert np.isfinite(mean).all() and np.isfinite(var).all()
+    assert (mean >= 0).all()  # log1p CP10k cannot be negative
+    assert (var >= 0).all() and var.max() > 0  # samples differ: the spread is not zero
+
+
+def test_the_loss_falls_while_training(tiny: dict) -> None:
+    from models.stem.train import fit_stem
+
+    data = _her2st()
+    train = [data.load_her2st(16, 110.0, ["C2"])["C2"]]
+    z_tiles = torch.from_numpy(train[0].tiles)
+    model = tiny["model"]
+    targets = torch.from_numpy(train[0].targets(tiny["genes"]))
+    z = (targets - model.target_mean) / model.target_std
+
+    def loss(m) -> float:
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            return float(np.mean([float(m.loss(z_tiles, z, g)) for _ in range(4)]))
+
+    from dataclasses import replace
+
+    untrained = fit_stem(train, tiny["genes"], replace(tiny["settings"], epochs=0))
+    assert loss(model) < loss(untrained)
+
+
+def test_exported_sampler_agrees_with_the_torch_sampler_on_the_same_noise(
+    tiny: dict, exported: Path
+) -> None:
+    import onnxruntime as ort
+
+    from models.stem.model import StemSampler
+
+    rng = np.random.default_rng(5)
+    tiles = tiny["test"].tiles[:10]
+    noise = rng.standard_normal((10, 4, N_GENES)).astype(np.float32)
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    onnx_mean, onnx_var = session.run(["expression", "variance"], {"image": tiles, "noise": noise})
+    with torch.no_grad():
+        mean, var = StemSampler(tiny["model"], 3)(torch.from_numpy(tiles), torch.from_numpy(noise))
+    np.testing.assert_allclose(onnx_mean, mean.numpy(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(onnx_var, var.numpy(), rtol=0, atol=1e-4)
+    other = session.run(["expression"], {"image": tiles, "noise": noise[::-1].copy()})[0]
+    assert not np.allclose(other, onnx_mean)  # the noise input really drives the samples
+
+
+def test_the_predictor_feeds_declared_noise_per_spot_like_the_torch_sampler(
+    tiny: dict, exported: Path
+) -> None:
+    from models.stem.train import sample_stem
+    from napari_virtual_st.predictor import Predictor
+
+    predictor = Predictor(exported, providers=["cpu"])
+    spec = predictor.info.extra_inputs["noise"]
+    assert spec == {
+        "dtype": "float32",
+        "shape": ["N", 4, N_GENES],
+        "distribution": "normal",
+        "seed": 0,
+    }
+    tiles = tiny["test"].tiles[:12]
+    ids = np.arange(100, 112)
+    whole = predictor.predict(tiles, spot_index=ids)
+    halves = [predictor.predict(tiles[i : i + 5], spot_index=ids[i : i + 5]) for i in (0, 5, 10)]
+    assert whole.variance is not None
+    assert whole.expression.shape == whole.variance.shape == (12, N_GENES)
+    assert (whole.variance >= 0).all()
+    np.testing.assert_allclose(
+        whole.expression, np.concatenate([h.expression for h in halves]), atol=1e-5
+    )
+    mean, var = sample_stem(tiny["model"], tiles, n_steps=3, n_samples=4, spot_ids=ids)
+    np.testing.assert_allclose(whole.expression, mean, atol=1e-4)
+    np.testing.assert_allclose(whole.variance, var, atol=1e-4)
+
+
+def test_predict_through_the_engine_writes_expression_and_variance(
+    exported: Path, cmu_small_svs: Path, tmp_path: Path
+) -> None:
+    from napari_virtual_st.cli import main
+    from napari_virtual_st.store import PredictionStore
+
+    out = tmp_path / "cmu.vst.zarr"
+    assert (
+        main(
+            ["predict", str(cmu_small_svs), "--model", str(exported), "--out", str(out), "--quiet"]
+        )
+        == 0
+    )
+    store = PredictionStore.open(out)
+    assert store.is_complete and store.has_variance
+    expression, variance = store.expression(), store.variance()
+    assert expression.shape == variance.shape == (store.n_spots, N_GENES)
+    assert store.n_spots > 10
+    assert np.isfinite(expression).all() and (variance >= 0).all() and variance.max() > 0
+
+
+def test_calibration_is_high_when_the_spread_tracks_the_error_and_near_zero_when_not() -> None:
+    from models.stem.calibration import calibration
+
+    rng = np.random.default_rng(0)
+    sd = rng.uniform(0.1, 2.0, (400, 6))  # synthetic: errors drawn with the predicted spread
+    truth = rng.normal(size=sd.shape) * sd
+    good = calibration(np.zeros_like(sd), sd**2, truth)
+    shuffled = calibration(
+        np.zeros_like(sd), rng.permutation(sd.ravel()).reshape(sd.shape) ** 2, truth
+    )
+    assert good["per_gene_median"] > 0.3 and good["per_spot"] > 0.3
+    assert abs(shuffled["per_gene_median"]) < 0.15
+    assert 0.9 < good["coverage_2sd"] < 1.0
+    with pytest.raises(ValueError, match="negative"):
+        calibration(np.zeros((2, 2)), -np.ones((2, 2)), np.zeros((2, 2)))
+
+
+def test_evaluate_reproduces_the_bundled_stem_models_recorded_held_out_metrics() -> None:
+    _her2st()
+    from models.evaluate import evaluate_onnx
+    from napari_virtual_st.predictor import Predictor
+    from napari_virtual_st.registry import bundled_models
+
+    models = [m for m in bundled_models() if m.info is not None and m.info.family == "stem"]
+    if not models:
+        pytest.fail("the Stem model is not bundled")
+    info = Predictor(models[0].path).info
+    assert info.outputs == ("expression", "variance")
+    assert "noise" in info.extra_inputs
+    recorded = info.metadata["metrics"]
+    measured = evaluate_onnx(models[0].path)
+    for labels in ("raw", "smoothed_3x3"):
+        for key, value in recorded[labels].items():
+            assert measured[labels][key] == pytest.approx(value, abs=1e-3), (labels, key)
+    assert -1 <= recorded["calibration"]["per_spot"] <= 1

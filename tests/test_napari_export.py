@@ -353,3 +353,32 @@ def test_a_run_that_has_not_saved_its_store_yet_is_waited_for(
     assert widget.info.value.startswith(
         f"{PredictionStore.open(prediction).n_spots:,} spots × 250"
     )
+
+
+def test_closing_the_panel_mid_export_stops_it_and_writes_nothing(
+    make_napari_viewer, qtbot, prediction: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, widget = _open(make_napari_viewer, prediction)
+    gate = threading.Event()
+    started: list[bool] = []
+    real_steps = ew.export_steps
+
+    def held(*args, **kwargs):  # pauses the real export after its first step
+        steps = real_steps(*args, **kwargs)
+        yield next(steps)
+        started.append(True)
+        gate.wait(30)
+        return (yield from steps)
+
+    monkeypatch.setattr(ew, "export_steps", held)
+    widget.h5ad_path.value = tmp_path / "closed.h5ad"
+    worker = widget.export()
+    finished: list[bool] = []
+    worker.finished.connect(lambda: finished.append(True))
+    qtbot.waitUntil(lambda: bool(started), timeout=EXPORT_TIMEOUT_MS)
+    widget.native.deleteLater()  # the user closes the panel
+    qtbot.waitUntil(lambda: widget._closed, timeout=EXPORT_TIMEOUT_MS)
+    gate.set()
+    qtbot.waitUntil(lambda: bool(finished), timeout=EXPORT_TIMEOUT_MS)
+    assert widget.last_outcome is not None and widget.last_outcome.cancelled
+    assert list(tmp_path.iterdir()) == []

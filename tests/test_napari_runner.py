@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from napari_virtual_st._napari import runner
 from napari_virtual_st._napari.runner import (
     BatchEvent,
+    PreviewEvent,
     RunRequest,
     StageEvent,
     StoreReadyEvent,
     run_prediction,
     run_prediction_outcome,
+    visible_first,
 )
 from napari_virtual_st._napari.store_view import StoreView
 from napari_virtual_st.errors import CancelledError, MissingResolutionError
@@ -137,3 +140,80 @@ def test_store_view_reads_a_store(cmu_small_svs: Path, tmp_path: Path) -> None:
     assert list(table.columns) == ["spot", *view.genes] and len(table) == view.n_spots
     assert view.spot_at(view.yx_um[3]) == 3
     assert view.most_variable_gene() in view.genes
+
+
+def test_visible_first_orders_spots_on_screen_from_the_middle_out() -> None:
+    xy = np.array([[0.0, 0.0], [50.0, 50.0], [60.0, 40.0], [95.0, 95.0], [500.0, 500.0]])
+    np.testing.assert_array_equal(visible_first(xy, (0.0, 0.0, 100.0, 100.0)), [1, 2, 3, 0])
+    # without a region: every spot, from the middle of their extent (250, 250) out
+    assert list(visible_first(xy, None)) == [3, 1, 2, 0, 4]
+    assert len(visible_first(xy, (1000.0, 1000.0, 2000.0, 2000.0))) == 0
+
+
+def test_spots_on_screen_are_predicted_first_and_the_store_is_the_same(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path
+) -> None:
+    plain = _request(cmu_small_svs, synthetic_model, tmp_path / "a", batch_size=4)
+    _drain(run_prediction(plain))
+    reference = PredictionStore.open(plain.store_path)
+    xy = reference.xy_level0_px
+    # a region around the spots of the last chunk: those come first
+    last = xy[-4:]
+    region = (*(last.min(axis=0) - 1), *(last.max(axis=0) + 1))
+    inside = visible_first(xy, region)
+    request = _request(
+        cmu_small_svs,
+        synthetic_model,
+        tmp_path / "b",
+        batch_size=4,
+        visible_xy_level0_px=region,
+    )
+    events, path = _drain(run_prediction(request))
+    chunks = [e.progress.chunk for e in events if isinstance(e, BatchEvent)]
+    urgent = list(dict.fromkeys((inside // 4).tolist()))
+    assert chunks[: len(urgent)] == urgent and urgent[0] >= reference.n_chunks - 2
+    assert sorted(chunks) == list(range(reference.n_chunks))
+    store = PredictionStore.open(path)
+    np.testing.assert_array_equal(store.xy_level0_px, xy)
+    np.testing.assert_array_equal(store.expression(), reference.expression())
+
+
+def test_a_preview_on_a_coarse_mask_comes_first_and_the_grid_is_the_full_masks(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, monkeypatch
+) -> None:
+    no_preview = _request(cmu_small_svs, synthetic_model, tmp_path / "a", preview=False)
+    events, _ = _drain(run_prediction(no_preview))
+    assert not [e for e in events if isinstance(e, PreviewEvent)]  # small slide: no preview
+    reference = PredictionStore.open(no_preview.store_path)
+
+    monkeypatch.setattr(runner, "PREVIEW_MASK_PX", 64)  # as if the slide were large
+    request = _request(cmu_small_svs, synthetic_model, tmp_path / "b")
+    events, path = _drain(run_prediction(request))
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.index("PreviewEvent") < kinds.index("StoreReadyEvent")
+    stages = [e.message for e in events if isinstance(e, StageEvent)]
+    assert stages[2:5] == [
+        "finding tissue",
+        "finding tissue at full resolution",
+        "laying out spots",
+    ]
+    (preview,) = [e.view for e in events if isinstance(e, PreviewEvent)]
+    assert 0 < preview.n_spots <= request.batch_size
+    assert preview.path == request.store_path and preview.geometry is not None
+    assert np.isfinite(preview.expression).all()
+    # preview spots sit on the run's lattice, and the grid is the one of the full mask
+    store = PredictionStore.open(path)
+    np.testing.assert_array_equal(store.xy_level0_px, reference.xy_level0_px)
+    np.testing.assert_array_equal(store.lattice_rc, reference.lattice_rc)
+    np.testing.assert_array_equal(store.expression(), reference.expression())
+    on_grid = {tuple(rc) for rc in store.lattice_rc.tolist()}
+    assert sum(tuple(rc) in on_grid for rc in preview.lattice_rc.tolist()) >= preview.n_spots // 2
+    # its values are the model's for those tiles (as the run's own, for spots in both)
+    index = {tuple(rc): i for i, rc in enumerate(store.lattice_rc.tolist())}
+    both = [
+        (i, index[tuple(rc)])
+        for i, rc in enumerate(preview.lattice_rc.tolist())
+        if tuple(rc) in index
+    ]
+    a, b = zip(*both, strict=True)
+    np.testing.assert_allclose(preview.expression[list(a)], store.expression()[list(b)], rtol=1e-5)

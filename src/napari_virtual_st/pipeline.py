@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from napari_virtual_st.errors import CancelledError, ParameterError, VirtualSTError
 from napari_virtual_st.grid import SpotGrid
@@ -120,6 +120,7 @@ def predict_slide(
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
     overwrite: bool = False,
+    first_spots: ArrayLike | None = None,
 ) -> PredictionStore:
     """Predict every spot of ``grid`` and write the results to a store.
 
@@ -146,6 +147,10 @@ def predict_slide(
         Polled before every batch; returning ``True`` stops the run (finished batches are kept).
     overwrite
         Discard an existing store at ``store_path`` (even one from another slide or model).
+    first_spots
+        Indices of spots (grid order) to predict first, most urgent first (e.g. those on
+        screen): their chunks go before the others. The store and its values are the same
+        whatever the order.
 
     Returns
     -------
@@ -191,6 +196,8 @@ def predict_slide(
             overwrite=overwrite,
         )
     pending = [c for c, finished in enumerate(store.done_chunks()) if not finished]
+    if first_spots is not None:
+        pending = _urgent_first(pending, first_spots, store.chunk_spots)
     total = store.n_spots
     done_spots = total - sum(
         store.chunk_slice(c).stop - store.chunk_slice(c).start for c in pending
@@ -263,6 +270,18 @@ def predict_slide(
         last_run_tiles_per_s=round(new_spots / max(elapsed, 1e-9), 2),
     )
     return store
+
+
+def _urgent_first(pending: list[int], first_spots: ArrayLike, chunk_spots: int) -> list[int]:
+    """``pending`` chunks reordered: those holding ``first_spots`` first, in their order."""
+    spots = np.asarray(first_spots, dtype=np.int64).reshape(-1)
+    waiting = set(pending)
+    urgent = []
+    for chunk in dict.fromkeys((spots // chunk_spots).tolist()):
+        if chunk in waiting:
+            urgent.append(chunk)
+            waiting.discard(chunk)
+    return urgent + [c for c in pending if c in waiting]
 
 
 def _provenance(slide: Slide, predictor: Predictor) -> dict[str, Any]:

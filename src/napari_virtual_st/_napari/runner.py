@@ -5,6 +5,12 @@ tissue, laying out the grid, predicting — and yields an event at each stage an
 batch. The widget runs it in a ``napari.qt.threading`` worker, whose ``yielded`` signal brings
 each event to the GUI thread; nothing here touches Qt or napari.
 
+On a large slide, finding tissue at full resolution takes seconds. So that values appear at
+once, the run first finds tissue on a small thumbnail and predicts one batch of spots there,
+nearest the middle of the region on screen (a :class:`PreviewEvent`); then it finds tissue
+properly, lays out the grid from that full mask (the grid is exactly the one without a
+preview) and predicts it, the spots on screen first.
+
 The engine's :func:`~napari_virtual_st.pipeline.predict_slide` reports through callbacks, so
 it runs on a helper thread whose callbacks put events on a queue that the generator drains.
 Cancelling (setting the ``cancel`` event, or closing the generator) stops the run at the next
@@ -24,11 +30,21 @@ from numpy.typing import NDArray
 
 from napari_virtual_st._napari.store_view import StoreView
 from napari_virtual_st.errors import CancelledError, VirtualSTError
+from napari_virtual_st.grid import SpotGrid
 from napari_virtual_st.pipeline import GridChoice, Progress, build_grid, predict_slide
 from napari_virtual_st.predictor import Predictor
 from napari_virtual_st.slide import Slide
 from napari_virtual_st.store import PredictionStore
-from napari_virtual_st.tissue import detect_tissue
+from napari_virtual_st.tissue import TissueMask, detect_tissue
+
+#: Full-resolution tissue masks (8 µm/px) with a longer side than this are slow enough
+#: (seconds) to be preceded by a preview on a mask of at most this side.
+PREVIEW_MASK_PX = 640
+#: Resolution of the run's tissue mask (µm per mask pixel), as the engine's default.
+FULL_MASK_UM_PER_PX = 8.0
+
+#: (x0, y0, x1, y1) level-0 pixels.
+Region = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,12 @@ class RunRequest:
         Tiles per model call (one store chunk), and tile-reading threads.
     overwrite
         Replace an existing store instead of resuming it.
+    visible_xy_level0_px
+        The region of the slide on screen, (x0, y0, x1, y1) level-0 pixels: its spots are
+        predicted first, from its middle out (``None``: from the middle of the slide).
+    preview
+        On slides whose tissue takes long to find, predict one batch on a quick coarse
+        tissue mask first (:class:`PreviewEvent`).
     """
 
     slide_path: Path
@@ -63,6 +85,8 @@ class RunRequest:
     batch_size: int = 32
     read_threads: int = 2
     overwrite: bool = False
+    visible_xy_level0_px: Region | None = None
+    preview: bool = True
 
 
 @dataclass(frozen=True)
@@ -103,7 +127,24 @@ class BatchEvent:
     variance: NDArray[np.float32] | None
 
 
-RunEvent = StageEvent | StoreReadyEvent | BatchEvent
+@dataclass(frozen=True)
+class PreviewEvent:
+    """Values of a first batch of spots, predicted before the run's grid is known.
+
+    Its spots lie on the run's lattice where a quick coarse tissue mask finds tissue, near
+    the middle of the view; the run predicts them again in its own batches (on screen,
+    those come first).
+
+    Attributes
+    ----------
+    view
+        The preview spots and their values, as a view of the run's store (same path).
+    """
+
+    view: StoreView
+
+
+RunEvent = StageEvent | PreviewEvent | StoreReadyEvent | BatchEvent
 
 
 @dataclass(frozen=True)
@@ -152,7 +193,7 @@ def run_prediction(
 
     Yields
     ------
-    StageEvent, StoreReadyEvent, BatchEvent
+    StageEvent, PreviewEvent, StoreReadyEvent, BatchEvent
 
     Returns
     -------
@@ -229,7 +270,14 @@ def _predict(
             providers=None if request.providers is None else list(request.providers),
         )
         stage("finding tissue")
-        tissue = detect_tissue(slide) if request.min_tissue_fraction > 0 else None
+        tissue = None
+        if request.min_tissue_fraction > 0:
+            if request.preview and _preview_pays(slide):
+                view = _preview(slide, predictor, request, cancel)
+                if view is not None:
+                    emit(PreviewEvent(view))
+                stage("finding tissue at full resolution")
+            tissue = detect_tissue(slide, mask_um_per_px=FULL_MASK_UM_PER_PX)
         stage("laying out spots")
         grid = build_grid(
             slide,
@@ -262,5 +310,85 @@ def _predict(
             progress=progress,
             should_cancel=cancel.is_set,
             overwrite=request.overwrite,
+            first_spots=visible_first(grid.xy_level0_px, request.visible_xy_level0_px),
         )
     return request.store_path
+
+
+def visible_first(xy_level0_px: NDArray[np.float64], region: Region | None) -> NDArray[np.intp]:
+    """Indices of the spots inside ``region`` (x0, y0, x1, y1 level-0 px), nearest its middle
+    first; with no region, every spot, nearest the middle of their extent first."""
+    xy = np.asarray(xy_level0_px, dtype=np.float64).reshape(-1, 2)
+    if len(xy) == 0:
+        return np.zeros(0, np.intp)
+    if region is None:
+        inside = np.ones(len(xy), bool)
+        middle = (xy.min(axis=0) + xy.max(axis=0)) / 2
+    else:
+        x0, y0, x1, y1 = region
+        inside = (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
+        middle = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+    index = np.flatnonzero(inside)
+    distance = np.hypot(*(xy[index] - middle).T)
+    return index[np.argsort(distance, kind="stable")]
+
+
+def _preview_pays(slide: Slide) -> bool:
+    """Whether the slide's full tissue mask is large (slow) enough to preview first."""
+    mpp = slide.mpp_or_none
+    longest = max(slide.dimensions)
+    side = longest if mpp is None else longest * mpp / FULL_MASK_UM_PER_PX
+    return side > PREVIEW_MASK_PX
+
+
+def _preview(
+    slide: Slide, predictor: Predictor, request: RunRequest, cancel: threading.Event
+) -> StoreView | None:
+    """One batch of spots predicted on a coarse tissue mask, nearest the visible middle."""
+    longest_um = max(slide.dimensions) * slide.mpp
+    coarse = detect_tissue(
+        slide, mask_um_per_px=max(FULL_MASK_UM_PER_PX, longest_um / PREVIEW_MASK_PX)
+    )
+    lattice = build_grid(
+        slide, request.grid_kind, tile_um=predictor.info.tile_um, min_tissue_fraction=0.0
+    )
+    chosen = _preview_spots(lattice, coarse, request)
+    if len(chosen) == 0 or cancel.is_set():
+        return None
+    grid = lattice.subset(chosen)
+    info = predictor.info
+    tiles = np.stack(
+        [slide.read_tile((x, y), info.tile_px, info.tile_um) for x, y in grid.xy_level0_px]
+    )
+    result = predictor.predict(tiles)
+    attrs = {
+        "genes": list(info.genes),
+        "grid": grid.describe(),
+        "slide": {"path": str(slide.path)},
+        "model": {"file": predictor.path.name, "metadata": dict(info.metadata)},
+        "preview": True,
+    }
+    return StoreView(
+        request.store_path,
+        attrs,
+        grid.xy_level0_px,
+        grid.lattice_rc,
+        [f"{r}_{c}" for r, c in grid.lattice_rc],
+        np.asarray(result.expression, np.float32),
+        None if result.variance is None else np.asarray(result.variance, np.float32),
+    )
+
+
+def _preview_spots(lattice: SpotGrid, coarse: TissueMask, request: RunRequest) -> NDArray[np.intp]:
+    """Up to one batch of lattice spots wholly on coarse tissue, nearest the middle of the
+    view (those on screen when there are any)."""
+    on_tissue = np.flatnonzero(lattice.tissue_fractions(coarse) >= 1.0)
+    if len(on_tissue) == 0:
+        return on_tissue
+    xy = lattice.xy_level0_px[on_tissue]
+    order = visible_first(xy, request.visible_xy_level0_px)
+    region = request.visible_xy_level0_px
+    if len(order) == 0 and region is not None:  # no tissue on screen: the nearest to it
+        middle = np.array([(region[0] + region[2]) / 2, (region[1] + region[3]) / 2])
+        order = np.argsort(np.hypot(*(xy - middle).T), kind="stable")
+    return on_tissue[order[: request.batch_size]]

@@ -241,3 +241,88 @@ def test_gene_browser_search_select_recolour_and_cursor_values(
     # removing a heatmap layer by hand deselects its gene
     viewer.layers.remove(heatmap)
     assert "SYNTH12" not in browser.genes.value
+
+
+def test_a_run_makes_its_layers_once_and_a_rerun_reuses_them(
+    make_napari_viewer, qtbot, cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path
+) -> None:
+    viewer = make_napari_viewer()
+    viewer.open(cmu_small_svs, plugin=PLUGIN)
+    widget = _widget(viewer, qtbot)
+    widget.add_model(synthetic_model)
+    widget.output.value = tmp_path / "once.vst.zarr"
+    widget.batch_size = 4
+    added: list[str] = []
+    removed: list[str] = []
+    viewer.layers.events.inserted.connect(lambda e: added.append(vst_meta(e.value).get("role")))
+    viewer.layers.events.removed.connect(lambda e: removed.append(vst_meta(e.value).get("role")))
+    _run(widget, qtbot)
+    assert sorted(added) == ["heatmap", "spots"] and not removed  # one of each, kept
+    (heatmap,) = find_layers(viewer, tmp_path / "once.vst.zarr", "heatmap")
+    assert heatmap.colorbar.visible
+    added.clear()
+    widget.overwrite.value = True
+    _run(widget, qtbot)  # the same store again: its heatmap layer is refreshed, not re-made
+    assert find_layers(viewer, tmp_path / "once.vst.zarr", "heatmap") == [heatmap]
+    assert "heatmap" not in added and np.isfinite(heatmap.data).any()
+
+
+def test_the_visible_region_is_the_part_of_the_slide_on_screen(
+    make_napari_viewer, qtbot, cmu_small_svs: Path
+) -> None:
+    viewer = make_napari_viewer(show=True)
+    (slide,) = viewer.open(cmu_small_svs, plugin=PLUGIN)
+    widget = _widget(viewer, qtbot)
+    mpp = slide.scale[-1]
+    viewer.scene.camera.center = (0.0, 600 * mpp, 400 * mpp)  # (z,) row, col in µm
+    viewer.scene.camera.zoom = 1.0 / mpp  # one screen pixel per slide pixel
+    qtbot.wait(50)
+    x0, y0, x1, y1 = widget.visible_region()
+    height, width = viewer.canvas.size
+    assert (x0 + x1) / 2 == pytest.approx(400, abs=1) and (y0 + y1) / 2 == pytest.approx(
+        600, abs=1
+    )
+    assert x1 - x0 == pytest.approx(width, abs=1) and y1 - y0 == pytest.approx(height, abs=1)
+
+
+def test_a_large_slide_shows_a_preview_before_its_grid_is_ready(
+    make_napari_viewer,
+    qtbot,
+    cmu_small_svs: Path,
+    synthetic_model: Path,
+    tmp_path: Path,
+    monkeypatch,
+) -> None:
+    from napari_virtual_st._napari import runner
+
+    monkeypatch.setattr(runner, "PREVIEW_MASK_PX", 64)  # as if the slide were large
+    viewer = make_napari_viewer()
+    viewer.open(cmu_small_svs, plugin=PLUGIN)
+    widget = _widget(viewer, qtbot)
+    widget.add_model(synthetic_model)
+    widget.output.value = tmp_path / "preview.vst.zarr"
+    widget.batch_size = 4
+    drawn: list[tuple[tuple[int, ...], int, bool]] = []
+
+    def watch(event) -> None:
+        layer = event.value
+        if vst_meta(layer).get("role") == "heatmap":
+            layer.events.data.connect(
+                lambda _e: drawn.append(
+                    (layer.data.shape, int(np.isfinite(layer.data).sum()), widget._view is None)
+                )
+            )
+
+    viewer.layers.events.inserted.connect(watch)
+    _run(widget, qtbot)
+    assert widget.last_outcome is not None and widget.last_outcome.error is None
+    store = PredictionStore.open(tmp_path / "preview.vst.zarr")
+    with_values = [d for d in drawn if d[1]]
+    # first the preview (before the store existed: its own small image, 2 px per spot) ...
+    shape, count, before_store = with_values[0]
+    assert before_store and count == 2 * widget.batch_size
+    # ... kept on screen until the run's values replace it, then the whole map
+    assert all(d[1] for d in drawn[drawn.index(with_values[0]) :])
+    (heatmap,) = find_layers(viewer, store.path, "heatmap")
+    assert int(np.isfinite(heatmap.data).sum()) == 2 * store.n_spots
+    assert heatmap.data.shape != shape or store.n_spots == widget.batch_size

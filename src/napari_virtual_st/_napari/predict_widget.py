@@ -17,6 +17,7 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -37,6 +38,8 @@ from qtpy.QtCore import QTimer
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari.runner import (
     BatchEvent,
+    PreviewEvent,
+    Region,
     RunEvent,
     RunOutcome,
     RunRequest,
@@ -44,7 +47,13 @@ from napari_virtual_st._napari.runner import (
     StoreReadyEvent,
     run_prediction_outcome,
 )
-from napari_virtual_st._napari.store_view import StoreView, forget_view, register_view
+from napari_virtual_st._napari.store_view import (
+    StoreView,
+    forget_view,
+    lookup_view,
+    register_view,
+)
+from napari_virtual_st.coords import yx_um_to_xy_level0_px
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.pipeline import Progress
 from napari_virtual_st.predictor import ModelInfo, Predictor, resolve_providers
@@ -59,10 +68,11 @@ if TYPE_CHECKING:
 REDRAW_INTERVAL_S = 0.25
 #: Fewest seconds between two updates of napari's activity dock (each one makes napari
 #: process all pending Qt events, canvas drawing included, before it returns).
-ACTIVITY_INTERVAL_S = 0.5
+ACTIVITY_INTERVAL_S = 2.0
 #: Milliseconds between the GUI's own steps (preparing a run, finishing it): enough for the
-#: event loop to handle input and drawing between two of them.
-STEP_MS = 5
+#: event loop to handle input and drawing between two of them. Each step is one layer or one
+#: colour bar, so that no two slow napari calls run back to back.
+STEP_MS = 15
 #: Model chooser entry that opens a file dialog.
 BROWSE = "browse…"
 GRID_CHOICES = [
@@ -164,6 +174,9 @@ class PredictWidget(Container):
         self._worker: GeneratorWorker | None = None
         self._cancel = threading.Event()
         self._view: StoreView | None = None
+        self._preview: StoreView | None = None
+        self._preview_drawn = False
+        self._run_layers: list[Layer] = []
         self._progress: napari_progress | None = None
         self._run_slide_layer: Layer | None = None
         self._latest: Progress | None = None
@@ -173,6 +186,7 @@ class PredictWidget(Container):
         self._run_model: Path | None = None
         self._closed = False
         self._pending_steps = 0
+        self._steps: collections.deque[Callable[[], None]] = collections.deque()
         self._started = 0.0
         self._output_is_default = True
         self._setting_output = False
@@ -376,15 +390,40 @@ class PredictWidget(Container):
             mpp=mpp,
             batch_size=self.batch_size,
             overwrite=bool(self.overwrite.value),
+            visible_xy_level0_px=self.visible_region(),
         )
+
+    def visible_region(self) -> Region | None:
+        """The part of the chosen slide on screen, (x0, y0, x1, y1) level-0 pixels (``None``
+        when the canvas size is unknown)."""
+        layer = self.slide.value
+        viewer = self._viewer
+        scene = getattr(viewer, "scene", None)  # napari ≥ 0.9; earlier: viewer.camera
+        camera = scene.camera if scene is not None else viewer.camera
+        canvas = getattr(viewer, "canvas", None)
+        size = canvas.size if canvas is not None else getattr(viewer, "_canvas_size", None)
+        if layer is None or size is None or min(size[-2:]) <= 0:
+            return None
+        centre = np.asarray(camera.center[-2:], dtype=np.float64)
+        half = np.asarray(size[-2:], dtype=np.float64) / max(float(camera.zoom), 1e-12) / 2
+        translate = np.asarray(layer.translate[-2:], dtype=np.float64)
+        world_per_px = float(layer.scale[-1])  # the slide layer's world units per pixel
+        corners = yx_um_to_xy_level0_px(
+            np.stack([centre - half, centre + half]) - translate, world_per_px
+        )
+        (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
+        return (float(x0), float(y0), float(x1), float(y1))
 
     def run(self, _value: Any = None) -> GeneratorWorker | None:
         """Start predicting in a worker thread (returns the worker, or ``None`` if refused).
 
-        The worker starts at once. The GUI's own preparation follows in small steps, one
-        event-loop turn each, while the worker opens the slide and finds tissue: the activity
-        dock's bar, the run's heatmap layers (empty until the spots are laid out, so that
-        afterwards the GUI only has to draw values) and the Gene browser.
+        The worker starts at once, told which part of the slide is on screen (those spots
+        come first). The GUI's own preparation follows in small steps, one event-loop turn
+        each, while the worker opens the slide and finds tissue: the activity dock's bar, the
+        run's heatmap layers one by one (empty until values come, so that afterwards the GUI
+        only has to draw values; a rerun into the same store reuses its layers) and the Gene
+        browser. On a large slide the first values are a preview batch predicted on a quick
+        coarse tissue mask (see :mod:`.runner`); they stay until the run's own replace them.
         """
         if self.running:
             return None
@@ -399,6 +438,9 @@ class PredictWidget(Container):
             forget_view(request.store_path)
         self._cancel = threading.Event()
         self._view = None
+        self._preview = None
+        self._preview_drawn = False
+        self._run_layers = []
         self._latest = None
         self._drawn = False
         self._started = time.perf_counter()
@@ -422,7 +464,7 @@ class PredictWidget(Container):
         worker.start()
         steps = [
             functools.partial(self._start_activity, request.slide_path.name),
-            functools.partial(self._prepare_layers, request.store_path, info, genes),
+            *self._layer_steps(request.store_path, info, genes),
             self._open_gene_browser,
         ]
         self._step(worker, steps)
@@ -461,24 +503,37 @@ class PredictWidget(Container):
         ]
         return [g for g in shown if g in info.genes] or [info.genes[0]]
 
-    def _prepare_layers(self, store_path: Path, info: ModelInfo, genes: list[str]) -> None:
-        """Heatmap layers for the run, empty until its store exists."""
-        viewer = self._viewer
+    def _layer_steps(
+        self, store_path: Path, info: ModelInfo, genes: list[str]
+    ) -> list[Callable[[], None]]:
+        """Steps that add the run's heatmap layers (empty until values come), one layer
+        each, then select the last gene's and draw what arrived meanwhile. Layers an earlier
+        run into the same store left are reused, not made again."""
         with_variance = "variance" in info.outputs
-        for gene in genes:
-            for uncertainty in (False, True) if with_variance else (False,):
-                role = "uncertainty" if uncertainty else "heatmap"
-                if not vst_layers.find_layers(viewer, store_path, role, gene):
-                    vst_layers.add_layer(
-                        viewer,
-                        vst_layers.empty_heatmap_layer_data(
-                            store_path, gene, uncertainty=uncertainty
-                        ),
-                    )
-        active = vst_layers.find_layers(viewer, store_path, "heatmap", genes[-1])
-        viewer.layers.selection.active = active[0]
+        steps: list[Callable[[], None]] = [
+            functools.partial(self._prepare_layer, store_path, gene, uncertainty)
+            for gene in genes
+            for uncertainty in ((False, True) if with_variance else (False,))
+        ]
+        steps.append(functools.partial(self._layers_ready, store_path, genes[-1]))
+        return steps
+
+    def _prepare_layer(self, store_path: Path, gene: str, uncertainty: bool) -> None:
+        """The run's (empty) heatmap or uncertainty layer of ``gene``, unless it exists."""
+        role = "uncertainty" if uncertainty else "heatmap"
+        if not vst_layers.find_layers(self._viewer, store_path, role, gene):
+            data = vst_layers.empty_heatmap_layer_data(store_path, gene, uncertainty=uncertainty)
+            self._run_layers.append(vst_layers.add_layer(self._viewer, data))
+
+    def _layers_ready(self, store_path: Path, gene: str) -> None:
+        """Select the run's heatmap and draw the values that came before its layers."""
+        active = vst_layers.find_layers(self._viewer, store_path, "heatmap", gene)
+        if active:
+            self._viewer.layers.selection.active = active[0]
         if self._view is not None:  # the store was ready before the layers were
             self._redraw()
+        elif self._preview is not None:
+            self._draw_preview()
 
     # -- events from the worker (GUI thread) ------------------------------------------------
     def _post(self, handler: Callable[..., None], *args: Any) -> None:
@@ -497,6 +552,9 @@ class PredictWidget(Container):
     def _on_event(self, event: RunEvent) -> None:
         if isinstance(event, StageEvent):
             self._set_status(f"{event.message}…")
+        elif isinstance(event, PreviewEvent):
+            self._preview = event.view
+            self._draw_preview()
         elif isinstance(event, StoreReadyEvent):
             self._on_store_ready(event)
         elif isinstance(event, BatchEvent):
@@ -540,13 +598,26 @@ class PredictWidget(Container):
         elif not self._redraw_timer.isActive():
             self._redraw_timer.start(round(REDRAW_INTERVAL_S * 1000))
 
+    def _draw_preview(self) -> None:
+        """Show the preview's values until the run's own first values replace them."""
+        preview = self._preview
+        if preview is None or self._view is not None:
+            return
+        vst_layers.refresh_heatmaps(self._viewer, preview)
+        self._preview_drawn = True
+        self._set_status(
+            f"first {preview.n_spots} spots predicted; finding tissue at full resolution…"
+        )
+
     def _redraw(self) -> None:
         """Show the values and progress received so far."""
         self._redraw_timer.stop()
         view, p = self._view, self._latest
         if view is None or p is None:
             return
-        vst_layers.refresh_heatmaps(self._viewer, view)
+        if self._preview is None or p.spots_done > 0:  # (a preview stays until values come)
+            self._preview = None
+            vst_layers.refresh_heatmaps(self._viewer, view)
         self._drawn = self._drawn or p.spots_done > 0
         self.progress_bar.value = p.spots_done
         rate = f" ({p.tiles_per_s:,.0f} spots/s)" if p.tiles_per_s else ""
@@ -567,15 +638,19 @@ class PredictWidget(Container):
         self.last_outcome = outcome
         self._redraw()  # whatever was finished, cancelled runs included
         if outcome.error is not None:
-            if self._view is None:  # no store: the empty layers made for it go
+            if self._view is None:  # no store: the layers made for it go
                 for layer in vst_layers.find_layers(self._viewer, self._run_store):
-                    if layer.data.shape == (1, 1):
+                    if layer.data.shape == (1, 1) or any(layer is m for m in self._run_layers):
                         self._viewer.layers.remove(layer)
+                earlier = lookup_view(self._run_store) if self._run_store else None
+                if self._preview_drawn and earlier is not None:  # earlier values, not the preview
+                    vst_layers.refresh_heatmaps(self._viewer, earlier)
+                self._preview = None
             if outcome.cancelled:
                 show_info(str(outcome.error))
                 self._set_status(str(outcome.error))
                 if self._view is not None:
-                    self._later(functools.partial(self._show_colorbars, self._view))
+                    self._later_colorbars(self._view)
             else:
                 show_error(str(outcome.error))
                 self._set_status(f"stopped: {outcome.error}")
@@ -594,7 +669,7 @@ class PredictWidget(Container):
         # the rest in later event-loop turns, so the GUI answers in between
         if spots is not None:
             self._later(functools.partial(self._add_spots, spots, view))
-        self._later(functools.partial(self._show_colorbars, view))
+        self._later_colorbars(view)
 
     def _add_spots(self, spots: Layer, view: StoreView) -> None:
         self._viewer.add_layer(spots)
@@ -602,22 +677,30 @@ class PredictWidget(Container):
         if shown:  # the status bar shows the values of the active layer under the cursor
             self._viewer.layers.selection.active = shown[-1]
 
-    def _show_colorbars(self, view: StoreView) -> None:
-        """Colour bars for the run's heatmaps, once they have values (the first one costs
-        napari a font atlas and a new visual: not while batches are landing)."""
+    def _later_colorbars(self, view: StoreView) -> None:
+        """Colour bars for the run's heatmaps once they have values, one per later event-loop
+        turn (the first one costs napari a font atlas and a new visual: not while batches
+        are landing)."""
         for layer in vst_layers.find_layers(self._viewer, view.path, "heatmap"):
-            vst_layers.show_colorbar(layer)
+            self._later(functools.partial(vst_layers.show_colorbar, layer))
 
     def _later(self, step: Callable[[], None]) -> None:
-        """Run ``step`` in a later event-loop turn, unless the panel has closed by then."""
+        """Run ``step`` in a later event-loop turn, after the steps queued before it (one
+        per turn, ``STEP_MS`` apart), unless the panel has closed by then."""
+        self._steps.append(step)
+        self._pending_steps += 1
+        if self._pending_steps == 1:
+            QTimer.singleShot(STEP_MS, self._next_later)
 
-        def guarded() -> None:
-            self._pending_steps -= 1
+    def _next_later(self) -> None:
+        step = self._steps.popleft()
+        try:
             if not self._closed:
                 step()
-
-        self._pending_steps += 1
-        QTimer.singleShot(STEP_MS, guarded)
+        finally:
+            self._pending_steps -= 1
+            if self._steps:
+                QTimer.singleShot(STEP_MS, self._next_later)
 
     def _on_finished(self) -> None:
         self._redraw_timer.stop()

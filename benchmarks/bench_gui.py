@@ -17,6 +17,10 @@ with the plugin's reader, docks the Predict widget and presses Run, then measure
   the canvas (the vispy draw after the layer's data changed; target < 2 s).
 - ``spots``, ``spots_done``, ``run_s``: the grid and how far the run got; scenarios with a
   time limit press Cancel then, and ``cancel_s`` is the time until the run had stopped.
+- ``gui_calls``: GUI-thread time per call (the widget's handlers, the plugin's layer
+  helpers, napari's ``add_layer``/``remove``/``refresh``/thumbnail/progress calls, canvas
+  draws): calls, total and longest ms; ``top_stalls_made_of``: for each of the five longest
+  stalls, the outermost timed calls inside it and their ms (what the stall was made of).
 
 Scenarios: the generated large SYNTHETIC pyramidal TIFF (``make_large_tiff.py``, 40 960 px
 square at 0.5 µm/px) with the bundled NSL model over the whole slide (every Visium spot on
@@ -135,6 +139,102 @@ class _StallMeter:
         }
 
 
+class _SliceRecorder:
+    """Times named GUI-thread calls (widget handlers, layer changes, colour bars, canvas
+    draws), so each stall can be put down to what ran inside it."""
+
+    #: calls shorter than this are not kept
+    MIN_MS = 3.0
+
+    def __init__(self) -> None:
+        self.slices: list[tuple[float, float, str, int]] = []  # start, end, name, depth
+        self._depth = 0
+
+    def wrap(self, owner: Any, attr: str, name: str | None = None) -> None:
+        """Replace ``owner.attr`` by a timed call of the original."""
+        import functools
+        import threading
+
+        original = getattr(owner, attr)
+        label = name or attr
+        gui = threading.main_thread()
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() is not gui:
+                return original(*args, **kwargs)
+            start = time.perf_counter()
+            self._depth += 1
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                end = time.perf_counter()
+                if (end - start) * 1000 >= self.MIN_MS:
+                    self.slices.append((start, end, label, self._depth))
+
+        setattr(owner, attr, timed)
+
+    def summary(self, t0: float, stalls: list[list[float]]) -> dict[str, Any]:
+        """Total ms per name, and for each of the top stalls the outermost calls inside it."""
+        totals: dict[str, list[float]] = {}
+        for a, b, name, _depth in self.slices:
+            entry = totals.setdefault(name, [0, 0.0, 0.0])
+            entry[0] += 1
+            entry[1] += (b - a) * 1000
+            entry[2] = max(entry[2], (b - a) * 1000)
+        by_name = {
+            k: {"calls": int(v[0]), "total_ms": round(v[1], 1), "max_ms": round(v[2], 1)}
+            for k, v in sorted(totals.items(), key=lambda kv: -kv[1][1])
+        }
+        inside = []
+        for start, ms, _draw in stalls:
+            a, b = t0 + start, t0 + start + ms / 1000 + TICK_MS / 1000
+            calls = [
+                [name, round((min(e, b) - max(s, a)) * 1000, 1)]
+                for s, e, name, depth in self.slices
+                if depth == 0 and s < b and e > a and (min(e, b) - max(s, a)) * 1000 >= 1
+            ]
+            inside.append({"at_s": start, "stall_ms": ms, "calls": calls})
+        return {"by_name": by_name, "top_stalls": inside}
+
+
+def _instrument(recorder: _SliceRecorder, widget: Any, viewer: Any) -> None:
+    """Time the widget's GUI-thread handlers and the napari calls they make."""
+    from napari.layers import Image, Points
+    from napari.utils import progress
+
+    from napari_virtual_st._napari import layers as vst_layers
+
+    handlers = {
+        "run",
+        "_redraw",
+        "_add_spots",
+        "_show_colorbars",
+        "_prepare_layer",
+        "_layers_ready",
+        "_start_activity",
+        "_update_activity",
+        "_open_gene_browser",
+        "_post",
+    }
+    for attr in dir(type(widget)):
+        wanted = attr.startswith("_on_") or attr in handlers
+        if wanted and callable(getattr(type(widget), attr, None)):
+            recorder.wrap(widget, attr, f"widget.{attr}")
+    for attr in ("refresh_heatmaps", "show_colorbar", "add_layer"):
+        if hasattr(vst_layers, attr):
+            recorder.wrap(vst_layers, attr, f"layers.{attr}")
+    recorder.wrap(type(viewer), "add_layer", "viewer.add_layer")
+    recorder.wrap(type(viewer.layers), "remove", "viewer.layers.remove")
+    for cls in (Image, Points):
+        for attr in ("refresh", "_set_view_slice", "_update_thumbnail"):
+            if hasattr(cls, attr):
+                recorder.wrap(cls, attr, f"{cls.__name__}.{attr}")
+    for attr in ("update", "close", "__init__"):
+        recorder.wrap(progress, attr, f"progress.{attr}")
+
+
 def _wait(app: Any, seconds: float) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -210,6 +310,8 @@ def _child(scenario: str, size: int, seconds: float, out_dir: Path) -> dict[str,
 
     canvas.events.draw.connect(on_draw)
     viewer.layers.events.inserted.connect(on_inserted)
+    recorder = _SliceRecorder()
+    _instrument(recorder, widget, viewer)
     loop = QEventLoop()
     cancel_at: list[float] = []
     started: list[float] = []
@@ -236,6 +338,10 @@ def _child(scenario: str, size: int, seconds: float, out_dir: Path) -> dict[str,
     ended = time.perf_counter()
     busy = meter.stop(split=marks.get("finished"))
     started_at = started[0]
+    for a, b in meter.draws:
+        if (b - a) * 1000 >= recorder.MIN_MS:
+            recorder.slices.append((a, b, "canvas draw", 0))
+    slices = recorder.summary(started_at, [[t - started_at, ms, d] for t, ms, d in busy["top"]])
     view = widget._view
     spots = view.n_spots if view is not None else 0
     done = view.spots_done if view is not None else 0
@@ -271,6 +377,10 @@ def _child(scenario: str, size: int, seconds: float, out_dir: Path) -> dict[str,
         if widget.last_outcome is not None and widget.last_outcome.error is not None
         else "complete",
         "provider": widget.provider.value,
+        # GUI-thread time by call (widget handlers, napari layer calls, canvas draws) and the
+        # outermost calls inside each of the top stalls
+        "gui_calls": slices["by_name"],
+        "top_stalls_made_of": slices["top_stalls"],
     }
     viewer.close()
     return result

@@ -22,6 +22,8 @@ def test_manifest_is_valid_and_registered() -> None:
     assert {w.display_name for w in manifest.contributions.widgets} == {
         "Predict expression",
         "Gene browser",
+        "Measured ST",
+        "Export",
     }
     patterns = manifest.contributions.readers[0].filename_patterns
     assert {"*.svs", "*.ndpi", "*.mrxs", "*.tif", "*.vst.zarr"} <= set(patterns)

@@ -204,3 +204,32 @@ def test_evaluate_reproduces_the_bundled_stem_models_recorded_held_out_metrics()
         for key, value in recorded[labels].items():
             assert measured[labels][key] == pytest.approx(value, abs=1e-3), (labels, key)
     assert -1 <= recorded["calibration"]["per_spot"] <= 1
+
+
+def test_the_predict_widgets_run_feeds_the_noise_and_streams_variance_batches(
+    exported: Path, cmu_small_svs: Path, tmp_path: Path
+) -> None:
+    from napari_virtual_st._napari.runner import BatchEvent, RunRequest, run_prediction
+    from napari_virtual_st.store import PredictionStore
+
+    request = RunRequest(
+        slide_path=cmu_small_svs,
+        model_path=exported,
+        store_path=tmp_path / "run.vst.zarr",
+        batch_size=16,
+    )
+    gen = run_prediction(request)
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration:
+            break
+    batches = [e for e in events if isinstance(e, BatchEvent)]
+    assert batches and all(b.variance is not None for b in batches)
+    store = PredictionStore.open(request.store_path)
+    assert store.is_complete and store.has_variance
+    streamed = np.concatenate(
+        [b.variance for b in sorted(batches, key=lambda b: b.progress.spots.start)]
+    )
+    np.testing.assert_array_equal(streamed, store.variance())

@@ -67,7 +67,7 @@ def tiles_per_second(model_path: Path, tiles: np.ndarray, min_seconds: float = 1
 
 def bench(steps: list[int], samples: list[int]) -> list[dict[str, Any]]:
     """One row per (steps, samples)."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # see build.py: faster than 2 threads on a shared machine
     model, genes = load_model()
     sections = load_her2st(TILE_PX, TILE_UM, [*C_SECTIONS, TEST_SECTION])
     test = sections[TEST_SECTION]

@@ -77,7 +77,8 @@ def predict_with_variance(
 def build(out: Path, settings: StemSettings | None = None) -> dict[str, Any]:
     """Train, export, score; returns the metrics stored in the model."""
     settings = settings or StemSettings()
-    torch.set_num_threads(2)
+    # one thread: on a shared 2-core machine two spinning threads slow training several-fold
+    torch.set_num_threads(1)
     sections = load_her2st(TILE_PX, TILE_UM)
     train = [sections[n] for n in C_SECTIONS]
     test = sections[TEST_SECTION]
@@ -142,8 +143,9 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--epochs", type=int, default=StemSettings.epochs, help="training epochs")
     args = parser.parse_args()
-    metrics = build(args.out)
+    metrics = build(args.out, StemSettings(epochs=args.epochs))
     (REPO / "models" / "stem" / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return 0
 

@@ -96,3 +96,55 @@ def test_evaluate_reproduces_the_bundled_models_recorded_held_out_metrics() -> N
         for key, value in recorded[labels].items():
             assert measured[labels][key] == pytest.approx(value, abs=1e-3), (labels, key)
     assert json.dumps(recorded)  # the record is plain JSON
+
+
+def test_nsl_with_three_stains_has_sixteen_weights_per_gene_and_starts_at_ruifrok() -> None:
+    from models.nsl.model import NSL, RUIFROK_H, ruifrok_deconvolution
+
+    model = NSL(5, n_stains=3)
+    assert model.n_trainable_per_gene() == 16  # 3×3 matrix + 6 head weights + bias
+    matrix = ruifrok_deconvolution(3)
+    h = np.asarray(RUIFROK_H) / np.linalg.norm(RUIFROK_H)
+    # a pure haematoxylin pixel deconvolves to (1, 0, 0)
+    np.testing.assert_allclose(h @ matrix, [1.0, 0.0, 0.0], atol=1e-6)
+    tiles = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3), np.uint8))
+    assert model.pooled_features(tiles).shape == (2, 5, 6)
+    with pytest.raises(ValueError, match="n_stains"):
+        ruifrok_deconvolution(4)
+
+
+def test_ridge_head_refit_recovers_a_linear_head_and_picks_its_penalty_by_section() -> None:
+    from models.nsl.model import NSL
+    from models.nsl.train import refit_head_ridge
+
+    # synthetic tiles whose targets are an exact linear function of NSL's own features
+    rng = np.random.default_rng(1)
+    model = NSL(3).eval()
+    tiles = torch.from_numpy(rng.integers(30, 230, (60, 6, 6, 3), np.uint8))
+    with torch.no_grad():
+        feats = model.pooled_features(tiles)
+        model.feature_mean.copy_(feats.mean(0))
+        model.feature_std.copy_(feats.std(0))
+        x = (feats - model.feature_mean) / model.feature_std
+    true_w = torch.from_numpy(rng.normal(size=(3, 4)).astype(np.float32))
+    z = (x * true_w).sum(-1) + 0.5
+    sections = np.repeat([0, 1, 2], 20)
+    alpha = refit_head_ridge(model, tiles, z, sections, alphas=(1e-6, 1000.0))
+    assert alpha == 1e-6  # the unpenalised fit predicts held-out sections better
+    torch.testing.assert_close(model.head.detach(), true_w, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(model.bias.detach(), torch.full((3,), 0.5), atol=1e-3, rtol=0)
+
+
+def test_nsl_three_stain_ridge_head_variant_trains_end_to_end_on_a_tiny_subset() -> None:
+    data = _her2st()
+    from models.nsl.train import NSLSettings, fit_nsl, predict_nsl
+
+    sections = data.load_her2st(16, 110.0, ["C2", "C3", "C4"])
+    train, test = [sections["C2"], sections["C3"]], sections["C4"]
+    genes = data.gene_panel(train, 8, test.measured.genes)
+    settings = NSLSettings(epochs=1, batch_size=64, n_stains=3, head="ridge")
+    model = fit_nsl(train, genes, settings)
+    pred = predict_nsl(model, test.tiles)
+    assert pred.shape == (len(test.tiles), 8) and np.isfinite(pred).all()
+    with pytest.raises(ValueError, match="head"):
+        fit_nsl(train, genes, NSLSettings(epochs=1, head="lasso"))

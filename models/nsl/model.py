@@ -29,13 +29,21 @@ from torch import nn
 #: Ruifrok & Johnston (2001) optical-density vectors of haematoxylin and eosin (RGB).
 RUIFROK_H = (0.650, 0.704, 0.286)
 RUIFROK_E = (0.072, 0.990, 0.105)
+#: Ruifrok & Johnston's third vector for H&E: the residual (orthogonal complement) channel.
+RUIFROK_RESIDUAL = (0.268, 0.570, 0.776)
 
 
-def ruifrok_deconvolution() -> np.ndarray:
-    """3×2 matrix mapping an RGB OD vector to (H, E) concentrations (pseudo-inverse)."""
-    stains = np.array([RUIFROK_H, RUIFROK_E], dtype=np.float64)
+def ruifrok_deconvolution(n_stains: int = 2) -> np.ndarray:
+    """``3×n_stains`` matrix mapping an RGB OD vector to stain concentrations.
+
+    ``n_stains = 2``: (H, E), the pseudo-inverse of the two stain vectors; ``3``: (H, E,
+    residual), the inverse of the full Ruifrok–Johnston matrix.
+    """
+    if n_stains not in (2, 3):
+        raise ValueError(f"n_stains must be 2 or 3, not {n_stains}")
+    stains = np.array([RUIFROK_H, RUIFROK_E, RUIFROK_RESIDUAL][:n_stains], dtype=np.float64)
     stains /= np.linalg.norm(stains, axis=1, keepdims=True)
-    return np.linalg.pinv(stains).astype(np.float32)  # (3, 2)
+    return np.linalg.pinv(stains).astype(np.float32)  # (3, n_stains)
 
 
 class NSL(nn.Module):
@@ -53,26 +61,31 @@ class NSL(nn.Module):
     """
 
     def __init__(
-        self, n_genes: int, tissue_od: float = 0.15, pool_tissue_only: bool = True
+        self,
+        n_genes: int,
+        tissue_od: float = 0.15,
+        pool_tissue_only: bool = True,
+        n_stains: int = 2,
     ) -> None:
         super().__init__()
-        init = torch.from_numpy(ruifrok_deconvolution())
+        init = torch.from_numpy(ruifrok_deconvolution(n_stains))
         self.deconvolution = nn.Parameter(
             init.unsqueeze(0).repeat(n_genes, 1, 1).contiguous()
-        )  # (G, 3, 2)
-        self.head = nn.Parameter(torch.zeros(n_genes, 4))
+        )  # (G, 3, S)
+        self.n_stains = n_stains
+        self.head = nn.Parameter(torch.zeros(n_genes, 2 * n_stains))
         self.bias = nn.Parameter(torch.zeros(n_genes))
         self.tissue_od = tissue_od
         self.pool_tissue_only = pool_tissue_only
-        self.register_buffer("feature_mean", torch.zeros(n_genes, 4))
-        self.register_buffer("feature_std", torch.ones(n_genes, 4))
+        self.register_buffer("feature_mean", torch.zeros(n_genes, 2 * n_stains))
+        self.register_buffer("feature_std", torch.ones(n_genes, 2 * n_stains))
         self.register_buffer("target_mean", torch.zeros(n_genes))
         self.register_buffer("target_std", torch.ones(n_genes))
 
     def pooled_features(self, image: torch.Tensor) -> torch.Tensor:
-        """``(N, G, 4)`` mean and std of the two stain concentrations over the pooled pixels."""
+        """``(N, G, 2S)`` mean and std of the S stain concentrations over the pooled pixels."""
         n = image.shape[0]
-        g = self.deconvolution.shape[0]
+        g, k = self.deconvolution.shape[0], self.n_stains
         rgb = image.to(torch.float32).reshape(n, -1, 3)
         od = -torch.log((rgb + 1.0) / 256.0)  # (N, P, 3)
         if self.pool_tissue_only:
@@ -80,12 +93,12 @@ class NSL(nn.Module):
         else:
             mask = torch.ones_like(od[..., 0])
         weights = (mask / mask.sum(dim=1, keepdim=True).clamp(min=1.0)).unsqueeze(1)  # (N, 1, P)
-        matrix = self.deconvolution.permute(1, 0, 2).reshape(3, g * 2)  # (3, G·2)
-        conc = torch.relu(od @ matrix)  # (N, P, G·2): one GEMM for all genes
-        mean = (weights @ conc).squeeze(1)  # (N, G·2)
+        matrix = self.deconvolution.permute(1, 0, 2).reshape(3, g * k)  # (3, G·S)
+        conc = torch.relu(od @ matrix)  # (N, P, G·S): one GEMM for all genes
+        mean = (weights @ conc).squeeze(1)  # (N, G·S)
         mean_sq = (weights @ (conc * conc)).squeeze(1)
         std = torch.sqrt(torch.clamp(mean_sq - mean * mean, min=0.0) + 1e-6)
-        return torch.cat([mean.reshape(n, g, 2), std.reshape(n, g, 2)], dim=-1)
+        return torch.cat([mean.reshape(n, g, k), std.reshape(n, g, k)], dim=-1)
 
     def standardised(self, image: torch.Tensor) -> torch.Tensor:
         """Prediction in standardised target units (what training optimises)."""
@@ -97,6 +110,6 @@ class NSL(nn.Module):
         return self.standardised(image) * self.target_std + self.target_mean
 
     def n_trainable_per_gene(self) -> int:
-        """Trainable weights per gene (11)."""
+        """Trainable weights per gene: 11 with 2 stains (6 + 4 + 1), 16 with 3 (9 + 6 + 1)."""
         g = self.head.shape[0]
         return sum(p.numel() for p in self.parameters() if p.requires_grad) // g

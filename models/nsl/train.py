@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from models.nsl.model import NSL, RUIFROK_E, RUIFROK_H
+from models.workshop.baselines import RIDGE_ALPHAS
 from models.workshop.data import SectionData
 
 
@@ -32,6 +33,19 @@ class NSLSettings:
     hed_scale: float = 0.2
     hed_shift: float = 0.05
     pool_tissue_only: bool = True
+    #: Weight of an L2 prior pulling each gene's deconvolution matrix towards Ruifrok &
+    #: Johnston's (0 = the paper's unconstrained matrix). Limits how far the stain vectors can
+    #: fit one patient's staining.
+    prior_weight: float = 0.0
+    #: Stains deconvolved: 2 (H, E; 11 weights per gene) or 3 (H, E, residual; 16).
+    n_stains: int = 2
+    #: How the per-gene linear head is finally fitted: ``"adam"`` (jointly with the matrices,
+    #: the paper's end-to-end training) or ``"ridge"`` (after end-to-end training, the head is
+    #: refitted in closed form on the learned stain features with an L2 penalty chosen by
+    #: leave-one-section-out within the training sections, as the ridge baseline chooses its).
+    head: str = "adam"
+    #: Train the deconvolution matrices (the paper) or keep them at Ruifrok & Johnston's.
+    learn_deconvolution: bool = True
 
 
 def fit_nsl(
@@ -47,7 +61,7 @@ def fit_nsl(
     rng = np.random.default_rng(settings.seed)
     tiles = torch.from_numpy(np.concatenate([s.tiles for s in train]))
     targets = torch.from_numpy(np.concatenate([s.targets(genes) for s in train]))
-    model = NSL(len(genes), pool_tissue_only=settings.pool_tissue_only)
+    model = NSL(len(genes), pool_tissue_only=settings.pool_tissue_only, n_stains=settings.n_stains)
     with torch.no_grad():
         feats = torch.cat(
             [model.pooled_features(tiles[i : i + 128]) for i in range(0, len(tiles), 128)]
@@ -57,8 +71,12 @@ def fit_nsl(
         model.target_mean.copy_(targets.mean(dim=0))
         model.target_std.copy_(targets.std(dim=0).clamp(min=1e-3))
     z = (targets - model.target_mean) / model.target_std
+    prior = model.deconvolution.detach().clone()
+    model.deconvolution.requires_grad_(settings.learn_deconvolution)
     optimiser = torch.optim.Adam(
-        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+        [p for p in model.parameters() if p.requires_grad],
+        lr=settings.learning_rate,
+        weight_decay=settings.weight_decay,
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=settings.epochs)
     n = len(tiles)
@@ -72,6 +90,9 @@ def fit_nsl(
             if settings.hed_scale > 0 or settings.hed_shift > 0:
                 batch = hed_jitter(batch, settings.hed_scale, settings.hed_shift, rng)
             loss = torch.mean((model.standardised(batch) - z[idx]) ** 2)
+            if settings.prior_weight > 0:
+                drift = (model.deconvolution - prior).pow(2).sum(dim=(1, 2)).mean()
+                loss = loss + settings.prior_weight * drift
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -81,7 +102,78 @@ def fit_nsl(
             print(
                 f"epoch {epoch + 1}/{settings.epochs}: loss {total / n:.4f} ({time.perf_counter() - start:.0f} s)"
             )
-    return model.eval()
+    model.eval()
+    if settings.head == "ridge":
+        sections = np.concatenate([np.full(len(s.tiles), k) for k, s in enumerate(train)])
+        refit_head_ridge(model, tiles, z, sections, log=log)
+    elif settings.head != "adam":
+        raise ValueError(f"head must be 'adam' or 'ridge', not {settings.head!r}")
+    return model
+
+
+def refit_head_ridge(
+    model: NSL,
+    tiles: torch.Tensor,
+    z: torch.Tensor,
+    sections: np.ndarray,
+    alphas: Sequence[float] = RIDGE_ALPHAS,
+    *,
+    log: bool = False,
+) -> float:
+    """Refit every gene's head and bias in closed form (ridge) on the learned stain features.
+
+    The penalty is the one of ``alphas`` with the best mean per-gene Pearson over
+    leave-one-section-out folds of the training spots (one penalty for all genes, as the
+    ridge baseline). Returns the chosen penalty.
+    """
+    with torch.no_grad():
+        feats = torch.cat(
+            [model.pooled_features(tiles[i : i + 128]) for i in range(0, len(tiles), 128)]
+        )
+        x = ((feats - model.feature_mean) / model.feature_std).double()  # (n, G, F)
+    y = z.double()  # (n, G)
+    groups = np.unique(sections)
+    alpha = float(alphas[0])
+    if len(groups) > 1 and len(alphas) > 1:
+        scores = []
+        for a in alphas:
+            fold_scores = []
+            for k in groups:
+                held = torch.from_numpy(sections == k)
+                w, b = _ridge_per_gene(x[~held], y[~held], a)
+                pred = (x[held] * w).sum(-1) + b
+                fold_scores.append(float(_mean_pearson(pred, y[held])))
+            scores.append(np.mean(fold_scores))
+        alpha = float(alphas[int(np.argmax(scores))])
+    w, b = _ridge_per_gene(x, y, alpha)
+    with torch.no_grad():
+        model.head.copy_(w.float())
+        model.bias.copy_(b.float())
+    if log:
+        print(f"head refitted by ridge, alpha {alpha:g}")
+    return alpha
+
+
+def _ridge_per_gene(
+    x: torch.Tensor, y: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-gene ridge: ``x (n, G, F)``, ``y (n, G)`` → weights ``(G, F)``, bias ``(G,)``."""
+    xm, ym = x.mean(0), y.mean(0)
+    xc, yc = x - xm, y - ym
+    gram = torch.einsum("ngf,ngh->gfh", xc, xc)
+    rhs = torch.einsum("ngf,ng->gf", xc, yc)
+    eye = torch.eye(x.shape[-1], dtype=x.dtype)
+    w = torch.linalg.solve(gram + alpha * eye, rhs.unsqueeze(-1)).squeeze(-1)
+    return w, ym - (xm * w).sum(-1)
+
+
+def _mean_pearson(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over genes of the Pearson correlation down the spots (constant columns count 0)."""
+    p = pred - pred.mean(0)
+    t = target - target.mean(0)
+    denom = torch.sqrt((p * p).sum(0) * (t * t).sum(0))
+    r = torch.where(denom > 0, (p * t).sum(0) / denom.clamp(min=1e-12), torch.zeros_like(denom))
+    return r.mean()
 
 
 def hed_jitter(

@@ -80,6 +80,17 @@ def make_method(name: str) -> Any:
             "stem_plain": StemSettings(residual=False),  # diffuse expression, not residuals
         }
         return StemMethod(stem_variants[name])
+    if name.startswith("dkan"):
+        from models.dkan.train import DKANMethod, DKANSettings
+
+        dkan_variants = {
+            "dkan": DKANSettings(),
+            "dkan_nogenetext": DKANSettings(gene_semantic=False),
+            "dkan_scratch": DKANSettings(pretrained=False),
+            "dkan_nocolour": DKANSettings(hed_scale=0.0, hed_shift=0.0),
+            "dkan_noalign": DKANSettings(align=False),
+        }
+        return DKANMethod(dkan_variants[name])
     raise ValueError(f"unknown method {name!r}")
 
 

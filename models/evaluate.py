@@ -70,6 +70,15 @@ def make_method(name: str) -> Any:
             "nsl": NSLSettings(),
             "nsl_allpix": NSLSettings(pool_tissue_only=False),
             "nsl_nojitter": NSLSettings(hed_scale=0.0, hed_shift=0.0),
+            # the open choices measured in models/nsl/README.md ("Open choices, measured")
+            "nsl_frozen": NSLSettings(learn_deconvolution=False),
+            "nsl_prior": NSLSettings(prior_weight=1.0),
+            "nsl_10epochs": NSLSettings(epochs=10),
+            "nsl_jitter_x2": NSLSettings(hed_scale=0.4, hed_shift=0.1),
+            "nsl_ridgehead": NSLSettings(head="ridge"),
+            "nsl_3stain": NSLSettings(n_stains=3),
+            "nsl_3stain_prior": NSLSettings(n_stains=3, prior_weight=1.0),
+            "nsl_3stain_ridgehead": NSLSettings(n_stains=3, head="ridge"),
         }
         return NSLMethod(variants[name])
     if name.startswith("stem"):

@@ -84,6 +84,56 @@ def test_variance_output_is_exported_and_returned(tmp_path: Path) -> None:
     assert (out.variance >= 0).all()
 
 
+class NoisyMean(torch.nn.Module):
+    """Synthetic sampler-like module: mean and variance over K noisy copies of a linear map."""
+
+    def __init__(self, n_genes: int = 5) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = torch.nn.Linear(3, n_genes)
+
+    def forward(
+        self, image: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        colour = image.to(torch.float32).mean(dim=(1, 2)) / 255.0  # (N, 3)
+        samples = self.head(colour).unsqueeze(1) + 0.3 * noise  # (N, K, G)
+        return samples.mean(dim=1), samples.var(dim=1, unbiased=False)
+
+
+def test_extra_inputs_are_declared_and_checked_on_the_noise_the_predictor_feeds(
+    tmp_path: Path,
+) -> None:
+    spec = {"dtype": "float32", "shape": ["N", 4, 5], "distribution": "normal", "seed": 3}
+    module = NoisyMean(5)
+    report = export_torch_model(
+        module,
+        tmp_path / "noisy.onnx",
+        genes=_genes(5),
+        tile_px=8,
+        tile_um=55.0,
+        family="stem",
+        target="synthetic",
+        outputs=("expression", "variance"),
+        extra_inputs={"noise": spec},
+    )
+    assert report.max_abs_diff <= 1e-4
+    predictor = Predictor(report.path)
+    assert predictor.info.extra_inputs == {"noise": spec}
+    tiles = np.random.default_rng(2).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    out = predictor.predict(tiles, spot_index=[10, 11, 12])
+    from napari_virtual_st.predictor import extra_input_values
+
+    with torch.no_grad():
+        mean, var = module(
+            torch.from_numpy(tiles), torch.from_numpy(extra_input_values(spec, [10, 11, 12]))
+        )
+    np.testing.assert_allclose(out.expression, mean.numpy(), atol=1e-5)
+    np.testing.assert_allclose(out.variance, var.numpy(), atol=1e-5)
+    # the noise is per spot: the same spot gets the same values in any batch
+    alone = predictor.predict(tiles[1:2], spot_index=[11])
+    np.testing.assert_allclose(alone.expression, out.expression[1:2], atol=1e-6)
+
+
 def test_export_with_wrong_gene_count_is_refused_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"vst\.genes"):
         export_torch_model(

@@ -19,6 +19,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from models.stem.model import StemModel, StemSampler, colour_statistics
 from models.workshop.data import SectionData
+from napari_virtual_st.predictor import extra_input_values
 
 #: Seed of the declared ``noise`` input (the Predictor seeds each spot with ``[seed, spot]``).
 NOISE_SEED = 0
@@ -61,12 +62,13 @@ def spot_noise(
 ) -> NDArray[np.float32]:
     """``(N, K, G)`` standard-normal starting noise, seeded per spot exactly as the engine's
     Predictor feeds a declared ``normal`` extra input (``default_rng([seed, spot])``)."""
-    ids = np.asarray(spot_ids, dtype=np.int64)
-    out = np.empty((len(ids), n_samples, n_genes), np.float32)
-    for row, spot in enumerate(ids):
-        rng = np.random.default_rng([seed, int(spot)])
-        out[row] = rng.standard_normal((n_samples, n_genes)).astype(np.float32)
-    return out
+    spec = {
+        "dtype": "float32",
+        "shape": ["N", int(n_samples), int(n_genes)],
+        "distribution": "normal",
+        "seed": int(seed),
+    }
+    return extra_input_values(spec, spot_ids)
 
 
 #: H, E and residual optical-density vectors (Ruifrok & Johnston 2001) for the stain jitter.

@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 
 from napari_virtual_st.contract import attach_metadata, contract_metadata, save_model
 from napari_virtual_st.errors import ModelError, ParameterError
-from napari_virtual_st.predictor import Predictor
+from napari_virtual_st.predictor import Predictor, extra_input_values
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ def export_torch_model(
     metrics: Mapping[str, Any] | None = None,
     license: str | None = None,
     description: str | None = None,
+    extra_inputs: Mapping[str, Mapping[str, Any]] | None = None,
     opset: int = 18,
     check_tiles: NDArray[np.uint8] | None = None,
     tolerance: float = 1e-4,
@@ -63,12 +64,17 @@ def export_torch_model(
     Parameters
     ----------
     module
-        A ``torch.nn.Module``; ``forward(image)`` returns a tensor ``(N, G)`` or a tuple
-        ordered as ``outputs``.
+        A ``torch.nn.Module``; ``forward(image, *extra)`` returns a tensor ``(N, G)`` or a
+        tuple ordered as ``outputs``; ``extra`` are the ``extra_inputs`` in their order.
     path
         The ``.onnx`` file to write (atomically).
     genes, tile_px, tile_um, family, target, outputs, name, training, metrics, license, description
         Contract metadata (see :func:`napari_virtual_st.contract.contract_metadata`).
+    extra_inputs
+        Inputs beside ``image`` that the engine feeds (e.g. a sampler's noise): name →
+        ``{"dtype", "shape": ["N", ...], "distribution", "seed"}``, declared in
+        ``vst.extra_inputs``. The torch/ONNX Runtime check feeds torch exactly what the
+        Predictor feeds (:func:`~napari_virtual_st.predictor.extra_input_values`).
     opset
         ONNX opset.
     check_tiles
@@ -91,7 +97,15 @@ def export_torch_model(
     if tile_px < 1 or tile_um <= 0:
         raise ParameterError("tile_px and tile_um must be positive")
     module = module.eval()
-    example = torch.zeros((2, tile_px, tile_px, 3), dtype=torch.uint8)
+    extras = dict(extra_inputs or {})
+    batch = torch.export.Dim("N", min=1, max=1 << 16)
+    example = (
+        torch.zeros((2, tile_px, tile_px, 3), dtype=torch.uint8),
+        *(
+            torch.from_numpy(extra_input_values({**spec, "distribution": "zeros"}, [0, 1]))
+            for spec in extras.values()
+        ),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
         with torch.no_grad(), warnings.catch_warnings():
@@ -101,11 +115,11 @@ def export_torch_model(
             warnings.simplefilter("ignore", UserWarning)
             torch.onnx.export(
                 module,
-                (example,),
+                example,
                 str(raw),
-                input_names=["image"],
+                input_names=["image", *extras],
                 output_names=list(outputs),
-                dynamic_shapes=({0: torch.export.Dim("N", min=1, max=1 << 16)},),
+                dynamic_shapes=tuple({0: batch} for _ in example),
                 opset_version=opset,
                 external_data=False,
                 dynamo=True,
@@ -125,6 +139,7 @@ def export_torch_model(
         metrics=metrics,
         license=license,
         description=description,
+        extra_inputs=extras or None,
     )
     attach_metadata(model, meta)
     save_model(model, path)
@@ -134,10 +149,14 @@ def export_torch_model(
         if check_tiles is not None
         else np.random.default_rng(0).integers(0, 256, (4, tile_px, tile_px, 3), dtype=np.uint8)
     )
+    ids = np.arange(len(tiles))
     with torch.no_grad():
-        expected = module(torch.from_numpy(np.ascontiguousarray(tiles)))
+        expected = module(
+            torch.from_numpy(np.ascontiguousarray(tiles)),
+            *(torch.from_numpy(extra_input_values(spec, ids)) for spec in extras.values()),
+        )
     expected_list = list(expected) if isinstance(expected, (tuple, list)) else [expected]
-    got = predictor.predict(tiles)
+    got = predictor.predict(tiles, spot_index=ids)
     got_list = [got.expression] + ([got.variance] if got.variance is not None else [])
     diff = max(
         float(np.max(np.abs(e.numpy() - g))) for e, g in zip(expected_list, got_list, strict=True)

@@ -466,7 +466,7 @@ class Predictor:
             return Prediction(out.expression[: len(batch)], var)
         feeds: dict[str, np.ndarray] = {"image": batch}
         for name, spec in self.info.extra_inputs.items():
-            feeds[name] = _extra_input(spec, ids)
+            feeds[name] = extra_input_values(spec, ids)
         wanted = list(self.info.outputs)
         try:
             results = self._session.run(wanted, feeds)
@@ -494,8 +494,27 @@ class Predictor:
         )
 
 
-def _extra_input(spec: Mapping[str, Any], ids: NDArray[np.int64]) -> np.ndarray:
-    """Per-spot deterministic values for a declared extra input (seeded by spot id)."""
+def extra_input_values(spec: Mapping[str, Any], spot_ids: ArrayLike) -> np.ndarray:
+    """The values the Predictor feeds a declared extra input for these spots.
+
+    Each spot's values come from ``numpy.random.default_rng([seed, spot_id])`` with the
+    declared non-batch shape, so they do not depend on batching; a torch module exported
+    with extra inputs is checked against ONNX Runtime on exactly these values.
+
+    Parameters
+    ----------
+    spec
+        The input's ``vst.extra_inputs`` entry (``dtype``, ``shape`` ``["N", ...]``,
+        ``distribution`` ``normal|uniform|zeros``, ``seed``).
+    spot_ids
+        ``(n,)`` spot ids.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, *shape[1:])`` of the declared dtype.
+    """
+    ids = np.asarray(spot_ids, dtype=np.int64).reshape(-1)
     dtype = _NUMPY_DTYPES[spec["dtype"]]
     shape = tuple(spec["shape"][1:])
     distribution = spec.get("distribution", "normal")

@@ -124,3 +124,21 @@ def _subset(section, n):
     return replace(
         section, tiles=section.tiles[keep], measured=section.measured.subset_spots(keep)
     )
+
+
+def test_evaluate_reproduces_the_bundled_dkan_models_recorded_held_out_metrics() -> None:
+    _her2st()
+    from models.evaluate import evaluate_onnx
+    from napari_virtual_st.predictor import Predictor
+    from napari_virtual_st.registry import bundled_models
+
+    models = [m for m in bundled_models() if m.info is not None and m.info.family == "dkan"]
+    if not models:
+        pytest.fail("the DKAN model is not bundled")
+    model = models[0]
+    recorded = Predictor(model.path).info.metadata["metrics"]
+    assert recorded["test_section"] == "A1"
+    measured = evaluate_onnx(model.path)
+    for labels in ("raw", "smoothed_3x3"):
+        for key, value in recorded[labels].items():
+            assert measured[labels][key] == pytest.approx(value, abs=1e-3), (labels, key)

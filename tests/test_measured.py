@@ -109,3 +109,27 @@ def test_log1p_cp10k_normalises_by_library_size() -> None:
     out = log1p_cp10k(counts)
     np.testing.assert_allclose(out[0], np.log1p([2500, 2500, 5000]), rtol=1e-6)
     np.testing.assert_array_equal(out[1], 0)
+
+
+def test_spot_grid_places_measured_spots_through_the_transform_with_their_ids(
+    tmp_path: Path,
+) -> None:
+    anndata = pytest.importorskip("anndata")
+    from napari_virtual_st.align import from_scale
+
+    outs = _need(SHARED / "visium_format_fixtures" / "squidpy_tests_data")
+    visium = read_space_ranger(outs)
+    transform = from_scale(0.5)
+    grid = visium.spot_grid(mpp=2.0, transform=transform)
+    np.testing.assert_allclose(grid.xy_level0_px, transform.apply(visium.xy_fullres_px))
+    assert list(grid.spot_ids) == list(visium.spot_ids)
+    assert grid.spot_diameter_um == 55.0
+    # an .h5ad export of Visium data is Visium too (55 µm), legacy ST is 100 µm
+    adata = anndata.AnnData(X=visium.counts, obsm={"spatial": visium.xy_fullres_px})
+    adata.obs_names = list(visium.spot_ids)
+    adata.var_names = list(visium.genes)
+    adata.write_h5ad(tmp_path / "v.h5ad")
+    assert read_h5ad(tmp_path / "v.h5ad").spot_grid(mpp=1.0).spot_diameter_um == 55.0
+    base = _need(SHARED / "stutility_mob")
+    st = read_legacy_st(base / "MOB1.tsv.gz", base / "alignment_table_MOB1.tsv")
+    assert st.spot_grid(mpp=5.0).spot_diameter_um == 100.0

@@ -553,14 +553,8 @@ def _load_measured(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _measured_grid(args: argparse.Namespace, mpp: float) -> Any:
-    from napari_virtual_st.grid import ST_SPOT_UM, VISIUM_SPOT_UM, SpotGrid
-
     measured, transform = _load_measured(args)
-    xy = measured.xy_fullres_px if transform is None else transform.apply(measured.xy_fullres_px)
-    diameter_um = VISIUM_SPOT_UM if measured.source == "spaceranger" else ST_SPOT_UM
-    return SpotGrid.from_coordinates(
-        xy, mpp, diameter_um, lattice_rc=measured.array_rc, spot_ids=list(measured.spot_ids)
-    )
+    return measured.spot_grid(mpp, transform)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

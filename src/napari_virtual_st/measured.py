@@ -14,13 +14,17 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from napari_virtual_st.errors import VirtualSTError
+from napari_virtual_st.grid import ST_SPOT_UM, VISIUM_SPOT_UM, SpotGrid
+
+if TYPE_CHECKING:
+    from napari_virtual_st.align import Transform
 
 
 class MeasuredDataError(VirtualSTError):
@@ -70,6 +74,34 @@ class MeasuredST:
     def n_spots(self) -> int:
         """Number of spots."""
         return self.counts.shape[0]
+
+    @property
+    def spot_diameter_um(self) -> float:
+        """Physical spot diameter of the technology: legacy ST 100 µm, else Visium 55 µm."""
+        return ST_SPOT_UM if self.source == "legacy_st" else VISIUM_SPOT_UM
+
+    def spot_grid(self, mpp: float, transform: Transform | None = None) -> SpotGrid:
+        """The measured spots as an explicit grid on the slide (level-0 px).
+
+        The grid keeps the spots' ids and lattice indices, so a prediction made on it joins
+        the measured data by id.
+
+        Parameters
+        ----------
+        mpp
+            The slide's µm per level-0 pixel.
+        transform
+            Measured full-resolution px → slide level-0 px; ``None`` when the measured
+            coordinates already are the slide's.
+        """
+        xy = self.xy_fullres_px if transform is None else transform.apply(self.xy_fullres_px)
+        return SpotGrid.from_coordinates(
+            xy,
+            mpp,
+            self.spot_diameter_um,
+            lattice_rc=self.array_rc,
+            spot_ids=list(self.spot_ids),
+        )
 
     def log1p_cp10k(self) -> NDArray[np.float32]:
         """``log1p`` of counts per 10,000 (library size over all genes), dense float32."""

@@ -34,9 +34,7 @@ from napari_virtual_st.coords import xy_level0_px_to_yx_um, yx_um_to_xy_level0_p
 from napari_virtual_st.errors import ParameterError, VirtualSTError
 from napari_virtual_st.grid import (
     ST_PITCH_UM,
-    ST_SPOT_UM,
     VISIUM_PITCH_UM,
-    VISIUM_SPOT_UM,
     SpotGrid,
 )
 from napari_virtual_st.heatmap import HeatmapGeometry, lattice_geometry, robust_limits
@@ -60,7 +58,7 @@ _SWAP = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 # -- geometry ---------------------------------------------------------------------------------
 def spot_diameter_um(measured: MeasuredST) -> float:
     """Physical spot diameter of the technology (Visium 55 µm, legacy ST 100 µm)."""
-    return ST_SPOT_UM if measured.source == "legacy_st" else VISIUM_SPOT_UM
+    return measured.spot_diameter_um
 
 
 def lattice_kind(measured: MeasuredST) -> tuple[str, float] | None:
@@ -141,13 +139,7 @@ def landmark_pairs(
 def measured_grid(measured: MeasuredST, transform: Transform, mpp: float) -> SpotGrid:
     """The measured spots as an explicit grid on the slide (level-0 px), carrying their ids
     and lattice indices, so a prediction made on it joins the measured data by id."""
-    return SpotGrid.from_coordinates(
-        transform.apply(measured.xy_fullres_px),
-        mpp,
-        spot_diameter_um(measured),
-        lattice_rc=measured.array_rc,
-        spot_ids=list(measured.spot_ids),
-    )
+    return measured.spot_grid(mpp, transform)
 
 
 # -- values ------------------------------------------------------------------------------------

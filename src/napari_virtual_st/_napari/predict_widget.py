@@ -57,7 +57,7 @@ from napari_virtual_st.coords import yx_um_to_xy_level0_px
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.pipeline import Progress
 from napari_virtual_st.predictor import ModelInfo, Predictor, resolve_providers
-from napari_virtual_st.registry import BundledModel, bundled_models
+from napari_virtual_st.registry import DEFAULT_MODEL_NAME, BundledModel, bundled_models
 from napari_virtual_st.slide import Slide
 
 if TYPE_CHECKING:
@@ -89,8 +89,10 @@ _PROVIDER_NAMES = {
 
 @functools.cache
 def _bundled() -> tuple[BundledModel, ...]:
-    """The bundled models, validated once per session."""
-    return tuple(m for m in bundled_models() if m.info is not None)
+    """The bundled models, validated once per session; the default model first (the one
+    choosers select), the others by name."""
+    usable = [m for m in bundled_models() if m.info is not None]
+    return tuple(sorted(usable, key=lambda m: m.name != DEFAULT_MODEL_NAME))
 
 
 def provider_label(providers: list[str] | tuple[str, ...]) -> str:

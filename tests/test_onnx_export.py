@@ -170,3 +170,48 @@ def test_int8_model_agrees_with_fp32_on_real_tissue_tiles(
     assert "int8" in quantised.info.name
     assert result.median_gene_pcc > 0.95
     assert result.fp32_tiles_per_s > 0 and result.int8_tiles_per_s > 0
+
+
+def test_float16_weight_storage_halves_the_file_keeps_outputs_and_metadata(
+    tmp_path: Path,
+) -> None:
+    from napari_virtual_st.onnx_export import record_metrics, store_weights_fp16
+
+    class Wide(torch.nn.Module):
+        """Synthetic model whose size is in one large weight matrix."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.body = torch.nn.Linear(8 * 8 * 3, 512)
+            self.head = torch.nn.Linear(512, 6)
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            x = image.to(torch.float32).flatten(1) / 255.0
+            return self.head(torch.relu(self.body(x)))
+
+    report = export_torch_model(
+        Wide(),
+        tmp_path / "wide.onnx",
+        genes=_genes(6),
+        tile_px=8,
+        tile_um=55.0,
+        family="baseline",
+        target="synthetic",
+    )
+    tiles = np.random.default_rng(4).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    half = store_weights_fp16(report.path, tmp_path / "half.onnx", check_tiles=tiles)
+    assert half.bytes_after < 0.6 * half.bytes_before
+    assert half.max_abs_diff < 1e-2 and half.min_gene_pcc > 0.999
+    predictor = Predictor(half.path)
+    assert predictor.genes == tuple(_genes(6)) and predictor.info.tile_px == 8
+    np.testing.assert_allclose(
+        predictor.predict(tiles).expression,
+        Predictor(report.path).predict(tiles).expression,
+        atol=1e-2,
+    )
+    with pytest.raises(ModelError, match="float16"):
+        store_weights_fp16(report.path, tmp_path / "strict.onnx", check_tiles=tiles, tolerance=0)
+    assert not (tmp_path / "strict.onnx").exists()
+    record_metrics(half.path, {"raw": {"PCC-ALL": 0.5}})
+    assert Predictor(half.path).info.metadata["metrics"] == {"raw": {"PCC-ALL": 0.5}}

@@ -13,6 +13,7 @@ torch is only needed for :func:`export_torch_model` (the ``train`` extra).
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 import warnings
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 from numpy.typing import NDArray
+from onnx import helper, numpy_helper
 
 from napari_virtual_st.contract import attach_metadata, contract_metadata, save_model
 from napari_virtual_st.errors import ModelError, ParameterError
@@ -178,6 +180,102 @@ def strip_build_paths(model: onnx.ModelProto) -> onnx.ModelProto:
             del node.metadata_props[:]
             node.metadata_props.extend(kept)
     return model
+
+
+def record_metrics(path: str | Path, metrics: Mapping[str, Any]) -> Path:
+    """Store held-out ``metrics`` in a contract model's ``vst.metrics`` (atomically), e.g.
+    after scoring the very file that ships; the graph and other metadata are unchanged."""
+    path = Path(path)
+    model = onnx.load(str(path))
+    attach_metadata(model, {"vst.metrics": json.dumps(metrics)})
+    save_model(model, path)
+    Predictor(path, providers=["cpu"])  # still a valid contract model
+    return path
+
+
+@dataclass(frozen=True)
+class HalfWeightsReport:
+    """Outcome of :func:`store_weights_fp16`: file sizes and agreement with the fp32 model."""
+
+    path: Path
+    bytes_before: int
+    bytes_after: int
+    max_abs_diff: float
+    #: Per-gene Pearson correlation of the two models' outputs on the check tiles.
+    min_gene_pcc: float
+
+
+def store_weights_fp16(
+    source: str | Path,
+    path: str | Path,
+    *,
+    check_tiles: NDArray[np.uint8],
+    min_elements: int = 1024,
+    tolerance: float = 0.05,
+) -> HalfWeightsReport:
+    """Write a copy of a contract model whose large weights are stored as float16.
+
+    Each float32 initializer with at least ``min_elements`` values is stored as float16 and
+    cast back to float32 where the graph reads it, so the file is about half the size while
+    every computation stays float32 (ONNX Runtime folds the casts when the session starts).
+    Metadata is kept. The copy is checked against the original on ``check_tiles`` (use real
+    tissue tiles) and refused if any output differs by more than ``tolerance``.
+
+    Parameters
+    ----------
+    source
+        The float32 contract model.
+    path
+        Where to write the copy (atomically; may be ``source`` itself).
+    check_tiles
+        ``(n, tile_px, tile_px, 3)`` uint8 tiles for the agreement check.
+    min_elements
+        Smaller initializers (biases, scalars) stay float32.
+    tolerance
+        Largest absolute difference accepted between the two models' outputs.
+
+    Raises
+    ------
+    ModelError
+        If the copy breaks the contract or disagrees with the original beyond ``tolerance``.
+    """
+    source, path = Path(source), Path(path)
+    original = Predictor(source, providers=["cpu"])
+    reference = original.predict(check_tiles, spot_index=np.arange(len(check_tiles)))
+    model = onnx.load(str(source))
+    graph = model.graph
+    casts = []
+    for init in graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
+            continue
+        values = numpy_helper.to_array(init).astype(np.float16)
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(values, f"{name}__fp16"))
+        casts.append(
+            helper.make_node(
+                "Cast", [f"{name}__fp16"], [name], to=onnx.TensorProto.FLOAT, name=f"{name}__cast"
+            )
+        )
+    nodes = [*casts, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        candidate = save_model(model, Path(tmp) / path.name)
+        half = Predictor(candidate, providers=["cpu"])  # validates the contract
+        got = half.predict(check_tiles, spot_index=np.arange(len(check_tiles)))
+        pairs = [(reference.expression, got.expression)]
+        if reference.variance is not None and got.variance is not None:
+            pairs.append((reference.variance, got.variance))
+        diff = max(float(np.max(np.abs(a - b))) for a, b in pairs)
+        if not diff <= tolerance:
+            raise ModelError(
+                f"float16 weights change the outputs by {diff:.3g} (tolerance {tolerance:g})"
+            )
+        pcc = _column_pcc(reference.expression, got.expression)
+        bytes_before = source.stat().st_size
+        bytes_after = candidate.stat().st_size
+        candidate.replace(path)
+    return HalfWeightsReport(path, bytes_before, bytes_after, diff, float(np.nanmin(pcc)))
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ import torch
 
 from models.dkan.train import TILE_PX, TILE_UM, DKANSettings, fit_dkan
 from models.evaluate import C_SECTIONS, N_GENES, TEST_SECTION, evaluate_onnx
-from models.nsl.build import LICENCE_NOTE, _git_revision
 from models.workshop.data import gene_panel, load_her2st
+from models.workshop.provenance import HER2ST_LICENCE_NOTE, git_revision
 from napari_virtual_st.onnx_export import export_torch_model, record_metrics, store_weights_fp16
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ def build(out: Path, settings: DKANSettings | None = None) -> dict:
         "encoder": "EfficientNet-Lite0, ImageNet weights" if settings.pretrained else "scratch",
         "settings": settings.__dict__,
         "train_seconds_2_cpu": round(seconds, 1),
-        "code_revision": _git_revision(),
+        "code_revision": git_revision(),
         "built": time.strftime("%Y-%m-%d"),
     }
     common = {
@@ -58,7 +58,7 @@ def build(out: Path, settings: DKANSettings | None = None) -> dict:
         "name": "DKAN (HER2ST, cross-patient fold)",
         "training": training,
         "license": "Code BSD-3-Clause; EfficientNet-Lite0 ImageNet weights Apache-2.0; "
-        "all-MiniLM-L6-v2 Apache-2.0; " + LICENCE_NOTE,
+        "all-MiniLM-L6-v2 Apache-2.0; " + HER2ST_LICENCE_NOTE,
         "description": "Gene-text queries (MiniLM embeddings of gene annotations) attending to "
         "EfficientNet-Lite0 image tokens; trained with regression + InfoNCE path alignment.",
         "check_tiles": sections[TEST_SECTION].tiles[:16],

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -28,24 +27,12 @@ from models.evaluate import (
 )
 from models.nsl.train import NSLSettings, fit_nsl
 from models.workshop.data import gene_panel, load_her2st
+from models.workshop.provenance import HER2ST_LICENCE_NOTE, git_revision
 from napari_virtual_st.onnx_export import export_torch_model
 
 REPO = Path(__file__).resolve().parents[2]
 
 DEFAULT_OUT = REPO / "src" / "napari_virtual_st" / "bundled_models" / "nsl_her2st.onnx"
-LICENCE_NOTE = (
-    "Weights trained on HER2ST (Andersson et al. 2021, github.com/almaan/her2st), whose data "
-    "licence is unknown: research and test use only; do not use clinically."
-)
-
-
-def _git_revision() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def build(out: Path, settings: NSLSettings | None = None) -> dict:
@@ -64,7 +51,7 @@ def build(out: Path, settings: NSLSettings | None = None) -> dict:
         "genes": f"top {N_GENES} by mean over training spots, measured in all sections",
         "settings": settings.__dict__,
         "train_seconds_2_cpu": round(seconds, 1),
-        "code_revision": _git_revision(),
+        "code_revision": git_revision(),
         "built": time.strftime("%Y-%m-%d"),
     }
     common = {
@@ -75,7 +62,7 @@ def build(out: Path, settings: NSLSettings | None = None) -> dict:
         "target": "log1p_cp10k",
         "name": "NSL (HER2ST, cross-patient fold)",
         "training": training,
-        "license": "Code BSD-3-Clause; " + LICENCE_NOTE,
+        "license": "Code BSD-3-Clause; " + HER2ST_LICENCE_NOTE,
         "description": "Neural stain learning: learned per-gene stain deconvolution, 11 weights per gene.",
     }
     export_torch_model(model, out, **common)

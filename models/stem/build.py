@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -35,24 +34,12 @@ from models.stem.calibration import calibration
 from models.stem.export import export_stem
 from models.stem.train import StemSettings, fit_stem
 from models.workshop.data import CACHE, SectionData, gene_panel, load_her2st
+from models.workshop.provenance import HER2ST_LICENCE_NOTE, git_revision
 from napari_virtual_st.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "src" / "napari_virtual_st" / "bundled_models" / "stem_her2st.onnx"
 WEIGHTS = CACHE / "stem_her2st.pt"
-LICENCE_NOTE = (
-    "Weights trained on HER2ST (Andersson et al. 2021, github.com/almaan/her2st), whose data "
-    "licence is unknown: research and test use only; do not use clinically."
-)
-
-
-def _git_revision() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def predict_with_variance(
@@ -98,7 +85,7 @@ def build(out: Path, settings: StemSettings | None = None) -> dict[str, Any]:
         "settings": asdict(settings),
         "sampler": f"DDIM eta=0, {settings.n_steps} steps unrolled, {settings.n_samples} samples per spot",
         "train_seconds_2_shared_cpu": round(seconds, 1),
-        "code_revision": _git_revision(),
+        "code_revision": git_revision(),
         "built": time.strftime("%Y-%m-%d"),
     }
     common: dict[str, Any] = {
@@ -109,7 +96,7 @@ def build(out: Path, settings: StemSettings | None = None) -> dict[str, Any]:
         "tile_um": TILE_UM,
         "name": "Stem-style diffusion (HER2ST, cross-patient fold)",
         "training": training,
-        "license": "Code BSD-3-Clause; " + LICENCE_NOTE,
+        "license": "Code BSD-3-Clause; " + HER2ST_LICENCE_NOTE,
         "description": (
             "Conditional diffusion over the 250-gene vector given a colour+CNN image embedding; "
             f"expression = mean and variance = variance of {settings.n_samples} DDIM samples."

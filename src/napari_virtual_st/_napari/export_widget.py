@@ -349,11 +349,7 @@ class ExportWidget(Container):
 
     # -- which prediction ---------------------------------------------------------------------
     def _store_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
-        seen: dict[str, str] = {}
-        for layer in self._viewer.layers:
-            store = vst_layers.vst_meta(layer).get("store")
-            if store and store not in seen:
-                seen[store] = Path(store).name
+        seen = vst_layers.stores_in_viewer(self._viewer)
         for store in self._opened:
             seen.setdefault(store, Path(store).name)
         return [(name, key) for key, name in seen.items()]

@@ -9,7 +9,6 @@ in the viewer: those the Predict widget is filling, and those opened from disk.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -89,12 +88,7 @@ class GeneBrowser(Container):
 
     # -- which prediction ---------------------------------------------------------------------
     def _store_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
-        seen: dict[str, str] = {}
-        for layer in self._viewer.layers:
-            store = vst_layers.vst_meta(layer).get("store")
-            if store and store not in seen:
-                seen[store] = Path(store).name
-        return [(name, key) for key, name in seen.items()]
+        return [(name, key) for key, name in vst_layers.stores_in_viewer(self._viewer).items()]
 
     def _gene_choices(self, _widget: Any = None) -> list[str]:
         view = self.view

@@ -229,6 +229,16 @@ def vst_meta(layer: Layer) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
+def stores_in_viewer(viewer: napari.Viewer) -> dict[str, str]:
+    """The prediction stores that have layers in the viewer: path → folder name, in layer order."""
+    seen: dict[str, str] = {}
+    for layer in viewer.layers:
+        store = vst_meta(layer).get("store")
+        if store and store not in seen:
+            seen[store] = Path(store).name
+    return seen
+
+
 def find_layers(
     viewer: napari.Viewer,
     store: str | Path | None = None,

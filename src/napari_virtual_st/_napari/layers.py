@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from napari_virtual_st._napari.store_view import StoreView
+from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.slide import LevelArray, Slide
 
 if TYPE_CHECKING:
@@ -341,3 +342,35 @@ def colour_spots(layer: Layer, view: StoreView, gene: str) -> None:
     layer.face_color = gene
     layer.face_contrast_limits = view.limits(gene)
     layer.metadata = {**layer.metadata, "vst": {**meta, "gene": gene}}
+
+
+# -- which layers are slides ------------------------------------------------------------
+def slide_path_of(layer: Layer) -> Path | None:
+    """The slide file behind an image layer (opened by this plugin or any other reader)."""
+    from napari.layers import Image
+
+    if not isinstance(layer, Image):
+        return None
+    meta = vst_meta(layer)
+    if meta.get("role") == "slide":
+        return Path(meta["slide_path"])
+    source = getattr(layer.source, "path", None)
+    if source and layer.rgb and Path(source).is_file():
+        return Path(source)
+    return None
+
+
+def slide_mpp_of(layer: Layer) -> float | None:
+    """µm/px of a slide layer's file, or ``None`` when the file does not record it."""
+    meta = vst_meta(layer)
+    if meta.get("role") == "slide":
+        mpp = meta.get("mpp")
+        return None if mpp is None else float(mpp)
+    path = slide_path_of(layer)
+    if path is None:
+        return None
+    try:
+        with Slide(path) as slide:
+            return slide.mpp_or_none
+    except VirtualSTError:
+        return None

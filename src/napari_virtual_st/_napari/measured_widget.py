@@ -41,7 +41,7 @@ from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari import measured_layers as ml
-from napari_virtual_st._napari.predict_widget import _bundled, _slide_mpp, _slide_path
+from napari_virtual_st._napari.predict_widget import usable_bundled_models
 from napari_virtual_st._napari.store_view import StoreView, forget_view, register_view
 from napari_virtual_st.align import Transform, fit_landmarks, from_scale
 from napari_virtual_st.compare import Comparison
@@ -235,11 +235,13 @@ class MeasuredWidget(Container):
 
     # -- choices and state ------------------------------------------------------------------
     def _slide_choices(self, _widget: Any = None) -> list[tuple[str, Layer]]:
-        return [(layer.name, layer) for layer in self._viewer.layers if _slide_path(layer)]
+        return [
+            (layer.name, layer) for layer in self._viewer.layers if vst_layers.slide_path_of(layer)
+        ]
 
     def _model_choices(self, _widget: Any = None) -> list[tuple[str, Path]]:
         out = []
-        for model in _bundled():
+        for model in usable_bundled_models():
             assert model.info is not None
             out.append((f"{model.info.name} ({model.name}, bundled)", model.path))
         return out
@@ -288,7 +290,7 @@ class MeasuredWidget(Container):
         layer = self.slide.value
         if layer is None:
             raise VirtualSTError("open the slide first (File ▸ Open)")
-        mpp = _slide_mpp(layer)
+        mpp = vst_layers.slide_mpp_of(layer)
         if mpp is None:
             raise VirtualSTError(
                 "the slide does not record its µm per pixel: give it in the Predict widget first"
@@ -558,7 +560,7 @@ class MeasuredWidget(Container):
         except VirtualSTError as exc:
             show_error(str(exc))
             return None
-        slide_path = _slide_path(layer)
+        slide_path = vst_layers.slide_path_of(layer)
         image_path = Path(self.measured.images[self.image_name])
         known = float(self.scale.value) if self.scale_known.value else None
         return self._start(
@@ -682,7 +684,7 @@ class MeasuredWidget(Container):
         if store_path is None:
             raise VirtualSTError("say where to save the predictions (Store)")
         return {
-            "slide_path": _slide_path(layer),
+            "slide_path": vst_layers.slide_path_of(layer),
             "mpp": mpp,
             "model_path": model,
             "store_path": store_path,

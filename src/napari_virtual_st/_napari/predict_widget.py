@@ -29,7 +29,6 @@ from magicgui.widgets import (
     ProgressBar,
     PushButton,
 )
-from napari.layers import Image
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
@@ -58,7 +57,6 @@ from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.pipeline import Progress
 from napari_virtual_st.predictor import ModelInfo, Predictor, resolve_providers
 from napari_virtual_st.registry import DEFAULT_MODEL_NAME, BundledModel, bundled_models
-from napari_virtual_st.slide import Slide
 
 if TYPE_CHECKING:
     import napari
@@ -88,7 +86,7 @@ _PROVIDER_NAMES = {
 
 
 @functools.cache
-def _bundled() -> tuple[BundledModel, ...]:
+def usable_bundled_models() -> tuple[BundledModel, ...]:
     """The bundled models, validated once per session; the default model first (the one
     choosers select), the others by name."""
     usable = [m for m in bundled_models() if m.info is not None]
@@ -264,11 +262,13 @@ class PredictWidget(Container):
 
     # -- choices ----------------------------------------------------------------------------
     def _slide_choices(self, _widget: Any = None) -> list[tuple[str, Layer]]:
-        return [(layer.name, layer) for layer in self._viewer.layers if _slide_path(layer)]
+        return [
+            (layer.name, layer) for layer in self._viewer.layers if vst_layers.slide_path_of(layer)
+        ]
 
     def _model_choices(self, _widget: Any = None) -> list[tuple[str, object]]:
         choices: list[tuple[str, object]] = []
-        for model in _bundled():
+        for model in usable_bundled_models():
             assert model.info is not None
             self._model_info[model.path] = model.info
             choices.append((f"{model.info.name} ({model.name}, bundled)", model.path))
@@ -296,13 +296,13 @@ class PredictWidget(Container):
     def _on_layers_changed(self, event: Any = None) -> None:
         self.slide.reset_choices()
         added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
-        if added is not None and _slide_path(added) is not None:
+        if added is not None and vst_layers.slide_path_of(added) is not None:
             self.slide.value = added  # a slide just opened is the one to predict on
         self._on_slide_changed()
 
     def _on_slide_changed(self, _value: Any = None) -> None:
         layer = self.slide.value
-        needs_mpp = layer is not None and _slide_mpp(layer) is None
+        needs_mpp = layer is not None and vst_layers.slide_mpp_of(layer) is None
         self.mpp.visible = needs_mpp
         self.mpp_hint.visible = needs_mpp
         self.run_button.enabled = layer is not None and self._worker is None
@@ -341,7 +341,7 @@ class PredictWidget(Container):
         model = self.model.value
         if not self._output_is_default or layer is None or not isinstance(model, Path):
             return
-        slide_path = _slide_path(layer)
+        slide_path = vst_layers.slide_path_of(layer)
         assert slide_path is not None
         name = f"{slide_path.stem}.{model.stem}.{self.grid.value}.vst.zarr"
         self._setting_output = True
@@ -375,9 +375,9 @@ class PredictWidget(Container):
         model = self.model.value
         if not isinstance(model, Path):
             raise VirtualSTError("choose a model first")
-        slide_path = _slide_path(layer)
+        slide_path = vst_layers.slide_path_of(layer)
         assert slide_path is not None
-        mpp = _slide_mpp(layer)
+        mpp = vst_layers.slide_mpp_of(layer)
         if mpp is None:
             mpp = float(self.mpp.value)
         output = Path(self.output.value)
@@ -725,32 +725,3 @@ class PredictWidget(Container):
             window.add_plugin_dock_widget("napari-virtual-st", "Gene browser")
         except Exception:  # the plugin may not be registered (e.g. a widget made in a test)
             return
-
-
-def _slide_path(layer: Layer) -> Path | None:
-    """The slide file behind an image layer (opened by this plugin or any other reader)."""
-    if not isinstance(layer, Image):
-        return None
-    meta = vst_layers.vst_meta(layer)
-    if meta.get("role") == "slide":
-        return Path(meta["slide_path"])
-    source = getattr(layer.source, "path", None)
-    if source and layer.rgb and Path(source).is_file():
-        return Path(source)
-    return None
-
-
-def _slide_mpp(layer: Layer) -> float | None:
-    """µm/px of a slide layer's file, or ``None`` when the file does not record it."""
-    meta = vst_layers.vst_meta(layer)
-    if meta.get("role") == "slide":
-        mpp = meta.get("mpp")
-        return None if mpp is None else float(mpp)
-    path = _slide_path(layer)
-    if path is None:
-        return None
-    try:
-        with Slide(path) as slide:
-            return slide.mpp_or_none
-    except VirtualSTError:
-        return None

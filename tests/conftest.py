@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +10,28 @@ import pytest
 
 TESTS_DIR = Path(__file__).parent
 sys.path.insert(0, str(TESTS_DIR))
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave with pytest's own status once every plugin has finished (Xvfb stopped).
+
+    After a full run, the interpreter's own teardown (Qt/vispy objects of the napari tests
+    collected after their QApplication, and native thread pools of ONNX Runtime/torch) has
+    been seen to crash (SIGSEGV) after all tests passed and the summary was printed, which
+    would turn a green run red. Every result is reported by then, so skip that teardown.
+    """
+    if _EXIT_STATUS and os.environ.get("VST_PYTEST_NORMAL_EXIT") != "1":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])
+
 
 SHARED_DATA = TESTS_DIR.parent.parent / "shared" / "data"
 WSI_DIR = SHARED_DATA / "wsi"

@@ -92,7 +92,7 @@ def main() -> None:
     store = predict.last_outcome.store_path
     _save(viewer, args.out, "predict.png")
 
-    # 3. the gene browser: search, pick ERBB2 (and keep the first gene), colour bar on canvas
+    # 3. the gene browser: search, pick ERBB2 (and keep the first gene), colour bar in the browser
     _, browser = viewer.window.add_plugin_dock_widget(PLUGIN, "Gene browser")  # docked by Run
     browser.search.value = "ERB"
     browser.show_genes(["ERBB2"])

@@ -11,7 +11,7 @@ from napari.utils.status_messages import status_format
 from PIL import Image
 
 from napari_virtual_st._napari.gene_browser import GeneBrowser
-from napari_virtual_st._napari.layers import find_layers, vst_meta
+from napari_virtual_st._napari.layers import find_layers, set_canvas_colour_bars, vst_meta
 from napari_virtual_st._napari.predict_widget import PredictWidget
 from napari_virtual_st._napari.runner import BatchEvent
 from napari_virtual_st._napari.store_view import get_view
@@ -259,7 +259,13 @@ def test_a_run_makes_its_layers_once_and_a_rerun_reuses_them(
     _run(widget, qtbot)
     assert sorted(added) == ["heatmap", "spots"] and not removed  # one of each, kept
     (heatmap,) = find_layers(viewer, tmp_path / "once.vst.zarr", "heatmap")
-    assert heatmap.colorbar.visible
+    # the run docked the Gene browser, whose colour bar shows the heatmap's scale; napari's
+    # canvas colour bar stays off unless asked for
+    browser = viewer.window._wrapped_dock_widgets[f"Gene browser ({PLUGIN})"].inner_widget()
+    # (a plugin-docked widget sees napari's proxies of the layers: compare what they show)
+    assert vst_meta(browser.colour_bar.layer) == vst_meta(heatmap)
+    assert browser.colour_bar.title == heatmap.name
+    assert not heatmap.colorbar.visible
     added.clear()
     widget.overwrite.value = True
     _run(widget, qtbot)  # the same store again: its heatmap layer is refreshed, not re-made
@@ -326,3 +332,69 @@ def test_a_large_slide_shows_a_preview_before_its_grid_is_ready(
     (heatmap,) = find_layers(viewer, store.path, "heatmap")
     assert int(np.isfinite(heatmap.data).sum()) == 2 * store.n_spots
     assert heatmap.data.shape != shape or store.n_spots == widget.batch_size
+
+
+def test_gene_browser_colour_bar_follows_the_active_heatmap_and_its_limits(
+    make_napari_viewer, qtbot, variance_store: Path
+) -> None:
+    viewer = make_napari_viewer(show=True)
+    viewer.open(variance_store, plugin=PLUGIN)
+    browser = GeneBrowser(viewer)
+    viewer.window.add_dock_widget(browser, name="Gene browser")
+    view = get_view(variance_store)
+    browser.show_genes(["SYNTH1", "SYNTH12"])
+    (first,) = find_layers(viewer, view.path, "heatmap", "SYNTH1")
+    (last,) = find_layers(viewer, view.path, "heatmap", "SYNTH12")
+    assert browser.colour_bar.layer is last  # the newest heatmap is active
+    viewer.layers.selection.active = first
+    bar = browser.colour_bar
+    assert bar.layer is first and bar.title == first.name
+    np.testing.assert_allclose(
+        bar.colours(), first.colormap.map(np.linspace(0, 1, 256)), atol=1e-6
+    )
+    # limits and colours follow the layer's controls
+    first.contrast_limits = (0.25, 1.75)
+    assert (bar.low, bar.high) == ("0.25", "1.75")
+    browser.colormap.value = "magma"
+    np.testing.assert_allclose(bar.colours()[-1], first.colormap.map([1.0])[0], atol=1e-6)
+    # the bar is painted: its middle row shows the colour map's ends
+    qtbot.waitExposed(bar)
+    grab = bar.grab().toImage()
+    y = bar.fontMetrics().height() + 2 + 7
+    left, right = grab.pixelColor(2, y), grab.pixelColor(bar.width() - 3, y)
+    low_rgb = np.round(np.asarray(first.colormap.map([0.0])[0][:3]) * 255)
+    high_rgb = np.round(np.asarray(first.colormap.map([1.0])[0][:3]) * 255)
+    ratio = grab.devicePixelRatio()
+    assert ratio >= 1
+    np.testing.assert_allclose([left.red(), left.green(), left.blue()], low_rgb, atol=12)
+    np.testing.assert_allclose([right.red(), right.green(), right.blue()], high_rgb, atol=12)
+    # another layer active: the bar keeps showing the prediction's last heatmap
+    (spots,) = find_layers(viewer, view.path, "spots")
+    viewer.layers.selection.active = spots
+    assert bar.layer is last
+    # removing the heatmaps empties it
+    browser.show_genes([])
+    assert bar.layer is None and bar.colours() is None
+
+
+def test_canvas_colour_bars_are_opt_in_from_the_gene_browser(
+    make_napari_viewer, variance_store: Path
+) -> None:
+    viewer = make_napari_viewer()
+    viewer.open(variance_store, plugin=PLUGIN)
+    browser = GeneBrowser(viewer)
+    viewer.window.add_dock_widget(browser, name="Gene browser")
+    view = get_view(variance_store)
+    try:
+        browser.show_genes(["SYNTH1"])
+        (heatmap,) = find_layers(viewer, view.path, "heatmap", "SYNTH1")
+        assert not heatmap.colorbar.visible
+        browser.canvas_colour_bars.value = True
+        assert heatmap.colorbar.visible
+        browser.show_genes(["SYNTH1", "SYNTH2"])  # heatmaps shown later get one too
+        (later,) = find_layers(viewer, view.path, "heatmap", "SYNTH2")
+        assert later.colorbar.visible
+        browser.canvas_colour_bars.value = False
+        assert not heatmap.colorbar.visible and not later.colorbar.visible
+    finally:
+        set_canvas_colour_bars(None, False)

@@ -16,6 +16,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, 
 from napari.utils.notifications import show_warning
 
 from napari_virtual_st._napari import layers as vst_layers
+from napari_virtual_st._napari.colour_bar import ColourBar
 from napari_virtual_st._napari.store_view import StoreView, lookup_view, on_register
 
 if TYPE_CHECKING:
@@ -56,6 +57,14 @@ class GeneBrowser(Container):
             label="Heatmap opacity", value=vst_layers.HEATMAP_OPACITY, min=0.0, max=1.0, step=0.05
         )
         self.uncertainty = CheckBox(text="Uncertainty layers (models with variance)", value=True)
+        self.canvas_colour_bars = CheckBox(
+            text="Colour bars on the canvas too", value=vst_layers.canvas_colour_bars()
+        )
+        self.canvas_colour_bars.tooltip = (
+            "napari's colour bars over the image (for figures); the bar below always shows "
+            "the active heatmap's scale"
+        )
+        self.colour_bar = ColourBar()
         self.cursor = Label(value="")
         for label in (self.info, self.cursor):
             label.native.setWordWrap(True)
@@ -69,9 +78,11 @@ class GeneBrowser(Container):
                 self.colormap,
                 self.opacity,
                 self.uncertainty,
+                self.canvas_colour_bars,
                 self.cursor,
             ]
         )
+        self.native.layout().addWidget(self.colour_bar)
         self.prediction.changed.connect(self._on_prediction_changed)
         self.search.changed.connect(self._apply_filter)
         self.genes.changed.connect(self._on_genes_changed)
@@ -79,10 +90,12 @@ class GeneBrowser(Container):
         self.colormap.changed.connect(self._on_style_changed)
         self.opacity.changed.connect(self._on_style_changed)
         self.uncertainty.changed.connect(self._on_genes_changed)
+        self.canvas_colour_bars.changed.connect(self._on_canvas_colour_bars)
+        napari_viewer.layers.selection.events.active.connect(self._follow_colour_bar)
         napari_viewer.layers.events.inserted.connect(self._on_layers_changed)
         napari_viewer.layers.events.removed.connect(self._on_layers_changed)
         napari_viewer.mouse_move_callbacks.append(self._on_mouse_move)
-        self.native.destroyed.connect(self._disconnect_mouse)
+        self.native.destroyed.connect(self._on_destroyed)
         on_register(self._on_view_registered)
         self._on_layers_changed()
 
@@ -108,6 +121,7 @@ class GeneBrowser(Container):
             and added.data.shape != (1, 1)  # not the empty layer of a run that just started
         ):
             vst_layers.show_colorbar(added)  # e.g. a heatmap of a store opened from disk
+        self._follow_colour_bar()
         if self._syncing:
             return
         self.prediction.reset_choices()
@@ -151,6 +165,27 @@ class GeneBrowser(Container):
             self._syncing = False
         self._apply_filter()
         self._select_shown_genes()
+        self._follow_colour_bar()
+
+    # -- colour bar -----------------------------------------------------------------------------
+    def _follow_colour_bar(self, _event: Any = None) -> None:
+        """Show the active layer's scale if it is a heatmap, else the browsed prediction's
+        last heatmap's (nothing when there is none)."""
+        if self._closed:
+            return
+        active = self._viewer.layers.selection.active
+        if active is not None and vst_layers.vst_meta(active).get("role") in (
+            "heatmap",
+            "uncertainty",
+        ):
+            self.colour_bar.show_layer(active)
+            return
+        view = self.view
+        shown = vst_layers.find_layers(self._viewer, view.path, "heatmap") if view else []
+        self.colour_bar.show_layer(shown[-1] if shown else None)
+
+    def _on_canvas_colour_bars(self, on: bool) -> None:
+        vst_layers.set_canvas_colour_bars(self._viewer, bool(on))
 
     # -- gene list ------------------------------------------------------------------------------
     def visible_genes(self) -> list[str]:
@@ -295,8 +330,11 @@ class GeneBrowser(Container):
         if text != self.cursor.value:
             self.cursor.value = text
 
-    def _disconnect_mouse(self, *_: Any) -> None:
+    def _on_destroyed(self, *_: Any) -> None:
+        """The panel is closing: stop following the viewer's layers and the mouse."""
         self._closed = True
+        self._viewer.layers.selection.events.active.disconnect(self._follow_colour_bar)
+        self.colour_bar.release()
         callbacks = self._viewer.mouse_move_callbacks
         if self._on_mouse_move in callbacks:
             callbacks.remove(self._on_mouse_move)

@@ -39,6 +39,9 @@ HEATMAP_OPACITY = 0.65
 #: their span are applied (each change redraws the layer's colour bar and controls).
 LIMITS_TOLERANCE = 0.02
 COLORMAP = "viridis"
+#: napari's canvas colour bars for heatmaps: the first one drawn costs the canvas a font atlas
+#: and a new visual (≈0.5 s in software OpenGL), so they are opt-in (Gene browser checkbox).
+_CANVAS_COLOUR_BARS = [False]
 
 
 # -- the slide ----------------------------------------------------------------------------
@@ -289,8 +292,31 @@ def show_heatmap(
     return layer
 
 
-def show_colorbar(layer: Layer) -> None:
-    """Show the layer's colour bar on the canvas (napari versions that have one)."""
+def canvas_colour_bars() -> bool:
+    """Whether heatmaps get napari's colour bar on the canvas (off by default: the Gene
+    browser's own colour bar shows the active heatmap's scale without the canvas's cost)."""
+    return _CANVAS_COLOUR_BARS[0]
+
+
+def set_canvas_colour_bars(viewer: napari.Viewer | None, on: bool) -> None:
+    """Turn the canvas colour bars of the plugin's heatmaps on or off (now, in ``viewer``,
+    and for heatmaps shown later)."""
+    _CANVAS_COLOUR_BARS[0] = bool(on)
+    if viewer is None:
+        return
+    for layer in find_layers(viewer):
+        if vst_meta(layer).get("role") in ("heatmap", "uncertainty"):
+            colorbar = getattr(layer, "colorbar", None)
+            if colorbar is not None and colorbar.visible != bool(on):
+                colorbar.visible = bool(on)
+
+
+def show_colorbar(layer: Layer, *, force: bool = False) -> None:
+    """Show the layer's colour bar on the canvas (napari versions that have one) when canvas
+    colour bars are on (:func:`set_canvas_colour_bars`) or ``force`` says so (side-by-side
+    maps, whose two scales must be seen at once)."""
+    if not (force or canvas_colour_bars()):
+        return
     colorbar = getattr(layer, "colorbar", None)
     if colorbar is not None and not colorbar.visible:
         colorbar.visible = True

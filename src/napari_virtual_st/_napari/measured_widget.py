@@ -863,9 +863,9 @@ class MeasuredWidget(Container):
             "vst": {**vst_layers.vst_meta(layer), "base": list(layer.translate)},
         }
         self._place_side_by_side(layer, view)
-        vst_layers.show_colorbar(layer)
+        vst_layers.show_colorbar(layer, force=True)  # two maps: both scales on screen
         if predicted is not None:
-            vst_layers.show_colorbar(predicted)
+            vst_layers.show_colorbar(predicted, force=True)
 
     def _shift_um(self, view: StoreView) -> tuple[float, float]:
         if not self.side_by_side.value:

@@ -177,6 +177,7 @@ class PredictWidget(Container):
         self._preview: StoreView | None = None
         self._preview_drawn = False
         self._run_layers: list[Layer] = []
+        self._to_reveal: set[str] = set()
         self._progress: napari_progress | None = None
         self._run_slide_layer: Layer | None = None
         self._latest: Progress | None = None
@@ -254,6 +255,9 @@ class PredictWidget(Container):
         self.native.destroyed.connect(self._on_destroyed)
         self._on_model_changed()
         self._on_slide_changed()
+        # the Gene browser docks with this panel (once it is docked itself), not when Run is
+        # pressed: docking re-lays out the window, which would stall the run's first seconds
+        QTimer.singleShot(0, self._open_gene_browser)
 
     def _on_destroyed(self, *_: Any) -> None:
         """The panel is closing (or the viewer): stop a run after its current batch."""
@@ -443,6 +447,7 @@ class PredictWidget(Container):
         self._preview = None
         self._preview_drawn = False
         self._run_layers = []
+        self._to_reveal = set()
         self._latest = None
         self._drawn = False
         self._started = time.perf_counter()
@@ -467,7 +472,7 @@ class PredictWidget(Container):
         steps = [
             functools.partial(self._start_activity, request.slide_path.name),
             *self._layer_steps(request.store_path, info, genes),
-            self._open_gene_browser,
+            self._open_gene_browser,  # (docked with this panel; again if it was closed)
         ]
         self._step(worker, steps)
         return worker
@@ -512,20 +517,35 @@ class PredictWidget(Container):
         each, then select the last gene's and draw what arrived meanwhile. Layers an earlier
         run into the same store left are reused, not made again."""
         with_variance = "variance" in info.outputs
-        steps: list[Callable[[], None]] = [
-            functools.partial(self._prepare_layer, store_path, gene, uncertainty)
-            for gene in genes
-            for uncertainty in ((False, True) if with_variance else (False,))
-        ]
+        steps: list[Callable[[], None]] = []
+        for gene in genes:
+            steps.append(functools.partial(self._prepare_layer, store_path, gene, False))
+            steps.append(functools.partial(self._reveal_layer, store_path, gene))
+            if with_variance:
+                steps.append(functools.partial(self._prepare_layer, store_path, gene, True))
         steps.append(functools.partial(self._layers_ready, store_path, genes[-1]))
         return steps
 
     def _prepare_layer(self, store_path: Path, gene: str, uncertainty: bool) -> None:
-        """The run's (empty) heatmap or uncertainty layer of ``gene``, unless it exists."""
+        """The run's (empty) heatmap or uncertainty layer of ``gene``, unless it exists.
+
+        It is added hidden: adding a layer and drawing it for the first time each cost napari
+        tens of milliseconds, in two event-loop turns they do not add up to one long stall
+        (:meth:`_reveal_layer` shows a heatmap in the next turn; uncertainty stays hidden)."""
         role = "uncertainty" if uncertainty else "heatmap"
         if not vst_layers.find_layers(self._viewer, store_path, role, gene):
             data = vst_layers.empty_heatmap_layer_data(store_path, gene, uncertainty=uncertainty)
+            data[1]["visible"] = False
             self._run_layers.append(vst_layers.add_layer(self._viewer, data))
+            if not uncertainty:
+                self._to_reveal.add(gene)
+
+    def _reveal_layer(self, store_path: Path, gene: str) -> None:
+        """Show the heatmap layer :meth:`_prepare_layer` added hidden for this run."""
+        if gene in self._to_reveal:
+            self._to_reveal.discard(gene)
+            for layer in vst_layers.find_layers(self._viewer, store_path, "heatmap", gene):
+                layer.visible = True
 
     def _layers_ready(self, store_path: Path, gene: str) -> None:
         """Select the run's heatmap and draw the values that came before its layers."""
@@ -638,6 +658,9 @@ class PredictWidget(Container):
         self, outcome: RunOutcome, spots: Layer | None = None, final: StoreView | None = None
     ) -> None:
         self.last_outcome = outcome
+        for gene in list(self._to_reveal):  # (a run that ended before its layers were shown)
+            if self._run_store is not None:
+                self._reveal_layer(self._run_store, gene)
         self._redraw()  # whatever was finished, cancelled runs included
         if outcome.error is not None:
             if self._view is None:  # no store: the layers made for it go
@@ -719,7 +742,7 @@ class PredictWidget(Container):
     def _open_gene_browser(self) -> None:
         """Dock the gene browser beside this widget, once (when napari knows the plugin)."""
         window = getattr(self._viewer, "window", None)
-        if window is None:
+        if window is None or self._closed:
             return
         try:
             window.add_plugin_dock_widget("napari-virtual-st", "Gene browser")

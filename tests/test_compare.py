@@ -172,3 +172,47 @@ def test_evaluate_uses_the_alignment_saved_with_the_store_unless_given_one(
     captured = capsys.readouterr()
     assert "transform saved with the store" not in captured.err
     assert "346 spots matched by nearest" in captured.out
+
+
+def test_predict_at_measured_spots_keeps_the_given_alignment_with_the_store(
+    a1_prediction: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models.workshop import data
+
+    store, measured, extra = a1_prediction
+    a1 = extra["a1"]
+    from napari_virtual_st.align import from_scale
+
+    shifted = from_scale(1.0, (2.0, -1.5))
+    given = tmp_path / "shift.json"
+    given.write_text(shifted.to_json())
+    out = tmp_path / "aligned.vst.zarr"
+    image = data._cleaned_copy(a1.image, a1.mask_boxes, a1.black_background)
+    measured_args = [
+        "--measured",
+        str(a1.counts),
+        "--spots",
+        str(a1.spots),
+        "--pixel-scale",
+        repr(a1.pixel_scale),
+    ]
+    model = next(m for m in bundled_models() if m.info is not None and m.info.family == "nsl")
+    mpp = data.mpp_from_spot_spacing(measured.xy_fullres_px, measured.array_rc)
+    argv = ["predict", str(image), "--model", str(model.path), "--mpp", repr(mpp)]
+    argv += ["--out", str(out), "--quiet", *measured_args]
+    assert main([*argv, "--transform", str(given)]) == 0
+    saved = PredictionStore.open(out).load_transform()
+    assert saved is not None
+    np.testing.assert_allclose(saved.matrix, shifted.matrix)
+    # the spots were placed through it: each lies at its measured centre moved by the shift
+    np.testing.assert_allclose(
+        PredictionStore.open(out).xy_level0_px,
+        store.xy_level0_px + np.array([2.0, -1.5]),
+        atol=1e-6,
+    )
+    capsys.readouterr()
+    # and `evaluate` without --transform uses it
+    assert main(["evaluate", str(out), *measured_args]) == 0
+    captured = capsys.readouterr()
+    assert "the transform saved with the store (aligned.vst.zarr/transform.json)" in captured.err
+    assert "346 spots matched by id" in captured.out

@@ -462,8 +462,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             f"{predictor.info.tile_um:g} µm at {predictor.info.tile_px} px; running on {predictor.providers[0]}",
             file=sys.stderr,
         )
+        transform = None
         if getattr(args, "measured", None) is not None:
-            grid = _measured_grid(args, slide.mpp)
+            measured, transform = _load_measured(args)
+            grid = measured.spot_grid(slide.mpp, transform)
             args.grid = "measured"
         else:
             grid = build_grid(
@@ -511,6 +513,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             finally:
                 for bar in bars:
                     bar.close()
+    if transform is not None:  # `evaluate` and the Measured ST widget find the alignment here
+        store.save_transform(transform)
     seconds = store.attrs.get("last_run_seconds")
     rate = store.attrs.get("last_run_tiles_per_s")
     timing = f" in {seconds:.1f} s ({rate:.0f} tiles/s)" if seconds else ""
@@ -550,11 +554,6 @@ def _load_measured(args: argparse.Namespace) -> tuple[Any, Any]:
     measured = read_measured(args.measured, spots=args.spots, pixel_scale=args.pixel_scale)
     transform = Transform.from_json(args.transform.read_text()) if args.transform else None
     return measured, transform
-
-
-def _measured_grid(args: argparse.Namespace, mpp: float) -> Any:
-    measured, transform = _load_measured(args)
-    return measured.spot_grid(mpp, transform)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

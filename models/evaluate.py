@@ -79,6 +79,19 @@ def make_method(name: str) -> Any:
             "nsl_3stain": NSLSettings(n_stains=3),
             "nsl_3stain_prior": NSLSettings(n_stains=3, prior_weight=1.0),
             "nsl_3stain_ridgehead": NSLSettings(n_stains=3, head="ridge"),
+            # signed concentrations pooled in optical density and transmitted light
+            "nsl_light": NSLSettings(nonnegative=False, pool_light=True, pool_tissue_only=False),
+            "nsl_light_ridgehead": NSLSettings(
+                nonnegative=False, pool_light=True, pool_tissue_only=False, head="ridge"
+            ),
+            "nsl_3stain_light_ridgehead": NSLSettings(
+                n_stains=3,
+                nonnegative=False,
+                pool_light=True,
+                pool_tissue_only=False,
+                head="ridge",
+            ),
+            "nsl_light_relu_ridgehead": NSLSettings(pool_light=True, head="ridge"),
         }
         return NSLMethod(variants[name])
     if name.startswith("stem"):

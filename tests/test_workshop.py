@@ -113,6 +113,31 @@ def test_nsl_with_three_stains_has_sixteen_weights_per_gene_and_starts_at_ruifro
         ruifrok_deconvolution(4)
 
 
+def test_nsl_light_pooling_matches_a_numpy_reference_of_signed_concentrations() -> None:
+    from models.nsl.model import NSL, ruifrok_deconvolution
+
+    model = NSL(2, n_stains=3, nonnegative=False, pool_light=True, pool_tissue_only=False)
+    assert model.n_trainable_per_gene() == 22  # 3×3 matrix + 12 head weights + bias
+    rng = np.random.default_rng(3)
+    tiles = rng.integers(0, 256, (4, 6, 6, 3), np.uint8)
+    tiles[0] = 255  # a blank (glass) tile: concentrations ≤ 0 are kept, not clipped
+    with torch.no_grad():
+        feats = model.pooled_features(torch.from_numpy(tiles)).numpy()
+    assert feats.shape == (4, 2, 12)
+    od = -np.log((tiles.reshape(4, -1, 3).astype(np.float64) + 1.0) / 256.0)
+    conc = od @ ruifrok_deconvolution(3).astype(np.float64)  # (4, 36, 3), signed
+    light = np.exp(-conc)
+    expected = np.concatenate([conc.mean(1), conc.std(1), light.mean(1), light.std(1)], axis=1)
+    for gene in range(2):  # every gene starts from the same (Ruifrok) matrix
+        np.testing.assert_allclose(feats[:, gene], expected, rtol=1e-4, atol=2e-3)
+    # the clipped form differs exactly where some concentration is negative
+    clipped = NSL(2, n_stains=3, pool_light=True, pool_tissue_only=False)
+    with torch.no_grad():
+        clipped_feats = clipped.pooled_features(torch.from_numpy(tiles)).numpy()
+    assert (conc < 0).any()
+    assert not np.allclose(clipped_feats[:, 0, :3], expected[:, :3], atol=1e-3)
+
+
 def test_ridge_head_refit_recovers_a_linear_head_and_picks_its_penalty_by_section() -> None:
     from models.nsl.model import NSL
     from models.nsl.train import refit_head_ridge

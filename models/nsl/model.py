@@ -66,6 +66,8 @@ class NSL(nn.Module):
         tissue_od: float = 0.15,
         pool_tissue_only: bool = True,
         n_stains: int = 2,
+        nonnegative: bool = True,
+        pool_light: bool = False,
     ) -> None:
         super().__init__()
         init = torch.from_numpy(ruifrok_deconvolution(n_stains))
@@ -73,17 +75,22 @@ class NSL(nn.Module):
             init.unsqueeze(0).repeat(n_genes, 1, 1).contiguous()
         )  # (G, 3, S)
         self.n_stains = n_stains
-        self.head = nn.Parameter(torch.zeros(n_genes, 2 * n_stains))
+        self.nonnegative = nonnegative
+        self.pool_light = pool_light
+        n_features = (4 if pool_light else 2) * n_stains
+        self.head = nn.Parameter(torch.zeros(n_genes, n_features))
         self.bias = nn.Parameter(torch.zeros(n_genes))
         self.tissue_od = tissue_od
         self.pool_tissue_only = pool_tissue_only
-        self.register_buffer("feature_mean", torch.zeros(n_genes, 2 * n_stains))
-        self.register_buffer("feature_std", torch.ones(n_genes, 2 * n_stains))
+        self.register_buffer("feature_mean", torch.zeros(n_genes, n_features))
+        self.register_buffer("feature_std", torch.ones(n_genes, n_features))
         self.register_buffer("target_mean", torch.zeros(n_genes))
         self.register_buffer("target_std", torch.ones(n_genes))
 
     def pooled_features(self, image: torch.Tensor) -> torch.Tensor:
-        """``(N, G, 2S)`` mean and std of the S stain concentrations over the pooled pixels."""
+        """``(N, G, F)`` mean and std of the S stain concentrations over the pooled pixels
+        (``F = 2S``), then, with ``pool_light``, mean and std of each stain's transmitted
+        light ``exp(-c)`` (``F = 4S``)."""
         n = image.shape[0]
         g, k = self.deconvolution.shape[0], self.n_stains
         rgb = image.to(torch.float32).reshape(n, -1, 3)
@@ -94,11 +101,17 @@ class NSL(nn.Module):
             mask = torch.ones_like(od[..., 0])
         weights = (mask / mask.sum(dim=1, keepdim=True).clamp(min=1.0)).unsqueeze(1)  # (N, 1, P)
         matrix = self.deconvolution.permute(1, 0, 2).reshape(3, g * k)  # (3, G·S)
-        conc = torch.relu(od @ matrix)  # (N, P, G·S): one GEMM for all genes
-        mean = (weights @ conc).squeeze(1)  # (N, G·S)
-        mean_sq = (weights @ (conc * conc)).squeeze(1)
-        std = torch.sqrt(torch.clamp(mean_sq - mean * mean, min=0.0) + 1e-6)
-        return torch.cat([mean.reshape(n, g, k), std.reshape(n, g, k)], dim=-1)
+        conc = od @ matrix  # (N, P, G·S): one GEMM for all genes
+        if self.nonnegative:
+            conc = torch.relu(conc)
+        pooled = [conc, torch.exp(-conc)] if self.pool_light else [conc]
+        features = []
+        for values in pooled:
+            mean = (weights @ values).squeeze(1)  # (N, G·S)
+            mean_sq = (weights @ (values * values)).squeeze(1)
+            std = torch.sqrt(torch.clamp(mean_sq - mean * mean, min=0.0) + 1e-6)
+            features += [mean.reshape(n, g, k), std.reshape(n, g, k)]
+        return torch.cat(features, dim=-1)
 
     def standardised(self, image: torch.Tensor) -> torch.Tensor:
         """Prediction in standardised target units (what training optimises)."""
@@ -110,6 +123,7 @@ class NSL(nn.Module):
         return self.standardised(image) * self.target_std + self.target_mean
 
     def n_trainable_per_gene(self) -> int:
-        """Trainable weights per gene: 11 with 2 stains (6 + 4 + 1), 16 with 3 (9 + 6 + 1)."""
+        """Trainable weights per gene: 11 with 2 stains (6 + 4 + 1), 16 with 3 (9 + 6 + 1);
+        with ``pool_light`` 15 (6 + 8 + 1) and 22 (9 + 12 + 1)."""
         g = self.head.shape[0]
         return sum(p.numel() for p in self.parameters() if p.requires_grad) // g

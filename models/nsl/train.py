@@ -46,6 +46,13 @@ class NSLSettings:
     head: str = "adam"
     #: Train the deconvolution matrices (the paper) or keep them at Ruifrok & Johnston's.
     learn_deconvolution: bool = True
+    #: Clip concentrations at 0 (physical stains; glass and off-stain colours then pool as
+    #: 0) or keep the signed deconvolution output.
+    nonnegative: bool = True
+    #: Also pool each stain's transmitted light ``exp(-c)`` (mean, std): the deconvolved
+    #: single-stain images as a microscope shows them, where bright pixels weigh as they do
+    #: in RGB statistics, not as in optical density.
+    pool_light: bool = False
 
 
 def fit_nsl(
@@ -61,7 +68,13 @@ def fit_nsl(
     rng = np.random.default_rng(settings.seed)
     tiles = torch.from_numpy(np.concatenate([s.tiles for s in train]))
     targets = torch.from_numpy(np.concatenate([s.targets(genes) for s in train]))
-    model = NSL(len(genes), pool_tissue_only=settings.pool_tissue_only, n_stains=settings.n_stains)
+    model = NSL(
+        len(genes),
+        pool_tissue_only=settings.pool_tissue_only,
+        n_stains=settings.n_stains,
+        nonnegative=settings.nonnegative,
+        pool_light=settings.pool_light,
+    )
     with torch.no_grad():
         feats = torch.cat(
             [model.pooled_features(tiles[i : i + 128]) for i in range(0, len(tiles), 128)]

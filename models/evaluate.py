@@ -166,14 +166,16 @@ def evaluate_onnx(
     train = [sections[n] for n in C_SECTIONS]
     test = sections[TEST_SECTION]
     genes = list(info.genes)
-    pred = np.concatenate(
-        [
-            predictor.predict(test.tiles[i : i + 64]).expression
-            for i in range(0, len(test.tiles), 64)
-        ]
-    )
+    pred = predict_onnx(predictor, test.tiles)
     sets = gene_sets(np.concatenate([s.targets(genes) for s in train]), genes)
     return evaluate_predictions(pred, test.targets(genes), test.array_rc, sets)
+
+
+def predict_onnx(predictor: Any, tiles: np.ndarray, batch: int = 64) -> np.ndarray:
+    """``(n, G)`` expression of a contract model (a ``Predictor``) for uint8 tiles."""
+    return np.concatenate(
+        [predictor.predict(tiles[i : i + batch]).expression for i in range(0, len(tiles), batch)]
+    )
 
 
 def _average(folds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:

@@ -173,3 +173,19 @@ def test_nsl_three_stain_ridge_head_variant_trains_end_to_end_on_a_tiny_subset()
     assert pred.shape == (len(test.tiles), 8) and np.isfinite(pred).all()
     with pytest.raises(ValueError, match="head"):
         fit_nsl(train, genes, NSLSettings(epochs=1, head="lasso"))
+
+
+def test_bootstrap_of_a_pcc_difference_separates_a_better_model_from_a_tie() -> None:
+    from models.workshop.metrics import bootstrap_pcc_difference
+
+    rng = np.random.default_rng(7)  # synthetic expression: 200 spots × 12 genes
+    true = rng.normal(size=(200, 12))
+    good = true + rng.normal(scale=0.5, size=true.shape)
+    poor = true + rng.normal(scale=3.0, size=true.shape)
+    better = bootstrap_pcc_difference(good, poor, true, n_boot=200)
+    assert better["difference"] > 0.3
+    assert better["ci95"][0] > 0 and better["share_positive"] == 1.0
+    assert better["genes_a_better"] == 1.0 and better["wilcoxon_p"] < 0.01
+    tie = bootstrap_pcc_difference(good, good, true, n_boot=50)
+    assert tie["difference"] == 0.0 and tie["ci95"] == [0.0, 0.0]
+    assert tie["share_positive"] == 0.0 and tie["genes_a_better"] == 0.0

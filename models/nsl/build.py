@@ -23,20 +23,31 @@ from models.evaluate import (
     TILE_PX,
     TILE_UM,
     evaluate_onnx,
+    make_method,
+    predict_onnx,
     run_protocol,
 )
 from models.nsl.train import NSLSettings, fit_nsl
+from models.workshop.baselines import RidgeColour
 from models.workshop.data import gene_panel, load_her2st
+from models.workshop.metrics import bootstrap_pcc_difference, neighbourhood_mean
 from models.workshop.provenance import HER2ST_LICENCE_NOTE, git_revision
 from napari_virtual_st.onnx_export import export_torch_model
+from napari_virtual_st.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[2]
 
 DEFAULT_OUT = REPO / "src" / "napari_virtual_st" / "bundled_models" / "nsl_her2st.onnx"
 
 
+#: The harness method whose settings are shipped: the NSL variant with the best
+#: leave-one-section-out PCC-ALL within patient C (models/results/nsl_open_choices.md), chosen
+#: there, not on the cross-patient test section.
+SHIPPED_METHOD = "nsl_light_ridgehead"
+
+
 def build(out: Path, settings: NSLSettings | None = None) -> dict:
-    settings = settings or NSLSettings()
+    settings = settings or make_method(SHIPPED_METHOD).settings
     torch.set_num_threads(2)
     sections = load_her2st(TILE_PX, TILE_UM)
     train = [sections[n] for n in C_SECTIONS]
@@ -63,13 +74,30 @@ def build(out: Path, settings: NSLSettings | None = None) -> dict:
         "name": "NSL (HER2ST, cross-patient fold)",
         "training": training,
         "license": "Code BSD-3-Clause; " + HER2ST_LICENCE_NOTE,
-        "description": "Neural stain learning: learned per-gene stain deconvolution, 11 weights per gene.",
+        "description": (
+            "Neural stain learning: learned per-gene stain deconvolution, "
+            f"{model.n_trainable_per_gene()} weights per gene."
+        ),
     }
+    # torch and ONNX Runtime must agree on real tissue (the test patient's tiles), not only
+    # on random noise tiles, whose extreme colours no slide has
+    common["check_tiles"] = sections[TEST_SECTION].tiles[:64]
     export_torch_model(model, out, **common)
     held_out = evaluate_onnx(out, sections)
     baselines = run_protocol(
         ["mean", "ridge_colour"], "cross_patient", sections, log=lambda _: None
     )
+    # how sure is the margin over the ridge baseline? (same spots, raw and smoothed labels)
+    test = sections[TEST_SECTION]
+    ours = predict_onnx(Predictor(out, providers=["cpu"]), test.tiles)
+    ridge = RidgeColour().fit(train, genes).predict(test.tiles)
+    true = test.targets(genes)
+    versus_ridge = {
+        "raw": bootstrap_pcc_difference(ours, ridge, true),
+        "smoothed_3x3": bootstrap_pcc_difference(
+            ours, ridge, neighbourhood_mean(true, test.array_rc)
+        ),
+    }
     metrics = {
         "protocol": "models/evaluate.py cross_patient: train C2-C6, test A1; raw and 3x3-smoothed labels",
         "test_section": TEST_SECTION,
@@ -77,6 +105,7 @@ def build(out: Path, settings: NSLSettings | None = None) -> dict:
         "raw": held_out["raw"],
         "smoothed_3x3": held_out["smoothed_3x3"],
         "baselines_same_split": {name: res["mean"] for name, res in baselines.items()},
+        "versus_ridge_colour": versus_ridge,
     }
     report = export_torch_model(model, out, metrics=metrics, **common)
     print(f"wrote {report.path} (torch vs ONNX Runtime max |diff| {report.max_abs_diff:.2e})")

@@ -108,8 +108,12 @@ class NSL(nn.Module):
         features = []
         for values in pooled:
             mean = (weights @ values).squeeze(1)  # (N, G·S)
-            mean_sq = (weights @ (values * values)).squeeze(1)
-            std = torch.sqrt(torch.clamp(mean_sq - mean * mean, min=0.0) + 1e-6)
+            # two-pass variance: E[x²] − E[x]² cancels catastrophically in float32 when the
+            # spread is small beside the mean (transmitted light), and torch and ONNX Runtime
+            # then disagree by more than the model's resolution
+            centred = values - mean.unsqueeze(1)
+            var = (weights @ (centred * centred)).squeeze(1)
+            std = torch.sqrt(var + 1e-6)
             features += [mean.reshape(n, g, k), std.reshape(n, g, k)]
         return torch.cat(features, dim=-1)
 

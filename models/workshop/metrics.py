@@ -87,3 +87,43 @@ def evaluate_predictions(
         "raw": score(pred, true, sets),
         "smoothed_3x3": score(pred, neighbourhood_mean(true, array_rc), sets),
     }
+
+
+def bootstrap_pcc_difference(
+    pred_a: NDArray[np.floating],
+    pred_b: NDArray[np.floating],
+    true: NDArray[np.floating],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, float | list[float]]:
+    """How sure is "a beats b"? PCC-ALL(a) − PCC-ALL(b) on the same test spots.
+
+    ``difference`` is the observed difference; ``ci95`` and ``share_positive`` come from
+    resampling the test spots with replacement (both methods scored on the same resample).
+    Neighbouring spots are correlated, so this interval is narrower than the truth: read it
+    as a lower bound on the uncertainty. ``genes_a_better`` is the share of genes whose PCC
+    is higher with ``a``; ``wilcoxon_p`` the two-sided signed-rank p-value of the per-gene
+    differences (genes are not independent either).
+    """
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(seed)
+    n = len(true)
+    r_a, r_b = pearson_per_gene(pred_a, true), pearson_per_gene(pred_b, true)
+    diffs = np.empty(n_boot)
+    for i in range(n_boot):
+        idx = rng.integers(0, n, n)
+        diffs[i] = (
+            pearson_per_gene(pred_a[idx], true[idx]).mean()
+            - pearson_per_gene(pred_b[idx], true[idx]).mean()
+        )
+    lo, hi = np.quantile(diffs, [0.025, 0.975])
+    return {
+        "difference": float(r_a.mean() - r_b.mean()),
+        "ci95": [float(lo), float(hi)],
+        "share_positive": float(np.mean(diffs > 0)),
+        "genes_a_better": float(np.mean(r_a > r_b)),
+        "wilcoxon_p": float(wilcoxon(r_a, r_b).pvalue) if np.any(r_a != r_b) else 1.0,
+        "n_boot": n_boot,
+    }

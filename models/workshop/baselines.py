@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,15 +37,20 @@ class MeanPredictor:
 
 
 class RidgeColour:
-    """Ridge regression on :func:`colour_statistics`, alpha chosen by leave-one-section-out
-    cross-validation within the training sections (mean PCC)."""
+    """Ridge regression on :func:`colour_statistics` (or other per-tile ``features``), alpha
+    chosen by leave-one-section-out cross-validation within the training sections (mean PCC)."""
 
     name = "ridge_colour"
+
+    def __init__(
+        self, features: Callable[[NDArray[np.uint8]], NDArray[np.float64]] | None = None
+    ) -> None:
+        self.features = features or colour_statistics
 
     def fit(self, train: Sequence[SectionData], genes: Sequence[str]) -> RidgeColour:
         from models.workshop.metrics import pearson_per_gene
 
-        feats = [colour_statistics(s.tiles) for s in train]
+        feats = [self.features(s.tiles) for s in train]
         targets = [s.targets(genes) for s in train]
         if len(train) > 1:
             scores = []
@@ -64,7 +69,7 @@ class RidgeColour:
         return self
 
     def predict(self, tiles: NDArray[np.uint8]) -> NDArray[np.float32]:
-        return _apply(self.weights_, colour_statistics(tiles)).astype(np.float32)
+        return _apply(self.weights_, self.features(tiles)).astype(np.float32)
 
 
 def _ridge(x: NDArray[np.float64], y: NDArray[np.floating], alpha: float) -> tuple[NDArray, ...]:

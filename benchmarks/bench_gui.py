@@ -12,12 +12,15 @@ with the plugin's reader, docks the Predict widget and presses Run, then measure
   ``draw_median_ms``, ``draw_max_ms``: vispy draw events); ``top_stalls`` lists the five
   longest as [s after Run, stall ms, ms of it spent drawing]. ``idle_stall_max_ms`` is the
   same measure over two seconds *before* Run, for reference (what the machine and the
-  software-rendered display cost without our work).
+  software-rendered display cost without our work); ``napari_add_image_ms`` is another
+  reference: napari's own time to add a 1-pixel image layer to the same viewer (the call and
+  the event-loop turn after it), the least any new layer costs the GUI thread here.
 - ``first_heatmap_s``: from pressing Run to the first heatmap with predicted values drawn on
   the canvas (the vispy draw after the layer's data changed; target < 2 s).
 - ``spots``, ``spots_done``, ``run_s``: the grid and how far the run got; scenarios with a
   time limit press Cancel then, and ``cancel_s`` is the time until the run had stopped.
-- ``gui_calls``: GUI-thread time per call (the widget's handlers, the plugin's layer
+- ``gui_calls``: GUI-thread time per call (the Predict widget's and the Gene browser's
+  handlers, Python garbage collections by generation and thread, the plugin's layer
   helpers, napari's ``add_layer``/``remove``/``refresh``/thumbnail/progress calls, canvas
   draws): calls, total and longest ms; ``top_stalls_made_of``: for each of the five longest
   stalls, the outermost timed calls inside it and their ms (what the stall was made of).
@@ -212,6 +215,7 @@ def _instrument(recorder: _SliceRecorder, widget: Any, viewer: Any) -> None:
         "_add_spots",
         "_show_colorbars",
         "_prepare_layer",
+        "_reveal_layer",
         "_layers_ready",
         "_start_activity",
         "_update_activity",
@@ -284,6 +288,17 @@ def _child(scenario: str, size: int, seconds: float, out_dir: Path) -> dict[str,
     widget.overwrite.value = True
     _wait(app, 1.0)
 
+    # reference: what napari itself takes to add one (1-pixel) image layer to this viewer,
+    # in the GUI-thread call and the event-loop turn after it (no plugin code involved)
+    napari_add_ms = []
+    for _ in range(3):
+        t = time.perf_counter()
+        plain = viewer.add_image(np.zeros((1, 1), np.float32), name="reference")
+        app.processEvents()
+        napari_add_ms.append((time.perf_counter() - t) * 1000)
+        viewer.layers.remove(plain)
+        _wait(app, 0.2)
+
     canvas = viewer.window._qt_viewer.canvas._scene_canvas
     meter = _StallMeter()
     canvas.events.draw.connect(meter.draw_started, position="first")
@@ -298,8 +313,8 @@ def _child(scenario: str, size: int, seconds: float, out_dir: Path) -> dict[str,
         if "first_values" in marks and "first_drawn" not in marks:
             marks["first_drawn"] = time.perf_counter()
 
-    def on_data(layer: Any) -> None:
-        if "first_values" not in marks and np.isfinite(layer.data).any():
+    def on_data(layer: Any) -> None:  # values in a heatmap that is shown
+        if "first_values" not in marks and layer.visible and np.isfinite(layer.data).any():
             marks["first_values"] = time.perf_counter()
 
     def on_inserted(event: Any) -> None:
@@ -307,11 +322,22 @@ def _child(scenario: str, size: int, seconds: float, out_dir: Path) -> dict[str,
         if vst_meta(layer).get("role") == "heatmap":
             on_data(layer)
             layer.events.data.connect(lambda _e: on_data(layer))
+            layer.events.visible.connect(lambda _e: on_data(layer))
 
     canvas.events.draw.connect(on_draw)
     viewer.layers.events.inserted.connect(on_inserted)
     recorder = _SliceRecorder()
     _instrument(recorder, widget, viewer)
+    for name, dock in viewer.window._wrapped_dock_widgets.items():
+        if name.startswith("Gene browser"):  # docked with the Predict panel
+            browser = dock.inner_widget()
+            for attr in dir(type(browser)):
+                if attr.startswith("_on_") or attr in (
+                    "_follow_colour_bar",
+                    "_select_shown_genes",
+                    "_apply_filter",
+                ):
+                    recorder.wrap(browser, attr, f"gene_browser.{attr}")
     loop = QEventLoop()
     cancel_at: list[float] = []
     started: list[float] = []
@@ -329,6 +355,23 @@ def _child(scenario: str, size: int, seconds: float, out_dir: Path) -> dict[str,
         cancel_at.append(time.perf_counter())
         widget.cancel()
 
+    # Python's garbage collector stops every thread while it runs (a collection started by the
+    # worker's allocations stalls the GUI too): time each collection, by generation
+    import gc
+
+    collections: list[tuple[float, float, int, str]] = []
+    gc_start: list[float] = []
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_start[:] = [time.perf_counter()]
+        elif gc_start:
+            import threading
+
+            name = "gui" if threading.current_thread() is threading.main_thread() else "worker"
+            collections.append((gc_start[0], time.perf_counter(), info["generation"], name))
+
+    gc.callbacks.append(on_gc)
     meter.start()
     QTimer.singleShot(200, press_run)  # the meter is ticking before Run is pressed
     loop.exec()
@@ -337,7 +380,11 @@ def _child(scenario: str, size: int, seconds: float, out_dir: Path) -> dict[str,
     _wait(app, 0.3)
     ended = time.perf_counter()
     busy = meter.stop(split=marks.get("finished"))
+    gc.callbacks.remove(on_gc)
     started_at = started[0]
+    for a, b, generation, thread in collections:
+        if (b - a) * 1000 >= recorder.MIN_MS:
+            recorder.slices.append((a, b, f"gc gen{generation} ({thread} thread)", 0))
     for a, b in meter.draws:
         if (b - a) * 1000 >= recorder.MIN_MS:
             recorder.slices.append((a, b, "canvas draw", 0))
@@ -365,6 +412,7 @@ def _child(scenario: str, size: int, seconds: float, out_dir: Path) -> dict[str,
         "draw_max_ms": round(busy["draw_max_ms"], 1),
         "draw_median_ms": round(busy["draw_median_ms"], 1),
         "idle_stall_max_ms": round(idle["max_ms"], 1),
+        "napari_add_image_ms": round(float(np.median(napari_add_ms)), 1),
         # the five longest stalls: [start, s after Run; stall ms; ms of it the canvas drew]
         "top_stalls": [[round(t - started_at, 2), ms, d] for t, ms, d in busy["top"]],
         "spots": spots,
@@ -451,7 +499,7 @@ def main() -> None:
     header = (
         f"{'scenario':16} {'slide px':>13} {'spots':>7} {'done':>7} {'run s':>7} "
         f"{'1st heatmap s':>13} {'stall max ms':>12} {'predicting':>10} {'p99 ms':>7} {'>100ms':>6} "
-        f"{'w/o draw ms':>11} {'draw med/max ms':>15} {'idle max ms':>11}"
+        f"{'w/o draw ms':>11} {'draw med/max ms':>15} {'idle max ms':>11} {'napari add ms':>13}"
     )
     print(header)
     print("-" * len(header))
@@ -464,7 +512,7 @@ def main() -> None:
             f"{r['stall_p99_ms']:>7} {r['stalls_over_100ms']:>6} "
             f"{r['stall_max_without_drawing_ms']:>11} "
             f"{str(r['draw_median_ms']) + '/' + str(r['draw_max_ms']):>15} "
-            f"{r['idle_stall_max_ms']:>11}"
+            f"{r['idle_stall_max_ms']:>11} {r['napari_add_image_ms']:>13}"
         )
     report = {"machine": _machine(), "targets": TARGETS, "results": results}
     if args.json:

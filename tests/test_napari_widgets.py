@@ -11,6 +11,7 @@ from napari.utils.status_messages import status_format
 from PIL import Image
 
 from napari_virtual_st._napari.gene_browser import GeneBrowser
+from napari_virtual_st._napari.labels import set_text
 from napari_virtual_st._napari.layers import find_layers, set_canvas_colour_bars, vst_meta
 from napari_virtual_st._napari.predict_widget import PredictWidget
 from napari_virtual_st._napari.runner import BatchEvent
@@ -398,3 +399,24 @@ def test_canvas_colour_bars_are_opt_in_from_the_gene_browser(
         assert not heatmap.colorbar.visible and not later.colorbar.visible
     finally:
         set_canvas_colour_bars(None, False)
+
+
+def test_status_texts_keep_their_height_and_show_everything_as_a_tooltip(
+    make_napari_viewer, qtbot
+) -> None:
+    viewer = make_napari_viewer()
+    widget = _widget(viewer, qtbot)
+    browser = GeneBrowser(viewer)
+    viewer.window.add_dock_widget(browser, name="Gene browser")
+    qtbot.waitExposed(widget.native)
+    labels = {"status": widget.status, "cursor": browser.cursor, "info": browser.info}
+    heights = {name: label.native.height() for name, label in labels.items()}
+    long_text = "Done: 21,761 spots predicted in 40.1 s and saved to " + "/a/long/folder" * 12
+    widget._set_status(long_text)
+    set_text(browser.cursor, "spot 12_34: " + ", ".join(f"GENE{i} 4.56 ± 0.12" for i in range(12)))
+    qtbot.wait(50)
+    assert widget.status.value == long_text
+    assert widget.status.native.toolTip() == long_text  # all of it, whatever the panel shows
+    assert browser.cursor.native.toolTip().startswith("spot 12_34: GENE0 4.56")
+    # the panels did not grow: changing text does not re-lay out the docks
+    assert {name: label.native.height() for name, label in labels.items()} == heights

@@ -17,6 +17,7 @@ from napari.utils.notifications import show_warning
 
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari.colour_bar import ColourBar
+from napari_virtual_st._napari.labels import keep_height, set_text
 from napari_virtual_st._napari.store_view import StoreView, lookup_view, on_register
 
 if TYPE_CHECKING:
@@ -66,8 +67,8 @@ class GeneBrowser(Container):
         )
         self.colour_bar = ColourBar()
         self.cursor = Label(value="")
-        for label in (self.info, self.cursor):
-            label.native.setWordWrap(True)
+        keep_height(self.info, 2)
+        keep_height(self.cursor, 3)  # it changes with every mouse move
         self.extend(
             [
                 self.prediction,
@@ -143,7 +144,7 @@ class GeneBrowser(Container):
         self._store_key = self.prediction.value
         view = self.view
         self._choices_from = view
-        self.cursor.value = ""
+        set_text(self.cursor, "")
         self._syncing = True
         try:
             self.genes.reset_choices()
@@ -153,14 +154,15 @@ class GeneBrowser(Container):
                 grid = {"visium": "Visium spots", "st": "legacy ST spots", "dense": "tiles"}.get(
                     view.kind, "spots"
                 )
-                self.info.value = (
+                info = (
                     f"{view.model_name}: {len(view.genes)} genes ({view.target}) on "
                     f"{view.n_spots:,} {grid}"
                 )
             elif self.prediction.value is not None:
-                self.info.value = "Waiting for the run to lay out its spots…"
+                info = "Waiting for the run to lay out its spots…"
             else:
-                self.info.value = "No prediction in the viewer yet: run one, or open a .vst.zarr."
+                info = "No prediction in the viewer yet: run one, or open a .vst.zarr."
+            set_text(self.info, info)
         finally:
             self._syncing = False
         self._apply_filter()
@@ -326,9 +328,7 @@ class GeneBrowser(Container):
         return f"spot {view.spot_ids[spot]}: " + ", ".join(parts)
 
     def _on_mouse_move(self, viewer: napari.Viewer, event: Any) -> None:
-        text = self.values_at(np.asarray(event.position)[-2:])
-        if text != self.cursor.value:
-            self.cursor.value = text
+        set_text(self.cursor, self.values_at(np.asarray(event.position)[-2:]))
 
     def _on_destroyed(self, *_: Any) -> None:
         """The panel is closing: stop following the viewer's layers and the mouse."""

@@ -35,6 +35,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
 from napari_virtual_st._napari import layers as vst_layers
+from napari_virtual_st._napari.labels import keep_height, set_text
 from napari_virtual_st._napari.runner import (
     BatchEvent,
     PreviewEvent,
@@ -222,8 +223,9 @@ class PredictWidget(Container):
         )
         self.progress_bar = ProgressBar(label="Progress", value=0, min=0, max=1)
         self.status = Label(value="Open a slide, choose a model, press Run.")
-        for label in (self.model_info, self.status, self.mpp_hint):
+        for label in (self.model_info, self.mpp_hint):
             label.native.setWordWrap(True)
+        keep_height(self.status, 4)  # it changes all through a run: no relayout each time
         self.extend(
             [
                 self.slide,
@@ -737,7 +739,7 @@ class PredictWidget(Container):
         self.run_button.enabled = self.slide.value is not None
 
     def _set_status(self, text: str) -> None:
-        self.status.value = text
+        set_text(self.status, text)
 
     def _open_gene_browser(self) -> None:
         """Dock the gene browser beside this widget, once (when napari knows the plugin)."""

@@ -17,6 +17,14 @@ from napari_virtual_st.registry import bundled_models
 from napari_virtual_st.store import PredictionStore
 
 
+def _measured_args(a1) -> list[str]:
+    """The CLI's measured-data arguments for HER2ST A1 (legacy ST counts + spot file)."""
+    return [
+        *("--measured", str(a1.counts), "--spots", str(a1.spots)),
+        *("--pixel-scale", repr(a1.pixel_scale)),
+    ]
+
+
 @pytest.fixture(scope="module")
 def a1_prediction(
     tmp_path_factory: pytest.TempPathFactory,
@@ -45,14 +53,7 @@ def a1_prediction(
         str(out),
         "--quiet",
     ]
-    argv += [
-        "--measured",
-        str(a1.counts),
-        "--spots",
-        str(a1.spots),
-        "--pixel-scale",
-        repr(a1.pixel_scale),
-    ]
+    argv += _measured_args(a1)
     assert main(argv) == 0
     recorded = Predictor(model.path).info.metadata["metrics"]
     return PredictionStore.open(out), measured, {"a1": a1, "recorded": recorded}
@@ -82,12 +83,7 @@ def test_evaluate_command_prints_the_summary_and_writes_a_sorted_csv(
     argv = [
         "evaluate",
         str(store.path),
-        "--measured",
-        str(a1.counts),
-        "--spots",
-        str(a1.spots),
-        "--pixel-scale",
-        repr(a1.pixel_scale),
+        *_measured_args(a1),
         "--csv",
         str(out),
     ]
@@ -145,12 +141,7 @@ def test_evaluate_uses_the_alignment_saved_with_the_store_unless_given_one(
     argv = [
         "evaluate",
         str(copy),
-        "--measured",
-        str(a1.counts),
-        "--spots",
-        str(a1.spots),
-        "--pixel-scale",
-        repr(a1.pixel_scale),
+        *_measured_args(a1),
     ]
     away = Transform(np.array([[1.0, 0, 10_000.0], [0, 1.0, 0], [0, 0, 1.0]]))
     PredictionStore.open(copy).save_transform(away)
@@ -188,14 +179,7 @@ def test_predict_at_measured_spots_keeps_the_given_alignment_with_the_store(
     given.write_text(shifted.to_json())
     out = tmp_path / "aligned.vst.zarr"
     image = data._cleaned_copy(a1.image, a1.mask_boxes, a1.black_background)
-    measured_args = [
-        "--measured",
-        str(a1.counts),
-        "--spots",
-        str(a1.spots),
-        "--pixel-scale",
-        repr(a1.pixel_scale),
-    ]
+    measured_args = _measured_args(a1)
     model = next(m for m in bundled_models() if m.info is not None and m.info.family == "nsl")
     mpp = data.mpp_from_spot_spacing(measured.xy_fullres_px, measured.array_rc)
     argv = ["predict", str(image), "--model", str(model.path), "--mpp", repr(mpp)]

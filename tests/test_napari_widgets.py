@@ -29,6 +29,14 @@ def _widget(viewer, qtbot) -> PredictWidget:
     return widget
 
 
+def _browse(viewer, store: Path) -> tuple[GeneBrowser, object]:
+    """Open a store in the viewer and dock a Gene browser on it."""
+    viewer.open(store, plugin=PLUGIN)
+    browser = GeneBrowser(viewer)
+    viewer.window.add_dock_widget(browser, name="Gene browser")
+    return browser, get_view(store)
+
+
 def _run(widget: PredictWidget, qtbot) -> None:
     worker = widget.run()
     assert worker is not None
@@ -191,10 +199,7 @@ def test_gene_browser_search_select_recolour_and_cursor_values(
     make_napari_viewer, variance_store: Path
 ) -> None:
     viewer = make_napari_viewer()
-    viewer.open(variance_store, plugin=PLUGIN)
-    browser = GeneBrowser(viewer)
-    viewer.window.add_dock_widget(browser, name="Gene browser")
-    view = get_view(variance_store)
+    browser, view = _browse(viewer, variance_store)
     assert browser.prediction.value == str(variance_store)
     assert len(browser.genes.choices) == 40
     # search narrows the list without losing the selection
@@ -339,10 +344,7 @@ def test_gene_browser_colour_bar_follows_the_active_heatmap_and_its_limits(
     make_napari_viewer, qtbot, variance_store: Path
 ) -> None:
     viewer = make_napari_viewer(show=True)
-    viewer.open(variance_store, plugin=PLUGIN)
-    browser = GeneBrowser(viewer)
-    viewer.window.add_dock_widget(browser, name="Gene browser")
-    view = get_view(variance_store)
+    browser, view = _browse(viewer, variance_store)
     browser.show_genes(["SYNTH1", "SYNTH12"])
     (first,) = find_layers(viewer, view.path, "heatmap", "SYNTH1")
     (last,) = find_layers(viewer, view.path, "heatmap", "SYNTH12")
@@ -382,10 +384,7 @@ def test_canvas_colour_bars_are_opt_in_from_the_gene_browser(
     make_napari_viewer, variance_store: Path
 ) -> None:
     viewer = make_napari_viewer()
-    viewer.open(variance_store, plugin=PLUGIN)
-    browser = GeneBrowser(viewer)
-    viewer.window.add_dock_widget(browser, name="Gene browser")
-    view = get_view(variance_store)
+    browser, view = _browse(viewer, variance_store)
     try:
         browser.show_genes(["SYNTH1"])
         (heatmap,) = find_layers(viewer, view.path, "heatmap", "SYNTH1")

@@ -189,3 +189,37 @@ def test_bootstrap_of_a_pcc_difference_separates_a_better_model_from_a_tie() -> 
     tie = bootstrap_pcc_difference(good, good, true, n_boot=50)
     assert tie["difference"] == 0.0 and tie["ci95"] == [0.0, 0.0]
     assert tie["share_positive"] == 0.0 and tie["genes_a_better"] == 0.0
+
+
+def test_the_shipped_nsl_settings_train_on_a_tiny_subset_and_export_agreeing_on_real_tiles(
+    tmp_path,
+) -> None:
+    data = _her2st()
+    from dataclasses import replace
+
+    from models.evaluate import make_method
+    from models.nsl.build import SHIPPED_METHOD
+    from models.nsl.train import fit_nsl, predict_nsl
+    from napari_virtual_st.onnx_export import export_torch_model
+    from napari_virtual_st.predictor import Predictor
+
+    sections = data.load_her2st(16, 110.0, ["C2", "C3", "C4"])
+    train, test = [sections["C2"], sections["C3"]], sections["C4"]
+    genes = data.gene_panel(train, 8, test.measured.genes)
+    settings = replace(make_method(SHIPPED_METHOD).settings, epochs=1)
+    assert settings.pool_light and not settings.nonnegative and settings.head == "ridge"
+    model = fit_nsl(train, genes, settings)
+    assert model.n_trainable_per_gene() == 15
+    report = export_torch_model(
+        model,
+        tmp_path / "nsl.onnx",
+        genes=genes,
+        tile_px=16,
+        tile_um=110.0,
+        family="nsl",
+        target="log1p_cp10k",
+        check_tiles=test.tiles[:32],  # real tissue: the export refuses a disagreement > 1e-4
+    )
+    assert report.max_abs_diff <= 1e-4
+    got = Predictor(report.path, providers=["cpu"]).predict(test.tiles[:32]).expression
+    np.testing.assert_allclose(got, predict_nsl(model, test.tiles[:32]), atol=1e-4)

@@ -9,19 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from her2st import workshop_data as _her2st
+
 torch = pytest.importorskip("torch", reason="torch is in the 'train' extra")
-
-
-def _her2st():
-    from models.workshop.data import data_available
-
-    if not data_available():
-        pytest.skip(
-            "HER2ST data not available: ../shared/data/her2st_subset is absent beside the checkout"
-        )
-    from models.workshop import data
-
-    return data
 
 
 def test_efficientnet_lite0_loads_all_296_imagenet_tensors_and_encodes_a_real_tile() -> None:

@@ -12,24 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from her2st import workshop_data as _her2st
+
 torch = pytest.importorskip("torch", reason="torch is in the 'train' extra")
 pytest.importorskip(
     "onnxscript", reason="the torch ONNX exporter needs onnxscript ('train' extra)"
 )
 
 N_GENES = 12
-
-
-def _her2st():
-    from models.workshop.data import data_available
-
-    if not data_available():
-        pytest.skip(
-            "HER2ST data not available: ../shared/data/her2st_subset is absent beside the checkout"
-        )
-    from models.workshop import data
-
-    return data
 
 
 @pytest.fixture(scope="module")

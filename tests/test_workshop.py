@@ -10,21 +10,10 @@ import json
 import numpy as np
 import pytest
 
+from her2st import workshop_data as _her2st
 from models.workshop.metrics import gene_sets, neighbourhood_mean, pearson_per_gene, score
 
 torch = pytest.importorskip("torch", reason="torch is in the 'train' extra")
-
-
-def _her2st():
-    from models.workshop.data import data_available
-
-    if not data_available():
-        pytest.skip(
-            "HER2ST data not available: ../shared/data/her2st_subset is absent beside the checkout"
-        )
-    from models.workshop import data
-
-    return data
 
 
 def test_pearson_is_zero_for_constant_predictions_and_one_for_perfect_ones() -> None:
@@ -223,3 +212,18 @@ def test_the_shipped_nsl_settings_train_on_a_tiny_subset_and_export_agreeing_on_
     assert report.max_abs_diff <= 1e-4
     got = Predictor(report.path, providers=["cpu"]).predict(test.tiles[:32]).expression
     np.testing.assert_allclose(got, predict_nsl(model, test.tiles[:32]), atol=1e-4)
+
+
+def test_every_shipped_model_records_the_protocol_its_scores_and_the_baselines_the_same_way() -> (
+    None
+):
+    from models.workshop.provenance import PROTOCOL, held_out_record
+
+    held_out = {"raw": {"PCC-ALL": 0.08}, "smoothed_3x3": {"PCC-ALL": 0.09}}
+    baselines = {"ridge_colour": {"mean": {"raw": {"PCC-ALL": 0.079}}, "folds": []}}
+    record = held_out_record(held_out, "A1", 346, baselines, calibration={"coverage": 0.9})
+    assert record["protocol"] == PROTOCOL and record["n_test_spots"] == 346
+    assert record["raw"] == held_out["raw"] and record["calibration"] == {"coverage": 0.9}
+    assert record["baselines_same_split"] == {"ridge_colour": {"raw": {"PCC-ALL": 0.079}}}
+    assert "baselines_same_split" not in held_out_record(held_out, "A1", 346)
+    assert json.loads(json.dumps(record)) == record

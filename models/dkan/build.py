@@ -20,7 +20,12 @@ import torch
 from models.dkan.train import TILE_PX, TILE_UM, DKANSettings, fit_dkan
 from models.evaluate import C_SECTIONS, N_GENES, TEST_SECTION, evaluate_onnx
 from models.workshop.data import gene_panel, load_her2st
-from models.workshop.provenance import HER2ST_LICENCE_NOTE, git_revision
+from models.workshop.provenance import (
+    HER2ST_LICENCE_NOTE,
+    git_revision,
+    held_out_record,
+    write_metrics_json,
+)
 from napari_virtual_st.onnx_export import export_torch_model, record_metrics, store_weights_fp16
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,13 +78,7 @@ def build(out: Path, settings: DKANSettings | None = None) -> dict:
         f"min per-gene PCC vs float32 {half.min_gene_pcc:.5f}"
     )
     held_out = evaluate_onnx(out, sections)
-    metrics = {
-        "protocol": "models/evaluate.py cross_patient: train C2-C6, test A1; raw and 3x3-smoothed labels",
-        "test_section": TEST_SECTION,
-        "n_test_spots": len(sections[TEST_SECTION].tiles),
-        "raw": held_out["raw"],
-        "smoothed_3x3": held_out["smoothed_3x3"],
-    }
+    metrics = held_out_record(held_out, TEST_SECTION, len(sections[TEST_SECTION].tiles))
     record_metrics(out, metrics)
     print(json.dumps(metrics, indent=2))
     return metrics
@@ -92,7 +91,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     metrics = build(args.out)
-    (REPO / "models" / "dkan" / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_metrics_json(metrics, "dkan")
     return 0
 
 

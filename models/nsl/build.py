@@ -31,7 +31,12 @@ from models.nsl.train import NSLSettings, fit_nsl
 from models.workshop.baselines import RidgeColour
 from models.workshop.data import gene_panel, load_her2st
 from models.workshop.metrics import bootstrap_pcc_difference, neighbourhood_mean
-from models.workshop.provenance import HER2ST_LICENCE_NOTE, git_revision
+from models.workshop.provenance import (
+    HER2ST_LICENCE_NOTE,
+    git_revision,
+    held_out_record,
+    write_metrics_json,
+)
 from napari_virtual_st.onnx_export import export_torch_model
 from napari_virtual_st.predictor import Predictor
 
@@ -98,15 +103,13 @@ def build(out: Path, settings: NSLSettings | None = None) -> dict:
             ours, ridge, neighbourhood_mean(true, test.array_rc)
         ),
     }
-    metrics = {
-        "protocol": "models/evaluate.py cross_patient: train C2-C6, test A1; raw and 3x3-smoothed labels",
-        "test_section": TEST_SECTION,
-        "n_test_spots": len(sections[TEST_SECTION].tiles),
-        "raw": held_out["raw"],
-        "smoothed_3x3": held_out["smoothed_3x3"],
-        "baselines_same_split": {name: res["mean"] for name, res in baselines.items()},
-        "versus_ridge_colour": versus_ridge,
-    }
+    metrics = held_out_record(
+        held_out,
+        TEST_SECTION,
+        len(test.tiles),
+        baselines,
+        versus_ridge_colour=versus_ridge,
+    )
     report = export_torch_model(model, out, metrics=metrics, **common)
     print(f"wrote {report.path} (torch vs ONNX Runtime max |diff| {report.max_abs_diff:.2e})")
     print(json.dumps(metrics, indent=2))
@@ -120,7 +123,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     metrics = build(args.out)
-    (REPO / "models" / "nsl" / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_metrics_json(metrics, "nsl")
     return 0
 
 

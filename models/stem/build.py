@@ -34,7 +34,12 @@ from models.stem.calibration import calibration
 from models.stem.export import export_stem
 from models.stem.train import StemSettings, fit_stem
 from models.workshop.data import CACHE, SectionData, gene_panel, load_her2st
-from models.workshop.provenance import HER2ST_LICENCE_NOTE, git_revision
+from models.workshop.provenance import (
+    HER2ST_LICENCE_NOTE,
+    git_revision,
+    held_out_record,
+    write_metrics_json,
+)
 from napari_virtual_st.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,15 +115,13 @@ def build(out: Path, settings: StemSettings | None = None) -> dict[str, Any]:
     baselines = run_protocol(
         ["mean", "ridge_colour"], "cross_patient", sections, log=lambda _: None
     )
-    metrics = {
-        "protocol": "models/evaluate.py cross_patient: train C2-C6, test A1; raw and 3x3-smoothed labels",
-        "test_section": TEST_SECTION,
-        "n_test_spots": len(test.tiles),
-        "raw": held_out["raw"],
-        "smoothed_3x3": held_out["smoothed_3x3"],
-        "calibration": {**calib, "labels": "raw", "spot_ids": "0..n-1 (A1 order)"},
-        "baselines_same_split": {name: res["mean"] for name, res in baselines.items()},
-    }
+    metrics = held_out_record(
+        held_out,
+        TEST_SECTION,
+        len(test.tiles),
+        baselines,
+        calibration={**calib, "labels": "raw", "spot_ids": "0..n-1 (A1 order)"},
+    )
     report = export_stem(model, out, metrics=metrics, **common)
     print(f"wrote {report.path} (torch vs ONNX Runtime max |diff| {report.max_abs_diff:.2e})")
     print(json.dumps(metrics, indent=2))
@@ -133,7 +136,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=StemSettings.epochs, help="training epochs")
     args = parser.parse_args()
     metrics = build(args.out, StemSettings(epochs=args.epochs))
-    (REPO / "models" / "stem" / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_metrics_json(metrics, "stem")
     return 0
 
 

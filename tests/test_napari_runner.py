@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from napari_virtual_st._napari.runner import (
     visible_first,
 )
 from napari_virtual_st._napari.store_view import StoreView
-from napari_virtual_st.errors import CancelledError, MissingResolutionError
+from napari_virtual_st.errors import CancelledError, MissingResolutionError, ModelError
 from napari_virtual_st.store import PredictionStore
 
 
@@ -217,3 +219,64 @@ def test_a_preview_on_a_coarse_mask_comes_first_and_the_grid_is_the_full_masks(
     ]
     a, b = zip(*both, strict=True)
     np.testing.assert_allclose(preview.expression[list(a)], store.expression()[list(b)], rtol=1e-5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_lowering_priority_affects_the_calling_thread_and_threads_it_starts() -> None:
+    seen: dict[str, int] = {}
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def child() -> None:
+        seen["child"] = niceness()
+
+    def lowered() -> None:
+        seen["lowered"] = niceness() if runner.lower_thread_priority(12) else -1
+        started = threading.Thread(target=child)
+        started.start()
+        started.join()
+
+    thread = threading.Thread(target=lowered)
+    thread.start()
+    thread.join()
+    assert seen == {"lowered": 12, "child": 12}
+    assert niceness() < 12  # the caller of the test (GUI thread in a viewer) is untouched
+
+
+def test_a_run_that_yields_the_cpu_lowers_its_threads_and_writes_the_same_store(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lowered: list[str] = []
+    real = runner.lower_thread_priority
+
+    def recording(*args: int) -> bool:
+        lowered.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(runner, "lower_thread_priority", recording)
+    stores = []
+    for yield_cpu in (False, True):
+        request = _request(
+            cmu_small_svs, synthetic_model, tmp_path / str(yield_cpu), yield_cpu=yield_cpu
+        )
+        store_path = _drain(run_prediction(request))[1]
+        stores.append(PredictionStore.open(store_path).expression())
+        if not yield_cpu:
+            assert lowered == []
+    np.testing.assert_array_equal(stores[0], stores[1])
+    # the model's loader (ONNX Runtime's pool inherits it), every tile reader, and the run's
+    # own thread once its first batch was sent
+    assert lowered[0] == "vst-load-model"
+    assert any(name.startswith("vst-read") for name in lowered)
+    assert lowered[-1] == "vst-predict"
+
+
+def test_a_broken_model_is_refused_with_its_message_when_loaded_on_a_lowered_thread(
+    cmu_small_svs: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")
+    outcome = _drain(run_prediction_outcome(_request(cmu_small_svs, broken, tmp_path)))[1]
+    assert isinstance(outcome.error, ModelError)
+    assert "broken.onnx is not a loadable ONNX model" in str(outcome.error)

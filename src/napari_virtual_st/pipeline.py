@@ -121,6 +121,7 @@ def predict_slide(
     should_cancel: CancelCheck | None = None,
     overwrite: bool = False,
     first_spots: ArrayLike | None = None,
+    read_thread_init: Callable[[], object] | None = None,
 ) -> PredictionStore:
     """Predict every spot of ``grid`` and write the results to a store.
 
@@ -151,6 +152,8 @@ def predict_slide(
         Indices of spots (grid order) to predict first, most urgent first (e.g. those on
         screen): their chunks go before the others. The store and its values are the same
         whatever the order.
+    read_thread_init
+        Called once in each tile-reading thread as it starts (e.g. to lower its priority).
 
     Returns
     -------
@@ -222,7 +225,9 @@ def predict_slide(
     new_spots = 0
     queue: collections.deque[tuple[int, Future[NDArray[np.uint8]]]] = collections.deque()
     todo = iter(pending)
-    with ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="vst-read") as pool:
+    with ThreadPoolExecutor(
+        max_workers=read_threads, thread_name_prefix="vst-read", initializer=read_thread_init
+    ) as pool:
         try:
             for chunk in todo:
                 queue.append((chunk, pool.submit(read_chunk, chunk)))

@@ -353,6 +353,9 @@ class Predictor:
         TensorRT/CUDA when available, else CPU.
     intra_op_threads
         CPU threads ONNX Runtime may use per batch (``None``: all cores).
+    spin
+        Let ONNX Runtime's CPU threads busy-wait between operators (its default: a little
+        faster alone, but it takes CPU time from anything else, e.g. a viewer's GUI thread).
 
     Raises
     ------
@@ -373,6 +376,7 @@ class Predictor:
         providers: Sequence[str] | None = None,
         *,
         intra_op_threads: int | None = None,
+        spin: bool = True,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -384,6 +388,9 @@ class Predictor:
             if intra_op_threads < 1:
                 raise ParameterError(f"thread count must be at least 1; got {intra_op_threads}")
             options.intra_op_num_threads = intra_op_threads
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         model_bytes = self.path.read_bytes()
         try:
             self._session = ort.InferenceSession(

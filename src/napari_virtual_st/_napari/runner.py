@@ -19,7 +19,9 @@ batch boundary; finished batches stay in the store and a later run resumes them.
 
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -73,6 +75,12 @@ class RunRequest:
     preview
         On slides whose tissue takes long to find, predict one batch on a quick coarse
         tissue mask first (:class:`PreviewEvent`).
+    yield_cpu
+        Leave the CPU to the GUI thread first: the threads that read tiles and ONNX
+        Runtime's pool run at a lower scheduling priority (Linux), and so does the run's
+        own thread once the first values are out (until then it races to them); ONNX
+        Runtime does not busy-wait between operators. On a machine with few cores the
+        viewer stays fluid while the run takes the CPU time the GUI does not need.
     """
 
     slide_path: Path
@@ -87,6 +95,7 @@ class RunRequest:
     overwrite: bool = False
     visible_xy_level0_px: Region | None = None
     preview: bool = True
+    yield_cpu: bool = True
 
 
 @dataclass(frozen=True)
@@ -256,6 +265,9 @@ def _work(
 def _predict(
     request: RunRequest, cancel: threading.Event, emit: Callable[[RunEvent], None]
 ) -> Path:
+    if request.yield_cpu:
+        emit = _lowering_after_first_values(emit)
+
     def stage(message: str) -> None:
         if cancel.is_set():
             raise CancelledError("cancelled before prediction started; nothing was saved")
@@ -265,10 +277,7 @@ def _predict(
     with Slide(request.slide_path, mpp=request.mpp) as slide:
         mpp = slide.mpp  # raises the clear message when the resolution is unknown
         stage("loading the model")
-        predictor = Predictor(
-            request.model_path,
-            providers=None if request.providers is None else list(request.providers),
-        )
+        predictor = _load_predictor(request)
         stage("finding tissue")
         tissue = None
         if request.min_tissue_fraction > 0:
@@ -311,8 +320,74 @@ def _predict(
             should_cancel=cancel.is_set,
             overwrite=request.overwrite,
             first_spots=visible_first(grid.xy_level0_px, request.visible_xy_level0_px),
+            read_thread_init=lower_thread_priority if request.yield_cpu else None,
         )
     return request.store_path
+
+
+#: Niceness the run's threads take (0 normal, 19 lowest): they get CPU time only when the
+#: GUI thread and the display (normal priority) do not need it.
+RUN_NICENESS = 10
+
+
+def lower_thread_priority(niceness: int = RUN_NICENESS) -> bool:
+    """Lower the calling thread's scheduling priority to ``niceness`` (threads it starts
+    afterwards inherit it). Linux only, where each thread has its own niceness; elsewhere
+    (and where it is not allowed) nothing changes.
+
+    Returns
+    -------
+    bool
+        Whether the priority was lowered.
+    """
+    if not sys.platform.startswith("linux"):
+        return False  # (macOS's setpriority would apply to the whole process)
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
+    except OSError:
+        return False
+    return True
+
+
+def _load_predictor(request: RunRequest) -> Predictor:
+    """The run's model; with ``yield_cpu``, made on a thread of lower priority so that
+    ONNX Runtime's thread pool (started with the session) inherits it."""
+    providers = None if request.providers is None else list(request.providers)
+    if not request.yield_cpu:
+        return Predictor(request.model_path, providers=providers)
+    made: list[Predictor | BaseException] = []
+
+    def load() -> None:
+        lower_thread_priority()
+        try:
+            made.append(Predictor(request.model_path, providers=providers, spin=False))
+        except BaseException as exc:  # re-raised on the run's thread
+            made.append(exc)
+
+    loader = threading.Thread(target=load, name="vst-load-model", daemon=True)
+    loader.start()
+    loader.join()
+    if isinstance(made[0], BaseException):
+        raise made[0]
+    return made[0]
+
+
+def _lowering_after_first_values(
+    emit: Callable[[RunEvent], None],
+) -> Callable[[RunEvent], None]:
+    """``emit``, lowering the calling thread's priority once it has sent the first
+    predicted values (a preview or a batch): the run races to its first values, then
+    leaves the CPU to the GUI."""
+    lowered = [False]
+
+    def emitting(event: RunEvent) -> None:
+        emit(event)
+        if not lowered[0] and isinstance(event, PreviewEvent | BatchEvent):
+            lowered[0] = True
+            lower_thread_priority()
+
+    return emitting
 
 
 def visible_first(xy_level0_px: NDArray[np.float64], region: Region | None) -> NDArray[np.intp]:

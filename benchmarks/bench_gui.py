@@ -322,6 +322,7 @@ def _child(scenario: str, size: int, seconds: float, out_dir: Path) -> dict[str,
         if vst_meta(layer).get("role") == "heatmap":
             on_data(layer)
             layer.events.data.connect(lambda _e: on_data(layer))
+            layer.events.set_data.connect(lambda _e: on_data(layer))  # (values set in place)
             layer.events.visible.connect(lambda _e: on_data(layer))
 
     canvas.events.draw.connect(on_draw)

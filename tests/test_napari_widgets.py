@@ -69,7 +69,8 @@ def test_run_on_the_bundled_slide_fills_heatmaps_progressively(
     def watch(event) -> None:
         layer = event.value
         if vst_meta(layer).get("role") == "heatmap":
-            layer.events.data.connect(
+            # (set_data: napari has the layer's values, new array or changed in place)
+            layer.events.set_data.connect(
                 lambda _e: finite_counts.append(int(np.isfinite(layer.data).sum()))
             )
 
@@ -319,7 +320,7 @@ def test_a_large_slide_shows_a_preview_before_its_grid_is_ready(
     def watch(event) -> None:
         layer = event.value
         if vst_meta(layer).get("role") == "heatmap":
-            layer.events.data.connect(
+            layer.events.set_data.connect(
                 lambda _e: drawn.append(
                     (layer.data.shape, int(np.isfinite(layer.data).sum()), widget._view is None)
                 )

@@ -266,12 +266,38 @@ def find_layers(
     return found
 
 
-def add_layer(viewer: napari.Viewer, data: LayerDataTuple) -> Layer:
-    """Add a layer data tuple to the viewer and return the layer."""
+def add_layer(
+    viewer: napari.Viewer, data: LayerDataTuple | Layer, *, select: bool = True
+) -> Layer:
+    """Add a layer (or a layer data tuple) to the viewer and return the layer.
+
+    Parameters
+    ----------
+    viewer
+        The viewer.
+    data
+        A layer, or ``(data, kwargs, layer_type)``.
+    select
+        Make it the selected layer, as napari does with every new layer. ``False`` leaves
+        the selection as it is: the new layer's controls are made but not shown, which saves
+        napari a switch of the layer controls (tens of milliseconds of the GUI thread)
+        while a run is drawing; the layer can be selected in a later event-loop turn.
+    """
     from napari.layers import Layer
 
-    layer = Layer.create(*data)
-    viewer.add_layer(layer)
+    layer = data if isinstance(data, Layer) else Layer.create(*data)
+    layers = viewer.layers
+    # napari selects an inserted layer while _activate_on_insert is set (private, so only
+    # where it exists)
+    keep = select or not hasattr(layers, "_activate_on_insert")
+    before = True if keep else layers._activate_on_insert
+    if not keep:
+        layers._activate_on_insert = False
+    try:
+        viewer.add_layer(layer)
+    finally:
+        if not keep:
+            layers._activate_on_insert = before
     return layer
 
 
@@ -341,12 +367,28 @@ def refresh_heatmaps(viewer: napari.Viewer, view: StoreView) -> None:
             layer.scale = geometry.scale_um
         if tuple(layer.translate[-2:]) != geometry.translate_um:
             layer.translate = geometry.translate_um
-        layer.data = view.heatmap(gene, uncertainty=uncertainty)
+        _set_image(layer, view.heatmap(gene, uncertainty=uncertainty))
         old_lo, old_hi = layer.contrast_limits
         span = max(hi - lo, old_hi - old_lo, 1e-12)
         if max(abs(lo - old_lo), abs(hi - old_hi)) > LIMITS_TOLERANCE * span:
             layer.contrast_limits_range = (lo, hi)
             layer.contrast_limits = (lo, hi)
+
+
+def _set_image(layer: Layer, values: NDArray[np.float32]) -> None:
+    """New values for an image layer: written into its array when the shape is the same
+    (napari then only redraws; a new array also makes it recompute the viewer's extent)."""
+    data = layer.data
+    if (
+        isinstance(data, np.ndarray)
+        and data.shape == values.shape
+        and data.dtype == values.dtype
+        and data.flags.writeable
+    ):
+        np.copyto(data, values)
+        layer.refresh()
+    else:
+        layer.data = values
 
 
 def show_spots(

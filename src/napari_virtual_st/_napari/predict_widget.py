@@ -425,12 +425,12 @@ class PredictWidget(Container):
     def run(self, _value: Any = None) -> GeneratorWorker | None:
         """Start predicting in a worker thread (returns the worker, or ``None`` if refused).
 
-        The worker starts at once, told which part of the slide is on screen (those spots
-        come first). The GUI's own preparation follows in small steps, one event-loop turn
-        each, while the worker opens the slide and finds tissue: the activity dock's bar, the
-        run's heatmap layers one by one (empty until values come, so that afterwards the GUI
-        only has to draw values; a rerun into the same store reuses its layers) and the Gene
-        browser. On a large slide the first values are a preview batch predicted on a quick
+        The GUI's preparation goes in small steps, one event-loop turn each: the first
+        heatmap layer (empty until values come, so that afterwards the GUI only has to draw
+        values; a rerun into the same store reuses its layers), then the worker starts, told
+        which part of the slide is on screen (those spots come first), and while it opens
+        the slide and finds tissue the other layers, the activity dock's bar and the Gene
+        browser follow. On a large slide the first values are a preview batch predicted on a quick
         coarse tissue mask (see :mod:`.runner`); they stay until the run's own replace them.
         """
         if self.running:
@@ -470,10 +470,12 @@ class PredictWidget(Container):
         self.cancel_button.enabled = True
         self.progress_bar.max = 0  # busy until the number of spots is known
         self._set_status("starting…")
-        worker.start()
-        steps = [
+        # the first heatmap layer is added before the run starts: adding a layer is napari's
+        # longest piece of GUI work, and it is shorter without the run's start-up beside it
+        steps = self._layer_steps(request.store_path, info, genes)
+        steps[1:1] = [worker.start]
+        steps += [
             functools.partial(self._start_activity, request.slide_path.name),
-            *self._layer_steps(request.store_path, info, genes),
             self._open_gene_browser,  # (docked with this panel; again if it was closed)
         ]
         self._step(worker, steps)
@@ -484,8 +486,10 @@ class PredictWidget(Container):
 
         def next_step() -> None:
             if self._worker is worker and steps and not self._closed:
-                steps.pop(0)()
-                self._step(worker, steps)
+                try:
+                    steps.pop(0)()
+                finally:  # (a failed step must not keep the run from starting)
+                    self._step(worker, steps)
 
         if steps:
             QTimer.singleShot(STEP_MS, next_step)
@@ -538,7 +542,8 @@ class PredictWidget(Container):
         if not vst_layers.find_layers(self._viewer, store_path, role, gene):
             data = vst_layers.empty_heatmap_layer_data(store_path, gene, uncertainty=uncertainty)
             data[1]["visible"] = False
-            self._run_layers.append(vst_layers.add_layer(self._viewer, data))
+            # (selected in _layers_ready, in a later turn)
+            self._run_layers.append(vst_layers.add_layer(self._viewer, data, select=False))
             if not uncertainty:
                 self._to_reveal.add(gene)
 
@@ -648,7 +653,8 @@ class PredictWidget(Container):
         self._set_status(f"{p.spots_done:,} of {p.spots_total:,} spots predicted{rate}")
         if time.perf_counter() - self._activity_time >= ACTIVITY_INTERVAL_S:
             self._activity_time = time.perf_counter()
-            QTimer.singleShot(0, self._update_activity)  # after this handler, on its own
+            # in a later event-loop turn of its own (a zero delay would put it in this one)
+            QTimer.singleShot(STEP_MS, self._update_activity)
 
     def _update_activity(self) -> None:
         """Bring napari's activity dock up to date."""
@@ -699,10 +705,10 @@ class PredictWidget(Container):
         self._later_colorbars(view)
 
     def _add_spots(self, spots: Layer, view: StoreView) -> None:
-        self._viewer.add_layer(spots)
+        # the status bar shows the values of the active layer under the cursor: a heatmap
+        # (selected already) where there is one, else the spots
         shown = vst_layers.find_layers(self._viewer, view.path, "heatmap")
-        if shown:  # the status bar shows the values of the active layer under the cursor
-            self._viewer.layers.selection.active = shown[-1]
+        vst_layers.add_layer(self._viewer, spots, select=not shown)
 
     def _later_colorbars(self, view: StoreView) -> None:
         """Colour bars for the run's heatmaps once they have values, one per later event-loop

@@ -76,9 +76,9 @@ class RunRequest:
         On slides whose tissue takes long to find, predict one batch on a quick coarse
         tissue mask first (:class:`PreviewEvent`).
     yield_cpu
-        Leave the CPU to the GUI thread first: the threads that read tiles and ONNX
-        Runtime's pool run at a lower scheduling priority (Linux), and so does the run's
-        own thread once the first values are out (until then it races to them); ONNX
+        Leave the CPU to the GUI thread first: the threads that read tiles run at a lower
+        scheduling priority (Linux), and so do ONNX Runtime's pool and the run's own
+        thread once the first values are out (until then they race to them); ONNX
         Runtime does not busy-wait between operators. On a machine with few cores the
         viewer stays fluid while the run takes the CPU time the GUI does not need.
     """
@@ -265,8 +265,9 @@ def _work(
 def _predict(
     request: RunRequest, cancel: threading.Event, emit: Callable[[RunEvent], None]
 ) -> Path:
+    model_threads: set[int] = set()
     if request.yield_cpu:
-        emit = _lowering_after_first_values(emit)
+        emit = _lowering_after_first_values(emit, lambda: model_threads)
 
     def stage(message: str) -> None:
         if cancel.is_set():
@@ -277,7 +278,8 @@ def _predict(
     with Slide(request.slide_path, mpp=request.mpp) as slide:
         mpp = slide.mpp  # raises the clear message when the resolution is unknown
         stage("loading the model")
-        predictor = _load_predictor(request)
+        predictor, started = _load_predictor(request)
+        model_threads.update(started)
         stage("finding tissue")
         tissue = None
         if request.min_tissue_fraction > 0:
@@ -330,62 +332,78 @@ def _predict(
 RUN_NICENESS = 10
 
 
-def lower_thread_priority(niceness: int = RUN_NICENESS) -> bool:
-    """Lower the calling thread's scheduling priority to ``niceness`` (threads it starts
-    afterwards inherit it). Linux only, where each thread has its own niceness; elsewhere
-    (and where it is not allowed) nothing changes.
+def lower_thread_priority(niceness: int = RUN_NICENESS, thread_id: int | None = None) -> bool:
+    """Lower a thread's scheduling priority to ``niceness`` (threads it starts afterwards
+    inherit it). Linux only, where each thread has its own niceness; elsewhere (and where
+    it is not allowed) nothing changes.
+
+    Parameters
+    ----------
+    niceness
+        0 normal, 19 lowest; a thread already lower stays as it is.
+    thread_id
+        The thread's native id (``threading.get_native_id()``); the calling thread's by
+        default.
 
     Returns
     -------
     bool
-        Whether the priority was lowered.
+        Whether the priority is now at most that.
     """
     if not sys.platform.startswith("linux"):
         return False  # (macOS's setpriority would apply to the whole process)
+    tid = threading.get_native_id() if thread_id is None else thread_id
     try:
-        tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
     except OSError:
         return False
     return True
 
 
-def _load_predictor(request: RunRequest) -> Predictor:
-    """The run's model; with ``yield_cpu``, made on a thread of lower priority so that
-    ONNX Runtime's thread pool (started with the session) inherits it."""
+def _python_thread_ids() -> set[int]:
+    """Native ids of this process's threads that are named as Python names its own (Qt,
+    Mesa and other libraries name theirs); empty where /proc does not list them."""
+    try:
+        own = Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text()
+        found = set()
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                if (task / "comm").read_text() == own:
+                    found.add(int(task.name))
+            except OSError:  # (a thread that ended meanwhile)
+                continue
+        return found
+    except OSError:
+        return set()
+
+
+def _load_predictor(request: RunRequest) -> tuple[Predictor, set[int]]:
+    """The run's model, and the native ids of the threads ONNX Runtime started with it (its
+    CPU pool, to be lowered with :func:`lower_thread_priority` once the first values are
+    out; found as the new Python-named threads while the session was made, so a thread
+    another part of the program starts at that moment may be among them)."""
     providers = None if request.providers is None else list(request.providers)
     if not request.yield_cpu:
-        return Predictor(request.model_path, providers=providers)
-    made: list[Predictor | BaseException] = []
-
-    def load() -> None:
-        lower_thread_priority()
-        try:
-            made.append(Predictor(request.model_path, providers=providers, spin=False))
-        except BaseException as exc:  # re-raised on the run's thread
-            made.append(exc)
-
-    loader = threading.Thread(target=load, name="vst-load-model", daemon=True)
-    loader.start()
-    loader.join()
-    if isinstance(made[0], BaseException):
-        raise made[0]
-    return made[0]
+        return Predictor(request.model_path, providers=providers), set()
+    before = _python_thread_ids()
+    predictor = Predictor(request.model_path, providers=providers, spin=False)
+    return predictor, _python_thread_ids() - before
 
 
 def _lowering_after_first_values(
-    emit: Callable[[RunEvent], None],
+    emit: Callable[[RunEvent], None], thread_ids: Callable[[], set[int]]
 ) -> Callable[[RunEvent], None]:
-    """``emit``, lowering the calling thread's priority once it has sent the first
-    predicted values (a preview or a batch): the run races to its first values, then
-    leaves the CPU to the GUI."""
+    """``emit``, lowering the priority of the calling thread and of ``thread_ids()`` once
+    it has sent the first predicted values (a preview or a batch): the run races to its
+    first values, then leaves the CPU to the GUI."""
     lowered = [False]
 
     def emitting(event: RunEvent) -> None:
         emit(event)
         if not lowered[0] and isinstance(event, PreviewEvent | BatchEvent):
             lowered[0] = True
-            lower_thread_priority()
+            for tid in {threading.get_native_id(), *thread_ids()}:
+                lower_thread_priority(thread_id=tid)
 
     return emitting
 

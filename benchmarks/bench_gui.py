@@ -214,6 +214,7 @@ def _instrument(recorder: _SliceRecorder, widget: Any, viewer: Any) -> None:
         "_redraw",
         "_add_spots",
         "_show_colorbars",
+        "_make_layer",
         "_prepare_layer",
         "_reveal_layer",
         "_layers_ready",

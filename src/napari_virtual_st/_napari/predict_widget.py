@@ -179,6 +179,7 @@ class PredictWidget(Container):
         self._preview_drawn = False
         self._run_layers: list[Layer] = []
         self._to_reveal: set[str] = set()
+        self._made: dict[tuple[str, bool], Layer] = {}
         self._progress: napari_progress | None = None
         self._run_slide_layer: Layer | None = None
         self._latest: Progress | None = None
@@ -450,6 +451,7 @@ class PredictWidget(Container):
         self._preview_drawn = False
         self._run_layers = []
         self._to_reveal = set()
+        self._made = {}
         self._latest = None
         self._drawn = False
         self._started = time.perf_counter()
@@ -473,7 +475,7 @@ class PredictWidget(Container):
         # the first heatmap layer is added before the run starts: adding a layer is napari's
         # longest piece of GUI work, and it is shorter without the run's start-up beside it
         steps = self._layer_steps(request.store_path, info, genes)
-        steps[1:1] = [worker.start]
+        steps[2:2] = [worker.start]  # (after making and adding the first layer)
         steps += [
             functools.partial(self._start_activity, request.slide_path.name),
             self._open_gene_browser,  # (docked with this panel; again if it was closed)
@@ -525,25 +527,37 @@ class PredictWidget(Container):
         with_variance = "variance" in info.outputs
         steps: list[Callable[[], None]] = []
         for gene in genes:
+            steps.append(functools.partial(self._make_layer, store_path, gene, False))
             steps.append(functools.partial(self._prepare_layer, store_path, gene, False))
             steps.append(functools.partial(self._reveal_layer, store_path, gene))
             if with_variance:
+                steps.append(functools.partial(self._make_layer, store_path, gene, True))
                 steps.append(functools.partial(self._prepare_layer, store_path, gene, True))
         steps.append(functools.partial(self._layers_ready, store_path, genes[-1]))
         return steps
 
+    def _make_layer(self, store_path: Path, gene: str, uncertainty: bool) -> None:
+        """Make (not add) the run's empty, hidden heatmap or uncertainty layer of ``gene``,
+        unless the viewer has it: its own turn, before :meth:`_prepare_layer` adds it."""
+        role = "uncertainty" if uncertainty else "heatmap"
+        if not vst_layers.find_layers(self._viewer, store_path, role, gene):
+            data = vst_layers.empty_heatmap_layer_data(store_path, gene, uncertainty=uncertainty)
+            data[1]["visible"] = False
+            from napari.layers import Layer as NapariLayer
+
+            self._made[(gene, uncertainty)] = NapariLayer.create(*data)
+
     def _prepare_layer(self, store_path: Path, gene: str, uncertainty: bool) -> None:
-        """The run's (empty) heatmap or uncertainty layer of ``gene``, unless it exists.
+        """Add the layer :meth:`_make_layer` made, unless the viewer has one by now.
 
         It is added hidden: adding a layer and drawing it for the first time each cost napari
         tens of milliseconds, in two event-loop turns they do not add up to one long stall
         (:meth:`_reveal_layer` shows a heatmap in the next turn; uncertainty stays hidden)."""
         role = "uncertainty" if uncertainty else "heatmap"
-        if not vst_layers.find_layers(self._viewer, store_path, role, gene):
-            data = vst_layers.empty_heatmap_layer_data(store_path, gene, uncertainty=uncertainty)
-            data[1]["visible"] = False
+        layer = self._made.pop((gene, uncertainty), None)
+        if layer is not None and not vst_layers.find_layers(self._viewer, store_path, role, gene):
             # (selected in _layers_ready, in a later turn)
-            self._run_layers.append(vst_layers.add_layer(self._viewer, data, select=False))
+            self._run_layers.append(vst_layers.add_layer(self._viewer, layer, select=False))
             if not uncertainty:
                 self._to_reveal.add(gene)
 

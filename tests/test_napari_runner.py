@@ -200,7 +200,12 @@ def test_a_preview_on_a_coarse_mask_comes_first_and_the_grid_is_the_full_masks(
         "laying out spots",
     ]
     (preview,) = [e.view for e in events if isinstance(e, PreviewEvent)]
-    assert 0 < preview.n_spots <= request.batch_size
+    assert 0 < preview.n_spots <= min(request.batch_size, runner.PREVIEW_SPOTS)
+    # a few spots only, so that a slow model's first values come soon
+    monkeypatch.setattr(runner, "PREVIEW_SPOTS", 3)
+    fewer = _request(cmu_small_svs, synthetic_model, tmp_path / "c")
+    (small,) = [e.view for e in _drain(run_prediction(fewer))[0] if isinstance(e, PreviewEvent)]
+    assert small.n_spots == 3
     assert preview.path == request.store_path and preview.geometry is not None
     assert np.isfinite(preview.expression).all()
     # preview spots sit on the run's lattice, and the grid is the one of the full mask

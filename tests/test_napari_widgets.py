@@ -420,3 +420,16 @@ def test_status_texts_keep_their_height_and_show_everything_as_a_tooltip(
     assert browser.cursor.native.toolTip().startswith("spot 12_34: GENE0 4.56")
     # the panels did not grow: changing text does not re-lay out the docks
     assert {name: label.native.height() for name, label in labels.items()} == heights
+
+
+def test_a_layer_added_without_selecting_it_leaves_the_users_selection(make_napari_viewer) -> None:
+    from napari_virtual_st._napari.layers import add_layer
+
+    viewer = make_napari_viewer()
+    chosen = viewer.add_image(np.zeros((4, 4), np.float32), name="chosen")
+    quiet = add_layer(
+        viewer, (np.ones((2, 2), np.float32), {"name": "quiet"}, "image"), select=False
+    )
+    assert quiet in viewer.layers and viewer.layers.selection.active is chosen
+    loud = add_layer(viewer, (np.ones((2, 2), np.float32), {"name": "loud"}, "image"))
+    assert viewer.layers.selection.active is loud  # napari's own behaviour is back after

@@ -431,8 +431,9 @@ class PredictWidget(Container):
         values; a rerun into the same store reuses its layers), then the worker starts, told
         which part of the slide is on screen (those spots come first), and while it opens
         the slide and finds tissue the other layers, the activity dock's bar and the Gene
-        browser follow. On a large slide the first values are a few preview spots predicted on a quick
-        coarse tissue mask (see :mod:`.runner`); they stay until the run's own replace them.
+        browser follow. On a large slide the first values are a few preview spots predicted
+        on a quick coarse tissue mask (see :mod:`.runner`); they stay until the run's own
+        replace them.
         """
         if self.running:
             return None

@@ -364,8 +364,9 @@ def lower_thread_priority(niceness: int = RUN_NICENESS, thread_id: int | None = 
 
 
 def _python_thread_ids() -> set[int]:
-    """Native ids of this process's threads that are named as Python names its own (Qt,
-    Mesa and other libraries name theirs); empty where /proc does not list them."""
+    """Native ids of this process's threads with the calling thread's OS name (a thread
+    takes its creator's, while Qt, Mesa and other libraries name theirs); empty where /proc
+    does not list them."""
     try:
         own = Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text()
         found = set()
@@ -383,8 +384,9 @@ def _python_thread_ids() -> set[int]:
 def _load_predictor(request: RunRequest) -> tuple[Predictor, set[int]]:
     """The run's model, and the native ids of the threads ONNX Runtime started with it (its
     CPU pool, to be lowered with :func:`lower_thread_priority` once the first values are
-    out; found as the new Python-named threads while the session was made, so a thread
-    another part of the program starts at that moment may be among them)."""
+    out; found as the threads of this thread's OS name that appeared while the session was
+    made, so a plain Python thread another part of the program starts at that moment may
+    be among them)."""
     providers = None if request.providers is None else list(request.providers)
     if not request.yield_cpu:
         return Predictor(request.model_path, providers=providers), set()

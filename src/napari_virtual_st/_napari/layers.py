@@ -287,16 +287,15 @@ def add_layer(
 
     layer = data if isinstance(data, Layer) else Layer.create(*data)
     layers = viewer.layers
-    # napari selects an inserted layer while _activate_on_insert is set (private, so only
+    # napari selects an inserted layer while _activate_on_insert is set (private: only
     # where it exists)
-    keep = select or not hasattr(layers, "_activate_on_insert")
-    before = True if keep else layers._activate_on_insert
-    if not keep:
-        layers._activate_on_insert = False
+    quiet = not select and hasattr(layers, "_activate_on_insert")
+    if quiet:
+        before, layers._activate_on_insert = layers._activate_on_insert, False
     try:
         viewer.add_layer(layer)
     finally:
-        if not keep:
+        if quiet:
             layers._activate_on_insert = before
     return layer
 

@@ -29,6 +29,7 @@ from magicgui.widgets import (
     ProgressBar,
     PushButton,
 )
+from napari.layers import Layer
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
@@ -61,7 +62,6 @@ from napari_virtual_st.registry import DEFAULT_MODEL_NAME, BundledModel, bundled
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Layer
 
 #: Fewest seconds between two heatmap redraws during a run (the first batch draws at once).
 REDRAW_INTERVAL_S = 0.25
@@ -544,9 +544,7 @@ class PredictWidget(Container):
         if not vst_layers.find_layers(self._viewer, store_path, role, gene):
             data = vst_layers.empty_heatmap_layer_data(store_path, gene, uncertainty=uncertainty)
             data[1]["visible"] = False
-            from napari.layers import Layer as NapariLayer
-
-            self._made[(gene, uncertainty)] = NapariLayer.create(*data)
+            self._made[(gene, uncertainty)] = Layer.create(*data)
 
     def _prepare_layer(self, store_path: Path, gene: str, uncertainty: bool) -> None:
         """Add the layer :meth:`_make_layer` made, unless the viewer has one by now.

@@ -270,7 +270,7 @@ def _predict(
 ) -> Path:
     model_threads: set[int] = set()
     if request.yield_cpu:
-        emit = _lowering_after_first_values(emit, lambda: model_threads)
+        emit = _lowering_after_first_values(emit, model_threads)
 
     def stage(message: str) -> None:
         if cancel.is_set():
@@ -396,18 +396,19 @@ def _load_predictor(request: RunRequest) -> tuple[Predictor, set[int]]:
 
 
 def _lowering_after_first_values(
-    emit: Callable[[RunEvent], None], thread_ids: Callable[[], set[int]]
+    emit: Callable[[RunEvent], None], thread_ids: set[int]
 ) -> Callable[[RunEvent], None]:
-    """``emit``, lowering the priority of the calling thread and of ``thread_ids()`` once
-    it has sent the first predicted values (a preview or a batch): the run races to its
-    first values, then leaves the CPU to the GUI."""
+    """``emit``, lowering the priority of the calling thread and of the threads in
+    ``thread_ids`` (as the set is then: it is filled once the model is loaded) once it has
+    sent the first predicted values (a preview or a batch): the run races to its first
+    values, then leaves the CPU to the GUI."""
     lowered = [False]
 
     def emitting(event: RunEvent) -> None:
         emit(event)
         if not lowered[0] and isinstance(event, PreviewEvent | BatchEvent):
             lowered[0] = True
-            for tid in {threading.get_native_id(), *thread_ids()}:
+            for tid in {threading.get_native_id(), *thread_ids}:
                 lower_thread_priority(thread_id=tid)
 
     return emitting

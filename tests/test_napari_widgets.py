@@ -315,6 +315,7 @@ def test_a_large_slide_shows_a_preview_before_its_grid_is_ready(
     widget.add_model(synthetic_model)
     widget.output.value = tmp_path / "preview.vst.zarr"
     widget.batch_size = 4
+    widget.in_process = False  # (the patched threshold holds in this process only)
     drawn: list[tuple[tuple[int, ...], int, bool]] = []
 
     def watch(event) -> None:

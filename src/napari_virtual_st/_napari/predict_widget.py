@@ -1,9 +1,10 @@
 """The Predict dock widget: choose a slide layer and a model, press Run, watch heatmaps fill in.
 
 A thin form over the engine. The run itself (:func:`.runner.run_prediction_outcome`) happens
-in a ``napari.qt.threading`` worker; this widget only turns the events it yields into layer
-updates, progress (here and in napari's activity dock) and notifications, so the GUI thread
-never waits for the slide, the model or the store.
+in a prediction process of its own (:mod:`.run_process`), followed by a ``napari.qt.threading``
+worker; this widget only turns the events it yields into layer updates, progress (here and in
+napari's activity dock) and notifications, so the GUI thread never waits for the slide, the
+model or the store, nor for Python's interpreter lock while tiles are read and predicted.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
 from napari_virtual_st._napari import layers as vst_layers
+from napari_virtual_st._napari import run_process
 from napari_virtual_st._napari.labels import keep_height, set_text
 from napari_virtual_st._napari.runner import (
     BatchEvent,
@@ -46,6 +48,7 @@ from napari_virtual_st._napari.runner import (
     RunRequest,
     StageEvent,
     StoreReadyEvent,
+    run_prediction,
     run_prediction_outcome,
 )
 from napari_virtual_st._napari.store_view import (
@@ -143,13 +146,15 @@ def default_output_dir(slide_path: Path) -> Path:
 
 
 def predict_then_build_spots(
-    request: RunRequest, cancel: threading.Event, colour_by: str
+    request: RunRequest, cancel: threading.Event, colour_by: str, in_process: bool = True
 ) -> Generator[RunEvent, None, tuple[RunOutcome, Layer | None, StoreView | None]]:
-    """The worker's job: the run, then (still off the GUI thread) the finished store read
-    back and its spots layer, with every gene as a feature, built for the GUI to add."""
+    """The worker's job: the run (in a prediction process of its own unless ``in_process``
+    is false), then (still off the GUI thread) the finished store read back and its spots
+    layer, with every gene as a feature, built for the GUI to add."""
     from napari.layers import Layer
 
-    outcome = yield from run_prediction_outcome(request, cancel)
+    run = run_process.run_prediction_in_process if in_process else run_prediction
+    outcome = yield from run_prediction_outcome(request, cancel, run)
     if outcome.store_path is None:
         return outcome, None, None
     view = StoreView.open(outcome.store_path)
@@ -194,6 +199,8 @@ class PredictWidget(Container):
         self._output_is_default = True
         self._setting_output = False
         self.batch_size = 32
+        #: Run in a prediction process (``False``: in a thread of napari's process)
+        self.in_process = True
         self.last_outcome: RunOutcome | None = None
         self._inbox: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = (
             collections.deque()
@@ -261,6 +268,12 @@ class PredictWidget(Container):
         # the Gene browser docks with this panel (once it is docked itself), not when Run is
         # pressed: docking re-lays out the window, which would stall the run's first seconds
         QTimer.singleShot(0, self._open_gene_browser)
+        # a prediction process imports the engine now, while the user chooses, not at Run
+        QTimer.singleShot(0, self._prewarm)
+
+    def _prewarm(self) -> None:
+        if self.in_process and not self._closed:
+            run_process.prewarm()
 
     def _on_destroyed(self, *_: Any) -> None:
         """The panel is closing (or the viewer): stop a run after its current batch."""
@@ -461,7 +474,12 @@ class PredictWidget(Container):
         self.last_outcome = None
         genes = self._genes_to_show(request.store_path, info)
         worker = create_worker(
-            predict_then_build_spots, request, self._cancel, genes[-1], _start_thread=False
+            predict_then_build_spots,
+            request,
+            self._cancel,
+            genes[-1],
+            self.in_process,
+            _start_thread=False,
         )
         # napari's progress bars and layer controls process Qt events while they update, so
         # a handler can be re-entered; the inbox keeps the worker's messages in order

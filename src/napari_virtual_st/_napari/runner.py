@@ -239,15 +239,21 @@ def run_prediction(
 
 
 def run_prediction_outcome(
-    request: RunRequest, cancel: threading.Event | None = None
+    request: RunRequest,
+    cancel: threading.Event | None = None,
+    run: Callable[
+        [RunRequest, threading.Event | None], Generator[RunEvent, None, Path]
+    ] = run_prediction,
 ) -> Generator[RunEvent, None, RunOutcome]:
-    """:func:`run_prediction`, returning the engine's errors as a :class:`RunOutcome`.
+    """:func:`run_prediction` (or another ``run`` with its signature, e.g.
+    :func:`.run_process.run_prediction_in_process`), returning the engine's errors as a
+    :class:`RunOutcome`.
 
     Errors the engine raises on purpose (missing resolution, bad model, cancelled...) carry a
     message for the user and end here; anything else is a bug and propagates.
     """
     try:
-        store_path = yield from run_prediction(request, cancel)
+        store_path = yield from run(request, cancel)
     except VirtualSTError as exc:
         return RunOutcome(None, exc)
     return RunOutcome(store_path)

@@ -1,0 +1,91 @@
+"""A prediction run in a process of its own gives what a run in this process gives."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_virtual_st._napari import run_process
+from napari_virtual_st._napari.run_process import RunProcess, RunProcessError
+from napari_virtual_st._napari.runner import (
+    BatchEvent,
+    RunRequest,
+    StoreReadyEvent,
+    run_prediction,
+    run_prediction_outcome,
+)
+from napari_virtual_st.errors import CancelledError, ModelError
+from napari_virtual_st.store import PredictionStore
+
+
+def _drain(gen):
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            return events, stop.value
+
+
+def _request(slide: Path, model: Path, store: Path, **kwargs) -> RunRequest:
+    return RunRequest(slide, model, store, batch_size=kwargs.pop("batch_size", 8), **kwargs)
+
+
+def test_a_run_in_its_own_process_writes_the_store_a_run_here_writes(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path
+) -> None:
+    here, _ = _drain(run_prediction(_request(cmu_small_svs, synthetic_model, tmp_path / "a")))
+    request = _request(cmu_small_svs, synthetic_model, tmp_path / "b.vst.zarr")
+    events, path = _drain(run_process.run_prediction_in_process(request))
+    assert path == request.store_path
+    assert [type(e) for e in events] == [type(e) for e in here]
+    assert isinstance(events[[type(e) for e in events].index(StoreReadyEvent)], StoreReadyEvent)
+    a, b = PredictionStore.open(tmp_path / "a"), PredictionStore.open(path)
+    np.testing.assert_allclose(b.expression(), a.expression(), rtol=1e-6)
+    batches = [e for e in events if isinstance(e, BatchEvent)]
+    assert sum(len(e.expression) for e in batches) == b.n_spots
+    assert run_process._SPARES and run_process._SPARES[-1].alive  # kept for the next run
+
+
+def test_cancel_and_engine_errors_come_back_with_their_messages(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path
+) -> None:
+    cancel = threading.Event()
+    gen = run_process.run_prediction_in_process(
+        _request(cmu_small_svs, synthetic_model, tmp_path / "c.vst.zarr", batch_size=2), cancel
+    )
+    with pytest.raises(CancelledError):
+        for event in gen:
+            if isinstance(event, BatchEvent):
+                cancel.set()
+    assert PredictionStore.open(tmp_path / "c.vst.zarr").done.sum() > 0  # batches kept
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    _, outcome = _drain(
+        run_prediction_outcome(
+            _request(cmu_small_svs, broken, tmp_path / "d.vst.zarr"),
+            None,
+            run_process.run_prediction_in_process,
+        )
+    )
+    assert isinstance(outcome.error, ModelError) and "broken.onnx" in str(outcome.error)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+def test_a_process_that_dies_mid_run_ends_the_run_with_a_clear_error(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path
+) -> None:
+    process = RunProcess()
+    gen = process.run(
+        _request(cmu_small_svs, synthetic_model, tmp_path / "e.vst.zarr", batch_size=2)
+    )
+    with pytest.raises(RunProcessError, match=r"ended unexpectedly.*resumes"):
+        for event in gen:
+            if isinstance(event, BatchEvent):
+                os.kill(process.pid, signal.SIGKILL)
+    assert not process.alive

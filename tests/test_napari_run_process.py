@@ -14,26 +14,14 @@ from napari_virtual_st._napari import run_process
 from napari_virtual_st._napari.run_process import RunProcess, RunProcessError
 from napari_virtual_st._napari.runner import (
     BatchEvent,
-    RunRequest,
     StoreReadyEvent,
     run_prediction,
     run_prediction_outcome,
 )
 from napari_virtual_st.errors import CancelledError, ModelError
 from napari_virtual_st.store import PredictionStore
-
-
-def _drain(gen):
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
-
-
-def _request(slide: Path, model: Path, store: Path, **kwargs) -> RunRequest:
-    return RunRequest(slide, model, store, batch_size=kwargs.pop("batch_size", 8), **kwargs)
+from runs import drain as _drain
+from runs import run_request as _request
 
 
 def test_a_run_in_its_own_process_writes_the_store_a_run_here_writes(

@@ -25,26 +25,12 @@ from napari_virtual_st._napari.runner import (
 from napari_virtual_st._napari.store_view import StoreView
 from napari_virtual_st.errors import CancelledError, MissingResolutionError, ModelError
 from napari_virtual_st.store import PredictionStore
-
-
-def _drain(gen):
-    """All events of a run and its return value."""
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
+from runs import drain as _drain
+from runs import run_request
 
 
 def _request(slide: Path, model: Path, tmp_path: Path, **kwargs) -> RunRequest:
-    return RunRequest(
-        slide_path=slide,
-        model_path=model,
-        store_path=tmp_path / "run.vst.zarr",
-        batch_size=kwargs.pop("batch_size", 8),
-        **kwargs,
-    )
+    return run_request(slide, model, tmp_path / "run.vst.zarr", **kwargs)
 
 
 def test_events_carry_every_batch_the_store_holds(

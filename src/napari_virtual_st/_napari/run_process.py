@@ -30,7 +30,6 @@ import warnings
 from collections.abc import Callable, Generator
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
-from typing import Any
 
 from napari_virtual_st._napari import runner
 from napari_virtual_st._napari.runner import RunEvent, RunRequest
@@ -60,6 +59,7 @@ class RunProcess:
     """
 
     def __init__(self) -> None:
+        # (a Unix socket, or a named pipe on Windows: an address that is one string)
         self._listener = Listener(authkey=(key := os.urandom(32)))
         self._connection: Connection | None = None
         self._accepted = threading.Event()
@@ -71,7 +71,7 @@ class RunProcess:
             p for p in (package_root, env.get("PYTHONPATH", "")) if p
         )
         self._process = subprocess.Popen(
-            [sys.executable, "-m", __name__, _address_text(self._listener.address)],
+            [sys.executable, "-m", __name__, str(self._listener.address)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             env=env,
@@ -101,8 +101,14 @@ class RunProcess:
             self._listener.close()
             self._accepted.set()
 
-    def _connected(self, timeout: float = START_TIMEOUT_S) -> Connection:
-        """The connection to the process, once it has connected back."""
+    def ready(self, timeout: float = START_TIMEOUT_S) -> Connection:
+        """The connection to the process, once it has imported the engine and connected back.
+
+        Raises
+        ------
+        RunProcessError
+            When it ended or timed out first (it is then closed).
+        """
         waited = 0.0
         while not self._accepted.wait(POLL_S):
             waited += POLL_S
@@ -129,7 +135,7 @@ class RunProcess:
             Whatever the engine raised, with its message.
         """
         cancel = threading.Event() if cancel is None else cancel
-        connection = self._connected()
+        connection = self.ready()
         self._runs += 1
         run_id = self._runs
         with self._lock:
@@ -194,6 +200,8 @@ class RunProcess:
 
     def close(self) -> None:
         """End the process (a run in it stops where it is; finished batches are saved)."""
+        with contextlib.suppress(ValueError):
+            _STARTED.remove(self)
         if self._connection is not None:
             self._connection.close()
         else:
@@ -256,11 +264,10 @@ def run_prediction_in_process(
     """
     try:
         process = acquire()
-        connection_ok = process._connected()
+        process.ready()
     except (OSError, RunProcessError) as exc:
         warnings.warn(f"running the prediction in napari's own process: {exc}", RuntimeWarning, 2)
         return (yield from runner.run_prediction(request, cancel))
-    del connection_ok
     try:
         return (yield from process.run(request, cancel))
     finally:
@@ -269,12 +276,8 @@ def run_prediction_in_process(
 
 @atexit.register
 def _close_all() -> None:
-    for process in _STARTED:
+    for process in list(_STARTED):
         process.close()
-
-
-def _address_text(address: Any) -> str:
-    return address if isinstance(address, str) else f"{address[0]}:{address[1]}"
 
 
 # -- the process's side -----------------------------------------------------------------------
@@ -347,10 +350,7 @@ def _describe(item: object) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry of the process: connect back to the viewer's process and serve its runs."""
-    argv = sys.argv[1:] if argv is None else argv
-    text = argv[0]
-    host, _, port = text.rpartition(":")
-    address: Any = (host, int(port)) if port.isdigit() and host else text
+    (address,) = sys.argv[1:] if argv is None else argv
     key = bytes.fromhex(sys.stdin.readline().strip())
     with Client(address, authkey=key) as connection:
         serve(connection)

@@ -215,6 +215,7 @@ def _instrument(recorder: _SliceRecorder, widget: Any, viewer: Any) -> None:
         "_add_spots",
         "_show_colorbars",
         "_make_layer",
+        "_make_view",
         "_prepare_layer",
         "_reveal_layer",
         "_layers_ready",
@@ -238,6 +239,12 @@ def _instrument(recorder: _SliceRecorder, widget: Any, viewer: Any) -> None:
                 recorder.wrap(cls, attr, f"{cls.__name__}.{attr}")
     for attr in ("update", "close", "__init__"):
         recorder.wrap(progress, attr, f"progress.{attr}")
+    try:  # napari's views of a layer made before it is added (where this version has them)
+        from napari_virtual_st._napari.layer_views import LayerViews
+    except ImportError:
+        return
+    for attr in ("make_visual", "make_controls"):
+        recorder.wrap(LayerViews, attr, f"LayerViews.{attr}")
 
 
 def _wait(app: Any, seconds: float) -> None:

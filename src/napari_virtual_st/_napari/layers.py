@@ -19,6 +19,7 @@ import dask.array as da
 import numpy as np
 from numpy.typing import NDArray
 
+from napari_virtual_st._napari.layer_views import LayerViews, handing_over
 from napari_virtual_st._napari.store_view import StoreView
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.slide import LevelArray, Slide
@@ -267,7 +268,11 @@ def find_layers(
 
 
 def add_layer(
-    viewer: napari.Viewer, data: LayerDataTuple | Layer, *, select: bool = True
+    viewer: napari.Viewer,
+    data: LayerDataTuple | Layer,
+    *,
+    select: bool = True,
+    views: LayerViews | None = None,
 ) -> Layer:
     """Add a layer (or a layer data tuple) to the viewer and return the layer.
 
@@ -282,6 +287,9 @@ def add_layer(
         the selection as it is: the new layer's controls are made but not shown, which saves
         napari a switch of the layer controls (tens of milliseconds of the GUI thread)
         while a run is drawing; the layer can be selected in a later event-loop turn.
+    views
+        napari's views of the layer made beforehand (:class:`LayerViews`, for ``data``
+        given as that layer): napari uses them instead of making its own in this call.
     """
     from napari.layers import Layer
 
@@ -293,7 +301,8 @@ def add_layer(
     if quiet:
         before, layers._activate_on_insert = layers._activate_on_insert, False
     try:
-        viewer.add_layer(layer)
+        with handing_over(views):
+            viewer.add_layer(layer)
     finally:
         if quiet:
             layers._activate_on_insert = before

@@ -39,6 +39,7 @@ from qtpy.QtCore import QTimer
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari import run_process
 from napari_virtual_st._napari.labels import keep_height, set_text
+from napari_virtual_st._napari.layer_views import LayerViews
 from napari_virtual_st._napari.runner import (
     BatchEvent,
     PreviewEvent,
@@ -184,7 +185,7 @@ class PredictWidget(Container):
         self._preview_drawn = False
         self._run_layers: list[Layer] = []
         self._to_reveal: set[str] = set()
-        self._made: dict[tuple[str, bool], Layer] = {}
+        self._made: dict[tuple[str, bool], LayerViews] = {}
         self._progress: napari_progress | None = None
         self._run_slide_layer: Layer | None = None
         self._latest: Progress | None = None
@@ -465,6 +466,8 @@ class PredictWidget(Container):
         self._preview_drawn = False
         self._run_layers = []
         self._to_reveal = set()
+        for views in self._made.values():  # (of a run that ended before adding them)
+            views.close()
         self._made = {}
         self._latest = None
         self._drawn = False
@@ -491,10 +494,11 @@ class PredictWidget(Container):
         self.cancel_button.enabled = True
         self.progress_bar.max = 0  # busy until the number of spots is known
         self._set_status("starting…")
-        # the first heatmap layer is added before the run starts: adding a layer is napari's
-        # longest piece of GUI work, and it is shorter without the run's start-up beside it
+        # the run starts once the first heatmap layer is made; napari's views of the layer
+        # and the add follow, each in a turn of its own (together they are napari's longest
+        # piece of GUI work)
         steps = self._layer_steps(request.store_path, info, genes)
-        steps[2:2] = [worker.start]  # (after making and adding the first layer)
+        steps[1:1] = [worker.start]
         steps += [
             functools.partial(self._start_activity, request.slide_path.name),
             self._open_gene_browser,  # (docked with this panel; again if it was closed)
@@ -546,23 +550,34 @@ class PredictWidget(Container):
         with_variance = "variance" in info.outputs
         steps: list[Callable[[], None]] = []
         for gene in genes:
-            steps.append(functools.partial(self._make_layer, store_path, gene, False))
-            steps.append(functools.partial(self._prepare_layer, store_path, gene, False))
-            steps.append(functools.partial(self._reveal_layer, store_path, gene))
-            if with_variance:
-                steps.append(functools.partial(self._make_layer, store_path, gene, True))
-                steps.append(functools.partial(self._prepare_layer, store_path, gene, True))
+            for uncertainty in (False, True) if with_variance else (False,):
+                steps.append(functools.partial(self._make_layer, store_path, gene, uncertainty))
+                steps.append(functools.partial(self._make_view, gene, uncertainty, "visual"))
+                steps.append(functools.partial(self._make_view, gene, uncertainty, "controls"))
+                steps.append(functools.partial(self._prepare_layer, store_path, gene, uncertainty))
+                if not uncertainty:
+                    steps.append(functools.partial(self._reveal_layer, store_path, gene))
         steps.append(functools.partial(self._layers_ready, store_path, genes[-1]))
         return steps
 
     def _make_layer(self, store_path: Path, gene: str, uncertainty: bool) -> None:
         """Make (not add) the run's empty, hidden heatmap or uncertainty layer of ``gene``,
-        unless the viewer has it: its own turn, before :meth:`_prepare_layer` adds it."""
+        unless the viewer has it: its own turn, before :meth:`_make_view` makes napari's
+        views of it and :meth:`_prepare_layer` adds it."""
         role = "uncertainty" if uncertainty else "heatmap"
         if not vst_layers.find_layers(self._viewer, store_path, role, gene):
             data = vst_layers.empty_heatmap_layer_data(store_path, gene, uncertainty=uncertainty)
             data[1]["visible"] = False
-            self._made[(gene, uncertainty)] = Layer.create(*data)
+            self._made[(gene, uncertainty)] = LayerViews(self._viewer, Layer.create(*data))
+
+    def _make_view(self, gene: str, uncertainty: bool, view: str) -> None:
+        """Make napari's canvas visual or controls of a layer :meth:`_make_layer` made, in a
+        turn of its own (napari would make both while adding the layer)."""
+        views = self._made.get((gene, uncertainty))
+        if views is not None and view == "visual":
+            views.make_visual()
+        elif views is not None:
+            views.make_controls()
 
     def _prepare_layer(self, store_path: Path, gene: str, uncertainty: bool) -> None:
         """Add the layer :meth:`_make_layer` made, unless the viewer has one by now.
@@ -571,12 +586,17 @@ class PredictWidget(Container):
         tens of milliseconds, in two event-loop turns they do not add up to one long stall
         (:meth:`_reveal_layer` shows a heatmap in the next turn; uncertainty stays hidden)."""
         role = "uncertainty" if uncertainty else "heatmap"
-        layer = self._made.pop((gene, uncertainty), None)
-        if layer is not None and not vst_layers.find_layers(self._viewer, store_path, role, gene):
-            # (selected in _layers_ready, in a later turn)
-            self._run_layers.append(vst_layers.add_layer(self._viewer, layer, select=False))
-            if not uncertainty:
-                self._to_reveal.add(gene)
+        views = self._made.pop((gene, uncertainty), None)
+        if views is None:
+            return
+        if vst_layers.find_layers(self._viewer, store_path, role, gene):
+            views.close()
+            return
+        # (selected in _layers_ready, in a later turn)
+        layer = vst_layers.add_layer(self._viewer, views.layer, select=False, views=views)
+        self._run_layers.append(layer)
+        if not uncertainty:
+            self._to_reveal.add(gene)
 
     def _reveal_layer(self, store_path: Path, gene: str) -> None:
         """Show the heatmap layer :meth:`_prepare_layer` added hidden for this run."""
@@ -731,15 +751,18 @@ class PredictWidget(Container):
             f"Done: {view.n_spots:,} spots predicted in {seconds:.1f} s and saved to {view.path}"
         )
         # the rest in later event-loop turns, so the GUI answers in between
-        if spots is not None:
-            self._later(functools.partial(self._add_spots, spots, view))
+        if spots is not None:  # napari's views of it first, a turn each
+            views = LayerViews(self._viewer, spots)
+            self._later(views.make_visual)
+            self._later(views.make_controls)
+            self._later(functools.partial(self._add_spots, views, view))
         self._later_colorbars(view)
 
-    def _add_spots(self, spots: Layer, view: StoreView) -> None:
+    def _add_spots(self, spots: LayerViews, view: StoreView) -> None:
         # the status bar shows the values of the active layer under the cursor: a heatmap
         # (selected already) where there is one, else the spots
         shown = vst_layers.find_layers(self._viewer, view.path, "heatmap")
-        vst_layers.add_layer(self._viewer, spots, select=not shown)
+        vst_layers.add_layer(self._viewer, spots.layer, select=not shown, views=spots)
 
     def _later_colorbars(self, view: StoreView) -> None:
         """Colour bars for the run's heatmaps once they have values, one per later event-loop

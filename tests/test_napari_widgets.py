@@ -99,6 +99,38 @@ def test_run_on_the_bundled_slide_fills_heatmaps_progressively(
     assert not _messages("warning", before) and not _messages("error", before)  # worker's too
 
 
+def test_a_run_that_ends_before_its_layers_are_made_still_shows_them(
+    make_napari_viewer, qtbot, tmp_path: Path, monkeypatch
+) -> None:
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "cmu1_small_region")
+    widget = _widget(viewer, qtbot)
+    widget.output.value = tmp_path / "quick.vst.zarr"
+    ended: list[bool] = []
+    make_view = PredictWidget._make_view
+
+    def after_the_run(self, *args) -> None:  # napari's views of the layers wait for the end
+        qtbot.waitUntil(lambda: bool(ended), timeout=RUN_TIMEOUT_MS)
+        make_view(self, *args)
+
+    monkeypatch.setattr(PredictWidget, "_make_view", after_the_run)
+    worker = widget.run()
+    assert worker is not None
+    worker.finished.connect(lambda: ended.append(True))
+    qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
+
+    assert ended and widget.last_outcome is not None and widget.last_outcome.error is None
+    store = PredictionStore.open(tmp_path / "quick.vst.zarr")
+    (heatmap,) = find_layers(viewer, store.path, "heatmap")
+    gene = vst_meta(heatmap)["gene"]
+    assert heatmap.visible and viewer.layers.selection.active is heatmap
+    np.testing.assert_array_equal(
+        np.unique(heatmap.data[np.isfinite(heatmap.data)]), np.unique(store.gene_values(gene))
+    )
+    assert find_layers(viewer, store.path, "spots")
+    assert widget.status.value.startswith("Done:") and widget.run_button.enabled
+
+
 def test_cancel_mid_run_keeps_finished_batches_and_a_rerun_resumes(
     make_napari_viewer, qtbot, cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path
 ) -> None:

@@ -203,10 +203,13 @@ class PredictWidget(Container):
         #: Run in a prediction process (``False``: in a thread of napari's process)
         self.in_process = True
         self.last_outcome: RunOutcome | None = None
-        self._inbox: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = (
+        #: the worker's messages not handled yet: (handler, arguments, waits for the layers)
+        self._inbox: collections.deque[tuple[Callable[..., None], tuple[Any, ...], bool]] = (
             collections.deque()
         )
         self._draining = False
+        #: the run's layers are still being made (its end is handled once they are there)
+        self._preparing = False
 
         self.slide = ComboBox(label="Slide", choices=self._slide_choices)
         self.mpp = FloatSpinBox(
@@ -375,7 +378,7 @@ class PredictWidget(Container):
     @property
     def running(self) -> bool:
         """Whether a run is in progress (its last layers included)."""
-        return self._worker is not None or self._pending_steps > 0
+        return self._worker is not None or self._preparing or self._pending_steps > 0
 
     @property
     def worker(self) -> GeneratorWorker | None:
@@ -487,8 +490,11 @@ class PredictWidget(Container):
         # napari's progress bars and layer controls process Qt events while they update, so
         # a handler can be re-entered; the inbox keeps the worker's messages in order
         worker.yielded.connect(lambda event: self._post(self._on_event, event))
-        worker.returned.connect(lambda result: self._post(self._on_outcome, *result))
-        worker.finished.connect(lambda: self._post(self._on_finished))
+        # (a run that ends before its layers are there is ended once they are)
+        worker.returned.connect(
+            lambda result: self._post(self._on_outcome, *result, after_layers=True)
+        )
+        worker.finished.connect(lambda: self._post(self._on_finished, after_layers=True))
         self._worker = worker
         self.run_button.enabled = False
         self.cancel_button.enabled = True
@@ -503,21 +509,29 @@ class PredictWidget(Container):
             functools.partial(self._start_activity, request.slide_path.name),
             self._open_gene_browser,  # (docked with this panel; again if it was closed)
         ]
-        self._step(worker, steps)
+        self._preparing = True
+        self._step(steps)
         return worker
 
-    def _step(self, worker: GeneratorWorker, steps: list[Callable[[], None]]) -> None:
-        """Run the next preparation step in its own event-loop turn (while the run lasts)."""
+    def _step(self, steps: list[Callable[[], None]]) -> None:
+        """Run the next preparation step of the run in its own event-loop turn; after the
+        last one, the end of the run if it came meanwhile."""
 
         def next_step() -> None:
-            if self._worker is worker and steps and not self._closed:
-                try:
-                    steps.pop(0)()
-                finally:  # (a failed step must not keep the run from starting)
-                    self._step(worker, steps)
+            if self._closed:  # (the rest of the run's layers are not made)
+                steps.clear()
+                self._step(steps)
+                return
+            try:
+                steps.pop(0)()
+            finally:  # (a failed step must not keep the run from starting, nor ending)
+                self._step(steps)
 
         if steps:
             QTimer.singleShot(STEP_MS, next_step)
+        else:
+            self._preparing = False
+            self._drain()
 
     def cancel(self, _value: Any = None) -> None:
         """Ask the run to stop after the batch in progress (finished batches are kept)."""
@@ -616,15 +630,22 @@ class PredictWidget(Container):
             self._draw_preview()
 
     # -- events from the worker (GUI thread) ------------------------------------------------
-    def _post(self, handler: Callable[..., None], *args: Any) -> None:
-        """Handle a message from the worker after those before it (never re-entered)."""
-        self._inbox.append((handler, args))
+    def _post(self, handler: Callable[..., None], *args: Any, after_layers: bool = False) -> None:
+        """Handle a message from the worker after those before it (never re-entered);
+        ``after_layers``: not before the run's layers are made."""
+        self._inbox.append((handler, args, after_layers))
+        self._drain()
+
+    def _drain(self) -> None:
         if self._draining:
             return
         self._draining = True
         try:
             while self._inbox:
-                handler, args = self._inbox.popleft()
+                handler, args, after_layers = self._inbox[0]
+                if after_layers and self._preparing:
+                    break  # (until the last preparation step)
+                self._inbox.popleft()
                 handler(*args)
         finally:
             self._draining = False

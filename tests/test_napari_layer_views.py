@@ -60,6 +60,7 @@ def test_napari_uses_the_views_made_before_the_layer_was_added(make_napari_viewe
     assert qt_viewer.controls.widgets[later] is not controls
     # selecting shows its controls, and removing the layer removes both views
     viewer.layers.selection.active = layer
+    assert qt_viewer.controls.indexOf(controls) >= 0  # (in napari's stack of controls)
     assert qt_viewer.controls.currentWidget() is controls
     viewer.layers.remove(layer)
     assert layer not in qt_viewer.canvas.layer_to_visual

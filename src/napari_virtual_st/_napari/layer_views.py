@@ -100,9 +100,14 @@ class LayerViews:
         found = _factory(_CONTROLS_FACTORY)
         if self.controls is not None or found is None or _dynamic_controls():
             return
-        if getattr(_qt_viewer(self.viewer), "controls", None) is None:
+        container = getattr(_qt_viewer(self.viewer), "controls", None)
+        if container is None:
             return
-        self.controls = found[1](self.layer)
+        controls = found[1](self.layer)
+        # a child of napari's controls panel already (hidden, not in its stack): Qt styles a
+        # widget when it moves under a new parent, ~10 ms here, now rather than in the add
+        controls.setParent(container)
+        self.controls = controls
 
     def close(self) -> None:
         """Close the views that were made and not handed to napari."""

@@ -1,7 +1,9 @@
 """Responsiveness of the napari plugin during a prediction run.
 
 For each scenario a fresh process opens a shown napari viewer (1280 × 900), opens the slide
-with the plugin's reader, docks the Predict widget and presses Run, then measures:
+with the plugin's reader, docks the Predict widget and presses Run, then measures (the
+prediction itself runs in the plugin's prediction process, as it does in napari; everything
+timed here is napari's process):
 
 - ``stall_max_ms``: the GUI event loop's longest stall from pressing Run until the run's
   last layer is shown (target < 100 ms). A 2 ms ``QTimer`` ticks on the GUI thread; a stall

@@ -444,13 +444,14 @@ class PredictWidget(Container):
         """Start predicting in a worker thread (returns the worker, or ``None`` if refused).
 
         The GUI's preparation goes in small steps, one event-loop turn each: the first
-        heatmap layer (empty until values come, so that afterwards the GUI only has to draw
-        values; a rerun into the same store reuses its layers), then the worker starts, told
-        which part of the slide is on screen (those spots come first), and while it opens
-        the slide and finds tissue the other layers, the activity dock's bar and the Gene
-        browser follow. On a large slide the first values are a few preview spots predicted
-        on a quick coarse tissue mask (see :mod:`.runner`); they stay until the run's own
-        replace them.
+        heatmap layer is made (empty until values come, so that afterwards the GUI only has
+        to draw values; a rerun into the same store reuses its layers), then the worker
+        starts, told which part of the slide is on screen (those spots come first), and
+        while it opens the slide and finds tissue napari's views of the layer are made and
+        it is added, then the other layers, the activity dock's bar and the Gene browser
+        follow. A run that ends before they are all there is ended after them. On a large
+        slide the first values are a few preview spots predicted on a quick coarse tissue
+        mask (see :mod:`.runner`); they stay until the run's own replace them.
         """
         if self.running:
             return None
@@ -469,8 +470,6 @@ class PredictWidget(Container):
         self._preview_drawn = False
         self._run_layers = []
         self._to_reveal = set()
-        for views in self._made.values():  # (of a run that ended before adding them)
-            views.close()
         self._made = {}
         self._latest = None
         self._drawn = False

@@ -77,3 +77,24 @@ def test_a_process_that_dies_mid_run_ends_the_run_with_a_clear_error(
             if isinstance(event, BatchEvent):
                 os.kill(process.pid, signal.SIGKILL)
     assert not process.alive
+
+
+@pytest.mark.parametrize(
+    "interpreter",
+    ["/nonexistent/python", "false"],
+    ids=["cannot-start", "ends-before-connecting"],
+)
+def test_where_no_prediction_process_starts_the_run_happens_here_with_a_warning(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, monkeypatch, interpreter: str
+) -> None:
+    import shutil
+    import sys
+
+    monkeypatch.setattr(run_process, "_SPARES", [])  # (no spare from an earlier test)
+    monkeypatch.setattr(sys, "executable", shutil.which(interpreter) or interpreter)
+    request = _request(cmu_small_svs, synthetic_model, tmp_path / "here.vst.zarr")
+    with pytest.warns(RuntimeWarning, match="in napari's own process"):
+        events, path = _drain(run_process.run_prediction_in_process(request))
+    store = PredictionStore.open(path)
+    assert store.is_complete
+    assert sum(len(e.expression) for e in events if isinstance(e, BatchEvent)) == store.n_spots

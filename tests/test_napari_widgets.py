@@ -12,6 +12,7 @@ from PIL import Image
 
 from napari_virtual_st._napari.gene_browser import GeneBrowser
 from napari_virtual_st._napari.labels import set_text
+from napari_virtual_st._napari.layer_views import LayerViews
 from napari_virtual_st._napari.layers import find_layers, set_canvas_colour_bars, vst_meta
 from napari_virtual_st._napari.predict_widget import PredictWidget
 from napari_virtual_st._napari.runner import BatchEvent
@@ -97,6 +98,39 @@ def test_run_on_the_bundled_slide_fills_heatmaps_progressively(
     assert widget.status.value.startswith("Done:") and str(store.path) in widget.status.value
     assert viewer.layers.selection.active is heatmap  # status bar shows its values
     assert not _messages("warning", before) and not _messages("error", before)  # worker's too
+
+
+def test_the_predict_panel_docked_from_the_plugin_menu_runs_without_warnings(
+    make_napari_viewer, qtbot, tmp_path: Path, monkeypatch
+) -> None:
+    # napari gives a panel docked from its Plugins menu a proxy of the viewer that warns on
+    # every private attribute access (and warnings are errors in this test suite)
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "cmu1_small_region")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict expression")
+    assert isinstance(widget, PredictWidget)
+    widget.output.value = tmp_path / "docked.vst.zarr"
+    before = len(notification_manager.records)
+    made: list[object] = []
+    viewer.layers.events.inserted.connect(lambda event: made.append(event.value))
+    visuals: list[object] = []
+    make_visual = LayerViews.make_visual
+
+    def recorded(self) -> None:
+        make_visual(self)
+        visuals.append(self.visual)
+
+    monkeypatch.setattr(LayerViews, "make_visual", recorded)
+    _run(widget, qtbot)
+
+    assert widget.last_outcome is not None and widget.last_outcome.error is None
+    assert not _messages(None, before)  # no error or warning shown to the user
+    store = PredictionStore.open(tmp_path / "docked.vst.zarr")
+    (heatmap,) = find_layers(viewer, store.path, "heatmap")
+    assert np.isfinite(heatmap.data).sum() == 2 * store.n_spots
+    assert heatmap in made and find_layers(viewer, store.path, "spots")
+    # napari drew it with the canvas visual made before the layer was added
+    assert viewer.window._qt_viewer.canvas.layer_to_visual[heatmap] in visuals
 
 
 def test_a_run_that_ends_before_its_layers_are_made_still_shows_them(

@@ -15,6 +15,13 @@ the views made beforehand for that layer and make any other layer's as napari wo
 those names, the viewer's Qt window or the canvas are missing (another napari version, a
 viewer without a window), nothing is made beforehand and napari makes the views itself, as
 it always does. Views that were made but not used are closed.
+
+A panel docked from napari's Plugins menu gets the viewer wrapped in napari's
+``PublicOnlyProxy``, which warns on every private attribute access (a warning napari shows
+the user) and hands out proxies that Qt does not accept as widgets. The private parts used
+here and by :func:`.layers.add_layer` are reached through :func:`unproxied`, the one place
+that knowingly steps past it; every other call of the plugin goes through the viewer it was
+given.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import napari
@@ -34,6 +41,15 @@ _CONTROLS_FACTORY = (
     "napari._qt.layer_controls.qt_layer_controls_container",
     "create_qt_layer_controls",
 )
+
+
+_T = TypeVar("_T")
+
+
+def unproxied(obj: _T) -> _T:
+    """The napari object behind napari's ``PublicOnlyProxy`` (``obj`` itself otherwise),
+    for the guarded private napari API of this module and :func:`.layers.add_layer`."""
+    return getattr(obj, "__wrapped__", obj)
 
 
 def _factory(where: tuple[str, str]) -> tuple[Any, Callable[..., Any]] | None:
@@ -79,8 +95,8 @@ class LayerViews:
     """
 
     def __init__(self, viewer: napari.Viewer, layer: Layer) -> None:
-        self.viewer = viewer
-        self.layer = layer
+        self.viewer = unproxied(viewer)
+        self.layer = unproxied(layer)
         self.visual: Any = None
         self.controls: Any = None
 

@@ -19,7 +19,7 @@ import dask.array as da
 import numpy as np
 from numpy.typing import NDArray
 
-from napari_virtual_st._napari.layer_views import LayerViews, handing_over
+from napari_virtual_st._napari.layer_views import LayerViews, handing_over, unproxied
 from napari_virtual_st._napari.store_view import StoreView
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.slide import LevelArray, Slide
@@ -294,9 +294,9 @@ def add_layer(
     from napari.layers import Layer
 
     layer = data if isinstance(data, Layer) else Layer.create(*data)
-    layers = viewer.layers
+    layers = unproxied(viewer).layers
     # napari selects an inserted layer while _activate_on_insert is set (private: only
-    # where it exists)
+    # where it exists; past napari's proxy of a plugin panel's viewer)
     quiet = not select and hasattr(layers, "_activate_on_insert")
     if quiet:
         before, layers._activate_on_insert = layers._activate_on_insert, False

@@ -76,7 +76,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="vst-screens-"))
     predict.output.value = tmp / "CMU-1-Small-Region.nsl_her2st.visium.vst.zarr"
     predict.min_tissue.value = 0.3
-    predict.batch_size = 4  # small batches, so that the run can be caught half-way
+    predict.batch_size = 1  # one spot a batch, so that the run can be caught half-way
     predict.run()
     status_bar = viewer.window._qt_window.statusBar()
     status_bar._toggle_activity_dock(True)  # napari's activity dock shows the run too

@@ -133,6 +133,33 @@ def test_the_predict_panel_docked_from_the_plugin_menu_runs_without_warnings(
     assert viewer.window._qt_viewer.canvas.layer_to_visual[heatmap] in visuals
 
 
+def test_a_run_of_a_model_with_variance_adds_its_uncertainty_layer_hidden(
+    make_napari_viewer, qtbot, tmp_path: Path
+) -> None:
+    from synthetic_models import write_mean_colour_model
+
+    model = write_mean_colour_model(tmp_path / "var.onnx", n_genes=12, with_variance=True)
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "cmu1_small_region")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict expression")
+    widget.add_model(model)
+    widget.output.value = tmp_path / "var.vst.zarr"
+    _run(widget, qtbot)
+
+    assert widget.last_outcome is not None and widget.last_outcome.error is None
+    store = PredictionStore.open(tmp_path / "var.vst.zarr")
+    (heatmap,) = find_layers(viewer, store.path, "heatmap")
+    (sd,) = find_layers(viewer, store.path, "uncertainty")
+    gene = vst_meta(heatmap)["gene"]
+    assert vst_meta(sd)["gene"] == gene and heatmap.visible and not sd.visible
+    (column,) = store.gene_index([gene])
+    expected_sd = np.sqrt(np.maximum(store.variance()[:, column], 0.0))
+    np.testing.assert_allclose(
+        np.unique(sd.data[np.isfinite(sd.data)]), np.unique(expected_sd), rtol=1e-6
+    )
+    assert viewer.layers.selection.active is heatmap  # (the values, not the SD, under the cursor)
+
+
 def test_a_run_that_ends_before_its_layers_are_made_still_shows_them(
     make_napari_viewer, qtbot, tmp_path: Path, monkeypatch
 ) -> None:

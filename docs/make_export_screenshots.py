@@ -21,12 +21,10 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import napari
 import numpy as np
-from qtpy.QtWidgets import QApplication
 
 from napari_virtual_st._napari import export_widget as ew
 from napari_virtual_st._napari.layers import find_layers
@@ -38,34 +36,19 @@ from napari_virtual_st.slide import Slide
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from make_export_figures import REGIONS  # noqa: E402  (the same two illustrative annotations)
+from screenshots import save_window, settle  # noqa: E402
 
 PLUGIN = "napari-virtual-st"
 WINDOW = (1600, 1000)
 
 
-def _settle(seconds: float = 0.5) -> None:
-    """Let Qt process events (layout, slicing, drawing, worker signals) for a moment."""
-    app = QApplication.instance()
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        app.processEvents()
-        time.sleep(0.01)
-
-
 def _wait_export(widget: ew.ExportWidget) -> None:
     while widget.running:
-        _settle(0.1)
+        settle(0.1)
     outcome = widget.last_outcome
     if outcome is None or outcome.error is not None:
         raise SystemExit(f"export failed: {outcome and outcome.error}")
     print(widget.summary.value)
-
-
-def _save(viewer: napari.Viewer, out: Path, name: str) -> None:
-    _settle(1.0)
-    path = out / name
-    viewer.screenshot(str(path), canvas_only=False, flash=False)
-    print(f"wrote {path}")
 
 
 def main() -> None:
@@ -88,7 +71,7 @@ def main() -> None:
         layer.visible = False
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Export")
     viewer.reset_view()
-    _settle()
+    settle()
 
     # 1. QuPath annotations → Shapes layer → QuPath detections
     annotations = tmp / "annotations.geojson"
@@ -102,7 +85,7 @@ def main() -> None:
     widget.geojson_path.value = tmp / "CMU-1-Small-Region_spots.geojson"
     widget.export()
     _wait_export(widget)
-    _save(viewer, args.out, "export-qupath-import.png")
+    save_window(viewer, args.out, "export-qupath-import.png", settle_s=1.0)
 
     # 2. regions drawn in napari: the layer's name is the class
     viewer.layers.remove(layer)
@@ -136,7 +119,7 @@ def main() -> None:
     widget.export()
     _wait_export(widget)
     viewer.layers.selection.active = stroma
-    _save(viewer, args.out, "export-shapes.png")
+    save_window(viewer, args.out, "export-shapes.png", settle_s=1.0)
     viewer.close()
 
 

@@ -16,16 +16,16 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import napari
 import numpy as np
-from qtpy.QtWidgets import QApplication
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # models.workshop.data knows where A1's files are
+
+from screenshots import save_window, settle  # noqa: E402
 
 from models.workshop import data  # noqa: E402
 from napari_virtual_st._napari import layers as vst_layers  # noqa: E402
@@ -39,25 +39,10 @@ WINDOW = (1800, 1150)
 PIXEL_SCALE = 0.287604
 
 
-def _settle(seconds: float = 0.5) -> None:
-    app = QApplication.instance()
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        app.processEvents()
-        time.sleep(0.01)
-
-
 def _wait(widget: MeasuredWidget) -> None:
     while widget.busy:
-        _settle(0.05)
-    _settle(0.3)
-
-
-def _save(viewer: napari.Viewer, out: Path, name: str) -> None:
-    _settle(0.8)
-    path = out / name
-    viewer.screenshot(str(path), canvas_only=False, flash=False)
-    print(f"wrote {path}")
+        settle(0.05)
+    settle(0.3)
 
 
 def main() -> None:
@@ -72,7 +57,7 @@ def main() -> None:
 
     viewer = napari.Viewer(title="napari-virtual-st: measured ST", show=True)
     viewer.window._qt_window.resize(*WINDOW)
-    _settle()
+    settle()
     from napari_virtual_st.measured import read_legacy_st
 
     spots0 = read_legacy_st(a1.counts, a1.spots, image, pixel_scale=PIXEL_SCALE)
@@ -92,7 +77,7 @@ def main() -> None:
     widget.pixel_scale.value = PIXEL_SCALE
     widget.load()
     _wait(widget)
-    _save(viewer, args.out, "measured-load.png")
+    save_window(viewer, args.out, "measured-load.png")
 
     # 2. landmarks: 5 points on the slide, the same 5 on the measured image (jittered)
     rng = np.random.default_rng(5)
@@ -104,7 +89,7 @@ def main() -> None:
     fitted = widget.fit()
     print(f"landmark fit: {widget.transform_info.value}")
     assert fitted is not None
-    _save(viewer, args.out, "measured-landmarks.png")
+    save_window(viewer, args.out, "measured-landmarks.png")
     for layer in (slide_marks, image_marks):
         layer.visible = False
 
@@ -113,7 +98,7 @@ def main() -> None:
     widget.auto_register()
     _wait(widget)
     print(f"registration: {widget.transform_info.value}")
-    _save(viewer, args.out, "measured-register.png")
+    save_window(viewer, args.out, "measured-register.png")
     for layer in viewer.layers:
         if vst_layers.vst_meta(layer).get("role") in ("registration-overlay", "measured-image"):
             layer.visible = False
@@ -132,7 +117,7 @@ def main() -> None:
         if vst_layers.vst_meta(layer).get("role") == "measured-spots":
             layer.visible = False
     viewer.reset_view()
-    _save(viewer, args.out, "measured-compare.png")
+    save_window(viewer, args.out, "measured-compare.png")
     viewer.close()
 
 

@@ -15,27 +15,17 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import napari
 import numpy as np
-from qtpy.QtWidgets import QApplication
+from screenshots import save_window, settle
 
 from napari_virtual_st._napari.layers import find_layers, vst_meta
 
 HERE = Path(__file__).resolve().parent
 PLUGIN = "napari-virtual-st"
 WINDOW = (1600, 1000)
-
-
-def _settle(seconds: float = 0.5) -> None:
-    """Let Qt process events (layout, slicing, drawing) for a moment."""
-    app = QApplication.instance()
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        app.processEvents()
-        time.sleep(0.01)
 
 
 def _camera(viewer: napari.Viewer):  # napari >= 0.9 moved the camera to viewer.scene
@@ -47,14 +37,6 @@ def _scale_bar(viewer: napari.Viewer):  # napari >= 0.9 moved it to viewer.canva
     return canvas.overlays.scale_bar if canvas is not None else viewer.scale_bar
 
 
-def _save(viewer: napari.Viewer, out: Path, name: str, settle: float = 0.8) -> Path:
-    _settle(settle)
-    path = out / name
-    viewer.screenshot(str(path), canvas_only=False, flash=False)
-    print(f"wrote {path}")
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "images")
@@ -63,13 +45,13 @@ def main() -> None:
 
     viewer = napari.Viewer(title="napari-virtual-st", show=True)
     viewer.window._qt_window.resize(*WINDOW)
-    _settle()
+    settle()
 
     # 1. open the slide (File ▸ Open Sample ▸ napari-virtual-st)
     viewer.open_sample(PLUGIN, "cmu1_small_region")
     viewer.reset_view()
     _scale_bar(viewer).visible = True
-    _save(viewer, args.out, "open-slide.png")
+    save_window(viewer, args.out, "open-slide.png")
 
     # 2. predict with the bundled model (Plugins ▸ Virtual ST ▸ Predict expression)
     _, predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict expression")
@@ -82,21 +64,21 @@ def main() -> None:
     status_bar._toggle_activity_dock(True)  # napari's activity dock shows the run too
     half_way = False
     while predict.running:
-        _settle(0.05)
+        settle(0.05)
         if not half_way and predict.progress_bar.value / max(predict.progress_bar.max, 1) > 0.3:
             half_way = True
-            _save(viewer, args.out, "predict-running.png", settle=0.1)
+            save_window(viewer, args.out, "predict-running.png", settle_s=0.1)
     status_bar._toggle_activity_dock(False)
     if predict.last_outcome is None or predict.last_outcome.error is not None:
         raise SystemExit(f"prediction failed: {predict.status.value}")
     store = predict.last_outcome.store_path
-    _save(viewer, args.out, "predict.png")
+    save_window(viewer, args.out, "predict.png")
 
     # 3. the gene browser: search, pick ERBB2 (and keep the first gene), colour bar in the browser
     _, browser = viewer.window.add_plugin_dock_widget(PLUGIN, "Gene browser")  # docked by Run
     browser.search.value = "ERB"
     browser.show_genes(["ERBB2"])
-    _save(viewer, args.out, "gene-browser.png")
+    save_window(viewer, args.out, "gene-browser.png")
 
     # 4. spots coloured by a gene, zoomed in on the tissue, the cursor over one spot
     browser.search.value = ""
@@ -111,7 +93,7 @@ def main() -> None:
     camera.center = tuple(centre)
     camera.zoom = camera.zoom * 2.0
     browser.cursor.value = browser.values_at(centre)
-    _save(viewer, args.out, "spots.png")
+    save_window(viewer, args.out, "spots.png")
 
     # 5. a finished run reopened from disk (File ▸ Open, the .vst.zarr folder)
     viewer.layers.clear()
@@ -122,7 +104,7 @@ def main() -> None:
         viewer.layers.selection.active = heatmaps[0]
         values = np.asarray(heatmaps[0].data)
         print(f"reopened {store.name}: {np.isfinite(values).sum()} heatmap pixels")
-    _save(viewer, args.out, "reopen.png")
+    save_window(viewer, args.out, "reopen.png")
     viewer.close()
 
 

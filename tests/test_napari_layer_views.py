@@ -148,3 +148,23 @@ def test_without_a_window_nothing_is_made_and_napari_adds_as_usual() -> None:
     assert views.visual is None and views.controls is None
     add_layer(viewer, layer, views=views)
     assert layer in viewer.layers
+
+
+def test_where_napari_factories_fail_beforehand_napari_makes_the_views_while_adding(
+    make_napari_viewer, monkeypatch
+) -> None:
+    viewer = make_napari_viewer()
+    layer = _heatmap("made before")
+    views = LayerViews(viewer, layer)
+
+    def refused(*_args, **_kwargs):
+        raise TypeError("another napari's signature")
+
+    with monkeypatch.context() as patched:  # (napari's own factories are untouched)
+        patched.setattr(layer_views, "_factory", lambda where: (None, refused))
+        views.make_visual()
+        views.make_controls()
+    assert views.visual is None and views.controls is None
+    add_layer(viewer, layer, views=views)
+    qt_viewer = viewer.window._qt_viewer
+    assert layer in qt_viewer.canvas.layer_to_visual and layer in qt_viewer.controls.widgets

@@ -14,7 +14,8 @@ napari has no public API for this: for the duration of that one add, its two fac
 the views made beforehand for that layer and make any other layer's as napari would. Where
 those names, the viewer's Qt window or the canvas are missing (another napari version, a
 viewer without a window), nothing is made beforehand and napari makes the views itself, as
-it always does. Views that were made but not used are closed.
+it always does; the same where napari's factory fails on the layer beforehand (another
+signature, say: logged, not shown). Views that were made but not used are closed.
 
 A panel docked from napari's Plugins menu gets the viewer wrapped in napari's
 ``PublicOnlyProxy``, which warns on every private attribute access (a warning napari shows
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,6 +46,7 @@ _CONTROLS_FACTORY = (
 
 
 _T = TypeVar("_T")
+_log = logging.getLogger(__name__)
 
 
 def unproxied(obj: _T) -> _T:
@@ -107,9 +110,12 @@ class LayerViews:
         canvas = getattr(qt_viewer, "canvas", None)
         if self.visual is not None or found is None or canvas is None:
             return
-        font_info = getattr(canvas, "font_info", None)
-        kwargs = {"font_info": font_info()} if callable(font_info) else {}
-        self.visual = found[1](self.layer, **kwargs)
+        try:
+            font_info = getattr(canvas, "font_info", None)
+            kwargs = {"font_info": font_info()} if callable(font_info) else {}
+            self.visual = found[1](self.layer, **kwargs)
+        except Exception:  # (napari makes it while adding, as usual)
+            _log.debug("no canvas visual made beforehand for %s", self.layer, exc_info=True)
 
     def make_controls(self) -> None:
         """Make the layer's controls panel (as napari would while adding it)."""
@@ -119,10 +125,15 @@ class LayerViews:
         container = getattr(_qt_viewer(self.viewer), "controls", None)
         if container is None:
             return
-        controls = found[1](self.layer)
-        # a child of napari's controls panel already (hidden, not in its stack): Qt styles a
-        # widget when it moves under a new parent, ~10 ms here, now rather than in the add
-        controls.setParent(container)
+        try:
+            controls = found[1](self.layer)
+            # a child of napari's controls panel already (hidden, not in its stack): Qt
+            # styles a widget when it moves under a new parent, ~10 ms here, now rather
+            # than in the add
+            controls.setParent(container)
+        except Exception:  # (napari makes them while adding, as usual)
+            _log.debug("no layer controls made beforehand for %s", self.layer, exc_info=True)
+            return
         self.controls = controls
 
     def close(self) -> None:

@@ -119,6 +119,9 @@ def main() -> None:
     if args.combine:
         if not args.after or not args.before:
             parser.error("--combine needs --after and --before run files")
+        missing = [str(p) for p in [*args.after, *args.before] if not p.is_file()]
+        if missing:
+            parser.error(f"no such run file: {', '.join(missing)}")
         after = [json.loads(p.read_text()) for p in args.after]
         before = [json.loads(p.read_text()) for p in args.before]
     else:
@@ -126,6 +129,21 @@ def main() -> None:
             parser.error("--base is needed (or --combine)")
         if args.runs < 1:
             parser.error("--runs must be at least 1")
+        known = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(REPO),
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                f"{args.base}^{{commit}}",
+            ],
+            capture_output=True,
+            check=False,
+        )
+        if known.returncode != 0:
+            parser.error(f"--base {args.base!r} is not a commit of this repository")
         after, before = _compare(args.base, args.runs, args.scenarios, args.busy_cores)
     medians_after, ranges_after = summarise(after)
     medians_before, ranges_before = summarise(before)

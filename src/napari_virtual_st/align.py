@@ -10,114 +10,25 @@ Three ways to get one:
     thumbnail by a search over rotation (and scale, when unknown) with phase correlation for
     the translation, scored by the normalised cross-correlation of tissue optical density.
 
-A :class:`Transform` maps (x, y) *measured full-resolution px* → (x, y) *slide level-0 px* and
-round-trips through JSON so that it can be saved with a prediction store.
+Each returns a :class:`~napari_virtual_st.frames.Transform`: (x, y) *measured full-resolution
+px* → (x, y) *slide level-0 px* (see :mod:`napari_virtual_st.frames` for the frames).
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from skimage.registration import phase_cross_correlation
 from skimage.transform import AffineTransform, resize, rotate, warp
 
-from napari_virtual_st.errors import ParameterError, VirtualSTError
+from napari_virtual_st.errors import ParameterError
 
-TransformKind = Literal["scale", "similarity", "affine"]
-
-
-class AlignmentError(VirtualSTError):
-    """An alignment could not be computed (too few or degenerate landmarks, blank images)."""
-
-
-@dataclass(frozen=True)
-class Transform:
-    """A 2-D affine map from measured full-resolution px to slide level-0 px, (x, y) order.
-
-    Attributes
-    ----------
-    matrix
-        3×3 homogeneous matrix ``[x', y', 1]ᵀ = M · [x, y, 1]ᵀ``.
-    kind
-        How it was obtained: ``scale``, ``similarity`` or ``affine``.
-    residual_px
-        RMS landmark residual (level-0 px) for fitted transforms, else ``None``.
-    quality
-        Registration score (normalised cross-correlation, −1..1) for automatic ones.
-    info
-        Free-form provenance (method, parameters).
-    """
-
-    matrix: NDArray[np.float64]
-    kind: TransformKind = "affine"
-    residual_px: float | None = None
-    quality: float | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def apply(self, xy: ArrayLike) -> NDArray[np.float64]:
-        """Map ``(n, 2)`` (x, y) measured px to slide level-0 px."""
-        pts = np.asarray(xy, np.float64).reshape(-1, 2)
-        return pts @ self.matrix[:2, :2].T + self.matrix[:2, 2]
-
-    def inverse(self) -> Transform:
-        """The transform from slide level-0 px back to measured px."""
-        return Transform(
-            np.linalg.inv(self.matrix), self.kind, self.residual_px, self.quality, dict(self.info)
-        )
-
-    @property
-    def scale(self) -> float:
-        """Mean linear scale factor (level-0 px per measured px)."""
-        return float(math.sqrt(abs(np.linalg.det(self.matrix[:2, :2]))))
-
-    @property
-    def rotation_deg(self) -> float:
-        """Rotation angle in degrees (counter-clockwise in (x, y) image axes)."""
-        return float(math.degrees(math.atan2(self.matrix[1, 0], self.matrix[0, 0])))
-
-    def residual_um(self, mpp: float) -> float | None:
-        """Landmark residual in µm, given the slide's µm/px."""
-        return None if self.residual_px is None else self.residual_px * mpp
-
-    def to_json(self) -> str:
-        """JSON text (saved next to or inside a prediction store)."""
-        return json.dumps(
-            {
-                "matrix": self.matrix.tolist(),
-                "kind": self.kind,
-                "residual_px": self.residual_px,
-                "quality": self.quality,
-                "info": self.info,
-                "frames": "measured full-resolution px (x, y) -> slide level-0 px (x, y)",
-            }
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> Transform:
-        """Read :meth:`to_json` output; raises :class:`AlignmentError` on malformed text."""
-        try:
-            data = json.loads(text)
-            matrix = np.asarray(data["matrix"], np.float64)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise AlignmentError(f"not a saved alignment transform: {exc}") from exc
-        if (
-            matrix.shape != (3, 3)
-            or not np.isfinite(matrix).all()
-            or abs(np.linalg.det(matrix)) < 1e-12
-        ):
-            raise AlignmentError("a saved alignment transform must be an invertible 3×3 matrix")
-        return cls(
-            matrix,
-            data.get("kind", "affine"),
-            data.get("residual_px"),
-            data.get("quality"),
-            data.get("info", {}),
-        )
+# Transform (and the AlignmentError of its JSON) live in frames; importing them from here
+# keeps working
+from napari_virtual_st.frames import AlignmentError, Transform
 
 
 def from_scale(scale: float, offset_xy: tuple[float, float] = (0.0, 0.0)) -> Transform:
@@ -139,7 +50,7 @@ def fit_landmarks(
     ----------
     src_xy, dst_xy
         ``(n, 2)`` corresponding points, n ≥ 3 (napari Points layers give (row, col) µm:
-        convert with :mod:`napari_virtual_st.coords` first).
+        convert with :mod:`napari_virtual_st.frames` first).
     kind
         ``similarity`` (rotation, uniform scale, translation) or ``affine``.
 

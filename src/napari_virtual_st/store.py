@@ -32,7 +32,7 @@ from napari_virtual_st.errors import ParameterError, StoreError, StoreMismatchEr
 from napari_virtual_st.grid import SpotGrid
 
 if TYPE_CHECKING:
-    from napari_virtual_st.align import Transform
+    from napari_virtual_st.frames import Transform
 
 STORE_FORMAT = "napari-virtual-st/prediction-store"
 STORE_VERSION = 1
@@ -379,7 +379,7 @@ class PredictionStore:
         AlignmentError
             If the saved file is damaged (the message says why).
         """
-        from napari_virtual_st.align import Transform
+        from napari_virtual_st.frames import Transform
 
         path = self.path / TRANSFORM_FILE
         if not path.is_file():

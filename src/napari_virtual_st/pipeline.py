@@ -26,8 +26,9 @@ from napari_virtual_st.errors import CancelledError, ParameterError, VirtualSTEr
 from napari_virtual_st.grid import SpotGrid
 from napari_virtual_st.predictor import Predictor
 from napari_virtual_st.slide import Slide
-from napari_virtual_st.store import PredictionStore
+from napari_virtual_st.store import PredictionStore, store_location
 from napari_virtual_st.tissue import TissueMask, detect_tissue
+from napari_virtual_st.writer_lock import writer_lock
 
 GridChoice = Literal["visium", "st", "dense"]
 
@@ -170,15 +171,53 @@ def predict_slide(
         When the grid is empty or a size is below 1 (nothing is written).
     MissingResolutionError
         When the slide's µm/px is unknown (nothing is written).
+    StoreInUseError
+        When another process (or another run of this one) is writing ``store_path``.
+    StoreError
+        When ``overwrite`` is asked for a path that is not a prediction store (it is left
+        exactly as it is).
     """
     if batch_size < 1 or read_threads < 1 or prefetch < 1:
         raise ParameterError("batch size, read threads and prefetch must each be at least 1")
     fixed = predictor.fixed_batch_size
     if fixed is not None:  # whole model calls per chunk, without one tiny chunk per call
         batch_size = -(-batch_size // fixed) * fixed
-    store_path = Path(store_path)
-    info = predictor.info
+    store_path = store_location(store_path)
     _ = slide.mpp  # fail early, with the clear message, when the resolution is unknown
+    with writer_lock(store_path, f"predicting {slide.path.name}"):
+        return _predict_locked(
+            slide,
+            predictor,
+            grid,
+            store_path,
+            batch_size=batch_size,
+            read_threads=read_threads,
+            prefetch=prefetch,
+            progress=progress,
+            should_cancel=should_cancel,
+            overwrite=overwrite,
+            first_spots=first_spots,
+            read_thread_init=read_thread_init,
+        )
+
+
+def _predict_locked(
+    slide: Slide,
+    predictor: Predictor,
+    grid: SpotGrid,
+    store_path: Path,
+    *,
+    batch_size: int,
+    read_threads: int,
+    prefetch: int,
+    progress: ProgressCallback | None,
+    should_cancel: CancelCheck | None,
+    overwrite: bool,
+    first_spots: ArrayLike | None,
+    read_thread_init: Callable[[], object] | None,
+) -> PredictionStore:
+    """:func:`predict_slide` once the store's writer lock is held."""
+    info = predictor.info
     if store_path.exists() and not overwrite:
         store = PredictionStore.open(store_path, mode="r+")
         store.check_matches(

@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 
 from napari_virtual_st.errors import ParameterError, StoreError, StoreMismatchError
 from napari_virtual_st.grid import SpotGrid
+from napari_virtual_st.writer_lock import writer_lock
 
 if TYPE_CHECKING:
     from napari_virtual_st.frames import Transform
@@ -101,13 +102,32 @@ class PredictionStore:
         ParameterError
             If the grid is empty or ``chunk_spots`` is below 1.
         """
-        path = Path(path)
+        path = store_location(path)
         if chunk_spots < 1:
             raise ParameterError(f"chunk size must be at least 1 spot; got {chunk_spots}")
         if len(grid) == 0:
             raise ParameterError("the grid has no spots to predict (no tissue found?)")
-        if path.exists() and not overwrite:
-            raise StoreError(f"{path} already exists")
+        with writer_lock(path, "creating the store"):
+            cls._create_locked(
+                path, grid, genes, with_variance, chunk_spots, provenance or {}, overwrite
+            )
+        return cls.open(path, mode="r+")
+
+    @classmethod
+    def _create_locked(
+        cls,
+        path: Path,
+        grid: SpotGrid,
+        genes: Sequence[str],
+        with_variance: bool,
+        chunk_spots: int,
+        provenance: Mapping[str, Any],
+        overwrite: bool,
+    ) -> None:
+        if path.exists() or path.is_symlink():
+            if not overwrite:
+                raise StoreError(f"{path} already exists")
+            refuse_unless_replaceable(path)
         if path.parent.is_dir():  # leftovers of a creation killed half-way
             for stale in path.parent.glob(f".{path.name}.*.tmp"):
                 shutil.rmtree(stale, ignore_errors=True)
@@ -154,7 +174,7 @@ class PredictionStore:
                         "grid": grid.describe(),
                         "spot_ids": None if grid.spot_ids is None else list(grid.spot_ids),
                         "status": "running",
-                        **(provenance or {}),
+                        **provenance,
                     }
                 )
             )
@@ -164,7 +184,6 @@ class PredictionStore:
             if isinstance(exc, OSError):
                 raise StoreError(f"cannot create the prediction store {path}: {exc}") from exc
             raise
-        return cls.open(path, mode="r+")
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> PredictionStore:
@@ -172,6 +191,10 @@ class PredictionStore:
         path = Path(path)
         if not path.exists():
             raise StoreError(f"prediction store not found: {path}")
+        if not path.is_dir():
+            raise StoreError(
+                f"{path} is not a readable prediction store (it is a file, not a .vst.zarr folder)"
+            )
         try:
             group = zarr.open_group(str(path), mode=mode, zarr_format=3)
         except Exception as exc:  # zarr raises several types for foreign folders
@@ -367,7 +390,7 @@ class PredictionStore:
         from napari_virtual_st.atomic import atomic_path
 
         path = self.path / TRANSFORM_FILE
-        with atomic_path(path) as tmp:
+        with writer_lock(self.path, "saving an alignment"), atomic_path(path) as tmp:
             tmp.write_text(transform.to_json())
         return path
 
@@ -394,6 +417,70 @@ class PredictionStore:
 
     def __repr__(self) -> str:
         return f"PredictionStore({self.path.name!r}, spots={self.n_spots}, genes={len(self.genes)}, done={int(self.done.sum())})"
+
+
+def store_location(path: str | Path) -> Path:
+    """``path`` as a store location: ``.`` or ``..`` become the folder they name.
+
+    Raises
+    ------
+    StoreError
+        If the path names no folder (the file-system root).
+    """
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        path = path.resolve()
+    if not path.name:
+        raise StoreError(f"{path} cannot be a prediction store: give a name like slide.vst.zarr")
+    return path
+
+
+def is_prediction_store(path: str | Path) -> bool:
+    """Whether ``path`` is a folder holding a prediction store of napari-virtual-st.
+
+    Only its ``zarr.json`` is read: a store whose arrays are damaged still counts (it can be
+    replaced or repaired); a symbolic link never does (replacing it would replace the link).
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        document = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    attrs = document.get("attributes") if isinstance(document, dict) else None
+    return isinstance(attrs, dict) and attrs.get("format") == STORE_FORMAT
+
+
+def refuse_unless_replaceable(path: Path) -> None:
+    """Refuse to replace ``path`` unless it is a prediction store (or an empty folder).
+
+    ``--overwrite`` and the plugin's "replace" only ever remove what this package made: any
+    other file or folder is refused, named, and left exactly as it is.
+
+    Raises
+    ------
+    StoreError
+        Saying what ``path`` is.
+    """
+    if is_prediction_store(path):
+        return
+    if path.is_dir() and not path.is_symlink():
+        with contextlib.suppress(OSError):
+            if not any(path.iterdir()):
+                return
+        what = "a folder that is not a prediction store"
+        with contextlib.suppress(OSError):
+            count = sum(1 for _ in path.iterdir())
+            what = f"a folder of {count} item{'s' if count != 1 else ''}, not a prediction store"
+    elif path.is_symlink():
+        what = "a symbolic link"
+    else:
+        what = "a file, not a prediction store"
+    raise StoreError(
+        f"will not replace {path}: it is {what}. Only a prediction store (.vst.zarr) is ever "
+        "replaced; choose another output"
+    )
 
 
 def _replace(new: Path, path: Path, trash: Path) -> None:

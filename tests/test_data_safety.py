@@ -1,0 +1,248 @@
+"""Nothing a user saved is lost or mixed: ``--overwrite`` only ever replaces a prediction store,
+and a store has one writer at a time (the careless/hostile-user sweep of issue 18, items 1-2).
+
+Every case goes through the real ``virtual-st`` command line and checks the exit status, the
+one-line message and that what was on disk before is still there, unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_virtual_st.cli import main
+from napari_virtual_st.store import PredictionStore, is_prediction_store
+from napari_virtual_st.writer_lock import StoreInUseError, holder_of, writer_lock
+from synthetic_models import write_mean_colour_model
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """Every file under ``path`` (relative name → sha256), to tell that nothing changed."""
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+def one_line_error(err: str) -> str:
+    """The CLI's error line; fails the test if there is a traceback or more than one line."""
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("virtual-st: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def predict_argv(slide: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return ["predict", str(slide), "--model", str(model), "--out", str(out), "--quiet", *extra]
+
+
+# -- 1. --overwrite never removes what is not a prediction store --------------------------------
+def test_overwrite_refuses_an_ordinary_folder_and_leaves_every_file(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "my_thesis"
+    (folder / "chapters").mkdir(parents=True)
+    (folder / "chapters" / "one.txt").write_text("months of work")
+    (folder / "data.csv").write_text("a,b\n1,2\n")
+    before = tree_digest(folder)
+
+    code = main(predict_argv(cmu_small_svs, synthetic_model, folder, "--overwrite"))
+
+    assert code == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert str(folder) in line
+    assert "not a prediction store" in line
+    assert tree_digest(folder) == before
+
+
+def test_overwrite_refuses_a_file_and_a_link_to_a_store(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "notes.vst.zarr"
+    a_file.write_text("not a store")
+    assert main(predict_argv(cmu_small_svs, synthetic_model, a_file, "--overwrite")) == 2
+    assert "it is a file" in one_line_error(capsys.readouterr().err)
+    assert a_file.read_text() == "not a store"
+
+    real = tmp_path / "real.vst.zarr"
+    assert main(predict_argv(cmu_small_svs, synthetic_model, real)) == 0
+    link = tmp_path / "link.vst.zarr"
+    link.symlink_to(real, target_is_directory=True)
+    before = tree_digest(real)
+    capsys.readouterr()
+    assert main(predict_argv(cmu_small_svs, synthetic_model, link, "--overwrite")) == 2
+    assert "symbolic link" in one_line_error(capsys.readouterr().err)
+    assert link.is_symlink()
+    assert tree_digest(real) == before
+
+
+def test_overwrite_replaces_a_store_of_ours(
+    cmu_small_svs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = write_mean_colour_model(tmp_path / "first.onnx", n_genes=3)
+    second = write_mean_colour_model(tmp_path / "second.onnx", n_genes=4)
+    out = tmp_path / "cmu.vst.zarr"
+    assert main(predict_argv(cmu_small_svs, first, out)) == 0
+    assert main(predict_argv(cmu_small_svs, second, out, "--overwrite")) == 0
+    store = PredictionStore.open(out)
+    assert store.attrs["model"]["file"] == "second.onnx"
+    assert len(store.genes) == 4
+    assert store.is_complete
+
+
+def test_out_dot_is_a_one_line_error_that_leaves_the_folder(
+    cmu_small_svs: Path,
+    synthetic_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "keep.txt").write_text("keep")
+    monkeypatch.chdir(tmp_path)
+    for extra in ((), ("--overwrite",)):
+        before = tree_digest(tmp_path)
+        assert main(predict_argv(cmu_small_svs, synthetic_model, Path("."), *extra)) == 2
+        line = one_line_error(capsys.readouterr().err)
+        assert "prediction store" in line
+        assert tree_digest(tmp_path) == before
+
+
+def test_is_prediction_store_reads_only_the_stores_own_record(tmp_path: Path) -> None:
+    foreign = tmp_path / "other.zarr"
+    foreign.mkdir()
+    (foreign / "zarr.json").write_text('{"attributes": {"format": "something else"}}')
+    assert not is_prediction_store(foreign)
+    (foreign / "zarr.json").write_text("")  # damaged: cannot tell, so it is not ours
+    assert not is_prediction_store(foreign)
+    assert not is_prediction_store(tmp_path / "missing.vst.zarr")
+
+
+# -- 2. one writer at a time ---------------------------------------------------------------------
+HOLD_LOCK = """
+import sys, time
+from napari_virtual_st.writer_lock import writer_lock
+with writer_lock(sys.argv[1], "a test holding the lock"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_writer_is_refused_naming_the_process_and_a_crash_frees_the_store(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cmu.vst.zarr"
+    assert main(predict_argv(cmu_small_svs, synthetic_model, out)) == 0
+    before = tree_digest(out)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        held_by = holder_of(out)
+        assert held_by is not None
+        assert (held_by["pid"], held_by["purpose"]) == (holder.pid, "a test holding the lock")
+        capsys.readouterr()
+        other = write_mean_colour_model(tmp_path / "other.onnx", n_genes=2)
+        assert main(predict_argv(cmu_small_svs, other, out, "--overwrite")) == 2
+        line = one_line_error(capsys.readouterr().err)
+        assert f"in use by process {holder.pid}" in line
+        assert tree_digest(out) == before
+    finally:
+        holder.kill()  # a crash: the operating system releases the lock
+        holder.wait()
+    assert holder_of(out) is None
+    assert main(predict_argv(cmu_small_svs, other, out, "--overwrite")) == 0
+    assert PredictionStore.open(out).attrs["model"]["file"] == "other.onnx"
+
+
+def test_two_cli_runs_on_one_store_never_mix_models(cmu_small_svs: Path, tmp_path: Path) -> None:
+    """Process A predicts model X (with variance); B tries model Y with --overwrite meanwhile."""
+    model_x = write_mean_colour_model(
+        tmp_path / "x.onnx", tile_px=16, tile_um=50.0, with_variance=True
+    )
+    model_y = write_mean_colour_model(tmp_path / "y.onnx", tile_px=16, tile_um=50.0, n_genes=3)
+    out = tmp_path / "shared.vst.zarr"
+    slow = ["--grid", "dense", "--min-tissue", "0", "--batch-size", "1"]
+    cli = [sys.executable, "-m", "napari_virtual_st.cli"]
+    run_a = subprocess.Popen(
+        [*cli, *predict_argv(cmu_small_svs, model_x, out, *slow)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "done").exists() and time.monotonic() < deadline:
+            assert run_a.poll() is None, "run A ended before run B could start"
+            time.sleep(0.05)
+        run_b = subprocess.run(
+            [*cli, *predict_argv(cmu_small_svs, model_y, out, *slow, "--overwrite")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run_a.poll() is None, "run A ended before run B was refused: nothing was tested"
+    finally:
+        _, err_a = run_a.communicate(timeout=300)
+    assert run_b.returncode == 2
+    assert f"in use by process {run_a.pid}" in one_line_error(run_b.stderr)
+    assert run_a.returncode == 0, err_a
+    store = PredictionStore.open(out)
+    assert store.attrs["model"]["file"] == "x.onnx"
+    assert store.attrs["status"] == "complete"
+    assert store.has_variance
+    assert len(store.genes) == 5
+    assert store.is_complete
+    assert np.isfinite(store.expression()).all()
+    assert not store.path.with_name(f".{out.name}.lock").exists()
+
+
+def test_another_thread_of_the_same_process_is_refused_the_same_thread_nests(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    store = tmp_path / "s.vst.zarr"
+    errors: list[BaseException] = []
+    with writer_lock(store):
+        with writer_lock(store):  # e.g. saving the alignment at the end of one's own run
+            pass
+
+        def second_writer() -> None:
+            try:
+                with writer_lock(store):
+                    pass
+            except StoreInUseError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        thread.join()
+    assert len(errors) == 1
+    assert f"process {os.getpid()}" in str(errors[0])
+    with writer_lock(store):  # free again once released
+        pass
+
+
+def test_a_read_only_folder_is_a_clear_error(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        assert main(predict_argv(cmu_small_svs, synthetic_model, locked / "x.vst.zarr")) == 2
+        assert "cannot write" in one_line_error(capsys.readouterr().err)
+    finally:
+        locked.chmod(0o755)

@@ -31,7 +31,7 @@ from models.workshop import data  # noqa: E402
 from napari_virtual_st._napari import layers as vst_layers  # noqa: E402
 from napari_virtual_st._napari.measured_widget import MeasuredWidget  # noqa: E402
 from napari_virtual_st.align import from_scale  # noqa: E402
-from napari_virtual_st.coords import xy_level0_px_to_yx_um  # noqa: E402
+from napari_virtual_st.frames import xy_level0_px_to_yx_um  # noqa: E402
 from napari_virtual_st.slide import Slide  # noqa: E402
 
 WINDOW = (1800, 1150)

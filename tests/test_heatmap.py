@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_virtual_st.coords import xy_level0_px_to_yx_um
 from napari_virtual_st.errors import ParameterError
+from napari_virtual_st.frames import xy_level0_px_to_yx_um
 from napari_virtual_st.grid import SpotGrid
 from napari_virtual_st.heatmap import (
     geometry_from_store,

@@ -15,7 +15,7 @@ from napari.utils.notifications import notification_manager
 
 from napari_virtual_st._napari import export_widget as ew
 from napari_virtual_st._napari.export_widget import ExportWidget
-from napari_virtual_st.coords import xy_level0_px_to_yx_um
+from napari_virtual_st.frames import xy_level0_px_to_yx_um
 from napari_virtual_st.pipeline import build_grid, predict_slide
 from napari_virtual_st.predictor import Predictor
 from napari_virtual_st.regions import (

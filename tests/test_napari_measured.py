@@ -17,7 +17,7 @@ from napari_virtual_st._napari.measured_layers import image_affine, library_size
 from napari_virtual_st._napari.measured_widget import MeasuredWidget
 from napari_virtual_st.align import Transform, from_scale
 from napari_virtual_st.compare import compare
-from napari_virtual_st.coords import xy_level0_px_to_yx_um
+from napari_virtual_st.frames import xy_level0_px_to_yx_um
 from napari_virtual_st.measured import read_legacy_st
 from napari_virtual_st.slide import Slide
 from napari_virtual_st.store import PredictionStore

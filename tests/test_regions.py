@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from napari_virtual_st.coords import xy_level0_px_to_yx_um
+from napari_virtual_st.frames import xy_level0_px_to_yx_um
 from napari_virtual_st.regions import (
     Region,
     RegionError,

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from napari_virtual_st.coords import xy_level0_px_to_yx_um
 from napari_virtual_st.errors import ParameterError
+from napari_virtual_st.frames import xy_level0_px_to_yx_um
 
 if TYPE_CHECKING:
     from napari_virtual_st.store import PredictionStore

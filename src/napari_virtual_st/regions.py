@@ -31,8 +31,8 @@ import shapely
 from numpy.typing import ArrayLike, NDArray
 from shapely.geometry import MultiPolygon, Polygon, mapping
 
-from napari_virtual_st.coords import yx_um_to_xy_level0_px
 from napari_virtual_st.errors import VirtualSTError
+from napari_virtual_st.frames import yx_um_to_xy_level0_px
 
 #: napari shape types that enclose an area.
 POLYGON_SHAPE_TYPES = ("polygon", "rectangle", "ellipse")

@@ -49,7 +49,6 @@ from napari.utils.notifications import show_error, show_info
 from shapely.geometry import MultiPolygon, Polygon
 
 from napari_virtual_st._napari import layers as vst_layers
-from napari_virtual_st.coords import xy_level0_px_to_yx_um
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.export import (
     ExportCancelled,
@@ -58,6 +57,7 @@ from napari_virtual_st.export import (
     ExportResult,
     export_steps,
 )
+from napari_virtual_st.frames import xy_level0_px_to_yx_um
 from napari_virtual_st.regions import (
     Region,
     RegionError,

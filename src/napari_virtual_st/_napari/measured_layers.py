@@ -30,8 +30,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from napari_virtual_st.align import Transform, register_images, warp_to_fixed
 from napari_virtual_st.compare import Comparison, compare
-from napari_virtual_st.coords import xy_level0_px_to_yx_um, yx_um_to_xy_level0_px
 from napari_virtual_st.errors import ParameterError, VirtualSTError
+from napari_virtual_st.frames import xy_level0_px_to_yx_um, yx_um_to_xy_level0_px
 from napari_virtual_st.grid import (
     ST_PITCH_UM,
     VISIUM_PITCH_UM,

@@ -58,8 +58,8 @@ from napari_virtual_st._napari.store_view import (
     lookup_view,
     register_view,
 )
-from napari_virtual_st.coords import yx_um_to_xy_level0_px
 from napari_virtual_st.errors import VirtualSTError
+from napari_virtual_st.frames import yx_um_to_xy_level0_px
 from napari_virtual_st.pipeline import Progress
 from napari_virtual_st.predictor import ModelInfo, Predictor, resolve_providers
 from napari_virtual_st.registry import DEFAULT_MODEL_NAME, BundledModel, bundled_models

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-from napari_virtual_st.coords import xy_level0_px_to_yx_um
 from napari_virtual_st.errors import ParameterError
+from napari_virtual_st.frames import xy_level0_px_to_yx_um
 from napari_virtual_st.heatmap import HeatmapGeometry, heatmap_geometry, robust_limits
 from napari_virtual_st.store import PredictionStore
 

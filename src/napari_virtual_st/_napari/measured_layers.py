@@ -28,10 +28,11 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
-from napari_virtual_st.align import Transform, register_images, warp_to_fixed
+from napari_virtual_st import frames
+from napari_virtual_st.align import register_images, warp_to_fixed
 from napari_virtual_st.compare import Comparison, compare
 from napari_virtual_st.errors import ParameterError, VirtualSTError
-from napari_virtual_st.frames import xy_level0_px_to_yx_um, yx_um_to_xy_level0_px
+from napari_virtual_st.frames import Transform, yx_um_to_xy_level0_px
 from napari_virtual_st.grid import (
     ST_PITCH_UM,
     VISIUM_PITCH_UM,
@@ -72,7 +73,7 @@ def lattice_kind(measured: MeasuredST) -> tuple[str, float] | None:
 
 def spots_yx_um(measured: MeasuredST, transform: Transform, mpp: float) -> NDArray[np.float64]:
     """``(n, 2)`` measured spot centres in the napari world, (row, col) µm, through ``transform``."""
-    return xy_level0_px_to_yx_um(transform.apply(measured.xy_fullres_px), mpp)
+    return frames.fullres_xy_to_yx_um(measured.xy_fullres_px, transform, mpp)
 
 
 def image_px_per_fullres_px(measured: MeasuredST, image_name: str) -> float:
@@ -105,16 +106,12 @@ def image_affine(transform: Transform, mpp: float, image_scale: float) -> NDArra
     image_scale
         Image px per full-res px (:func:`image_px_per_fullres_px`).
     """
-    to_fullres = np.diag([1.0 / image_scale, 1.0 / image_scale, 1.0])
-    to_um = np.diag([mpp, mpp, 1.0])
-    # (row, col) → (x, y), map, (x, y) → (row, col): the same swap coords.py applies to points
-    return to_um @ _SWAP @ transform.matrix @ to_fullres @ _SWAP
+    return frames.image_rc_to_yx_um_matrix(transform, mpp, image_scale)
 
 
 def image_rc_to_fullres_xy(rc_px: ArrayLike, image_scale: float) -> NDArray[np.float64]:
     """Points on a measured image, (row, col) image px → (x, y) measured full-res px."""
-    rc = np.asarray(rc_px, np.float64).reshape(-1, 2)
-    return rc[:, ::-1] / image_scale
+    return frames.image_rc_to_fullres_xy(rc_px, image_scale)
 
 
 def landmark_pairs(

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from napari_virtual_st.contract import attach_metadata, contract_metadata, save_model
+from napari_virtual_st.contract import ModelMetadata, attach_metadata, save_model
 
 TILE_PX = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -128,7 +128,7 @@ def build_benchmark_model(
 ) -> Path:
     """Write the random ResNet-18 benchmark model, with contract metadata, to ``path``."""
     model = resnet18_graph(n_genes, TILE_PX, seed)
-    meta = contract_metadata(
+    meta = ModelMetadata(
         genes=[f"BENCH{i:03d}" for i in range(n_genes)],
         tile_px=TILE_PX,
         tile_um=tile_um,
@@ -144,7 +144,7 @@ def build_benchmark_model(
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return save_model(attach_metadata(model, meta), path)
+    return save_model(attach_metadata(model, meta.to_props()), path)
 
 
 def cached_benchmark_model(

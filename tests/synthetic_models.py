@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from napari_virtual_st.contract import attach_metadata, contract_metadata, save_model
+from napari_virtual_st.contract import ModelMetadata, attach_metadata, save_model
 
 #: The ``vst.extra_inputs`` entry of the synthetic ``noise`` input (8 normal values a spot).
 NOISE_SPEC: dict[str, Any] = {
@@ -126,7 +126,7 @@ def write_mean_colour_model(
     model = mean_colour_graph(
         n_genes, tile_px, seed=seed, with_variance=with_variance, **graph_kwargs
     )
-    meta = contract_metadata(
+    meta = ModelMetadata(
         genes=[f"SYNTH{i}" for i in range(n_genes)],
         tile_px=tile_px,
         tile_um=tile_um,
@@ -135,8 +135,8 @@ def write_mean_colour_model(
         outputs=("expression", "variance") if with_variance else ("expression",),
         name="synthetic mean-colour model",
         license="CC0 (synthetic, for tests)",
-        extra_inputs={"noise": NOISE_SPEC} if with_noise else None,
-    )
+        extra_inputs={"noise": NOISE_SPEC} if with_noise else {},
+    ).to_props()
     for key, value in (metadata_overrides or {}).items():
         if value is None:
             meta.pop(key, None)

@@ -1,15 +1,25 @@
-"""contract.py: the metadata a model author writes is what the Predictor reads back, and a
-saved model is one self-contained file."""
+"""contract.py: the metadata a model author writes is what the Predictor reads back, each bad
+key is refused naming it, and a saved model is one self-contained file."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
 
-from napari_virtual_st.contract import attach_metadata, contract_metadata, save_model
+from napari_virtual_st.contract import (
+    REQUIRED_KEYS,
+    ModelMetadata,
+    attach_metadata,
+    read_metadata,
+    save_model,
+)
+from napari_virtual_st.errors import ModelError
 from napari_virtual_st.predictor import CONTRACT_VERSION, Predictor
 from synthetic_models import NOISE_SPEC, expected_mean_colour, mean_colour_graph
 
@@ -18,7 +28,7 @@ def test_metadata_round_trips_through_save_model_and_the_predictor(tmp_path: Pat
     genes = ["EPCAM", "PTPRC", "COL1A1"]
     training = {"data": "synthetic", "split": "none", "revision": "abc123"}
     metrics = {"pcc_mean": 0.25, "protocol": "held-out patients"}
-    meta = contract_metadata(
+    meta = ModelMetadata(
         genes=genes,
         tile_px=16,
         tile_um=112.0,
@@ -31,7 +41,7 @@ def test_metadata_round_trips_through_save_model_and_the_predictor(tmp_path: Pat
         license="CC0-1.0",
         extra_inputs={"noise": NOISE_SPEC},
         description="a synthetic model",
-    )
+    ).to_props()
     assert all(key.startswith("vst.") and isinstance(v, str) for key, v in meta.items())
     assert meta["vst.format_version"] == CONTRACT_VERSION
     model = mean_colour_graph(len(genes), 16, with_variance=True, noise_input=(8,))
@@ -50,7 +60,8 @@ def test_metadata_round_trips_through_save_model_and_the_predictor(tmp_path: Pat
 
 
 def test_optional_keys_are_left_out_when_not_given() -> None:
-    meta = contract_metadata(genes=["A"], tile_px=8, tile_um=8.0, family="nsl", target="counts")
+    meta = ModelMetadata(genes=["A"], tile_px=8, tile_um=8.0, family="nsl", target="counts")
+    meta = meta.to_props()
     assert set(meta) == {
         "vst.format_version",
         "vst.family",
@@ -74,13 +85,13 @@ def test_attaching_metadata_replaces_keys_and_keeps_the_others() -> None:
 def test_a_saved_model_is_one_self_contained_file(tmp_path: Path) -> None:
     n_genes = 4000  # a 48 kB weight matrix: large enough to be externalised if allowed
     model = mean_colour_graph(n_genes, 8)
-    meta = contract_metadata(
+    meta = ModelMetadata(
         genes=[f"G{i}" for i in range(n_genes)],
         tile_px=8,
         tile_um=8.0,
         family="baseline",
         target="synthetic",
-    )
+    ).to_props()
     out_dir = tmp_path / "models"
     out_dir.mkdir()
     path = save_model(attach_metadata(model, meta), out_dir / "big.onnx")
@@ -102,7 +113,8 @@ def test_a_saved_model_is_one_self_contained_file(tmp_path: Path) -> None:
 def test_saving_replaces_an_existing_model_file(tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
     path.write_bytes(b"old contents")
-    meta = contract_metadata(genes=["A", "B"], tile_px=8, tile_um=8.0, family="x", target="y")
+    meta = ModelMetadata(genes=["A", "B"], tile_px=8, tile_um=8.0, family="x", target="y")
+    meta = meta.to_props()
     save_model(attach_metadata(mean_colour_graph(2, 8), meta), path)
     assert Predictor(path).genes == ("A", "B")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
@@ -110,6 +122,98 @@ def test_saving_replaces_an_existing_model_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("tile_um", [55, 55.5, 1e-3])
 def test_tile_um_survives_the_string_round_trip_exactly(tmp_path: Path, tile_um: float) -> None:
-    meta = contract_metadata(genes=["A"], tile_px=8, tile_um=tile_um, family="x", target="y")
+    meta = ModelMetadata(genes=["A"], tile_px=8, tile_um=tile_um, family="x", target="y")
+    meta = meta.to_props()
     path = save_model(attach_metadata(mean_colour_graph(1, 8), meta), tmp_path / "m.onnx")
     assert Predictor(path).info.tile_um == float(tile_um)
+
+
+# -- ModelMetadata: to_props and from_props are inverse, and each bad key is refused ---------
+FULL = ModelMetadata(
+    genes=("EPCAM", "PTPRC"),
+    tile_px=16,
+    tile_um=55.5,
+    family="stem",
+    target="log1p_cp10k",
+    outputs=("expression", "variance"),
+    name="full",
+    license="CC0-1.0",
+    description="every key",
+    training={"data": "synthetic", "split": "none"},
+    metrics={"raw": {"PCC-ALL": 0.1}},
+    extra_inputs={"noise": {"dtype": "float32", "shape": ["N", 8], "seed": 7}},
+    other_keys={"author": "someone"},
+)
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [FULL, ModelMetadata(genes=["A"], tile_px=8, tile_um=1e-3, family="x", target="y")],
+    ids=["every-key", "required-only"],
+)
+def test_metadata_round_trips_through_its_strings(meta: ModelMetadata) -> None:
+    props = meta.to_props()
+    assert all(k.startswith("vst.") and isinstance(v, str) for k, v in props.items())
+    assert ModelMetadata.from_props(props) == meta
+    # keys without the prefix are not the contract's
+    assert ModelMetadata.from_props({**props, "producer": "torch"}) == meta
+
+
+def test_metadata_from_lists_equals_metadata_from_tuples() -> None:
+    assert replace(FULL, genes=["EPCAM", "PTPRC"], outputs=["expression", "variance"]) == FULL
+
+
+def test_metadata_reads_back_from_an_onnx_model() -> None:
+    model = attach_metadata(mean_colour_graph(2, 16), FULL.to_props())
+    assert read_metadata(model) == FULL
+
+
+def test_as_dict_holds_every_key_parsed() -> None:
+    parsed = FULL.as_dict()
+    assert parsed["genes"] == ["EPCAM", "PTPRC"] and parsed["tile_um"] == 55.5
+    assert parsed["training"] == FULL.training and parsed["author"] == "someone"
+    assert parsed["format_version"] == CONTRACT_VERSION
+    assert set(parsed) == {k[len("vst.") :] for k in FULL.to_props()}
+
+
+@pytest.mark.parametrize("key", REQUIRED_KEYS)
+def test_a_missing_required_key_is_refused_naming_it(key: str) -> None:
+    props = FULL.to_props()
+    del props[f"vst.{key}"]
+    with pytest.raises(ModelError, match=f"lacks required metadata key 'vst.{key}'"):
+        ModelMetadata.from_props(props)
+
+
+BAD_VALUES: list[tuple[str, Any]] = [
+    ("format_version", "2"),
+    ("genes", "EPCAM"),
+    ("genes", "[]"),
+    ("genes", '["A", "A"]'),
+    ("tile_px", "16.0"),
+    ("tile_px", "0"),
+    ("tile_um", "wide"),
+    ("tile_um", "-1"),
+    ("outputs", '["variance"]'),
+    ("outputs", '["expression", "logits"]'),
+    ("training", "{data: none}"),
+    ("metrics", "PCC 0.1"),
+    ("extra_inputs", '["noise"]'),
+    ("extra_inputs", json.dumps({"noise": {"dtype": "float64", "shape": ["N", 8]}})),
+    ("extra_inputs", json.dumps({"noise": {"dtype": "float32", "shape": [8]}})),
+    ("extra_inputs", json.dumps({"noise": {"dtype": "float32", "shape": ["N"], "seed": -1}})),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_VALUES, ids=[f"{k}={v}" for k, v in BAD_VALUES])
+def test_each_bad_key_is_refused_naming_it(key: str, value: str) -> None:
+    with pytest.raises(ModelError, match=f"metadata 'vst.{key}'"):
+        ModelMetadata.from_props({**FULL.to_props(), f"vst.{key}": value})
+
+
+def test_a_model_whose_graph_disagrees_with_valid_metadata_is_refused(tmp_path: Path) -> None:
+    meta = replace(FULL, genes=["A", "B", "C"], extra_inputs={}).to_props()
+    path = save_model(
+        attach_metadata(mean_colour_graph(2, 16, with_variance=True), meta), tmp_path / "m.onnx"
+    )
+    with pytest.raises(ModelError, match=r"'vst\.genes' lists 3 genes but output 'expression'"):
+        Predictor(path)

@@ -79,6 +79,7 @@ def test_dkan_trains_end_to_end_on_a_tiny_real_subset_and_exports_the_image_path
     _annotation()
     data = _her2st()
     from models.dkan.train import DKANSettings, fit_dkan, predict_dkan
+    from napari_virtual_st.contract import ModelMetadata
     from napari_virtual_st.onnx_export import export_torch_model
     from napari_virtual_st.predictor import Predictor
 
@@ -95,11 +96,13 @@ def test_dkan_trains_end_to_end_on_a_tiny_real_subset_and_exports_the_image_path
     report = export_torch_model(
         model,
         tmp_path / "dkan.onnx",
-        genes=genes,
-        tile_px=64,
-        tile_um=110.0,
-        family="dkan",
-        target="log1p_cp10k",
+        ModelMetadata(
+            genes=genes,
+            tile_px=64,
+            tile_um=110.0,
+            family="dkan",
+            target="log1p_cp10k",
+        ),
         check_tiles=test.tiles[:4],
     )
     assert report.max_abs_diff < 1e-3

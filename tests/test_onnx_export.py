@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is in the 'train' extra")
 pytest.importorskip("onnxscript", reason="torch.onnx dynamo export needs onnxscript")
 
+from napari_virtual_st.contract import ModelMetadata  # noqa: E402
 from napari_virtual_st.errors import ModelError  # noqa: E402
 from napari_virtual_st.onnx_export import export_torch_model, quantize_int8  # noqa: E402
 from napari_virtual_st.predictor import Predictor  # noqa: E402
@@ -52,11 +53,13 @@ def test_exported_model_matches_torch_within_1e_4_and_passes_the_contract(tmp_pa
     report = export_torch_model(
         module,
         tmp_path / "tiny.onnx",
-        genes=_genes(7),
-        tile_px=32,
-        tile_um=55.0,
-        family="baseline",
-        target="synthetic",
+        ModelMetadata(
+            genes=_genes(7),
+            tile_px=32,
+            tile_um=55.0,
+            family="baseline",
+            target="synthetic",
+        ),
     )
     assert report.max_abs_diff <= 1e-4
     predictor = Predictor(report.path)
@@ -72,12 +75,14 @@ def test_variance_output_is_exported_and_returned(tmp_path: Path) -> None:
     report = export_torch_model(
         TinyCNN(with_variance=True),
         tmp_path / "var.onnx",
-        genes=_genes(7),
-        tile_px=32,
-        tile_um=55.0,
-        family="stem",
-        target="synthetic",
-        outputs=("expression", "variance"),
+        ModelMetadata(
+            genes=_genes(7),
+            tile_px=32,
+            tile_um=55.0,
+            family="stem",
+            target="synthetic",
+            outputs=("expression", "variance"),
+        ),
     )
     out = Predictor(report.path).predict(np.zeros((3, 32, 32, 3), np.uint8))
     assert out.variance is not None and out.variance.shape == (3, 7)
@@ -108,13 +113,15 @@ def test_extra_inputs_are_declared_and_checked_on_the_noise_the_predictor_feeds(
     report = export_torch_model(
         module,
         tmp_path / "noisy.onnx",
-        genes=_genes(5),
-        tile_px=8,
-        tile_um=55.0,
-        family="stem",
-        target="synthetic",
-        outputs=("expression", "variance"),
-        extra_inputs={"noise": spec},
+        ModelMetadata(
+            genes=_genes(5),
+            tile_px=8,
+            tile_um=55.0,
+            family="stem",
+            target="synthetic",
+            outputs=("expression", "variance"),
+            extra_inputs={"noise": spec},
+        ),
     )
     assert report.max_abs_diff <= 1e-4
     predictor = Predictor(report.path)
@@ -139,12 +146,21 @@ def test_export_with_wrong_gene_count_is_refused_naming_the_key(tmp_path: Path) 
         export_torch_model(
             TinyCNN(7),
             tmp_path / "bad.onnx",
-            genes=_genes(5),
-            tile_px=32,
-            tile_um=55.0,
-            family="x",
-            target="y",
+            ModelMetadata(
+                genes=_genes(5),
+                tile_px=32,
+                tile_um=55.0,
+                family="x",
+                target="y",
+            ),
         )
+
+
+def test_invalid_metadata_is_refused_before_anything_is_exported(tmp_path: Path) -> None:
+    metadata = ModelMetadata(genes=["A", "A"], tile_px=32, tile_um=55.0, family="x", target="y")
+    with pytest.raises(ModelError, match=r"'vst\.genes' lists gene 'A' more than once"):
+        export_torch_model(TinyCNN(2), tmp_path / "dup.onnx", metadata)
+    assert not (tmp_path / "dup.onnx").exists()
 
 
 def test_int8_model_agrees_with_fp32_on_real_tissue_tiles(
@@ -153,11 +169,13 @@ def test_int8_model_agrees_with_fp32_on_real_tissue_tiles(
     report = export_torch_model(
         TinyCNN(),
         tmp_path / "fp32.onnx",
-        genes=_genes(7),
-        tile_px=32,
-        tile_um=55.0,
-        family="baseline",
-        target="synthetic",
+        ModelMetadata(
+            genes=_genes(7),
+            tile_px=32,
+            tile_um=55.0,
+            family="baseline",
+            target="synthetic",
+        ),
     )
     with Slide(cmu_small_svs) as slide:
         centres = [(x, y) for x in range(300, 2000, 300) for y in range(300, 2700, 300)]
@@ -193,11 +211,13 @@ def test_float16_weight_storage_halves_the_file_keeps_outputs_and_metadata(
     report = export_torch_model(
         Wide(),
         tmp_path / "wide.onnx",
-        genes=_genes(6),
-        tile_px=8,
-        tile_um=55.0,
-        family="baseline",
-        target="synthetic",
+        ModelMetadata(
+            genes=_genes(6),
+            tile_px=8,
+            tile_um=55.0,
+            family="baseline",
+            target="synthetic",
+        ),
     )
     tiles = np.random.default_rng(4).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
     half = store_weights_fp16(report.path, tmp_path / "half.onnx", check_tiles=tiles)

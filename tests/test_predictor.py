@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from napari_virtual_st.contract import attach_metadata, contract_metadata, save_model
+from napari_virtual_st.contract import ModelMetadata, attach_metadata, save_model
 from napari_virtual_st.errors import ModelError, ParameterError
 from napari_virtual_st.predictor import Predictor, resolve_providers
 from synthetic_models import (
@@ -407,14 +407,16 @@ def test_a_model_that_fails_on_a_batch_raises_a_model_error(tmp_path: Path) -> N
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
-    meta = contract_metadata(
+    meta = ModelMetadata(
         genes=[f"SYNTH{i}" for i in range(N_GENES)],
         tile_px=TILE_PX,
         tile_um=55.0,
         family="baseline",
         target="synthetic",
     )
-    predictor = Predictor(save_model(attach_metadata(model, meta), tmp_path / "broken.onnx"))
+    predictor = Predictor(
+        save_model(attach_metadata(model, meta.to_props()), tmp_path / "broken.onnx")
+    )
     with pytest.raises(ModelError, match=r"broken\.onnx failed on a batch of 1 tiles"):
         predictor.predict(random_tiles(1))
     with pytest.raises(ModelError, match=r"returned expression of shape \(3072, 5\)"):

@@ -189,6 +189,7 @@ def test_the_shipped_nsl_settings_train_on_a_tiny_subset_and_export_agreeing_on_
     from models.evaluate import make_method
     from models.nsl.build import SHIPPED_METHOD
     from models.nsl.train import fit_nsl, predict_nsl
+    from napari_virtual_st.contract import ModelMetadata
     from napari_virtual_st.onnx_export import export_torch_model
     from napari_virtual_st.predictor import Predictor
 
@@ -202,11 +203,13 @@ def test_the_shipped_nsl_settings_train_on_a_tiny_subset_and_export_agreeing_on_
     report = export_torch_model(
         model,
         tmp_path / "nsl.onnx",
-        genes=genes,
-        tile_px=16,
-        tile_um=110.0,
-        family="nsl",
-        target="log1p_cp10k",
+        ModelMetadata(
+            genes=genes,
+            tile_px=16,
+            tile_um=110.0,
+            family="nsl",
+            target="log1p_cp10k",
+        ),
         check_tiles=test.tiles[:32],  # real tissue: the export refuses a disagreement > 1e-4
     )
     assert report.max_abs_diff <= 1e-4

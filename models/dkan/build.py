@@ -26,6 +26,7 @@ from models.workshop.provenance import (
     held_out_record,
     write_metrics_json,
 )
+from napari_virtual_st.contract import ModelMetadata
 from napari_virtual_st.onnx_export import export_torch_model, record_metrics, store_weights_fp16
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,21 +55,22 @@ def build(out: Path, settings: DKANSettings | None = None) -> dict:
         "code_revision": git_revision(),
         "built": time.strftime("%Y-%m-%d"),
     }
-    common = {
-        "genes": genes,
-        "tile_px": TILE_PX,
-        "tile_um": TILE_UM,
-        "family": "dkan",
-        "target": "log1p_cp10k",
-        "name": "DKAN (HER2ST, cross-patient fold)",
-        "training": training,
-        "license": "Code BSD-3-Clause; EfficientNet-Lite0 ImageNet weights Apache-2.0; "
+    metadata = ModelMetadata(
+        genes=genes,
+        tile_px=TILE_PX,
+        tile_um=TILE_UM,
+        family="dkan",
+        target="log1p_cp10k",
+        name="DKAN (HER2ST, cross-patient fold)",
+        training=training,
+        license="Code BSD-3-Clause; EfficientNet-Lite0 ImageNet weights Apache-2.0; "
         "all-MiniLM-L6-v2 Apache-2.0; " + HER2ST_LICENCE_NOTE,
-        "description": "Gene-text queries (MiniLM embeddings of gene annotations) attending to "
+        description="Gene-text queries (MiniLM embeddings of gene annotations) attending to "
         "EfficientNet-Lite0 image tokens; trained with regression + InfoNCE path alignment.",
-        "check_tiles": sections[TEST_SECTION].tiles[:16],
-    }
-    report = export_torch_model(model, out, **common)
+    )
+    report = export_torch_model(
+        model, out, metadata, check_tiles=sections[TEST_SECTION].tiles[:16]
+    )
     print(f"wrote {report.path} (torch vs ONNX Runtime max |diff| {report.max_abs_diff:.2e})")
     # float16 storage of the weights halves the wheel's share (computation stays float32)
     half = store_weights_fp16(out, out, check_tiles=train[0].tiles)

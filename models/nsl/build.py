@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ from models.workshop.provenance import (
     held_out_record,
     write_metrics_json,
 )
+from napari_virtual_st.contract import ModelMetadata
 from napari_virtual_st.onnx_export import export_torch_model
 from napari_virtual_st.predictor import Predictor
 
@@ -70,24 +72,24 @@ def build(out: Path, settings: NSLSettings | None = None) -> dict:
         "code_revision": git_revision(),
         "built": time.strftime("%Y-%m-%d"),
     }
-    common = {
-        "genes": genes,
-        "tile_px": TILE_PX,
-        "tile_um": TILE_UM,
-        "family": "nsl",
-        "target": "log1p_cp10k",
-        "name": "NSL (HER2ST, cross-patient fold)",
-        "training": training,
-        "license": "Code BSD-3-Clause; " + HER2ST_LICENCE_NOTE,
-        "description": (
+    metadata = ModelMetadata(
+        genes=genes,
+        tile_px=TILE_PX,
+        tile_um=TILE_UM,
+        family="nsl",
+        target="log1p_cp10k",
+        name="NSL (HER2ST, cross-patient fold)",
+        training=training,
+        license="Code BSD-3-Clause; " + HER2ST_LICENCE_NOTE,
+        description=(
             "Neural stain learning: learned per-gene stain deconvolution, "
             f"{model.n_trainable_per_gene()} weights per gene."
         ),
-    }
+    )
     # torch and ONNX Runtime must agree on real tissue (the test patient's tiles), not only
     # on random noise tiles, whose extreme colours no slide has
-    common["check_tiles"] = sections[TEST_SECTION].tiles[:64]
-    export_torch_model(model, out, **common)
+    check_tiles = sections[TEST_SECTION].tiles[:64]
+    export_torch_model(model, out, metadata, check_tiles=check_tiles)
     held_out = evaluate_onnx(out, sections)
     baselines = run_protocol(
         ["mean", "ridge_colour"], "cross_patient", sections, log=lambda _: None
@@ -110,7 +112,9 @@ def build(out: Path, settings: NSLSettings | None = None) -> dict:
         baselines,
         versus_ridge_colour=versus_ridge,
     )
-    report = export_torch_model(model, out, metrics=metrics, **common)
+    report = export_torch_model(
+        model, out, replace(metadata, metrics=metrics), check_tiles=check_tiles
+    )
     print(f"wrote {report.path} (torch vs ONNX Runtime max |diff| {report.max_abs_diff:.2e})")
     print(json.dumps(metrics, indent=2))
     return metrics

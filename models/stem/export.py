@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from models.stem.model import StemModel, StemSampler
 from models.stem.train import NOISE_SEED
+from napari_virtual_st.contract import ModelMetadata
 from napari_virtual_st.onnx_export import export_torch_model
 
 
@@ -73,9 +74,7 @@ def export_stem(
         sampler on the same per-spot noise by more than ``tolerance``.
     """
     sampler = StemSampler(model.eval(), n_steps).eval()
-    report = export_torch_model(
-        sampler,
-        path,
+    metadata = ModelMetadata(
         genes=genes,
         tile_px=tile_px,
         tile_um=tile_um,
@@ -88,6 +87,11 @@ def export_stem(
         license=license,
         description=description,
         extra_inputs={"noise": noise_spec(n_samples, model.n_genes)},
+    )
+    report = export_torch_model(
+        sampler,
+        path,
+        metadata,
         opset=opset,
         check_tiles=check_tiles,
         tolerance=tolerance,

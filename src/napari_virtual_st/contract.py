@@ -1,83 +1,478 @@
-"""Write the ``vst.`` metadata of the ONNX model contract onto any ONNX model.
+"""The ONNX model contract, both ways: the ``vst.`` metadata a model carries, and its graph.
 
-:class:`~napari_virtual_st.predictor.Predictor` reads and validates the same keys; this
-module is the writing side, used by the model workshop and by users bringing their own
-models.
+A model is one ``.onnx`` file: input ``image`` uint8 ``(N, tile_px, tile_px, 3)``, output
+``expression`` float32 ``(N, G)`` (optionally ``variance``), and ``vst.``-prefixed string
+``metadata_props`` (JSON where structured). :class:`ModelMetadata` is those keys as one object:
+
+- writing a model (the model workshop, :func:`~napari_virtual_st.onnx_export.export_torch_model`,
+  a user bringing their own graph): ``attach_metadata(model, ModelMetadata(...).to_props())``
+  then :func:`save_model`;
+- reading one (:class:`~napari_virtual_st.predictor.Predictor`): :func:`read_model_info`, which
+  parses each key with :meth:`ModelMetadata.from_props`, checks the graph against it with
+  :func:`check_graph` and returns the :class:`ModelInfo` the engine uses.
+
+Every refusal is a :class:`~napari_virtual_st.errors.ModelError` naming the key or tensor at
+fault. This module knows nothing of providers, sessions or batching (``predictor.py`` does).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import onnx
 
-from napari_virtual_st.predictor import CONTRACT_VERSION
+from napari_virtual_st.errors import ModelError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+CONTRACT_VERSION = "1"
+PREFIX = "vst."
+REQUIRED_KEYS = ("format_version", "family", "genes", "tile_px", "tile_um", "target", "outputs")
+KNOWN_OUTPUTS = ("expression", "variance")
+#: dtypes an extra input may declare, and the ONNX Runtime type of each.
+EXTRA_INPUT_TYPES = {
+    "float32": "tensor(float)",
+    "float16": "tensor(float16)",
+    "int64": "tensor(int64)",
+    "int32": "tensor(int32)",
+}
+EXTRA_INPUT_DISTRIBUTIONS = ("normal", "uniform", "zeros")
+#: Keys whose string is JSON.
+_JSON_KEYS = frozenset({"genes", "outputs", "training", "metrics", "extra_inputs"})
 
 
-def contract_metadata(
-    *,
-    genes: Sequence[str],
-    tile_px: int,
-    tile_um: float,
-    family: str,
-    target: str,
-    outputs: Sequence[str] = ("expression",),
-    name: str | None = None,
-    training: Mapping[str, Any] | None = None,
-    metrics: Mapping[str, Any] | None = None,
-    license: str | None = None,
-    extra_inputs: Mapping[str, Mapping[str, Any]] | None = None,
-    description: str | None = None,
-) -> dict[str, str]:
-    """The ``vst.`` metadata strings for a model.
+# -- the metadata ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelMetadata:
+    """The ``vst.`` metadata of a model, as values.
 
     Parameters
     ----------
     genes
         Gene names in output order.
     tile_px, tile_um
-        Tile side in pixels and micrometres.
+        Tile side in pixels and in micrometres (the model reads ``tile_um / tile_px`` µm/px).
     family
         ``nsl``, ``dkan``, ``stem``, ``baseline`` or any other family name.
     target
         What a value means, e.g. ``log1p_cp10k``.
     outputs
         Output tensors provided: ``expression`` and optionally ``variance``.
-    name, training, metrics, license, extra_inputs, description
-        Optional keys (JSON-encoded where structured).
+    name, license, description
+        Optional text.
+    training, metrics
+        Optional JSON values: the training data, split and code revision; held-out scores
+        with their protocol.
+    extra_inputs
+        Inputs besides ``image`` that the engine feeds, name → ``{"dtype", "shape": ["N",
+        ...], "distribution", "seed"}``; empty when there are none.
+    other_keys
+        Any other ``vst.`` keys (without the prefix), kept as written.
     """
-    meta: dict[str, str] = {
-        "vst.format_version": CONTRACT_VERSION,
-        "vst.family": family,
-        "vst.genes": json.dumps(list(genes)),
-        "vst.tile_px": str(int(tile_px)),
-        "vst.tile_um": repr(float(tile_um)),
-        "vst.target": target,
-        "vst.outputs": json.dumps(list(outputs)),
-    }
-    optional: dict[str, Any] = {
-        "vst.name": name,
-        "vst.license": license,
-        "vst.description": description,
-    }
-    for key, value in optional.items():
-        if value is not None:
-            meta[key] = str(value)
-    for key, value in (
-        ("vst.training", training),
-        ("vst.metrics", metrics),
-        ("vst.extra_inputs", extra_inputs),
+
+    genes: Sequence[str]
+    tile_px: int
+    tile_um: float
+    family: str
+    target: str
+    outputs: Sequence[str] = ("expression",)
+    name: str | None = None
+    license: str | None = None
+    description: str | None = None
+    training: Any = None
+    metrics: Any = None
+    extra_inputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    other_keys: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # equal whether built from lists or tuples, and independent of the caller's objects
+        object.__setattr__(self, "genes", tuple(self.genes))
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+        object.__setattr__(self, "extra_inputs", dict(self.extra_inputs or {}))
+        object.__setattr__(self, "other_keys", dict(self.other_keys))
+
+    def to_props(self) -> dict[str, str]:
+        """The ``vst.`` ``metadata_props`` strings; optional keys left out when not given."""
+        return {PREFIX + key: _to_string(key, value) for key, value in self._items().items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every key without its prefix, as values (JSON keys parsed), as ``ModelInfo`` keeps them."""
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in self._items().items()}
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str]) -> ModelMetadata:
+        """Parse and validate the ``vst.`` keys of ``props`` (other keys are ignored).
+
+        Raises
+        ------
+        ModelError
+            Naming the first missing or invalid key.
+        """
+        raw = {k[len(PREFIX) :]: v for k, v in props.items() if k.startswith(PREFIX)}
+        missing = [k for k in REQUIRED_KEYS if k not in raw]
+        if missing:
+            raise ModelError(
+                f"the model lacks required metadata key 'vst.{missing[0]}' "
+                f"(a virtual-st model needs {', '.join(PREFIX + k for k in REQUIRED_KEYS)})"
+            )
+        values = {key: parse(raw[key]) for key, parse in _PARSERS.items() if key in raw}
+        del values["format_version"]
+        others = {k: v for k, v in raw.items() if k not in _PARSERS}
+        return cls(**values, other_keys=others)
+
+    def _items(self) -> dict[str, Any]:
+        items: dict[str, Any] = {
+            "format_version": CONTRACT_VERSION,
+            "family": self.family,
+            "genes": self.genes,
+            "tile_px": int(self.tile_px),
+            "tile_um": float(self.tile_um),
+            "target": self.target,
+            "outputs": self.outputs,
+        }
+        optional = {
+            "name": self.name,
+            "license": self.license,
+            "description": self.description,
+            "training": self.training,
+            "metrics": self.metrics,
+            "extra_inputs": self.extra_inputs or None,
+        }
+        items.update((k, v) for k, v in optional.items() if v is not None)
+        items.update(self.other_keys)
+        return items
+
+
+def _to_string(key: str, value: Any) -> str:
+    if key in _JSON_KEYS:
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+    if key == "tile_um":
+        return repr(value)  # exact: float(repr(x)) == x
+    return str(value)
+
+
+# -- one small validator per key: the key's string → its value, or a ModelError naming it -----
+def _format_version(raw: str) -> str:
+    if raw != CONTRACT_VERSION:
+        raise ModelError(
+            f"metadata 'vst.format_version' is {raw!r}; this version of "
+            f"napari-virtual-st reads contract version {CONTRACT_VERSION}"
+        )
+    return raw
+
+
+def _json(key: str, raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"metadata 'vst.{key}' is not valid JSON ({exc.msg})") from exc
+
+
+def _genes(raw: str) -> tuple[str, ...]:
+    genes = _json("genes", raw)
+    if (
+        not isinstance(genes, list)
+        or not genes
+        or not all(isinstance(g, str) and g for g in genes)
     ):
-        if value is not None:
-            meta[key] = json.dumps(value)
-    return meta
+        raise ModelError("metadata 'vst.genes' must be a non-empty JSON list of gene names")
+    if len(set(genes)) != len(genes):
+        dup = next(g for g in genes if genes.count(g) > 1)
+        raise ModelError(f"metadata 'vst.genes' lists gene {dup!r} more than once")
+    return tuple(genes)
+
+
+def _tile_px(raw: str) -> int:
+    try:
+        tile_px = int(raw)
+    except ValueError:
+        raise ModelError(f"metadata 'vst.tile_px' must be an integer; got {raw!r}") from None
+    if tile_px <= 0 or str(tile_px) != raw.strip():
+        raise ModelError(f"metadata 'vst.tile_px' must be a positive integer; got {raw!r}")
+    return tile_px
+
+
+def _tile_um(raw: str) -> float:
+    try:
+        tile_um = float(raw)
+    except ValueError:
+        raise ModelError(f"metadata 'vst.tile_um' must be a number; got {raw!r}") from None
+    if not (math.isfinite(tile_um) and tile_um > 0):
+        raise ModelError(f"metadata 'vst.tile_um' must be a positive number; got {raw!r}")
+    return tile_um
+
+
+def _outputs(raw: str) -> tuple[str, ...]:
+    outputs = _json("outputs", raw)
+    if not isinstance(outputs, list) or "expression" not in outputs:
+        raise ModelError("metadata 'vst.outputs' must be a JSON list that includes \"expression\"")
+    unknown = [o for o in outputs if o not in KNOWN_OUTPUTS]
+    if unknown:
+        raise ModelError(
+            f"metadata 'vst.outputs' names unknown output {unknown[0]!r} (known: expression, variance)"
+        )
+    return tuple(outputs)
+
+
+def _extra_inputs(raw: str) -> dict[str, Any]:
+    extra = _json("extra_inputs", raw)
+    if not isinstance(extra, dict):
+        raise ModelError("metadata 'vst.extra_inputs' must be a JSON object: input name → spec")
+    for name, spec in extra.items():
+        _check_extra_spec(name, spec)
+    return extra
+
+
+def _check_extra_spec(name: str, spec: Any) -> None:
+    where = f"metadata 'vst.extra_inputs' entry {name!r}"
+    if not isinstance(spec, dict):
+        raise ModelError(f"{where} must be an object with dtype, shape and distribution")
+    dtype = spec.get("dtype")
+    if dtype not in EXTRA_INPUT_TYPES:
+        raise ModelError(
+            f"{where}: dtype must be one of {', '.join(EXTRA_INPUT_TYPES)}; got {dtype!r}"
+        )
+    if not _is_batch_shape(spec.get("shape")):
+        raise ModelError(
+            f'{where}: shape must be a list starting with "N" followed by positive integers'
+        )
+    if spec.get("distribution", "normal") not in EXTRA_INPUT_DISTRIBUTIONS:
+        raise ModelError(f"{where}: distribution must be normal, uniform or zeros")
+    seed = spec.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        # seeds the per-spot generators, default_rng([seed, spot]): a non-negative integer
+        raise ModelError(f"{where}: seed must be a non-negative integer; got {seed!r}")
+
+
+def _is_batch_shape(shape: Any) -> bool:
+    return (
+        isinstance(shape, list)
+        and bool(shape)
+        and shape[0] == "N"
+        and all(isinstance(d, int) and d > 0 for d in shape[1:])
+    )
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _any_json(key: str) -> Callable[[str], Any]:
+    return lambda raw: _json(key, raw)
+
+
+#: Each key's validator, in the order keys are checked (the version first).
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "format_version": _format_version,
+    "family": _text,
+    "genes": _genes,
+    "tile_px": _tile_px,
+    "tile_um": _tile_um,
+    "target": _text,
+    "outputs": _outputs,
+    "name": _text,
+    "license": _text,
+    "description": _text,
+    "training": _any_json("training"),
+    "metrics": _any_json("metrics"),
+    "extra_inputs": _extra_inputs,
+}
+
+
+# -- the graph must agree with the metadata ---------------------------------------------------
+class TensorInfo(Protocol):
+    """What ONNX Runtime says of a graph input or output (``session.get_inputs()[i]``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def shape(self) -> Sequence[Any]: ...
+
+
+def check_graph(
+    metadata: ModelMetadata, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo]
+) -> None:
+    """Check a graph's inputs and outputs (ONNX Runtime's descriptions) against ``metadata``.
+
+    Raises
+    ------
+    ModelError
+        Naming the first tensor, or the key it disagrees with, at fault.
+    """
+    by_name = {i.name: i for i in inputs}
+    _check_image(by_name, metadata.tile_px)
+    _check_extra_inputs(by_name, metadata.extra_inputs)
+    _check_outputs({o.name: o for o in outputs}, metadata)
+
+
+def _check_image(inputs: Mapping[str, TensorInfo], tile_px: int) -> None:
+    if "image" not in inputs:
+        raise ModelError(f"the model has no input named 'image' (its inputs: {', '.join(inputs)})")
+    image = inputs["image"]
+    if image.type != "tensor(uint8)":
+        raise ModelError(
+            f"input 'image' must be uint8 (normalisation belongs inside the graph); it is {image.type}"
+        )
+    if len(image.shape) != 4:
+        raise ModelError(
+            f"input 'image' must have 4 dimensions (N, H, W, 3); it has shape {image.shape}"
+        )
+    _, h, w, c = image.shape
+    if isinstance(c, int) and c != 3:
+        raise ModelError(
+            f"input 'image' must have 3 channels last (N, H, W, 3); its shape is {image.shape}"
+        )
+    if any(isinstance(dim, int) and dim != tile_px for dim in (h, w)):
+        raise ModelError(
+            f"metadata 'vst.tile_px' is {tile_px} but input 'image' has shape {image.shape}"
+        )
+
+
+def _check_extra_inputs(
+    inputs: Mapping[str, TensorInfo], declared: Mapping[str, Mapping[str, Any]]
+) -> None:
+    for name, node in inputs.items():
+        if name == "image":
+            continue
+        if name not in declared:
+            raise ModelError(
+                f"the model has input {name!r} that metadata 'vst.extra_inputs' does not declare"
+            )
+        _check_extra_input_node(name, declared[name], node)
+    for name in declared:
+        if name not in inputs:
+            raise ModelError(
+                f"metadata 'vst.extra_inputs' declares {name!r}, which the model has no input for"
+            )
+
+
+def _check_extra_input_node(name: str, spec: Mapping[str, Any], node: TensorInfo) -> None:
+    where = f"metadata 'vst.extra_inputs' entry {name!r}"
+    dtype, shape = spec["dtype"], spec["shape"]
+    if node.type != EXTRA_INPUT_TYPES[dtype]:
+        raise ModelError(f"{where}: declares {dtype} but the model's input is {node.type}")
+    if len(shape) != len(node.shape):
+        raise ModelError(
+            f"{where}: shape {shape} does not match the model's input rank ({node.shape})"
+        )
+    for declared, actual in zip(shape[1:], node.shape[1:], strict=True):
+        if isinstance(actual, int) and actual != declared:
+            raise ModelError(
+                f"{where}: shape {shape} does not match the model's input shape {node.shape}"
+            )
+
+
+def _check_outputs(outputs: Mapping[str, TensorInfo], metadata: ModelMetadata) -> None:
+    n_genes = len(metadata.genes)
+    for name in metadata.outputs:
+        if name not in outputs:
+            raise ModelError(
+                f"metadata 'vst.outputs' lists {name!r}, but the model has no such output "
+                f"(its outputs: {', '.join(outputs)})"
+            )
+        node = outputs[name]
+        if node.type != "tensor(float)":
+            raise ModelError(f"output {name!r} must be float32; it is {node.type}")
+        if len(node.shape) != 2:
+            raise ModelError(f"output {name!r} must have shape (N, genes); it has {node.shape}")
+        if isinstance(node.shape[1], int) and node.shape[1] != n_genes:
+            raise ModelError(
+                f"metadata 'vst.genes' lists {n_genes} genes but output {name!r} has "
+                f"{node.shape[1]} values per tile"
+            )
+
+
+# -- what the engine uses -------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelInfo:
+    """The validated ``vst.`` metadata of a model, as the engine uses it.
+
+    Attributes
+    ----------
+    genes
+        Gene names in output order.
+    tile_px, tile_um
+        Tile side in pixels and in micrometres (the model reads ``tile_um / tile_px`` µm/px).
+    family, target, outputs
+        Model family, meaning of the values, and the output tensors it provides.
+    extra_inputs
+        Declared inputs besides ``image`` (e.g. diffusion noise), name → spec.
+    metadata
+        All ``vst.`` keys, parsed where they are JSON.
+    sha256
+        Hash of the model file.
+    """
+
+    genes: tuple[str, ...]
+    tile_px: int
+    tile_um: float
+    family: str
+    target: str
+    outputs: tuple[str, ...]
+    extra_inputs: Mapping[str, Mapping[str, Any]]
+    metadata: Mapping[str, Any]
+    sha256: str
+
+    @classmethod
+    def from_metadata(cls, metadata: ModelMetadata, sha256: str = "") -> ModelInfo:
+        """The engine's view of validated ``metadata`` for the file hashed ``sha256``."""
+        return cls(
+            genes=tuple(metadata.genes),
+            tile_px=metadata.tile_px,
+            tile_um=metadata.tile_um,
+            family=metadata.family,
+            target=metadata.target,
+            outputs=tuple(metadata.outputs),
+            extra_inputs=metadata.extra_inputs,
+            metadata=metadata.as_dict(),
+            sha256=sha256,
+        )
+
+    @property
+    def mpp(self) -> float:
+        """µm per pixel of the tiles the model expects."""
+        return self.tile_um / self.tile_px
+
+    @property
+    def name(self) -> str:
+        """Display name: ``vst.name`` if given, else the family."""
+        return str(self.metadata.get("name", self.family))
+
+
+def read_model_info(session: ort.InferenceSession, sha256: str = "") -> ModelInfo:
+    """Validate a session's metadata and graph against the contract.
+
+    Raises
+    ------
+    ModelError
+        Naming the first missing or inconsistent ``vst.`` key or tensor.
+    """
+    metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map)
+    check_graph(metadata, session.get_inputs(), session.get_outputs())
+    return ModelInfo.from_metadata(metadata, sha256)
+
+
+# -- ONNX files -----------------------------------------------------------------------------
+def read_metadata(model: onnx.ModelProto) -> ModelMetadata:
+    """The validated ``vst.`` metadata of an in-memory ONNX model (graph not checked)."""
+    return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
 
 
 def attach_metadata(model: onnx.ModelProto, metadata: Mapping[str, str]) -> onnx.ModelProto:
-    """Set (replace) metadata properties on ``model`` in place and return it."""
+    """Set (replace) metadata properties on ``model`` in place and return it.
+
+    ``metadata`` is strings, e.g. :meth:`ModelMetadata.to_props`; keys not in it are kept.
+    """
     kept = [p for p in model.metadata_props if p.key not in metadata]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)

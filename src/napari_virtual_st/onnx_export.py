@@ -1,9 +1,11 @@
 """Bring your own model: export a torch module to the ONNX model contract, and quantise it.
 
-``export_torch_model`` takes any ``torch.nn.Module`` whose ``forward`` maps a uint8 NHWC RGB
-batch to expression (and optionally variance) — normalisation belongs inside ``forward`` — and
-writes one self-contained ``.onnx`` file with the ``vst.`` metadata, validated by
+``export_torch_model(module, path, ModelMetadata(...))`` takes any ``torch.nn.Module`` whose
+``forward`` maps a uint8 NHWC RGB batch to expression (and optionally variance) —
+normalisation belongs inside ``forward`` — and writes one self-contained ``.onnx`` file with
+that :class:`~napari_virtual_st.contract.ModelMetadata`, validated by
 :class:`~napari_virtual_st.predictor.Predictor` and checked against torch on random tiles.
+``record_metrics`` and ``store_weights_fp16`` rewrite a finished contract model.
 
 ``quantize_int8`` writes an int8 variant calibrated on real tissue tiles (ONNX Runtime static
 quantisation, QDQ format) and reports its agreement with fp32 and the speed of both.
@@ -13,12 +15,11 @@ torch is only needed for :func:`export_torch_model` (the ``train`` extra).
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,12 @@ import onnx
 from numpy.typing import NDArray
 from onnx import helper, numpy_helper
 
-from napari_virtual_st.contract import attach_metadata, contract_metadata, save_model
+from napari_virtual_st.contract import (
+    ModelMetadata,
+    attach_metadata,
+    read_metadata,
+    save_model,
+)
 from napari_virtual_st.errors import ModelError, ParameterError
 from napari_virtual_st.predictor import Predictor, extra_input_values
 
@@ -44,19 +50,8 @@ class ExportReport:
 def export_torch_model(
     module: Any,
     path: str | Path,
+    metadata: ModelMetadata,
     *,
-    genes: Sequence[str],
-    tile_px: int,
-    tile_um: float,
-    family: str,
-    target: str,
-    outputs: Sequence[str] = ("expression",),
-    name: str | None = None,
-    training: Mapping[str, Any] | None = None,
-    metrics: Mapping[str, Any] | None = None,
-    license: str | None = None,
-    description: str | None = None,
-    extra_inputs: Mapping[str, Mapping[str, Any]] | None = None,
     opset: int = 18,
     check_tiles: NDArray[np.uint8] | None = None,
     tolerance: float = 1e-4,
@@ -70,13 +65,11 @@ def export_torch_model(
         tuple ordered as ``outputs``; ``extra`` are the ``extra_inputs`` in their order.
     path
         The ``.onnx`` file to write (atomically).
-    genes, tile_px, tile_um, family, target, outputs, name, training, metrics, license, description
-        Contract metadata (see :func:`napari_virtual_st.contract.contract_metadata`).
-    extra_inputs
-        Inputs beside ``image`` that the engine feeds (e.g. a sampler's noise): name →
-        ``{"dtype", "shape": ["N", ...], "distribution", "seed"}``, declared in
-        ``vst.extra_inputs``. The torch/ONNX Runtime check feeds torch exactly what the
-        Predictor feeds (:func:`~napari_virtual_st.predictor.extra_input_values`).
+    metadata
+        The model's contract metadata. Its ``outputs`` name the graph's outputs, its
+        ``extra_inputs`` the inputs beside ``image`` that the engine feeds (e.g. a sampler's
+        noise), in ``forward``'s order; the torch/ONNX Runtime check feeds torch exactly what
+        the Predictor feeds (:func:`~napari_virtual_st.predictor.extra_input_values`).
     opset
         ONNX opset.
     check_tiles
@@ -90,19 +83,47 @@ def export_torch_model(
 
     Raises
     ------
+    ParameterError
+        If the tile size is not positive.
     ModelError
-        If the exported graph breaks the contract or disagrees with torch.
+        If the metadata is invalid, or the exported graph breaks the contract or disagrees
+        with torch.
     """
+    path = Path(path)
+    if metadata.tile_px < 1 or metadata.tile_um <= 0:
+        raise ParameterError("tile_px and tile_um must be positive")
+    props = metadata.to_props()
+    ModelMetadata.from_props(props)  # refuse bad metadata before the (slow) export
+    module = module.eval()
+    model = _torch_to_onnx(module, metadata, opset)
+    strip_build_paths(model)
+    attach_metadata(model, props)
+    save_model(model, path)
+    predictor = Predictor(path, providers=["cpu"])  # validates the contract
+    tiles = (
+        check_tiles
+        if check_tiles is not None
+        else np.random.default_rng(0).integers(
+            0, 256, (4, metadata.tile_px, metadata.tile_px, 3), dtype=np.uint8
+        )
+    )
+    diff = _torch_difference(module, predictor, tiles)
+    if not diff <= tolerance:
+        path.unlink(missing_ok=True)
+        raise ModelError(
+            f"the exported model differs from torch by {diff:.3g} (tolerance {tolerance:g})"
+        )
+    return ExportReport(path, diff, predictor.providers)
+
+
+def _torch_to_onnx(module: Any, metadata: ModelMetadata, opset: int) -> onnx.ModelProto:
+    """torch's dynamo export of ``module`` with a dynamic batch axis on every input."""
     import torch
 
-    path = Path(path)
-    if tile_px < 1 or tile_um <= 0:
-        raise ParameterError("tile_px and tile_um must be positive")
-    module = module.eval()
-    extras = dict(extra_inputs or {})
+    extras = metadata.extra_inputs
     batch = torch.export.Dim("N", min=1, max=1 << 16)
     example = (
-        torch.zeros((2, tile_px, tile_px, 3), dtype=torch.uint8),
+        torch.zeros((2, metadata.tile_px, metadata.tile_px, 3), dtype=torch.uint8),
         *(
             torch.from_numpy(extra_input_values({**spec, "distribution": "zeros"}, [0, 1]))
             for spec in extras.values()
@@ -120,38 +141,23 @@ def export_torch_model(
                 example,
                 str(raw),
                 input_names=["image", *extras],
-                output_names=list(outputs),
+                output_names=list(metadata.outputs),
                 dynamic_shapes=tuple({0: batch} for _ in example),
                 opset_version=opset,
                 external_data=False,
                 dynamo=True,
                 verbose=False,
             )
-        model = onnx.load(str(raw))
-    strip_build_paths(model)
-    meta = contract_metadata(
-        genes=genes,
-        tile_px=tile_px,
-        tile_um=tile_um,
-        family=family,
-        target=target,
-        outputs=outputs,
-        name=name,
-        training=training,
-        metrics=metrics,
-        license=license,
-        description=description,
-        extra_inputs=extras or None,
-    )
-    attach_metadata(model, meta)
-    save_model(model, path)
-    predictor = Predictor(path, providers=["cpu"])  # validates the contract
-    tiles = (
-        check_tiles
-        if check_tiles is not None
-        else np.random.default_rng(0).integers(0, 256, (4, tile_px, tile_px, 3), dtype=np.uint8)
-    )
+        return onnx.load(str(raw))
+
+
+def _torch_difference(module: Any, predictor: Predictor, tiles: NDArray[np.uint8]) -> float:
+    """Largest absolute difference between torch and the Predictor on ``tiles``, both fed
+    the same per-spot extra inputs (spot ids ``0..n-1``)."""
+    import torch
+
     ids = np.arange(len(tiles))
+    extras = predictor.info.extra_inputs
     with torch.no_grad():
         expected = module(
             torch.from_numpy(np.ascontiguousarray(tiles)),
@@ -160,15 +166,9 @@ def export_torch_model(
     expected_list = list(expected) if isinstance(expected, (tuple, list)) else [expected]
     got = predictor.predict(tiles, spot_index=ids)
     got_list = [got.expression] + ([got.variance] if got.variance is not None else [])
-    diff = max(
+    return max(
         float(np.max(np.abs(e.numpy() - g))) for e, g in zip(expected_list, got_list, strict=True)
     )
-    if not diff <= tolerance:
-        path.unlink(missing_ok=True)
-        raise ModelError(
-            f"the exported model differs from torch by {diff:.3g} (tolerance {tolerance:g})"
-        )
-    return ExportReport(path, diff, predictor.providers)
 
 
 def strip_build_paths(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -187,7 +187,7 @@ def record_metrics(path: str | Path, metrics: Mapping[str, Any]) -> Path:
     after scoring the very file that ships; the graph and other metadata are unchanged."""
     path = Path(path)
     model = onnx.load(str(path))
-    attach_metadata(model, {"vst.metrics": json.dumps(metrics)})
+    attach_metadata(model, replace(read_metadata(model), metrics=metrics).to_props())
     save_model(model, path)
     Predictor(path, providers=["cpu"])  # still a valid contract model
     return path

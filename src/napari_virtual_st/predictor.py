@@ -1,16 +1,18 @@
-"""``Predictor``: one ONNX gene-expression model that follows the model contract.
+"""``Predictor``: run one ONNX gene-expression model that follows the model contract.
 
-The contract (see DESIGN.md): input ``image`` uint8 ``(N, H, W, 3)`` RGB with
-``H = W = vst.tile_px``; output ``expression`` float32 ``(N, G)``; optional ``variance``;
-metadata keys prefixed ``vst.``. A model that breaks the contract is refused with a message
-naming the key or tensor at fault, before any slide is read.
+This module owns the running side: execution providers (TensorRT/CUDA when available, else
+CPU), the ONNX Runtime session, fixed batch sizes, and the per-spot values fed to declared extra
+inputs. What a model must be (its ``vst.`` metadata and graph) is :mod:`napari_virtual_st.contract`;
+a model that breaks it is refused when the ``Predictor`` is made, with a message naming the key
+or tensor at fault, before any slide is read.
+
+``Predictor(path).predict(tiles, spot_index)`` → :class:`Prediction`. ``ModelInfo``,
+``CONTRACT_VERSION`` and ``read_model_info`` are re-exported from the contract.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +23,20 @@ import onnxruntime as ort
 from numpy.typing import ArrayLike, NDArray
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
+from napari_virtual_st.contract import CONTRACT_VERSION, ModelInfo, read_model_info
 from napari_virtual_st.errors import ModelError, ParameterError
 
-CONTRACT_VERSION = "1"
-REQUIRED_KEYS = ("format_version", "family", "genes", "tile_px", "tile_um", "target", "outputs")
-KNOWN_OUTPUTS = ("expression", "variance")
+__all__ = [
+    "CONTRACT_VERSION",
+    "GPU_PROVIDERS",
+    "PREFERRED_PROVIDERS",
+    "ModelInfo",
+    "Prediction",
+    "Predictor",
+    "extra_input_values",
+    "read_model_info",
+    "resolve_providers",
+]
 
 #: Execution providers in order of preference; the first available ones are used.
 PREFERRED_PROVIDERS = (
@@ -70,53 +81,6 @@ _NUMPY_DTYPES = {
     "int64": np.int64,
     "int32": np.int32,
 }
-_ORT_TYPES = {
-    "float32": "tensor(float)",
-    "float16": "tensor(float16)",
-    "int64": "tensor(int64)",
-    "int32": "tensor(int32)",
-}
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """The validated ``vst.`` metadata of a model.
-
-    Attributes
-    ----------
-    genes
-        Gene names in output order.
-    tile_px, tile_um
-        Tile side in pixels and in micrometres (the model reads ``tile_um / tile_px`` µm/px).
-    family, target, outputs
-        Model family, meaning of the values, and the output tensors it provides.
-    extra_inputs
-        Declared inputs besides ``image`` (e.g. diffusion noise), name → spec.
-    metadata
-        All ``vst.`` keys, parsed where they are JSON.
-    sha256
-        Hash of the model file.
-    """
-
-    genes: tuple[str, ...]
-    tile_px: int
-    tile_um: float
-    family: str
-    target: str
-    outputs: tuple[str, ...]
-    extra_inputs: Mapping[str, Mapping[str, Any]]
-    metadata: Mapping[str, Any]
-    sha256: str
-
-    @property
-    def mpp(self) -> float:
-        """µm per pixel of the tiles the model expects."""
-        return self.tile_um / self.tile_px
-
-    @property
-    def name(self) -> str:
-        """Display name: ``vst.name`` if given, else the family."""
-        return str(self.metadata.get("name", self.family))
 
 
 @dataclass(frozen=True)
@@ -162,183 +126,6 @@ def resolve_providers(requested: Sequence[str] | None = None) -> list[str]:
     if "CPUExecutionProvider" not in chosen and "CPUExecutionProvider" in available:
         chosen.append("CPUExecutionProvider")
     return chosen
-
-
-def read_model_info(session: ort.InferenceSession, sha256: str = "") -> ModelInfo:
-    """Validate a session's metadata and graph against the contract.
-
-    Raises
-    ------
-    ModelError
-        Naming the first missing or inconsistent ``vst.`` key or tensor.
-    """
-    raw = session.get_modelmeta().custom_metadata_map
-    meta: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key.startswith("vst."):
-            meta[key[4:]] = value
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
-    if missing:
-        raise ModelError(
-            f"the model lacks required metadata key 'vst.{missing[0]}' "
-            f"(a virtual-st model needs {', '.join('vst.' + k for k in REQUIRED_KEYS)})"
-        )
-    if str(meta["format_version"]) != CONTRACT_VERSION:
-        raise ModelError(
-            f"metadata 'vst.format_version' is {meta['format_version']!r}; this version of "
-            f"napari-virtual-st reads contract version {CONTRACT_VERSION}"
-        )
-    for key in ("genes", "outputs", "training", "metrics", "extra_inputs"):
-        if key in meta:
-            try:
-                meta[key] = json.loads(meta[key])
-            except json.JSONDecodeError as exc:
-                raise ModelError(f"metadata 'vst.{key}' is not valid JSON ({exc.msg})") from exc
-    genes = meta["genes"]
-    if (
-        not isinstance(genes, list)
-        or not genes
-        or not all(isinstance(g, str) and g for g in genes)
-    ):
-        raise ModelError("metadata 'vst.genes' must be a non-empty JSON list of gene names")
-    if len(set(genes)) != len(genes):
-        dup = next(g for g in genes if genes.count(g) > 1)
-        raise ModelError(f"metadata 'vst.genes' lists gene {dup!r} more than once")
-    try:
-        tile_px = int(meta["tile_px"])
-    except ValueError:
-        raise ModelError(
-            f"metadata 'vst.tile_px' must be an integer; got {meta['tile_px']!r}"
-        ) from None
-    if tile_px <= 0 or str(tile_px) != str(meta["tile_px"]).strip():
-        raise ModelError(
-            f"metadata 'vst.tile_px' must be a positive integer; got {meta['tile_px']!r}"
-        )
-    try:
-        tile_um = float(meta["tile_um"])
-    except ValueError:
-        raise ModelError(
-            f"metadata 'vst.tile_um' must be a number; got {meta['tile_um']!r}"
-        ) from None
-    if not (math.isfinite(tile_um) and tile_um > 0):
-        raise ModelError(
-            f"metadata 'vst.tile_um' must be a positive number; got {meta['tile_um']!r}"
-        )
-    meta["tile_px"], meta["tile_um"] = tile_px, tile_um
-    outputs = meta["outputs"]
-    if not isinstance(outputs, list) or "expression" not in outputs:
-        raise ModelError("metadata 'vst.outputs' must be a JSON list that includes \"expression\"")
-    unknown = [o for o in outputs if o not in KNOWN_OUTPUTS]
-    if unknown:
-        raise ModelError(
-            f"metadata 'vst.outputs' names unknown output {unknown[0]!r} (known: expression, variance)"
-        )
-    extra = meta.get("extra_inputs", {})
-    if not isinstance(extra, dict):
-        raise ModelError("metadata 'vst.extra_inputs' must be a JSON object: input name → spec")
-
-    # -- the graph must agree with the metadata ----------------------------------------------
-    inputs = {i.name: i for i in session.get_inputs()}
-    if "image" not in inputs:
-        raise ModelError(f"the model has no input named 'image' (its inputs: {', '.join(inputs)})")
-    image = inputs["image"]
-    if image.type != "tensor(uint8)":
-        raise ModelError(
-            f"input 'image' must be uint8 (normalisation belongs inside the graph); it is {image.type}"
-        )
-    if len(image.shape) != 4:
-        raise ModelError(
-            f"input 'image' must have 4 dimensions (N, H, W, 3); it has shape {image.shape}"
-        )
-    _, h, w, c = image.shape
-    if isinstance(c, int) and c != 3:
-        raise ModelError(
-            f"input 'image' must have 3 channels last (N, H, W, 3); its shape is {image.shape}"
-        )
-    for dim in (h, w):
-        if isinstance(dim, int) and dim != tile_px:
-            raise ModelError(
-                f"metadata 'vst.tile_px' is {tile_px} but input 'image' has shape {image.shape}"
-            )
-    for name, node in inputs.items():
-        if name == "image":
-            continue
-        if name not in extra:
-            raise ModelError(
-                f"the model has input {name!r} that metadata 'vst.extra_inputs' does not declare"
-            )
-        _validate_extra_input(name, extra[name], node)
-    for name in extra:
-        if name not in inputs:
-            raise ModelError(
-                f"metadata 'vst.extra_inputs' declares {name!r}, which the model has no input for"
-            )
-    graph_outputs = {o.name: o for o in session.get_outputs()}
-    for name in outputs:
-        if name not in graph_outputs:
-            raise ModelError(
-                f"metadata 'vst.outputs' lists {name!r}, but the model has no such output "
-                f"(its outputs: {', '.join(graph_outputs)})"
-            )
-        node = graph_outputs[name]
-        if node.type != "tensor(float)":
-            raise ModelError(f"output {name!r} must be float32; it is {node.type}")
-        if len(node.shape) != 2:
-            raise ModelError(f"output {name!r} must have shape (N, genes); it has {node.shape}")
-        if isinstance(node.shape[1], int) and node.shape[1] != len(genes):
-            raise ModelError(
-                f"metadata 'vst.genes' lists {len(genes)} genes but output {name!r} has "
-                f"{node.shape[1]} values per tile"
-            )
-    return ModelInfo(
-        genes=tuple(genes),
-        tile_px=tile_px,
-        tile_um=tile_um,
-        family=str(meta["family"]),
-        target=str(meta["target"]),
-        outputs=tuple(outputs),
-        extra_inputs=extra,
-        metadata=meta,
-        sha256=sha256,
-    )
-
-
-def _validate_extra_input(name: str, spec: Any, node: Any) -> None:
-    where = f"metadata 'vst.extra_inputs' entry {name!r}"
-    if not isinstance(spec, dict):
-        raise ModelError(f"{where} must be an object with dtype, shape and distribution")
-    dtype = spec.get("dtype")
-    if dtype not in _NUMPY_DTYPES:
-        raise ModelError(
-            f"{where}: dtype must be one of {', '.join(_NUMPY_DTYPES)}; got {dtype!r}"
-        )
-    if node.type != _ORT_TYPES[dtype]:
-        raise ModelError(f"{where}: declares {dtype} but the model's input is {node.type}")
-    shape = spec.get("shape")
-    if (
-        not isinstance(shape, list)
-        or not shape
-        or shape[0] != "N"
-        or not all(isinstance(d, int) and d > 0 for d in shape[1:])
-    ):
-        raise ModelError(
-            f'{where}: shape must be a list starting with "N" followed by positive integers'
-        )
-    if len(shape) != len(node.shape):
-        raise ModelError(
-            f"{where}: shape {shape} does not match the model's input rank ({node.shape})"
-        )
-    for declared, actual in zip(shape[1:], node.shape[1:], strict=True):
-        if isinstance(actual, int) and actual != declared:
-            raise ModelError(
-                f"{where}: shape {shape} does not match the model's input shape {node.shape}"
-            )
-    if spec.get("distribution", "normal") not in ("normal", "uniform", "zeros"):
-        raise ModelError(f"{where}: distribution must be normal, uniform or zeros")
-    seed = spec.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        # seeds the per-spot generators, default_rng([seed, spot]): a non-negative integer
-        raise ModelError(f"{where}: seed must be a non-negative integer; got {seed!r}")
 
 
 class Predictor:

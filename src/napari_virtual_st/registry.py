@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from napari_virtual_st.contract import ModelInfo
 from napari_virtual_st.errors import ModelError, VirtualSTError
-from napari_virtual_st.predictor import ModelInfo, Predictor
+from napari_virtual_st.predictor import Predictor
 
 
 @dataclass(frozen=True)

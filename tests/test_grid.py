@@ -14,7 +14,7 @@ import pytest
 from numpy.typing import NDArray
 
 from napari_virtual_st.errors import ParameterError
-from napari_virtual_st.grid import SpotGrid
+from napari_virtual_st.grid import SpotGrid, match_distance_px, match_spots
 from napari_virtual_st.tissue import TissueMask
 
 #: A synthetic slide: 4000 × 3000 px at 0.5 µm/px, i.e. 2 × 1.5 mm.
@@ -299,3 +299,39 @@ def test_grid_describe_is_json_without_coordinates() -> None:
     assert summary["params"]["overlap_um"] == 12.0
     assert summary["fingerprint"] == grid.fingerprint
     assert "xy_level0_px" not in summary
+
+
+# -- matching two sets of spots ---------------------------------------------------------------
+def test_spots_match_the_nearest_centre_within_the_bound_and_beyond_it_none() -> None:
+    spots = [[100.0, 100.0], [300.0, 100.0], [500.0, 100.0], [900.0, 900.0]]
+    others = [[103.0, 104.0], [320.0, 100.0], [500.0, 160.0], [106.0, 100.0]]
+    rows, how = match_spots(spots, others, max_distance_px=25.0)
+    assert how == "nearest"
+    # 5 px and 20 px away match (the nearer of two for the first); 60 px and far away do not
+    assert rows.tolist() == [0, 1, -1, -1]
+    assert rows.dtype == np.intp
+    assert match_spots(spots, others, max_distance_px=61.0)[0].tolist() == [0, 1, 2, -1]
+
+
+def test_spots_match_by_id_when_any_id_is_shared_and_by_centre_otherwise() -> None:
+    spots, others = [[0.0, 0.0], [50.0, 0.0], [900.0, 0.0]], [[900.0, 0.0], [0.0, 1.0]]
+    rows, how = match_spots(spots, others, 5.0, spot_ids=["b", "x", "a"], other_ids=["a", "b"])
+    # by id, however far apart the centres are; an id the other side lacks is unmatched
+    assert (how, rows.tolist()) == ("id", [1, -1, 0])
+    rows, how = match_spots(spots, others, 5.0, spot_ids=["x", "y", "z"], other_ids=["a", "b"])
+    assert (how, rows.tolist()) == ("nearest", [1, -1, 0])
+    assert match_spots(spots, others, 5.0, spot_ids=None, other_ids=["a", "b"])[1] == "nearest"
+    with pytest.raises(ParameterError, match="2 spot ids were given for 3 spots"):
+        match_spots(spots, others, 5.0, spot_ids=["a", "b"], other_ids=["a", "b"])
+
+
+def test_no_spots_match_nothing() -> None:
+    rows, how = match_spots(np.empty((0, 2)), [[1.0, 2.0]], 5.0)
+    assert (how, rows.shape) == ("nearest", (0,))
+
+
+def test_the_default_match_distance_is_half_the_pitch_or_one_spot_for_explicit_grids() -> None:
+    visium = SpotGrid.visium(DIMS, MPP)
+    assert match_distance_px(visium.describe()) == pytest.approx(50.0 / MPP)
+    explicit = SpotGrid.from_coordinates(visium.xy_level0_px, MPP, 55.0)
+    assert match_distance_px(explicit.describe()) == pytest.approx(55.0 / MPP)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.spatial import cKDTree
 from scipy.stats import spearmanr
 
-from napari_virtual_st.align import Transform
 from napari_virtual_st.errors import VirtualSTError
+from napari_virtual_st.frames import Transform
+from napari_virtual_st.grid import match_distance_px, match_spots
 from napari_virtual_st.measured import MeasuredST, log1p_cp10k
 from napari_virtual_st.store import PredictionStore
 
@@ -138,30 +138,16 @@ def compare(
         If no spot or no gene is shared.
     """
     predicted_all = store.expression()
-    ids = store.attrs.get("spot_ids")
-    lookup = {s: i for i, s in enumerate(measured.spot_ids)}
-    if ids and sum(s in lookup for s in ids) > 0:
-        pairs = [(i, lookup[s]) for i, s in enumerate(ids) if s in lookup]
-        match = "id"
-    else:
-        xy = (
-            measured.xy_fullres_px
-            if transform is None
-            else transform.apply(measured.xy_fullres_px)
-        )
-        grid = store.attrs["grid"]
-        limit = max_distance_px
-        if limit is None:
-            size_um = grid["pitch_um"] / 2 if grid.get("pitch_um") else grid["spot_diameter_um"]
-            limit = size_um / grid["mpp"]
-        distance, nearest = cKDTree(xy).query(store.xy_level0_px, distance_upper_bound=limit)
-        pairs = [
-            (i, int(j))
-            for i, (d, j) in enumerate(zip(distance, nearest, strict=True))
-            if np.isfinite(d)
-        ]
-        match = "nearest"
-    pairs = [(i, j) for i, j in pairs if np.isfinite(predicted_all[i]).all()]
+    rows, match = match_spots(
+        store.xy_level0_px,
+        measured.xy_fullres_px if transform is None else transform.apply(measured.xy_fullres_px),
+        match_distance_px(store.attrs["grid"]) if max_distance_px is None else max_distance_px,
+        spot_ids=store.attrs.get("spot_ids"),
+        other_ids=measured.spot_ids,
+    )
+    pairs = [
+        (i, int(j)) for i, j in enumerate(rows) if j >= 0 and np.isfinite(predicted_all[i]).all()
+    ]
     if not pairs:
         raise ComparisonError(
             "no predicted spot lies on a measured spot: check the alignment (--transform) and that the store is complete"

@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 
 from napari_virtual_st.atomic import atomic_path
 from napari_virtual_st.errors import VirtualSTError
+from napari_virtual_st.grid import match_distance_px, match_spots
 from napari_virtual_st.regions import (
     CLASS_PALETTE,
     Region,
@@ -50,7 +51,7 @@ from napari_virtual_st.store import PredictionStore
 if TYPE_CHECKING:
     import anndata as ad
 
-    from napari_virtual_st.align import Transform
+    from napari_virtual_st.frames import Transform
     from napari_virtual_st.measured import MeasuredST
     from napari_virtual_st.slide import Slide
 
@@ -401,30 +402,16 @@ def _measured_values(
     transform: Transform | None,
 ) -> tuple[NDArray[np.float32], dict[str, Any]]:
     """Measured values at the exported spots, in the model's target units (NaN: none)."""
-    from scipy.spatial import cKDTree
-
     from napari_virtual_st.measured import log1p_cp10k
 
-    rows = np.full(len(index), -1, np.intp)
     ids = store.attrs.get("spot_ids")
-    lookup = {s: i for i, s in enumerate(measured.spot_ids)}
-    if ids and any(ids[i] in lookup for i in index):
-        rows[:] = [lookup.get(ids[i], -1) for i in index]
-        match = "id"
-    else:
-        xy = (
-            measured.xy_fullres_px
-            if transform is None
-            else transform.apply(measured.xy_fullres_px)
-        )
-        grid = store.attrs["grid"]
-        size_um = grid["pitch_um"] / 2 if grid.get("pitch_um") else grid["spot_diameter_um"]
-        distance, nearest = cKDTree(xy).query(
-            store.xy_level0_px[index], distance_upper_bound=size_um / grid["mpp"]
-        )
-        found = np.isfinite(distance)
-        rows[found] = nearest[found]
-        match = "nearest"
+    rows, match = match_spots(
+        store.xy_level0_px[index],
+        measured.xy_fullres_px if transform is None else transform.apply(measured.xy_fullres_px),
+        match_distance_px(store.attrs["grid"]),
+        spot_ids=[ids[i] for i in index] if ids else None,
+        other_ids=measured.spot_ids,
+    )
     matched = rows >= 0
     if not matched.any():
         raise ExportError(

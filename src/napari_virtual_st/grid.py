@@ -19,16 +19,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy.spatial import cKDTree
 
 from napari_virtual_st.errors import ParameterError
 from napari_virtual_st.tissue import TissueMask
 
 GridKind = Literal["visium", "st", "dense", "explicit"]
+SpotMatch = Literal["id", "nearest"]
 
 VISIUM_SPOT_UM = 55.0
 VISIUM_PITCH_UM = 100.0
@@ -332,6 +335,71 @@ class SpotGrid:
         if self.spot_ids is not None:
             digest.update("\n".join(self.spot_ids).encode())
         return digest.hexdigest()[:32]
+
+
+# -- matching spots of two sets (a prediction and measured data) -----------------------------
+def match_distance_px(grid: Mapping[str, Any]) -> float:
+    """The largest centre distance (level-0 px) at which two spots count as one by default:
+    half the pitch, or one spot diameter for a grid without a pitch (explicit centres).
+
+    Parameters
+    ----------
+    grid
+        A grid's :meth:`SpotGrid.describe` (a prediction store's ``attrs["grid"]``).
+    """
+    size_um = grid["pitch_um"] / 2 if grid.get("pitch_um") else grid["spot_diameter_um"]
+    return float(size_um / grid["mpp"])
+
+
+def match_spots(
+    xy_level0_px: ArrayLike,
+    other_xy_level0_px: ArrayLike,
+    max_distance_px: float,
+    *,
+    spot_ids: Sequence[str] | None = None,
+    other_ids: Sequence[str] | None = None,
+) -> tuple[NDArray[np.intp], SpotMatch]:
+    """For each spot, the index of the same spot among ``other`` spots (``-1``: none).
+
+    Spots are joined by id when both sides have ids and at least one is shared (a prediction
+    made at the measured spots carries their barcodes); otherwise each spot is joined to the
+    nearest other centre closer than ``max_distance_px`` (several spots may share one).
+
+    It lives here beside :class:`SpotGrid`, not in :mod:`napari_virtual_st.frames`: it decides
+    which spots are the same spot (by identity first, by centre within a bound taken from the
+    grid's pitch, :func:`match_distance_px`), where frames only converts coordinates. Both
+    sides must already be in one frame, level-0 (x, y) px.
+
+    Parameters
+    ----------
+    xy_level0_px, other_xy_level0_px
+        ``(n, 2)`` and ``(m, 2)`` spot centres, level-0 (x, y) px (measured ones through their
+        alignment, :meth:`~napari_virtual_st.frames.Transform.apply`).
+    max_distance_px
+        Largest centre distance (level-0 px) for the nearest-centre join.
+    spot_ids, other_ids
+        The spots' ids (``n`` and ``m`` of them), when they have some.
+
+    Returns
+    -------
+    rows, how
+        ``(n,)`` indices into the other spots, ``-1`` where unmatched, and ``"id"`` or
+        ``"nearest"``: how they were joined.
+    """
+    xy = np.asarray(xy_level0_px, np.float64).reshape(-1, 2)
+    rows = np.full(len(xy), -1, np.intp)
+    if spot_ids is not None and len(spot_ids) > 0 and other_ids is not None:
+        if len(spot_ids) != len(xy):
+            raise ParameterError(f"{len(spot_ids)} spot ids were given for {len(xy)} spots")
+        lookup = {s: i for i, s in enumerate(other_ids)}
+        if any(s in lookup for s in spot_ids):
+            rows[:] = [lookup.get(s, -1) for s in spot_ids]
+            return rows, "id"
+    other = np.asarray(other_xy_level0_px, np.float64).reshape(-1, 2)
+    distance, nearest = cKDTree(other).query(xy, distance_upper_bound=max_distance_px)
+    found = np.isfinite(distance)
+    rows[found] = nearest[found]
+    return rows, "nearest"
 
 
 def _count_within(room_um: float, pitch_um: float) -> int:

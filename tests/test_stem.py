@@ -40,16 +40,18 @@ def tiny() -> Iterator[dict]:
 def exported(tiny: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model's sampler (3 DDIM steps, 4 samples) exported to the contract."""
     from models.stem.export import export_stem
+    from napari_virtual_st.contract import ModelMetadata
 
     path = tmp_path_factory.mktemp("stem") / "stem_tiny.onnx"
+    metadata = ModelMetadata(
+        genes=tiny["genes"], tile_px=16, tile_um=110.0, family="stem", target="log1p_cp10k"
+    )
     export_stem(
         tiny["model"],
         path,
+        metadata,
         n_steps=3,
         n_samples=4,
-        genes=tiny["genes"],
-        tile_px=16,
-        tile_um=110.0,
         check_tiles=tiny["test"].tiles[:8],
     )
     return path

@@ -29,6 +29,7 @@ from models.stem.export import export_stem
 from models.stem.model import StemModel
 from models.workshop.data import load_her2st
 from models.workshop.metrics import evaluate_predictions, gene_sets
+from napari_virtual_st.contract import ModelMetadata
 from napari_virtual_st.predictor import Predictor
 
 
@@ -78,15 +79,14 @@ def bench(steps: list[int], samples: list[int]) -> list[dict[str, Any]]:
         for n_steps in steps:
             for k in samples:
                 path = Path(tmp) / f"stem_{n_steps}x{k}.onnx"
-                export_stem(
-                    model,
-                    path,
-                    n_steps=n_steps,
-                    n_samples=k,
+                metadata = ModelMetadata(
                     genes=genes,
                     tile_px=TILE_PX,
                     tile_um=TILE_UM,
+                    family="stem",
+                    target="log1p_cp10k",
                 )
+                export_stem(model, path, metadata, n_steps=n_steps, n_samples=k)
                 mean, var = predict_with_variance(path, test)
                 scores = evaluate_predictions(mean, truth, test.array_rc, sets)
                 calib = calibration(mean, var, truth) if k > 1 else None

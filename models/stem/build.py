@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from models.workshop.provenance import (
     held_out_record,
     write_metrics_json,
 )
+from napari_virtual_st.contract import ModelMetadata
 from napari_virtual_st.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,22 +94,26 @@ def build(out: Path, settings: StemSettings | None = None) -> dict[str, Any]:
         "code_revision": git_revision(),
         "built": time.strftime("%Y-%m-%d"),
     }
-    common: dict[str, Any] = {
-        "n_steps": settings.n_steps,
-        "n_samples": settings.n_samples,
-        "genes": genes,
-        "tile_px": TILE_PX,
-        "tile_um": TILE_UM,
-        "name": "Stem-style diffusion (HER2ST, cross-patient fold)",
-        "training": training,
-        "license": "Code BSD-3-Clause; " + HER2ST_LICENCE_NOTE,
-        "description": (
+    metadata = ModelMetadata(
+        genes=genes,
+        tile_px=TILE_PX,
+        tile_um=TILE_UM,
+        family="stem",
+        target="log1p_cp10k",
+        name="Stem-style diffusion (HER2ST, cross-patient fold)",
+        training=training,
+        license="Code BSD-3-Clause; " + HER2ST_LICENCE_NOTE,
+        description=(
             "Conditional diffusion over the 250-gene vector given a colour+CNN image embedding; "
             f"expression = mean and variance = variance of {settings.n_samples} DDIM samples."
         ),
+    )
+    sampler: dict[str, Any] = {
+        "n_steps": settings.n_steps,
+        "n_samples": settings.n_samples,
         "check_tiles": test.tiles[:16],
     }
-    export_stem(model, out, **common)
+    export_stem(model, out, metadata, **sampler)
     held_out = evaluate_onnx(out, sections)
     mean, variance = predict_with_variance(out, test)
     calib = calibration(mean, variance, test.targets(genes))
@@ -122,7 +127,7 @@ def build(out: Path, settings: StemSettings | None = None) -> dict[str, Any]:
         baselines,
         calibration={**calib, "labels": "raw", "spot_ids": "0..n-1 (A1 order)"},
     )
-    report = export_stem(model, out, metrics=metrics, **common)
+    report = export_stem(model, out, replace(metadata, metrics=metrics), **sampler)
     print(f"wrote {report.path} (torch vs ONNX Runtime max |diff| {report.max_abs_diff:.2e})")
     print(json.dumps(metrics, indent=2))
     return metrics

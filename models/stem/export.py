@@ -5,15 +5,15 @@ in ``vst.extra_inputs`` as standard normal, so the engine's Predictor feeds it, 
 id) and returns ``expression`` (mean of the K samples) and ``variance`` (their variance). The
 DDIM steps are unrolled in the graph.
 
-The engine's public :func:`~napari_virtual_st.onnx_export.export_torch_model` does the export
-(its ``extra_inputs`` declare the noise; its check feeds torch the very noise the Predictor
-feeds ONNX Runtime, seeded per spot id).
+``export_stem(model, path, ModelMetadata(...), n_steps=..., n_samples=...)`` sets the
+metadata's outputs and ``noise`` extra input from the sampler and hands it to the engine's public
+:func:`~napari_virtual_st.onnx_export.export_torch_model`, whose check feeds torch the very
+noise the Predictor feeds ONNX Runtime, seeded per spot id.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,22 +50,19 @@ def noise_spec(n_samples: int, n_genes: int, seed: int = NOISE_SEED) -> dict[str
 def export_stem(
     model: StemModel,
     path: str | Path,
+    metadata: ModelMetadata,
     *,
     n_steps: int,
     n_samples: int,
-    genes: Sequence[str],
-    tile_px: int,
-    tile_um: float,
-    name: str | None = None,
-    training: Mapping[str, Any] | None = None,
-    metrics: Mapping[str, Any] | None = None,
-    license: str | None = None,
-    description: str | None = None,
     check_tiles: NDArray[np.uint8] | None = None,
     tolerance: float = 1e-4,
     opset: int = 18,
 ) -> StemExportReport:
     """Write ``model``'s DDIM sampler (``n_steps`` steps, ``n_samples`` samples) to the contract.
+
+    ``metadata`` describes the model (genes, tile size, family, target, provenance); its
+    ``outputs`` and ``extra_inputs`` are set here from the sampler's graph (``expression`` and
+    ``variance``; the ``noise`` input of :func:`noise_spec`).
 
     Raises
     ------
@@ -74,26 +71,12 @@ def export_stem(
         sampler on the same per-spot noise by more than ``tolerance``.
     """
     sampler = StemSampler(model.eval(), n_steps).eval()
-    metadata = ModelMetadata(
-        genes=genes,
-        tile_px=tile_px,
-        tile_um=tile_um,
-        family="stem",
-        target="log1p_cp10k",
+    metadata = replace(
+        metadata,
         outputs=("expression", "variance"),
-        name=name,
-        training=training,
-        metrics=metrics,
-        license=license,
-        description=description,
         extra_inputs={"noise": noise_spec(n_samples, model.n_genes)},
     )
     report = export_torch_model(
-        sampler,
-        path,
-        metadata,
-        opset=opset,
-        check_tiles=check_tiles,
-        tolerance=tolerance,
+        sampler, path, metadata, opset=opset, check_tiles=check_tiles, tolerance=tolerance
     )
     return StemExportReport(report.path, report.max_abs_diff, n_steps, n_samples)

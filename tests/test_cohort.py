@@ -36,6 +36,7 @@ from napari_virtual_st.cohort import (
 from napari_virtual_st.errors import ModelError, ParameterError
 from napari_virtual_st.pipeline import build_grid, predict_slide
 from napari_virtual_st.predictor import Predictor
+from napari_virtual_st.run import engine as run_engine
 from napari_virtual_st.slide import Slide
 from napari_virtual_st.store import PredictionStore
 from synthetic_models import write_mean_colour_model
@@ -224,7 +225,7 @@ def test_unexpected_errors_are_retried_on_a_scheduler_given_by_address(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: dict[str, int] = {}
-    original = cohort.predict_slide
+    original = run_engine.predict_slide
 
     def flaky(slide: Slide, *args: Any, **kwargs: Any) -> Any:
         calls[slide.path.name] = calls.get(slide.path.name, 0) + 1
@@ -234,7 +235,7 @@ def test_unexpected_errors_are_retried_on_a_scheduler_given_by_address(
             raise MemoryError("first attempt")
         return original(slide, *args, **kwargs)
 
-    monkeypatch.setattr(cohort, "predict_slide", flaky)
+    monkeypatch.setattr(run_engine, "predict_slide", flaky)
     results = by_name(
         run_cohort(
             [ndpi_dapi, png_slide],

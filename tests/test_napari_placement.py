@@ -10,10 +10,10 @@ import pytest
 
 from napari_virtual_st import Predictor, Slide, predict_slide
 from napari_virtual_st._napari.layers import find_layers, vst_meta
-from napari_virtual_st._napari.store_view import get_view
 from napari_virtual_st.frames import xy_level0_px_to_yx_um
 from napari_virtual_st.pipeline import build_grid
 from napari_virtual_st.store import PredictionStore
+from napari_virtual_st.store_view import get_view
 
 PLUGIN = "napari-virtual-st"
 

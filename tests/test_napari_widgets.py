@@ -15,10 +15,10 @@ from napari_virtual_st._napari.labels import set_text
 from napari_virtual_st._napari.layer_views import LayerViews
 from napari_virtual_st._napari.layers import find_layers, set_canvas_colour_bars, vst_meta
 from napari_virtual_st._napari.predict_widget import PredictWidget
-from napari_virtual_st._napari.runner import BatchEvent
-from napari_virtual_st._napari.store_view import get_view
 from napari_virtual_st.registry import default_model
+from napari_virtual_st.run import BatchEvent
 from napari_virtual_st.store import PredictionStore
+from napari_virtual_st.store_view import get_view
 
 PLUGIN = "napari-virtual-st"
 RUN_TIMEOUT_MS = 120_000
@@ -278,12 +278,12 @@ def test_a_slide_without_resolution_asks_for_it(
 @pytest.fixture
 def variance_store(cmu_small_svs: Path, tmp_path: Path) -> Path:
     """A finished Visium store of the real slide from a model that gives variance."""
-    from napari_virtual_st._napari.runner import RunRequest, run_prediction
+    from napari_virtual_st.run import RunSpec, run_events
     from synthetic_models import write_mean_colour_model
 
     model = write_mean_colour_model(tmp_path / "var.onnx", n_genes=40, with_variance=True)
-    request = RunRequest(cmu_small_svs, model, tmp_path / "var.vst.zarr", batch_size=64)
-    gen = run_prediction(request)
+    request = RunSpec(cmu_small_svs, model, tmp_path / "var.vst.zarr", batch_size=64)
+    gen = run_events(request)
     for _ in gen:
         pass
     return request.store_path
@@ -399,9 +399,9 @@ def test_a_large_slide_shows_a_preview_before_its_grid_is_ready(
     tmp_path: Path,
     monkeypatch,
 ) -> None:
-    from napari_virtual_st._napari import runner
+    from napari_virtual_st.run import engine
 
-    monkeypatch.setattr(runner, "PREVIEW_MASK_PX", 64)  # as if the slide were large
+    monkeypatch.setattr(engine, "PREVIEW_MASK_PX", 64)  # as if the slide were large
     viewer = make_napari_viewer()
     viewer.open(cmu_small_svs, plugin=PLUGIN)
     widget = _widget(viewer, qtbot)

@@ -201,16 +201,16 @@ def test_evaluate_reproduces_the_bundled_stem_models_recorded_held_out_metrics()
 def test_the_predict_widgets_run_feeds_the_noise_and_streams_variance_batches(
     exported: Path, cmu_small_svs: Path, tmp_path: Path
 ) -> None:
-    from napari_virtual_st._napari.runner import BatchEvent, RunRequest, run_prediction
+    from napari_virtual_st.run import BatchEvent, RunSpec, run_events
     from napari_virtual_st.store import PredictionStore
 
-    request = RunRequest(
+    request = RunSpec(
         slide_path=cmu_small_svs,
         model_path=exported,
         store_path=tmp_path / "run.vst.zarr",
         batch_size=16,
     )
-    gen = run_prediction(request)
+    gen = run_events(request)
     events = []
     while True:
         try:

@@ -124,7 +124,7 @@ def test_a_failed_creation_leaves_no_half_store(
 def test_a_store_under_an_unwritable_path_fails_cleanly(tmp_path: Path) -> None:
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where a folder should be")
-    with pytest.raises(StoreError, match="cannot (create|write) the prediction store"):
+    with pytest.raises(StoreError, match=r"cannot (create|write) the prediction store"):
         PredictionStore.create(blocker / "s.vst.zarr", grid=small_grid(), genes=GENES)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_folder"]
 

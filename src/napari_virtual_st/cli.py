@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -448,77 +449,67 @@ class _CtrlC:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from napari_virtual_st.pipeline import Progress, build_grid, predict_slide
-    from napari_virtual_st.predictor import Predictor
     from napari_virtual_st.registry import resolve_model
-    from napari_virtual_st.slide import Slide
+    from napari_virtual_st.run import BatchEvent, RunEvent, RunSpec, StoreReadyEvent, run
+    from napari_virtual_st.run.engine import load_predictor, open_slide
 
-    predictor = Predictor(resolve_model(args.model), providers=args.providers)
-    out = args.out if args.out is not None else Path(f"{args.slide.stem}.vst.zarr")
-    with Slide(args.slide, mpp=args.mpp) as slide:
-        _ = slide.mpp
-        print(
-            f"model {predictor.path.name}: {len(predictor.genes)} genes, tiles of "
-            f"{predictor.info.tile_um:g} µm at {predictor.info.tile_px} px; running on {predictor.providers[0]}",
-            file=sys.stderr,
-        )
-        transform = None
+    providers = None if args.providers is None else tuple(args.providers)
+    model_path = resolve_model(args.model)
+    spots, transform = None, None
+    spec = RunSpec(
+        slide_path=args.slide,
+        model_path=model_path,
+        store_path=args.out if args.out is not None else Path(f"{args.slide.stem}.vst.zarr"),
+        grid_kind=args.grid,
+        mpp=args.mpp,
+        min_tissue_fraction=args.min_tissue,
+        overlap_um=args.overlap_um,
+        providers=providers,
+        batch_size=args.batch_size,
+        read_threads=args.read_threads,
+        overwrite=args.overwrite,
+    )
+    predictor, _ = load_predictor(model_path, providers)  # (the run reuses this session)
+    with open_slide(spec) as slide:
+        mpp = slide.mpp  # the clear message first, when the resolution is unknown
         if getattr(args, "measured", None) is not None:
             measured, transform = _load_measured(args)
-            grid = measured.spot_grid(slide.mpp, transform)
-            args.grid = "measured"
-        else:
-            grid = build_grid(
-                slide,
-                args.grid,
-                tile_um=predictor.info.tile_um,
-                min_tissue_fraction=args.min_tissue,
-                overlap_um=args.overlap_um,
-            )
-        if len(grid) == 0:
-            raise VirtualSTError(
-                f"no {args.grid} spots have at least {args.min_tissue:.0%} tissue under them; "
-                "lower --min-tissue (0 keeps every spot)"
-            )
-        print(f"{len(grid)} {args.grid} spots on tissue", file=sys.stderr)
-        bars: list[Any] = []  # created at the first report, after the store checks passed
+            spots = measured.spot_grid(mpp, transform)
+    spec = replace(spec, spots=spots, transform=transform)
+    print(
+        f"model {predictor.path.name}: {len(predictor.genes)} genes, tiles of "
+        f"{predictor.info.tile_um:g} µm at {predictor.info.tile_px} px; running on {predictor.providers[0]}",
+        file=sys.stderr,
+    )
+    bars: list[Any] = []  # created when the store is ready, after its checks passed
 
-        def report(p: Progress) -> None:
-            if not bars:
-                bars.append(
-                    tqdm(
-                        total=p.spots_total,
-                        unit="spot",
-                        disable=args.quiet,
-                        file=sys.stderr,
-                        dynamic_ncols=True,
-                    )
+    def report(event: RunEvent) -> None:
+        if isinstance(event, StoreReadyEvent):
+            total = event.progress.spots_total
+            print(f"{total} {spec.grid_name} spots on tissue", file=sys.stderr)
+            bars.append(
+                tqdm(
+                    total=total,
+                    unit="spot",
+                    disable=args.quiet,
+                    file=sys.stderr,
+                    dynamic_ncols=True,
                 )
-            bars[0].n = p.spots_done
+            )
+        if isinstance(event, StoreReadyEvent | BatchEvent):
+            bars[0].n = event.progress.spots_done
             bars[0].refresh()
 
-        with _CtrlC() as ctrl_c:
-            try:
-                store = predict_slide(
-                    slide,
-                    predictor,
-                    grid,
-                    out,
-                    batch_size=args.batch_size,
-                    read_threads=args.read_threads,
-                    progress=report,
-                    should_cancel=ctrl_c.requested.is_set,
-                    overwrite=args.overwrite,
-                )
-            finally:
-                for bar in bars:
-                    bar.close()
-    if transform is not None:  # `evaluate` and the Measured ST widget find the alignment here
-        store.save_transform(transform)
+    with _CtrlC() as ctrl_c:
+        try:
+            store = run(spec, report, ctrl_c.requested.is_set)
+        finally:
+            for bar in bars:
+                bar.close()
     seconds = store.attrs.get("last_run_seconds")
     rate = store.attrs.get("last_run_tiles_per_s")
     timing = f" in {seconds:.1f} s ({rate:.0f} tiles/s)" if seconds else ""
-    print(f"{store.n_spots} spots × {len(store.genes)} genes written to {out}{timing}")
+    print(f"{store.n_spots} spots × {len(store.genes)} genes written to {spec.store_path}{timing}")
     return 0
 
 

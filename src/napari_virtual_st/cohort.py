@@ -1,7 +1,7 @@
 """Cohorts: many slides on a dask.distributed cluster, one store per slide, one summary.
 
 Each slide is one task. The task receives *paths*, not objects: it opens the slide and the
-model on the worker, lays the grid there and runs :func:`~napari_virtual_st.pipeline.predict_slide`
+model on the worker, lays the grid there and runs :func:`~napari_virtual_st.run.run`
 into ``OUT/<slide stem>.vst.zarr``, so the stores live wherever the workers write (a shared
 file system on a real cluster). The client only submits tasks, collects small
 :class:`SlideResult` records, shows progress and writes ``OUT/cohort_summary.csv``.
@@ -12,7 +12,7 @@ anything unexpected (a bug, a worker killed for memory, a lost node) is retried 
 ``retries`` times on whichever worker is free, resuming the store where it stopped.
 
 Reruns are cheap: a finished store is checked against its slide, model and grid and skipped;
-a partial one is resumed (``predict_slide`` computes only its missing chunks).
+a partial one is resumed (the run computes only its missing chunks).
 
 The cluster is a :class:`distributed.LocalCluster` by default (one process per worker, one
 slide per worker at a time) or any running scheduler given by address.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import hashlib
 import os
 import socket
@@ -40,10 +39,11 @@ from napari_virtual_st.errors import (
     StoreError,
     VirtualSTError,
 )
-from napari_virtual_st.pipeline import GridChoice, Progress, build_grid, predict_slide
+from napari_virtual_st.pipeline import GridChoice, Progress
 from napari_virtual_st.predictor import GPU_PROVIDERS, Predictor, resolve_providers
 from napari_virtual_st.registry import resolve_model
-from napari_virtual_st.slide import SLIDE_SUFFIXES, Slide
+from napari_virtual_st.run import BatchEvent, RunEvent, RunSpec, StoreReadyEvent, run
+from napari_virtual_st.slide import SLIDE_SUFFIXES
 from napari_virtual_st.store import PredictionStore
 
 #: File name of the per-slide summary written into the output folder.
@@ -179,22 +179,21 @@ CohortProgressCallback = Callable[[CohortProgress], None]
 
 @dataclass(frozen=True)
 class _Job:
-    """Everything a worker needs for one slide: plain values only (pickled to the worker)."""
+    """One slide's run, as the worker gets it (pickled): the run itself is ``spec``."""
 
     index: int
     run_id: str
-    slide: str
-    slide_mpp: float | None
-    fallback_mpp: float | None
-    store: str
-    model: str
-    grid: GridChoice
-    min_tissue: float
-    batch_size: int
-    read_threads: int
-    providers: tuple[str, ...] | None
-    intra_op_threads: int | None
-    overwrite: bool
+    spec: RunSpec
+
+    @property
+    def slide(self) -> str:
+        """The slide's path."""
+        return str(self.spec.slide_path)
+
+    @property
+    def store(self) -> str:
+        """The store's path."""
+        return str(self.spec.store_path)
 
     @property
     def topic(self) -> str:
@@ -458,18 +457,20 @@ def run_cohort(
         _Job(
             index=i,
             run_id=run_id,
-            slide=str(s.path.absolute()),
-            slide_mpp=s.mpp,
-            fallback_mpp=mpp,
-            store=str(out / name),
-            model=str(model_path),
-            grid=grid,
-            min_tissue=min_tissue,
-            batch_size=batch_size,
-            read_threads=read_threads,
-            providers=tuple(providers) if providers else None,
-            intra_op_threads=threads,
-            overwrite=overwrite,
+            spec=RunSpec(
+                slide_path=s.path.absolute(),
+                model_path=model_path,
+                store_path=out / name,
+                grid_kind=grid,
+                mpp=s.mpp,
+                fallback_mpp=mpp,
+                min_tissue_fraction=min_tissue,
+                batch_size=batch_size,
+                read_threads=read_threads,
+                providers=tuple(providers) if providers else None,
+                intra_op_threads=threads,
+                overwrite=overwrite,
+            ),
         )
         for i, (s, name) in enumerate(zip(cohort, names, strict=True))
     ]
@@ -738,95 +739,54 @@ class _WorkerLink:
             )
 
 
-@functools.lru_cache(maxsize=2)
-def _predictor(
-    path: str, _stamp: tuple[int, int], providers: tuple[str, ...] | None, threads: int | None
-) -> Predictor:
-    """One model session per worker process, reused by its slides (``_stamp``: mtime, size)."""
-    return Predictor(path, providers=providers, intra_op_threads=threads)
-
-
-def _open_slide(job: _Job) -> Slide:
-    slide = Slide(job.slide, mpp=job.slide_mpp)
-    if job.slide_mpp is None and job.fallback_mpp is not None and slide.mpp_or_none is None:
-        slide.close()
-        slide = Slide(job.slide, mpp=job.fallback_mpp)
-    return slide
-
-
 def _run_slide(job: _Job, attempt: int) -> SlideResult:
     """The task: predict one slide into its store; user errors become a ``failed`` result.
 
-    Unexpected exceptions propagate, so the client can retry the slide.
+    Unexpected exceptions propagate, so the client can retry the slide. The model's session
+    is kept by the worker process for its later slides (:func:`~.run.engine.load_predictor`).
     """
     start = time.perf_counter()
     link = _WorkerLink(job)
     base = SlideResult(
         slide=job.slide, store=job.store, status="failed", attempts=attempt, worker=link.address
     )
-    spots = 0
-    provider = ""
-    finished_before = False
+    ready: list[StoreReadyEvent] = []
+
+    def report(event: RunEvent) -> None:
+        if isinstance(event, StoreReadyEvent):
+            ready.append(event)
+        if isinstance(event, StoreReadyEvent | BatchEvent):
+            link.progress(event.progress)
+
     try:
         if link.cancelled():
             raise CancelledError("cancelled before it started")
-        stat = Path(job.model).stat()
-        predictor = _predictor(
-            job.model, (stat.st_mtime_ns, stat.st_size), job.providers, job.intra_op_threads
-        )
-        provider = predictor.providers[0]
-        with _open_slide(job) as slide:
-            spot_grid = build_grid(
-                slide,
-                job.grid,
-                tile_um=predictor.info.tile_um,
-                min_tissue_fraction=job.min_tissue,
-            )
-            spots = len(spot_grid)
-            if spots == 0:
-                raise ParameterError(
-                    f"no {job.grid} spots have at least {job.min_tissue:.0%} tissue under them"
-                )
-            store_path = Path(job.store)
-            finished_before = (
-                not job.overwrite
-                and store_path.exists()
-                and PredictionStore.open(store_path).is_complete
-            )
-            predict_slide(
-                slide,
-                predictor,
-                spot_grid,
-                store_path,
-                batch_size=job.batch_size,
-                read_threads=job.read_threads,
-                progress=link.progress,
-                should_cancel=link.cancelled,
-                overwrite=job.overwrite,
-            )
+        run(job.spec, report, link.cancelled)
     except CancelledError as exc:
-        return _finish(base, start, "cancelled", spots, link, provider, error=str(exc))
+        return _finish(base, start, "cancelled", ready, link, error=str(exc))
     except VirtualSTError as exc:
-        return _finish(base, start, "failed", spots, link, provider, error=str(exc))
-    if finished_before:
+        return _finish(base, start, "failed", ready, link, error=str(exc))
+    first = ready[0].progress if ready else None
+    if first is not None and first.spots_done == first.spots_total and not job.spec.overwrite:
         status = "skipped"
-    elif link.first is not None and link.first.spots_done > 0:
+    elif first is not None and first.spots_done > 0:
         status = "resumed"
     else:
         status = "done"
-    return _finish(base, start, status, spots, link, provider)
+    return _finish(base, start, status, ready, link)
 
 
 def _finish(
     base: SlideResult,
     start: float,
     status: str,
-    spots: int,
+    ready: list[StoreReadyEvent],
     link: _WorkerLink,
-    provider: str,
     error: str = "",
 ) -> SlideResult:
     seconds = time.perf_counter() - start
+    spots = ready[0].progress.spots_total if ready else 0
+    provider = ready[0].providers[0] if ready else ""
     before = link.first.spots_done if link.first is not None else 0
     new = 0 if status == "skipped" else max(0, _spots_now(base.store, spots) - before)
     return replace(

@@ -14,7 +14,7 @@ import collections
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +47,9 @@ class Progress:
         Seconds since this run started.
     tiles_per_s
         Spots predicted per second in this run.
+    expression, variance
+        The values of the chunk just written, ``(spots in the chunk, G)`` (``None`` for the
+        initial report; variance also when the model gives none).
     """
 
     spots_done: int
@@ -55,6 +58,8 @@ class Progress:
     spots: slice | None
     elapsed_s: float
     tiles_per_s: float
+    expression: NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
+    variance: NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
 
     @property
     def fraction(self) -> float:
@@ -292,7 +297,16 @@ def _predict_locked(
                     elapsed = time.perf_counter() - start
                     progress(
                         Progress(
-                            done_spots, total, chunk, sl, elapsed, new_spots / max(elapsed, 1e-9)
+                            done_spots,
+                            total,
+                            chunk,
+                            sl,
+                            elapsed,
+                            new_spots / max(elapsed, 1e-9),
+                            np.asarray(result.expression, np.float32),
+                            None
+                            if result.variance is None
+                            else np.asarray(result.variance, np.float32),
                         )
                     )
         except BaseException as exc:

@@ -266,14 +266,7 @@ class PredictionStore:
     @property
     def spot_ids(self) -> list[str]:
         """Spot names (barcodes when given, else ``"row_col"``)."""
-        ids = self.attrs.get("spot_ids")
-        if ids:
-            return list(ids)
-        return (
-            [f"{r}_{c}" for r, c in self.lattice_rc]
-            if (self.lattice_rc >= 0).all()
-            else [str(i) for i in range(self.n_spots)]
-        )
+        return spot_names(self.attrs.get("spot_ids"), self.lattice_rc)
 
     @property
     def done(self) -> NDArray[np.bool_]:
@@ -417,6 +410,16 @@ class PredictionStore:
 
     def __repr__(self) -> str:
         return f"PredictionStore({self.path.name!r}, spots={self.n_spots}, genes={len(self.genes)}, done={int(self.done.sum())})"
+
+
+def spot_names(spot_ids: Sequence[str] | None, lattice_rc: NDArray[np.integer]) -> list[str]:
+    """Spot names: the given ids (barcodes), else ``"row_col"`` on a lattice, else indices."""
+    if spot_ids:
+        return list(spot_ids)
+    rc = np.asarray(lattice_rc).reshape(-1, 2)
+    if (rc >= 0).all():
+        return [f"{r}_{c}" for r, c in rc]
+    return [str(i) for i in range(len(rc))]
 
 
 def store_location(path: str | Path) -> Path:

@@ -18,7 +18,7 @@ from napari.utils.notifications import show_warning
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari.colour_bar import ColourBar
 from napari_virtual_st._napari.labels import keep_height, set_text
-from napari_virtual_st._napari.store_view import StoreView, lookup_view, on_register
+from napari_virtual_st.store_view import StoreView, lookup_view, on_register
 
 if TYPE_CHECKING:
     import napari

@@ -3,7 +3,7 @@
 Every layer lives in the napari world frame of micrometres, (row, col): the slide with
 ``scale = (mpp, mpp)``, heatmaps with the ``scale``/``translate`` of their
 :class:`~napari_virtual_st.heatmap.HeatmapGeometry`, spots at their centres converted by
-:mod:`napari_virtual_st.coords`. Layers made here carry ``metadata["vst"]`` saying their role
+:mod:`napari_virtual_st.frames`. Layers made here carry ``metadata["vst"]`` saying their role
 (``slide``, ``heatmap``, ``uncertainty``, ``spots``), their store and gene, so the widgets
 find them again however the user renames or reorders them.
 """
@@ -20,9 +20,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from napari_virtual_st._napari.layer_views import LayerViews, handing_over, unproxied
-from napari_virtual_st._napari.store_view import StoreView
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.slide import LevelArray, Slide
+from napari_virtual_st.store_view import StoreView
 
 if TYPE_CHECKING:
     import napari

@@ -1,5 +1,6 @@
 """Measured ST in the viewer: placement through an alignment, and the slow jobs behind the
-Measured ST widget (registration, prediction at the measured spots, comparison).
+Measured ST widget (registration, comparison; the prediction at the measured spots is an
+ordinary :func:`napari_virtual_st.run.run` with explicit spots).
 
 No Qt here. Frames:
 
@@ -7,9 +8,9 @@ No Qt here. Frames:
 - *measured image px* (row, col): pixels of the image that came with the data (a Space
   Ranger ``hires``/``lowres`` PNG is the full-res frame times its scale factor);
 - *level-0 px* (x, y) of the slide, and the napari world, (row, col) µm, converted only by
-  :mod:`napari_virtual_st.coords`.
+  :mod:`napari_virtual_st.frames`.
 
-A :class:`~napari_virtual_st.align.Transform` maps full-res px → level-0 px; the layers built
+A :class:`~napari_virtual_st.frames.Transform` maps full-res px → level-0 px; the layers built
 here place the measured image and spots through it, so a new alignment only changes their
 ``affine`` and positions.
 """
@@ -17,9 +18,6 @@ here place the measured image and spots through it, so a new alignment only chan
 from __future__ import annotations
 
 import math
-import queue
-import threading
-from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +38,6 @@ from napari_virtual_st.grid import (
 )
 from napari_virtual_st.heatmap import HeatmapGeometry, lattice_geometry, robust_limits
 from napari_virtual_st.measured import MeasuredDataError, MeasuredST
-from napari_virtual_st.pipeline import Progress, predict_slide
-from napari_virtual_st.predictor import Predictor
 from napari_virtual_st.slide import Slide
 from napari_virtual_st.store import PredictionStore
 
@@ -52,8 +48,6 @@ IMAGE_PREFERENCE = ("hires", "fullres", "lowres")
 #: Longer side (px) of the images the automatic registration works on.
 REGISTER_PX = 512
 MEASURED_COLORMAP = "viridis"
-
-_SWAP = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
 
 # -- geometry ---------------------------------------------------------------------------------
@@ -322,59 +316,6 @@ def register_to_slide(
     scale_um = (thumb_to_level0[1, 1] * mpp, thumb_to_level0[0, 0] * mpp)
     translate_um = (thumb_to_level0[1, 2] * mpp, thumb_to_level0[0, 2] * mpp)
     return Registration(transform, overlay, scale_um, translate_um)
-
-
-def predict_at_spots(
-    slide_path: Path,
-    mpp: float,
-    model_path: Path,
-    store_path: Path,
-    grid: SpotGrid,
-    transform: Transform,
-    cancel: threading.Event,
-    *,
-    batch_size: int = 32,
-    overwrite: bool = False,
-) -> Generator[Progress, None, Path]:
-    """Predict at given spots on a helper thread, yielding the engine's progress reports;
-    the finished store keeps ``transform`` (``transform.json``). Setting ``cancel`` stops
-    after the batch in progress (:class:`~napari_virtual_st.errors.CancelledError`)."""
-    items: queue.SimpleQueue[Any] = queue.SimpleQueue()
-
-    def work() -> None:
-        try:
-            with Slide(slide_path, mpp=mpp) as slide:
-                predictor = Predictor(model_path)
-                store = predict_slide(
-                    slide,
-                    predictor,
-                    grid,
-                    store_path,
-                    batch_size=batch_size,
-                    progress=items.put,
-                    should_cancel=cancel.is_set,
-                    overwrite=overwrite,
-                )
-            store.save_transform(transform)
-            items.put(("done", store.path))
-        except BaseException as exc:  # handed to the generator, which re-raises it
-            items.put(("failed", exc))
-
-    helper = threading.Thread(target=work, name="vst-predict-measured", daemon=True)
-    helper.start()
-    try:
-        while True:
-            item = items.get()
-            if isinstance(item, tuple):
-                if item[0] == "done":
-                    return Path(item[1])
-                raise item[1]
-            yield item
-    except GeneratorExit:
-        cancel.set()
-        raise
-    finally:
-        helper.join()
 
 
 def compare_store(store_path: Path, measured: MeasuredST, transform: Transform) -> Comparison:

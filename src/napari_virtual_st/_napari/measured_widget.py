@@ -42,13 +42,13 @@ from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari import measured_layers as ml
 from napari_virtual_st._napari.predict_widget import usable_bundled_models
-from napari_virtual_st._napari.store_view import StoreView, forget_view, register_view
 from napari_virtual_st.align import Transform, fit_landmarks, from_scale
 from napari_virtual_st.compare import Comparison
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.measured import MeasuredDataError, MeasuredST, read_measured
-from napari_virtual_st.pipeline import Progress
+from napari_virtual_st.run import BatchEvent, RunEvent, RunSpec, StoreReadyEvent, run_events
 from napari_virtual_st.store import PredictionStore
+from napari_virtual_st.store_view import StoreView, forget_view, register_view
 
 if TYPE_CHECKING:
     import napari
@@ -652,27 +652,19 @@ class MeasuredWidget(Container):
         self._cancel = threading.Event()
         self.progress_bar.max = 0
         self.progress_bar.value = 0
-        if request["overwrite"]:
-            forget_view(request["store_path"])
+        if request.overwrite:
+            forget_view(request.store_path)
+        assert request.spots is not None
         return self._start(
-            functools.partial(
-                _predict_job,
-                batch_size=request["batch_size"],
-                overwrite=request["overwrite"],
-            ),
-            request["slide_path"],
-            request["mpp"],
-            request["model_path"],
-            request["store_path"],
-            request["grid"],
-            request["transform"],
+            _predict_job,
+            request,
             self._cancel,
             on_yield=self._on_progress,
             on_done=self._on_predicted,
-            message=f"predicting {len(request['grid']):,} measured spots…",
+            message=f"predicting {len(request.spots):,} measured spots…",
         )
 
-    def _prediction_request(self) -> dict[str, Any]:
+    def _prediction_request(self) -> RunSpec:
         if self.measured is None or self.transform is None:
             raise VirtualSTError("load and align the measured data first")
         layer = self.slide.value
@@ -683,23 +675,29 @@ class MeasuredWidget(Container):
         store_path = self._store_path()
         if store_path is None:
             raise VirtualSTError("say where to save the predictions (Store)")
-        return {
-            "slide_path": vst_layers.slide_path_of(layer),
-            "mpp": mpp,
-            "model_path": model,
-            "store_path": store_path,
-            "grid": ml.measured_grid(self.measured, self.transform, mpp),
-            "transform": self.transform,
-            "batch_size": self.batch_size,
-            "overwrite": bool(self.overwrite.value),
-        }
+        slide_path = vst_layers.slide_path_of(layer)
+        if slide_path is None:
+            raise VirtualSTError("choose the slide the measured data belong to")
+        return RunSpec(
+            slide_path=slide_path,
+            model_path=model,
+            store_path=store_path,
+            spots=ml.measured_grid(self.measured, self.transform, mpp),
+            mpp=mpp,
+            batch_size=self.batch_size,
+            overwrite=bool(self.overwrite.value),
+            transform=self.transform,
+        )
 
     def cancel(self, _value: Any = None) -> None:
         """Stop the prediction after the batch in progress."""
         self._cancel.set()
         self._set_status("cancelling after the current batch…")
 
-    def _on_progress(self, p: Progress) -> None:
+    def _on_progress(self, event: RunEvent) -> None:
+        if not isinstance(event, StoreReadyEvent | BatchEvent):
+            return
+        p = event.progress
         self.progress_bar.max = max(p.spots_total, 1)
         self.progress_bar.value = p.spots_done
         self._set_status(f"{p.spots_done:,} of {p.spots_total:,} measured spots predicted")
@@ -900,7 +898,7 @@ class MeasuredWidget(Container):
 
 
 def _view_of(store_path: Path) -> StoreView:
-    from napari_virtual_st._napari.store_view import get_view
+    from napari_virtual_st.store_view import get_view
 
     return get_view(store_path)
 
@@ -939,9 +937,12 @@ def _load_job(path: Path, spots: Path | None, image: Path | None, pixel_scale: f
     )
 
 
-def _predict_job(*args: Any, **kwargs: Any) -> Generator[Progress, None, tuple[Path, StoreView]]:
-    """:func:`.measured_layers.predict_at_spots`, then the finished store read for the maps."""
-    store_path = yield from ml.predict_at_spots(*args, **kwargs)
+def _predict_job(
+    spec: RunSpec, cancel: threading.Event
+) -> Generator[RunEvent, None, tuple[Path, StoreView]]:
+    """The run at the measured spots (it saves the alignment with the store), then the
+    finished store read for the maps."""
+    store_path = yield from run_events(spec, cancel)
     return store_path, StoreView.open(store_path)
 
 

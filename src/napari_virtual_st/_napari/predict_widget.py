@@ -1,7 +1,8 @@
 """The Predict dock widget: choose a slide layer and a model, press Run, watch heatmaps fill in.
 
-A thin form over the engine. The run itself (:func:`.runner.run_prediction_outcome`) happens
-in a prediction process of its own (:mod:`.run_process`), followed by a ``napari.qt.threading``
+A thin form over the engine. The run itself (:func:`napari_virtual_st.run.run`, through
+:func:`~napari_virtual_st.run.run_outcome`) happens in a prediction process of its own
+(:mod:`napari_virtual_st.run.process`), followed by a ``napari.qt.threading``
 worker; this widget only turns the events it yields into layer updates, progress (here and in
 napari's activity dock) and notifications, so the GUI thread never waits for the slide, the
 model or the store, nor for Python's interpreter lock while tiles are read and predicted.
@@ -37,32 +38,32 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
 from napari_virtual_st._napari import layers as vst_layers
-from napari_virtual_st._napari import run_process
 from napari_virtual_st._napari.labels import keep_height, set_text
 from napari_virtual_st._napari.layer_views import LayerViews
-from napari_virtual_st._napari.runner import (
-    BatchEvent,
-    PreviewEvent,
-    Region,
-    RunEvent,
-    RunOutcome,
-    RunRequest,
-    StageEvent,
-    StoreReadyEvent,
-    run_prediction,
-    run_prediction_outcome,
-)
-from napari_virtual_st._napari.store_view import (
-    StoreView,
-    forget_view,
-    lookup_view,
-    register_view,
-)
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.frames import yx_um_to_xy_level0_px
 from napari_virtual_st.pipeline import Progress
 from napari_virtual_st.predictor import ModelInfo, Predictor, resolve_providers
 from napari_virtual_st.registry import DEFAULT_MODEL_NAME, BundledModel, bundled_models
+from napari_virtual_st.run import (
+    BatchEvent,
+    PreviewEvent,
+    Region,
+    RunEvent,
+    RunOutcome,
+    RunSpec,
+    StageEvent,
+    StoreReadyEvent,
+    process,
+    run_events,
+    run_outcome,
+)
+from napari_virtual_st.store_view import (
+    StoreView,
+    forget_view,
+    lookup_view,
+    register_view,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -147,15 +148,15 @@ def default_output_dir(slide_path: Path) -> Path:
 
 
 def predict_then_build_spots(
-    request: RunRequest, cancel: threading.Event, colour_by: str, in_process: bool = True
+    request: RunSpec, cancel: threading.Event, colour_by: str, in_process: bool = True
 ) -> Generator[RunEvent, None, tuple[RunOutcome, Layer | None, StoreView | None]]:
     """The worker's job: the run (in a prediction process of its own unless ``in_process``
     is false), then (still off the GUI thread) the finished store read back and its spots
     layer, with every gene as a feature, built for the GUI to add."""
     from napari.layers import Layer
 
-    run = run_process.run_prediction_in_process if in_process else run_prediction
-    outcome = yield from run_prediction_outcome(request, cancel, run)
+    events = process.run_events_in_process if in_process else run_events
+    outcome = yield from run_outcome(request, cancel, events)
     if outcome.store_path is None:
         return outcome, None, None
     view = StoreView.open(outcome.store_path)
@@ -277,7 +278,7 @@ class PredictWidget(Container):
 
     def _prewarm(self) -> None:
         if self.in_process and not self._closed:
-            run_process.prewarm()
+            process.prewarm()
 
     def _on_destroyed(self, *_: Any) -> None:
         """The panel is closing (or the viewer): stop a run after its current batch."""
@@ -385,7 +386,7 @@ class PredictWidget(Container):
         """The worker of the run in progress."""
         return self._worker
 
-    def request(self) -> RunRequest:
+    def request(self) -> RunSpec:
         """The run the form describes.
 
         Raises
@@ -407,7 +408,7 @@ class PredictWidget(Container):
         output = Path(self.output.value)
         if not output.name.endswith(".vst.zarr"):
             output = output.with_name(output.name + ".vst.zarr")
-        return RunRequest(
+        return RunSpec(
             slide_path=slide_path,
             model_path=model,
             store_path=output,
@@ -417,6 +418,9 @@ class PredictWidget(Container):
             batch_size=self.batch_size,
             overwrite=bool(self.overwrite.value),
             visible_xy_level0_px=self.visible_region(),
+            preview=True,
+            report_values=True,
+            yield_cpu=True,
         )
 
     def visible_region(self) -> Region | None:
@@ -451,7 +455,7 @@ class PredictWidget(Container):
         it is added, then the other layers, the activity dock's bar and the Gene browser
         follow. A run that ends before they are all there is ended after them. On a large
         slide the first values are a few preview spots predicted on a quick coarse tissue
-        mask (see :mod:`.runner`); they stay until the run's own replace them.
+        mask (see :mod:`napari_virtual_st.run.engine`); they stay until the run's own replace them.
         """
         if self.running:
             return None

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from napari_virtual_st._backends import image_backend
 from napari_virtual_st._napari.layers import LayerDataTuple, slide_layer_data, store_layer_data
-from napari_virtual_st._napari.store_view import StoreView, register_view
 from napari_virtual_st.errors import SlideError, VirtualSTError
 from napari_virtual_st.slide import Slide
 from napari_virtual_st.store import STORE_FORMAT
+from napari_virtual_st.store_view import StoreView, register_view
 
 ReaderFunction = Callable[[str | Sequence[str]], list[LayerDataTuple]]
 

@@ -1,4 +1,4 @@
-"""The Predict widget's run as a generator of events (no viewer, no Qt)."""
+"""One prediction run (``napari_virtual_st.run``): its events, preview, priorities, errors."""
 
 from __future__ import annotations
 
@@ -11,25 +11,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_virtual_st._napari import runner
-from napari_virtual_st._napari.runner import (
+from napari_virtual_st.errors import CancelledError, MissingResolutionError, ModelError
+from napari_virtual_st.run import (
     BatchEvent,
     PreviewEvent,
-    RunRequest,
+    RunSpec,
     StageEvent,
     StoreReadyEvent,
-    run_prediction,
-    run_prediction_outcome,
+    engine,
+    priority,
+    run_events,
+    run_outcome,
     visible_first,
 )
-from napari_virtual_st._napari.store_view import StoreView
-from napari_virtual_st.errors import CancelledError, MissingResolutionError, ModelError
 from napari_virtual_st.store import PredictionStore
+from napari_virtual_st.store_view import StoreView
 from runs import drain as _drain
 from runs import run_request
 
 
-def _request(slide: Path, model: Path, tmp_path: Path, **kwargs) -> RunRequest:
+def _request(slide: Path, model: Path, tmp_path: Path, **kwargs) -> RunSpec:
     return run_request(slide, model, tmp_path / "run.vst.zarr", **kwargs)
 
 
@@ -37,7 +38,7 @@ def test_events_carry_every_batch_the_store_holds(
     cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path
 ) -> None:
     request = _request(cmu_small_svs, synthetic_model, tmp_path)
-    events, store_path = _drain(run_prediction(request))
+    events, store_path = _drain(run_events(request))
     assert store_path == request.store_path
     stages = [e.message for e in events if isinstance(e, StageEvent)]
     assert stages[:4] == [
@@ -64,7 +65,7 @@ def test_cancel_stops_at_a_batch_boundary_and_a_rerun_resumes(
 ) -> None:
     request = _request(cmu_small_svs, synthetic_model, tmp_path, batch_size=4)
     cancel = threading.Event()
-    gen = run_prediction_outcome(request, cancel)
+    gen = run_outcome(request, cancel)
     batches = 0
     while True:
         try:
@@ -82,7 +83,7 @@ def test_cancel_stops_at_a_batch_boundary_and_a_rerun_resumes(
     done = int(store.done.sum())
     assert 0 < done < store.n_spots and store.attrs["status"] == "cancelled"
     # the rerun starts from what was saved and predicts only the rest
-    events, _ = _drain(run_prediction(request))
+    events, _ = _drain(run_events(request))
     ready = next(e for e in events if isinstance(e, StoreReadyEvent))
     assert ready.progress.spots_done == done == ready.view.spots_done
     assert PredictionStore.open(request.store_path).is_complete
@@ -92,7 +93,7 @@ def test_closing_the_generator_stops_the_run(
     cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path
 ) -> None:
     request = _request(cmu_small_svs, synthetic_model, tmp_path, batch_size=2)
-    gen = run_prediction(request)
+    gen = run_events(request)
     while not isinstance(next(gen), BatchEvent):
         pass
     gen.close()  # as when the viewer closes mid-run: the helper thread ends too
@@ -105,13 +106,13 @@ def test_engine_errors_become_an_outcome_with_their_message(
 ) -> None:
     png = tmp_path / "no_resolution.png"
     Image.fromarray(np.full((300, 300, 3), 200, np.uint8)).save(png)
-    outcome = _drain(run_prediction_outcome(_request(png, synthetic_model, tmp_path)))[1]
+    outcome = _drain(run_outcome(_request(png, synthetic_model, tmp_path)))[1]
     assert isinstance(outcome.error, MissingResolutionError)
     assert "does not record its resolution" in str(outcome.error)
     with pytest.raises(CancelledError, match="before prediction started"):
         cancel = threading.Event()
         cancel.set()
-        _drain(run_prediction(_request(png, synthetic_model, tmp_path, mpp=0.5), cancel))
+        _drain(run_events(_request(png, synthetic_model, tmp_path, mpp=0.5), cancel))
 
 
 def test_store_view_reads_a_store(cmu_small_svs: Path, tmp_path: Path) -> None:
@@ -119,7 +120,7 @@ def test_store_view_reads_a_store(cmu_small_svs: Path, tmp_path: Path) -> None:
 
     model = write_mean_colour_model(tmp_path / "var.onnx", with_variance=True)
     request = _request(cmu_small_svs, model, tmp_path, grid_kind="st", min_tissue_fraction=0.0)
-    _, path = _drain(run_prediction(request))
+    _, path = _drain(run_events(request))
     view = StoreView.open(path)
     store = PredictionStore.open(path)
     assert view.kind == "st" and view.has_variance and view.n_spots == store.n_spots
@@ -142,7 +143,7 @@ def test_spots_on_screen_are_predicted_first_and_the_store_is_the_same(
     cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path
 ) -> None:
     plain = _request(cmu_small_svs, synthetic_model, tmp_path / "a", batch_size=4)
-    _drain(run_prediction(plain))
+    _drain(run_events(plain))
     reference = PredictionStore.open(plain.store_path)
     xy = reference.xy_level0_px
     # a region around the spots of the last chunk: those come first
@@ -156,7 +157,7 @@ def test_spots_on_screen_are_predicted_first_and_the_store_is_the_same(
         batch_size=4,
         visible_xy_level0_px=region,
     )
-    events, path = _drain(run_prediction(request))
+    events, path = _drain(run_events(request))
     chunks = [e.progress.chunk for e in events if isinstance(e, BatchEvent)]
     urgent = list(dict.fromkeys((inside // 4).tolist()))
     assert chunks[: len(urgent)] == urgent and urgent[0] >= reference.n_chunks - 2
@@ -170,13 +171,13 @@ def test_a_preview_on_a_coarse_mask_comes_first_and_the_grid_is_the_full_masks(
     cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, monkeypatch
 ) -> None:
     no_preview = _request(cmu_small_svs, synthetic_model, tmp_path / "a", preview=False)
-    events, _ = _drain(run_prediction(no_preview))
+    events, _ = _drain(run_events(no_preview))
     assert not [e for e in events if isinstance(e, PreviewEvent)]  # small slide: no preview
     reference = PredictionStore.open(no_preview.store_path)
 
-    monkeypatch.setattr(runner, "PREVIEW_MASK_PX", 64)  # as if the slide were large
+    monkeypatch.setattr(engine, "PREVIEW_MASK_PX", 64)  # as if the slide were large
     request = _request(cmu_small_svs, synthetic_model, tmp_path / "b")
-    events, path = _drain(run_prediction(request))
+    events, path = _drain(run_events(request))
     kinds = [type(e).__name__ for e in events]
     assert kinds.index("PreviewEvent") < kinds.index("StoreReadyEvent")
     stages = [e.message for e in events if isinstance(e, StageEvent)]
@@ -186,11 +187,11 @@ def test_a_preview_on_a_coarse_mask_comes_first_and_the_grid_is_the_full_masks(
         "laying out spots",
     ]
     (preview,) = [e.view for e in events if isinstance(e, PreviewEvent)]
-    assert 0 < preview.n_spots <= min(request.batch_size, runner.PREVIEW_SPOTS)
+    assert 0 < preview.n_spots <= min(request.batch_size, engine.PREVIEW_SPOTS)
     # a few spots only, so that a slow model's first values come soon
-    monkeypatch.setattr(runner, "PREVIEW_SPOTS", 3)
+    monkeypatch.setattr(engine, "PREVIEW_SPOTS", 3)
     fewer = _request(cmu_small_svs, synthetic_model, tmp_path / "c")
-    (small,) = [e.view for e in _drain(run_prediction(fewer))[0] if isinstance(e, PreviewEvent)]
+    (small,) = [e.view for e in _drain(run_events(fewer))[0] if isinstance(e, PreviewEvent)]
     assert small.n_spots == 3
     assert preview.path == request.store_path and preview.geometry is not None
     assert np.isfinite(preview.expression).all()
@@ -223,7 +224,7 @@ def test_lowering_priority_affects_the_calling_thread_and_threads_it_starts() ->
         seen["child"] = niceness()
 
     def lowered() -> None:
-        seen["lowered"] = niceness() if runner.lower_thread_priority(12) else -1
+        seen["lowered"] = niceness() if priority.lower_thread_priority(12) else -1
         started = threading.Thread(target=child)
         started.start()
         started.join()
@@ -239,7 +240,7 @@ def test_a_run_that_yields_the_cpu_lowers_its_threads_and_writes_the_same_store(
     cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lowered: list[str] = []
-    real = runner.lower_thread_priority
+    real = priority.lower_thread_priority
 
     by_predict: set[int] = set()
 
@@ -250,13 +251,13 @@ def test_a_run_that_yields_the_cpu_lowers_its_threads_and_writes_the_same_store(
             by_predict.add(threading.get_native_id() if thread_id is None else thread_id)
         return real(*args, thread_id=thread_id)
 
-    monkeypatch.setattr(runner, "lower_thread_priority", recording)
+    monkeypatch.setattr(priority, "lower_thread_priority", recording)
     stores = []
     for yield_cpu in (False, True):
         request = _request(
             cmu_small_svs, synthetic_model, tmp_path / str(yield_cpu), yield_cpu=yield_cpu
         )
-        store_path = _drain(run_prediction(request))[1]
+        store_path = _drain(run_events(request))[1]
         stores.append(PredictionStore.open(store_path).expression())
         if not yield_cpu:
             assert lowered == []
@@ -272,7 +273,7 @@ def test_a_broken_model_is_refused_with_its_message_when_loaded_on_a_lowered_thr
 ) -> None:
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not an onnx file")
-    outcome = _drain(run_prediction_outcome(_request(cmu_small_svs, broken, tmp_path)))[1]
+    outcome = _drain(run_outcome(_request(cmu_small_svs, broken, tmp_path)))[1]
     assert isinstance(outcome.error, ModelError)
     assert "broken.onnx is not a loadable ONNX model" in str(outcome.error)
 
@@ -282,13 +283,11 @@ def test_a_broken_model_is_refused_with_its_message_when_loaded_on_a_lowered_thr
 def test_onnx_runtimes_pool_threads_are_found_when_the_model_loads_and_can_be_lowered(
     synthetic_model: Path, tmp_path: Path
 ) -> None:
-    before = runner._python_thread_ids()
-    predictor, started = runner._load_predictor(
-        _request(tmp_path / "unused.svs", synthetic_model, tmp_path)
-    )
+    before = priority.python_thread_ids()
+    predictor, started = engine.load_predictor(synthetic_model, spin=False)
     assert started and not started & before  # new threads: ONNX Runtime's CPU pool
     for tid in started:
-        assert runner.lower_thread_priority(13, thread_id=tid)
+        assert priority.lower_thread_priority(13, thread_id=tid)
         assert os.getpriority(os.PRIO_PROCESS, tid) == 13
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 13
     assert predictor.genes  # (and the model is the one asked for)

@@ -3,14 +3,14 @@
 A run shares two CPU cores with napari on a small machine; in napari's own process its tile
 readers and model calls also compete with the GUI thread for Python's global interpreter
 lock, and each redraw waits for it. In a process of its own the run takes only CPU time
-(its threads at a lower priority, see :attr:`.runner.RunRequest.yield_cpu`), the viewer's
+(its threads at a lower priority, see :attr:`.spec.RunSpec.yield_cpu`), the viewer's
 process keeps its lock to itself, and a crash in a native library (a slide decoder, ONNX
 Runtime) ends the run, not the viewer.
 
 :class:`RunProcess` is one such process: started once (``python -m`` this module, which
 connects back over :mod:`multiprocessing.connection` with a one-time key), it imports the
-engine while it waits, then runs one :class:`~.runner.RunRequest` at a time and sends the
-same events :func:`~.runner.run_prediction` yields. :func:`run_prediction_in_process` is
+engine while it waits, then runs one :class:`~.spec.RunSpec` at a time and sends the
+same events :func:`~.stream.run_events` yields. :func:`run_events_in_process` is
 that generator over a process from a small pool (:func:`prewarm` starts one before it is
 needed, so a run does not wait for the imports); where no process can be started (e.g. a
 frozen application without a Python interpreter) it runs in this process instead. Nothing
@@ -31,9 +31,10 @@ from collections.abc import Callable, Generator
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 
-from napari_virtual_st._napari import runner
-from napari_virtual_st._napari.runner import RunEvent, RunRequest
 from napari_virtual_st.errors import VirtualSTError
+from napari_virtual_st.run.events import RunEvent
+from napari_virtual_st.run.spec import RunSpec
+from napari_virtual_st.run.stream import Failed, Finished, run_events, work
 
 #: Seconds a new process may take to import the engine and connect back.
 START_TIMEOUT_S = 120.0
@@ -122,9 +123,9 @@ class RunProcess:
         return self._connection
 
     def run(
-        self, request: RunRequest, cancel: threading.Event | None = None
+        self, spec: RunSpec, cancel: threading.Event | None = None
     ) -> Generator[RunEvent, None, Path]:
-        """:func:`.runner.run_prediction` in the process: the same events and return value.
+        """:func:`.stream.run_events` in the process: the same events and return value.
 
         Raises
         ------
@@ -139,24 +140,24 @@ class RunProcess:
         self._runs += 1
         run_id = self._runs
         with self._lock:
-            connection.send(("run", run_id, request))
+            connection.send(("run", run_id, spec))
         asked_to_stop = False
         try:
             while True:
                 if cancel.is_set() and not asked_to_stop:
                     self._send_cancel(connection)
                     asked_to_stop = True
-                item = self._receive(connection, POLL_S, request, run_id)
+                item = self._receive(connection, POLL_S, spec, run_id)
                 if item is None:
                     continue
-                if isinstance(item, runner._Finished):
+                if isinstance(item, Finished):
                     return item.store_path
-                if isinstance(item, runner._Failed):
+                if isinstance(item, Failed):
                     raise item.error
                 yield item
         except GeneratorExit:  # closed early (worker quit, viewer closed): stop the run
             self._send_cancel(connection)
-            self._wait_for_end(connection, request, run_id)
+            self._wait_for_end(connection, spec, run_id)
             raise
 
     def _send_cancel(self, connection: Connection) -> None:
@@ -164,8 +165,8 @@ class RunProcess:
             connection.send(("cancel", None, None))
 
     def _receive(
-        self, connection: Connection, timeout: float, request: RunRequest, run_id: int
-    ) -> RunEvent | runner._Finished | runner._Failed | None:
+        self, connection: Connection, timeout: float, spec: RunSpec, run_id: int
+    ) -> RunEvent | Finished | Failed | None:
         """The next item the process sends about run ``run_id``, or ``None`` if none came
         within ``timeout`` (items of an earlier run, abandoned, are dropped)."""
         try:
@@ -180,18 +181,18 @@ class RunProcess:
             self.close()
             raise RunProcessError(
                 f"the prediction process ended unexpectedly (exit status {code}); the "
-                f"batches it finished are saved in {request.store_path.name} and a new run "
+                f"batches it finished are saved in {spec.store_path.name} and a new run "
                 "resumes them"
             ) from None
         return item if sent_for == run_id else None  # type: ignore[no-any-return]
 
-    def _wait_for_end(self, connection: Connection, request: RunRequest, run_id: int) -> None:
+    def _wait_for_end(self, connection: Connection, spec: RunSpec, run_id: int) -> None:
         """Wait for an abandoned run's last item; end the process if it does not come."""
         waited = 0.0
         try:
             while waited < STOP_TIMEOUT_S:
-                item = self._receive(connection, POLL_S, request, run_id)
-                if isinstance(item, runner._Finished | runner._Failed):
+                item = self._receive(connection, POLL_S, spec, run_id)
+                if isinstance(item, Finished | Failed):
                     return
                 waited += POLL_S if item is None else 0.0
         except RunProcessError:
@@ -255,10 +256,10 @@ def release(process: RunProcess) -> None:
     process.close()
 
 
-def run_prediction_in_process(
-    request: RunRequest, cancel: threading.Event | None = None
+def run_events_in_process(
+    spec: RunSpec, cancel: threading.Event | None = None
 ) -> Generator[RunEvent, None, Path]:
-    """:func:`.runner.run_prediction` in a process of the pool (see the module's text).
+    """:func:`.stream.run_events` in a process of the pool (see the module's text).
 
     When no process can be started, the run happens in this process (with a warning).
     """
@@ -267,9 +268,9 @@ def run_prediction_in_process(
         process.ready()
     except (OSError, RunProcessError) as exc:
         warnings.warn(f"running the prediction in napari's own process: {exc}", RuntimeWarning, 2)
-        return (yield from runner.run_prediction(request, cancel))
+        return (yield from run_events(spec, cancel))
     try:
-        return (yield from process.run(request, cancel))
+        return (yield from process.run(spec, cancel))
     finally:
         release(process)
 
@@ -284,7 +285,7 @@ def _close_all() -> None:
 def serve(connection: Connection) -> None:
     """Run the requests that come over ``connection`` until it closes.
 
-    Each ``("run", run_id, RunRequest)`` starts a run on a thread of its own, whose events
+    Each ``("run", run_id, RunSpec)`` starts a run on a thread of its own, whose events
     (and its final result or error) are sent back as ``(run_id, item)`` as they come;
     ``("cancel", None, None)`` stops it at its next batch boundary. When the connection
     closes the run in progress is cancelled.
@@ -302,7 +303,7 @@ def serve(connection: Connection) -> None:
                     cancel.set()
                 except Exception:  # something that cannot be sent: the run ends with that
                     cancel.set()
-                    connection.send((run_id, runner._Failed(RuntimeError(_describe(item)))))
+                    connection.send((run_id, Failed(RuntimeError(_describe(item)))))
 
         return send
 
@@ -329,21 +330,19 @@ def serve(connection: Connection) -> None:
         current.join()
 
 
-def _serve_run(
-    request: RunRequest, cancel: threading.Event, send: Callable[[object], None]
-) -> None:
+def _serve_run(spec: RunSpec, cancel: threading.Event, send: Callable[[object], None]) -> None:
     def emit(item: object) -> None:
-        if isinstance(item, runner._Failed) and not isinstance(item.error, VirtualSTError):
+        if isinstance(item, Failed) and not isinstance(item.error, VirtualSTError):
             error = item.error
             text = "".join(traceback.format_exception(error))
-            item = runner._Failed(RuntimeError(f"in the prediction process: {text}"))
+            item = Failed(RuntimeError(f"in the prediction process: {text}"))
         send(item)
 
-    runner._work(request, cancel, emit)
+    work(spec, cancel, emit)
 
 
 def _describe(item: object) -> str:
-    if isinstance(item, runner._Failed):
+    if isinstance(item, Failed):
         return f"in the prediction process: {item.error!r}"
     return f"the prediction process could not send {type(item).__name__}"
 

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_virtual_st._napari import run_process
-from napari_virtual_st._napari.run_process import RunProcess, RunProcessError
-from napari_virtual_st._napari.runner import (
+from napari_virtual_st.errors import CancelledError, ModelError
+from napari_virtual_st.run import (
     BatchEvent,
     StoreReadyEvent,
-    run_prediction,
-    run_prediction_outcome,
+    run_events,
+    run_outcome,
 )
-from napari_virtual_st.errors import CancelledError, ModelError
+from napari_virtual_st.run import process as run_process
+from napari_virtual_st.run.process import RunProcess, RunProcessError
 from napari_virtual_st.store import PredictionStore
 from runs import drain as _drain
 from runs import run_request as _request
@@ -27,9 +27,9 @@ from runs import run_request as _request
 def test_a_run_in_its_own_process_writes_the_store_a_run_here_writes(
     cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path
 ) -> None:
-    here, _ = _drain(run_prediction(_request(cmu_small_svs, synthetic_model, tmp_path / "a")))
+    here, _ = _drain(run_events(_request(cmu_small_svs, synthetic_model, tmp_path / "a")))
     request = _request(cmu_small_svs, synthetic_model, tmp_path / "b.vst.zarr")
-    events, path = _drain(run_process.run_prediction_in_process(request))
+    events, path = _drain(run_process.run_events_in_process(request))
     assert path == request.store_path
     assert [type(e) for e in events] == [type(e) for e in here]
     assert isinstance(events[[type(e) for e in events].index(StoreReadyEvent)], StoreReadyEvent)
@@ -44,7 +44,7 @@ def test_cancel_and_engine_errors_come_back_with_their_messages(
     cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path
 ) -> None:
     cancel = threading.Event()
-    gen = run_process.run_prediction_in_process(
+    gen = run_process.run_events_in_process(
         _request(cmu_small_svs, synthetic_model, tmp_path / "c.vst.zarr", batch_size=2), cancel
     )
     with pytest.raises(CancelledError):
@@ -55,10 +55,10 @@ def test_cancel_and_engine_errors_come_back_with_their_messages(
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
     _, outcome = _drain(
-        run_prediction_outcome(
+        run_outcome(
             _request(cmu_small_svs, broken, tmp_path / "d.vst.zarr"),
             None,
-            run_process.run_prediction_in_process,
+            run_process.run_events_in_process,
         )
     )
     assert isinstance(outcome.error, ModelError) and "broken.onnx" in str(outcome.error)
@@ -94,7 +94,7 @@ def test_where_no_prediction_process_starts_the_run_happens_here_with_a_warning(
     monkeypatch.setattr(sys, "executable", shutil.which(interpreter) or interpreter)
     request = _request(cmu_small_svs, synthetic_model, tmp_path / "here.vst.zarr")
     with pytest.warns(RuntimeWarning, match="in napari's own process"):
-        events, path = _drain(run_process.run_prediction_in_process(request))
+        events, path = _drain(run_process.run_events_in_process(request))
     store = PredictionStore.open(path)
     assert store.is_complete
     assert sum(len(e.expression) for e in events if isinstance(e, BatchEvent)) == store.n_spots

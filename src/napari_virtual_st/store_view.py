@@ -9,7 +9,7 @@ handed to the GUI thread, which alone changes them afterwards.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,9 @@ from numpy.typing import ArrayLike, NDArray
 
 from napari_virtual_st.errors import ParameterError
 from napari_virtual_st.frames import xy_level0_px_to_yx_um
+from napari_virtual_st.grid import SpotGrid
 from napari_virtual_st.heatmap import HeatmapGeometry, heatmap_geometry, robust_limits
-from napari_virtual_st.store import PredictionStore
+from napari_virtual_st.store import PredictionStore, spot_names
 
 
 class StoreView:
@@ -98,6 +99,35 @@ class StoreView:
             expression,
             variance,
         )
+
+    @classmethod
+    def of_grid(
+        cls,
+        path: str | Path,
+        grid: SpotGrid,
+        *,
+        genes: Sequence[str],
+        model: Mapping[str, Any],
+        slide: Mapping[str, Any],
+        expression: NDArray[np.float32],
+        variance: NDArray[np.float32] | None = None,
+        preview: bool = False,
+    ) -> StoreView:
+        """A view of spots that are not (yet) in a store, e.g. a run's preview.
+
+        It has the attributes a store of ``grid`` would have (genes, grid, model, slide)
+        and the same spot names.
+        """
+        attrs: dict[str, Any] = {
+            "genes": list(genes),
+            "grid": grid.describe(),
+            "model": dict(model),
+            "slide": dict(slide),
+        }
+        if preview:
+            attrs["preview"] = True
+        ids = spot_names(grid.spot_ids, grid.lattice_rc)
+        return cls(path, attrs, grid.xy_level0_px, grid.lattice_rc, ids, expression, variance)
 
     @classmethod
     def open(cls, path: str | Path) -> StoreView:

@@ -1,0 +1,308 @@
+"""``run``: the one place a prediction run is assembled.
+
+open the slide → load the model → find tissue (a quick preview first on large slides) →
+lay out the spots (or take the given ones) → refuse an empty grid → predict into the store
+(resuming it; one writer at a time) → save the alignment with it.
+
+The CLI, the cohort task, the Predict widget (through its prediction process) and the
+Measured ST widget all call :func:`run` with a :class:`~.spec.RunSpec`; what happens
+meanwhile is reported as :mod:`~.events` to the ``progress`` callback.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from napari_virtual_st.errors import CancelledError, ParameterError
+from napari_virtual_st.grid import SpotGrid
+from napari_virtual_st.pipeline import Progress, build_grid, predict_slide
+from napari_virtual_st.predictor import Predictor
+from napari_virtual_st.registry import resolve_model
+from napari_virtual_st.run import priority
+from napari_virtual_st.run.events import (
+    BatchEvent,
+    PreviewEvent,
+    RunEvent,
+    StageEvent,
+    StoreReadyEvent,
+)
+from napari_virtual_st.run.spec import Region, RunSpec
+from napari_virtual_st.slide import Slide
+from napari_virtual_st.store import PredictionStore
+from napari_virtual_st.store_view import StoreView
+from napari_virtual_st.tissue import TissueMask, detect_tissue
+
+#: Full-resolution tissue masks (8 µm/px) with a longer side than this are slow enough
+#: (seconds) to be preceded by a preview on a mask of at most this side.
+PREVIEW_MASK_PX = 640
+#: Spots in the preview (at most one batch): few, so that a slow model's first values come
+#: soon (ResNet-18 on 2 CPU cores: 8 tiles 0.12 s, 32 tiles 0.6 s).
+PREVIEW_SPOTS = 8
+#: Resolution of the run's tissue mask (µm per mask pixel), as the engine's default.
+FULL_MASK_UM_PER_PX = 8.0
+#: Model sessions kept for later runs in this process (a cohort worker's slides, the
+#: plugin's prediction process): loading one costs seconds.
+KEPT_MODELS = 2
+
+ProgressCallback = Callable[[RunEvent], None]
+
+
+def run(
+    spec: RunSpec,
+    progress: ProgressCallback | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> PredictionStore:
+    """Predict the spots of one slide into a store, as ``spec`` says.
+
+    Parameters
+    ----------
+    spec
+        What to predict, with what, where.
+    progress
+        Called with a :class:`~.events.StageEvent` at each slow step, a
+        :class:`~.events.PreviewEvent` (when asked for), one
+        :class:`~.events.StoreReadyEvent` and a :class:`~.events.BatchEvent` per batch.
+    should_cancel
+        Polled between steps and before every batch; ``True`` stops the run
+        (:class:`~napari_virtual_st.errors.CancelledError`; finished batches are kept).
+
+    Returns
+    -------
+    PredictionStore
+        The finished store (opened for reading).
+
+    Raises
+    ------
+    VirtualSTError
+        With a message for the user: a slide, model, parameter or store problem, an empty
+        grid, another writer, or cancelling.
+    """
+    cancelled = should_cancel or (lambda: False)
+    model_threads: set[int] = set()
+    emit: ProgressCallback = progress or (lambda event: None)
+    if spec.yield_cpu:
+        emit = priority.lowering_after_first_values(emit, model_threads)
+
+    def stage(message: str) -> None:
+        if cancelled():
+            raise CancelledError("cancelled before prediction started; nothing was saved")
+        emit(StageEvent(message))
+
+    stage("opening the slide")
+    with open_slide(spec) as slide:
+        mpp = slide.mpp  # raises the clear message when the resolution is unknown
+        stage("loading the model")
+        predictor, started = load_predictor(
+            resolve_model(spec.model_path),
+            spec.providers,
+            spec.intra_op_threads,
+            spin=not spec.yield_cpu,
+        )
+        model_threads.update(started if spec.yield_cpu else ())
+        grid = _spots(spec, slide, predictor, stage, emit, cancelled)
+        stage(f"predicting {len(grid):,} spots")
+
+        def report(p: Progress) -> None:
+            if p.chunk is None:  # the store exists now: its starting state
+                view = None
+                if spec.report_values:
+                    view = StoreView.from_store(PredictionStore.open(spec.store_path))
+                emit(StoreReadyEvent(p, tuple(predictor.providers), mpp, view))
+            elif p.expression is not None:
+                emit(BatchEvent(p, p.expression, p.variance))
+
+        store = predict_slide(
+            slide,
+            predictor,
+            grid,
+            spec.store_path,
+            batch_size=spec.batch_size,
+            read_threads=spec.read_threads,
+            progress=report,
+            should_cancel=cancelled,
+            overwrite=spec.overwrite,
+            first_spots=visible_first(grid.xy_level0_px, spec.visible_xy_level0_px),
+            read_thread_init=priority.lower_thread_priority if spec.yield_cpu else None,
+        )
+    if spec.transform is not None:  # `evaluate` and the Measured ST widget find it there
+        store.save_transform(spec.transform)
+    return PredictionStore.open(store.path)
+
+
+def open_slide(spec: RunSpec) -> Slide:
+    """The run's slide, with ``spec.mpp``, else its own µm/px, else ``spec.fallback_mpp``."""
+    slide = Slide(spec.slide_path, mpp=spec.mpp)
+    if spec.mpp is None and spec.fallback_mpp is not None and slide.mpp_or_none is None:
+        slide.close()
+        slide = Slide(spec.slide_path, mpp=spec.fallback_mpp)
+    return slide
+
+
+_MODELS: collections.OrderedDict[tuple[object, ...], tuple[Predictor, frozenset[int]]] = (
+    collections.OrderedDict()
+)
+_MODELS_LOCK = threading.Lock()
+
+
+def load_predictor(
+    path: Path,
+    providers: tuple[str, ...] | None = None,
+    intra_op_threads: int | None = None,
+    *,
+    spin: bool = True,
+) -> tuple[Predictor, frozenset[int]]:
+    """The model's session, made once per process and kept for later runs.
+
+    A changed file (modification time or size) is loaded again. Also returns the native ids
+    of the threads ONNX Runtime started with the session (its CPU pool, for
+    :func:`~.priority.lower_thread_priority`; found as the threads of this thread's OS name
+    that appeared while it was made).
+    """
+    path = Path(path).resolve()
+    stat = path.stat() if path.is_file() else None
+    key = (
+        str(path),
+        None if stat is None else (stat.st_mtime_ns, stat.st_size),
+        providers,
+        intra_op_threads,
+        spin,
+    )
+    with _MODELS_LOCK:
+        if key in _MODELS:
+            _MODELS.move_to_end(key)
+            return _MODELS[key]
+        before = priority.python_thread_ids()
+        predictor = Predictor(
+            path,
+            providers=None if providers is None else list(providers),
+            intra_op_threads=intra_op_threads,
+            spin=spin,
+        )
+        entry = (predictor, frozenset(priority.python_thread_ids() - before))
+        _MODELS[key] = entry
+        while len(_MODELS) > KEPT_MODELS:
+            _MODELS.popitem(last=False)
+        return entry
+
+
+def _spots(
+    spec: RunSpec,
+    slide: Slide,
+    predictor: Predictor,
+    stage: Callable[[str], None],
+    emit: ProgressCallback,
+    cancelled: Callable[[], bool],
+) -> SpotGrid:
+    """The run's spots: the given ones, or the lattice on tissue; never none."""
+    if spec.spots is not None:
+        grid = spec.spots
+        if len(grid) == 0:
+            raise ParameterError("there are no spots to predict")
+        return grid
+    stage("finding tissue")
+    tissue = None
+    if spec.min_tissue_fraction > 0:
+        if spec.preview and _preview_pays(slide):
+            view = _preview(slide, predictor, spec, cancelled)
+            if view is not None:
+                emit(PreviewEvent(view))
+            stage("finding tissue at full resolution")
+        tissue = detect_tissue(slide, mask_um_per_px=FULL_MASK_UM_PER_PX)
+    stage("laying out spots")
+    grid = build_grid(
+        slide,
+        spec.grid_kind,
+        tile_um=predictor.info.tile_um,
+        min_tissue_fraction=spec.min_tissue_fraction,
+        overlap_um=spec.overlap_um,
+        tissue=tissue,
+    )
+    if len(grid) == 0:
+        raise ParameterError(
+            f"no {spec.grid_kind} spots have at least {spec.min_tissue_fraction:.0%} tissue "
+            "under them; lower the minimum tissue fraction (--min-tissue; 0 keeps every spot)"
+        )
+    return grid
+
+
+def visible_first(xy_level0_px: NDArray[np.float64], region: Region | None) -> NDArray[np.intp]:
+    """Indices of the spots inside ``region`` (x0, y0, x1, y1 level-0 px), nearest its middle
+    first; with no region, every spot, nearest the middle of their extent first."""
+    xy = np.asarray(xy_level0_px, dtype=np.float64).reshape(-1, 2)
+    if len(xy) == 0:
+        return np.zeros(0, np.intp)
+    if region is None:
+        inside = np.ones(len(xy), bool)
+        middle = (xy.min(axis=0) + xy.max(axis=0)) / 2
+    else:
+        x0, y0, x1, y1 = region
+        inside = (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
+        middle = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+    index = np.flatnonzero(inside)
+    distance = np.hypot(*(xy[index] - middle).T)
+    return index[np.argsort(distance, kind="stable")]
+
+
+def _preview_pays(slide: Slide) -> bool:
+    """Whether the slide's full tissue mask is large (slow) enough to preview first."""
+    mpp = slide.mpp_or_none
+    longest = max(slide.dimensions)
+    side = longest if mpp is None else longest * mpp / FULL_MASK_UM_PER_PX
+    return side > PREVIEW_MASK_PX
+
+
+def _preview(
+    slide: Slide, predictor: Predictor, spec: RunSpec, cancelled: Callable[[], bool]
+) -> StoreView | None:
+    """A few spots predicted on a coarse tissue mask, nearest the visible middle.
+
+    The spots lie on the run's own lattice and are predicted again by the run; nothing is
+    written. The view is shaped like the run's store (same path, genes, model record).
+    """
+    longest_um = max(slide.dimensions) * slide.mpp
+    coarse = detect_tissue(
+        slide, mask_um_per_px=max(FULL_MASK_UM_PER_PX, longest_um / PREVIEW_MASK_PX)
+    )
+    lattice = build_grid(
+        slide, spec.grid_kind, tile_um=predictor.info.tile_um, min_tissue_fraction=0.0
+    )
+    chosen = _preview_spots(lattice, coarse, spec)
+    if len(chosen) == 0 or cancelled():
+        return None
+    grid = lattice.subset(chosen)
+    info = predictor.info
+    tiles = np.stack(
+        [slide.read_tile((x, y), info.tile_px, info.tile_um) for x, y in grid.xy_level0_px]
+    )
+    result = predictor.predict(tiles)
+    return StoreView.of_grid(
+        spec.store_path,
+        grid,
+        genes=info.genes,
+        model={"file": predictor.path.name, "metadata": dict(info.metadata)},
+        slide={"path": str(slide.path)},
+        expression=np.asarray(result.expression, np.float32),
+        variance=None if result.variance is None else np.asarray(result.variance, np.float32),
+        preview=True,
+    )
+
+
+def _preview_spots(lattice: SpotGrid, coarse: TissueMask, spec: RunSpec) -> NDArray[np.intp]:
+    """Up to ``PREVIEW_SPOTS`` (at most one batch of) lattice spots wholly on coarse
+    tissue, nearest the middle of the view (those on screen when there are any)."""
+    on_tissue = np.flatnonzero(lattice.tissue_fractions(coarse) >= 1.0)
+    if len(on_tissue) == 0:
+        return on_tissue
+    xy = lattice.xy_level0_px[on_tissue]
+    region = spec.visible_xy_level0_px
+    order = visible_first(xy, region)
+    if len(order) == 0 and region is not None:  # no tissue on screen: the nearest to it
+        middle = np.array([(region[0] + region[2]) / 2, (region[1] + region[3]) / 2])
+        order = np.argsort(np.hypot(*(xy - middle).T), kind="stable")
+    return on_tissue[order[: min(spec.batch_size, PREVIEW_SPOTS)]]

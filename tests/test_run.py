@@ -291,3 +291,82 @@ def test_onnx_runtimes_pool_threads_are_found_when_the_model_loads_and_can_be_lo
         assert os.getpriority(os.PRIO_PROCESS, tid) == 13
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 13
     assert predictor.genes  # (and the model is the one asked for)
+
+
+# -- the one run: its parameters and the faces' options ------------------------------------------
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("min_tissue_fraction", 1.5, "minimum tissue fraction"),
+        ("batch_size", 0, "batch size"),
+        ("read_threads", 0, "read threads"),
+        ("intra_op_threads", 0, "model threads"),
+        ("mpp", -0.5, "µm per pixel"),
+        ("fallback_mpp", 0.0, "µm per pixel"),
+    ],
+)
+def test_a_run_spec_refuses_out_of_range_parameters_naming_them(
+    option: str, value: float, message: str, tmp_path: Path
+) -> None:
+    from napari_virtual_st.errors import ParameterError
+    from napari_virtual_st.run import RunSpec
+
+    with pytest.raises(ParameterError, match=message):
+        RunSpec(
+            tmp_path / "s.svs", tmp_path / "m.onnx", tmp_path / "o.vst.zarr", **{option: value}
+        )
+
+
+def test_a_run_at_given_spots_predicts_exactly_them_and_keeps_the_alignment(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path
+) -> None:
+    from napari_virtual_st.align import from_scale
+    from napari_virtual_st.grid import SpotGrid
+    from napari_virtual_st.run import RunSpec, run
+
+    xy = np.array([[600.0, 800.0], [900.0, 1200.0], [1500.0, 2000.0]])
+    spots = SpotGrid.from_coordinates(
+        xy, mpp=0.499, spot_diameter_um=55.0, spot_ids=["AAAC-1", "CCCG-1", "TTTA-1"]
+    )
+    transform = from_scale(2.0)
+    spec = RunSpec(
+        cmu_small_svs, synthetic_model, tmp_path / "m.vst.zarr", spots=spots, transform=transform
+    )
+    store = run(spec)
+    assert store.is_complete
+    assert store.spot_ids == ["AAAC-1", "CCCG-1", "TTTA-1"]
+    np.testing.assert_array_equal(store.xy_level0_px, xy)
+    saved = store.load_transform()
+    assert saved is not None
+    np.testing.assert_array_equal(saved.matrix, transform.matrix)
+    assert spec.grid_name == "measured"
+
+
+def test_no_spots_on_tissue_is_one_message_naming_the_setting(
+    synthetic_model: Path, tmp_path: Path
+) -> None:
+    from napari_virtual_st.errors import ParameterError
+    from napari_virtual_st.run import RunSpec, run
+
+    blank = tmp_path / "synthetic_blank.png"  # SYNTHETIC: a white image, no tissue at all
+    Image.fromarray(np.full((600, 800, 3), 250, np.uint8)).save(blank)
+    with pytest.raises(ParameterError, match=r"no visium spots .*--min-tissue"):
+        run(RunSpec(blank, synthetic_model, tmp_path / "b.vst.zarr", mpp=1.0))
+    assert not (tmp_path / "b.vst.zarr").exists()
+
+
+def test_a_model_session_is_kept_for_the_next_run_and_reloaded_when_the_file_changes(
+    tmp_path: Path,
+) -> None:
+    from napari_virtual_st.run import engine
+    from synthetic_models import write_mean_colour_model
+
+    path = write_mean_colour_model(tmp_path / "m.onnx", n_genes=3)
+    first, _ = engine.load_predictor(path)
+    again, _ = engine.load_predictor(path)
+    assert again is first
+    write_mean_colour_model(path, n_genes=4)  # the user exported a new version in place
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+    changed, _ = engine.load_predictor(path)
+    assert changed is not first
+    assert len(changed.genes) == 4

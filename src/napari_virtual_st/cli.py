@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from napari_virtual_st import __version__
+from napari_virtual_st._version import __version__
 from napari_virtual_st.errors import CancelledError, VirtualSTError
 
 EXIT_USER_ERROR = 2

@@ -343,7 +343,7 @@ def _urgent_first(pending: list[int], first_spots: ArrayLike, chunk_spots: int) 
 
 
 def _provenance(slide: Slide, predictor: Predictor) -> dict[str, Any]:
-    from napari_virtual_st import __version__
+    from napari_virtual_st._version import __version__
 
     info = predictor.info
     return {

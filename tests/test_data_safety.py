@@ -246,3 +246,31 @@ def test_a_read_only_folder_is_a_clear_error(
         assert "cannot write" in one_line_error(capsys.readouterr().err)
     finally:
         locked.chmod(0o755)
+
+
+# -- 5. a model that outputs NaN or ±inf ----------------------------------------------------------
+def test_a_model_giving_nan_or_inf_stops_the_run_naming_it_and_nothing_looks_complete(
+    cmu_small_svs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    path = write_mean_colour_model(tmp_path / "broken_bias.onnx", n_genes=5)
+    model = onnx.load(path)  # SYNTHETIC: the bias of genes 1 and 3 made NaN and +inf
+    for init in model.graph.initializer:
+        if init.name == "b":
+            bias = numpy_helper.to_array(init).copy()
+            bias[1], bias[3] = np.nan, np.inf
+            init.CopyFrom(numpy_helper.from_array(bias, "b"))
+    onnx.save(model, path)
+    out = tmp_path / "nan.vst.zarr"
+
+    assert main(predict_argv(cmu_small_svs, path, out)) == 2
+
+    line = one_line_error(capsys.readouterr().err)
+    assert "broken_bias.onnx gave non-finite expression (NaN or ±inf)" in line
+    assert "SYNTH1, SYNTH3" in line
+    store = PredictionStore.open(out)
+    assert store.attrs["status"] == "failed"
+    assert not store.done.any()
+    assert not np.isfinite(store.expression()).any()  # nothing of the model's output stored

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import ArrayLike, NDArray
 
-from napari_virtual_st.errors import CancelledError, ParameterError, VirtualSTError
+from napari_virtual_st.errors import CancelledError, ModelError, ParameterError, VirtualSTError
 from napari_virtual_st.grid import SpotGrid
 from napari_virtual_st.predictor import Predictor
 from napari_virtual_st.slide import Slide
@@ -290,6 +290,7 @@ def _predict_locked(
                     queue.append((nxt, pool.submit(read_chunk, nxt)))
                 sl = store.chunk_slice(chunk)
                 result = predictor.predict(tiles, spot_index=np.arange(sl.start, sl.stop))
+                refuse_non_finite(predictor, result.expression, result.variance, sl)
                 store.write_chunk(chunk, result.expression, result.variance)
                 done_spots += sl.stop - sl.start
                 new_spots += sl.stop - sl.start
@@ -328,6 +329,34 @@ def _predict_locked(
         last_run_tiles_per_s=round(new_spots / max(elapsed, 1e-9), 2),
     )
     return store
+
+
+def refuse_non_finite(
+    predictor: Predictor,
+    expression: NDArray[np.float32],
+    variance: NDArray[np.float32] | None,
+    spots: slice,
+) -> None:
+    """Stop a run whose model gave NaN or ±inf: such values are never stored as results.
+
+    Raises
+    ------
+    ModelError
+        Naming the model, the spots and the first genes affected.
+    """
+    for name, values in (("expression", expression), ("variance", variance)):
+        if values is None:
+            continue
+        bad = ~np.isfinite(values)
+        if not bad.any():
+            continue
+        genes = [predictor.info.genes[g] for g in np.flatnonzero(bad.any(axis=0))]
+        shown = ", ".join(genes[:3]) + (f" and {len(genes) - 3} more" if len(genes) > 3 else "")
+        raise ModelError(
+            f"the model {predictor.path.name} gave non-finite {name} (NaN or ±inf) for "
+            f"{int(bad.any(axis=1).sum())} of spots {spots.start}–{spots.stop - 1} ({shown}); "
+            "the run stopped and those values were not saved"
+        )
 
 
 def _urgent_first(pending: list[int], first_spots: ArrayLike, chunk_spots: int) -> list[int]:

@@ -49,7 +49,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written for {path.name}")
         _flush_to_disk(tmp)
-        _move_into_place(tmp, path, path.with_name(f".{path.stem}.{tag}.old{path.suffix}"))
+        move_into_place(tmp, path, path.with_name(f".{path.stem}.{tag}.old{path.suffix}"))
     except BaseException:
         remove_path(tmp)
         raise
@@ -74,8 +74,21 @@ def _flush_to_disk(path: Path) -> None:
             os.close(fd)
 
 
-def _move_into_place(new: Path, path: Path, trash: Path) -> None:
-    """Rename ``new`` to ``path``; an existing folder is set aside first and put back on failure."""
+def move_into_place(new: Path, path: Path, trash: Path) -> None:
+    """Rename ``new`` (a file or folder) to ``path``, replacing what is there.
+
+    A file is replaced in one atomic rename. An existing folder cannot be, so it is first
+    set aside as ``trash``, put back if ``new`` cannot take its place, and deleted after.
+
+    Parameters
+    ----------
+    new
+        The complete new output, beside ``path`` (same file system).
+    path
+        The final destination.
+    trash
+        Where an existing folder at ``path`` waits meanwhile (a free name beside it).
+    """
     if not (path.is_dir() and not path.is_symlink()):
         os.replace(new, path)  # atomic for files, also over an existing file
         return

@@ -21,7 +21,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -29,6 +29,9 @@ from scipy.spatial import cKDTree
 
 from napari_virtual_st.errors import ParameterError
 from napari_virtual_st.tissue import TissueMask
+
+if TYPE_CHECKING:
+    from napari_virtual_st.heatmap import HeatmapGeometry
 
 GridKind = Literal["visium", "st", "dense", "explicit"]
 SpotMatch = Literal["id", "nearest"]
@@ -312,6 +315,93 @@ class SpotGrid:
         grid.params["min_tissue_fraction"] = float(min_fraction)
         return grid
 
+    @classmethod
+    def from_description(
+        cls,
+        description: Mapping[str, Any],
+        xy_level0_px: ArrayLike,
+        lattice_rc: ArrayLike,
+        spot_ids: Sequence[str] | None = None,
+    ) -> SpotGrid:
+        """The grid that :meth:`describe` described, given its spots again.
+
+        A prediction store keeps the description in its attributes and the coordinates in
+        arrays; this puts them back together. Keys a description lacks (older stores) take
+        their defaults: no pitch, no parameters.
+
+        Parameters
+        ----------
+        description
+            A grid's :meth:`describe` (at least ``kind``, ``spot_diameter_um`` and ``mpp``).
+        xy_level0_px, lattice_rc
+            ``(n, 2)`` spot centres (x, y level-0 px) and lattice indices (row, col).
+        spot_ids
+            The spots' names, when they have some.
+
+        Raises
+        ------
+        ParameterError
+            If the description lacks the kind, the spot diameter or the µm/px.
+        """
+        missing = [k for k in ("kind", "spot_diameter_um", "mpp") if k not in description]
+        if missing:
+            raise ParameterError(f"the grid description lacks {missing[0]!r}")
+        return cls(
+            kind=description["kind"],
+            xy_level0_px=np.asarray(xy_level0_px),
+            lattice_rc=np.asarray(lattice_rc),
+            spot_diameter_um=float(description["spot_diameter_um"]),
+            pitch_um=float(description.get("pitch_um") or 0.0),
+            mpp=float(description["mpp"]),
+            spot_ids=None if spot_ids is None else tuple(str(s) for s in spot_ids),
+            params=dict(description.get("params") or {}),
+        )
+
+    # -- geometry ---------------------------------------------------------------------------
+    @property
+    def spot_radius_um(self) -> float:
+        """Half the spot diameter (tile side), µm."""
+        return self.spot_diameter_um / 2
+
+    @property
+    def spot_radius_px(self) -> float:
+        """Half the spot diameter (tile side), level-0 px."""
+        return self.spot_radius_um / self.mpp
+
+    @property
+    def match_distance_px(self) -> float:
+        """The largest centre distance (level-0 px) at which a spot of another set (measured
+        data) counts as one of these: half the pitch, or one spot diameter for a grid without
+        a pitch (explicit centres)."""
+        size_um = self.pitch_um / 2 if self.pitch_um else self.spot_diameter_um
+        return float(size_um / self.mpp)
+
+    @property
+    def lattice_origin_yx_um(self) -> tuple[float, float] | None:
+        """Where lattice index (0, 0) lies, napari world (row, col) µm, when the grid was laid
+        by this module (``visium``, ``st``, ``dense`` with a recorded origin); else ``None``.
+
+        Lattice ``(r, c)`` then lies at this origin plus ``r`` rows and ``c`` columns steps
+        (see :mod:`napari_virtual_st.heatmap`).
+        """
+        origin = self.params.get("origin_um")
+        if self.kind not in ("visium", "st", "dense") or not self.pitch_um or origin is None:
+            return None
+        first = self.spot_diameter_um / 2 if self.kind == "dense" else self.pitch_um / 2
+        return (first + float(origin[1]), first + float(origin[0]))
+
+    def heatmap_geometry(self) -> HeatmapGeometry:
+        """Where these spots fall on a heatmap image (:func:`~napari_virtual_st.heatmap.grid_geometry`).
+
+        Raises
+        ------
+        ParameterError
+            If the grid has no lattice (explicit spot coordinates).
+        """
+        from napari_virtual_st.heatmap import grid_geometry
+
+        return grid_geometry(self)
+
     # -- identity ---------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """JSON-friendly parameters (for provenance), without the coordinates."""
@@ -338,15 +428,17 @@ class SpotGrid:
 
 
 # -- matching spots of two sets (a prediction and measured data) -----------------------------
-def match_distance_px(grid: Mapping[str, Any]) -> float:
+def match_distance_px(grid: SpotGrid | Mapping[str, Any]) -> float:
     """The largest centre distance (level-0 px) at which two spots count as one by default:
-    half the pitch, or one spot diameter for a grid without a pitch (explicit centres).
+    :attr:`SpotGrid.match_distance_px`.
 
     Parameters
     ----------
     grid
-        A grid's :meth:`SpotGrid.describe` (a prediction store's ``attrs["grid"]``).
+        A grid, or its :meth:`SpotGrid.describe`.
     """
+    if isinstance(grid, SpotGrid):
+        return grid.match_distance_px
     size_um = grid["pitch_um"] / 2 if grid.get("pitch_um") else grid["spot_diameter_um"]
     return float(size_um / grid["mpp"])
 
@@ -367,7 +459,7 @@ def match_spots(
 
     It lives here beside :class:`SpotGrid`, not in :mod:`napari_virtual_st.frames`: it decides
     which spots are the same spot (by identity first, by centre within a bound taken from the
-    grid's pitch, :func:`match_distance_px`), where frames only converts coordinates. Both
+    grid's pitch, :attr:`SpotGrid.match_distance_px`), where frames only converts coordinates. Both
     sides must already be in one frame, level-0 (x, y) px.
 
     Parameters

@@ -34,6 +34,7 @@ from napari_virtual_st.errors import ParameterError
 from napari_virtual_st.frames import xy_level0_px_to_yx_um
 
 if TYPE_CHECKING:
+    from napari_virtual_st.grid import SpotGrid
     from napari_virtual_st.store import PredictionStore
 
 #: Grid kinds whose spots lie on a lattice that can be rasterised.
@@ -168,6 +169,8 @@ def lattice_geometry(
     lattice_rc: ArrayLike,
     yx_um: ArrayLike,
     pitch_um: float,
+    *,
+    origin_yx_um: tuple[float, float] | None = None,
 ) -> HeatmapGeometry:
     """The heatmap geometry of spots on a lattice.
 
@@ -181,6 +184,9 @@ def lattice_geometry(
         ``(n, 2)`` spot centres, napari world (row, col) micrometres.
     pitch_um
         Centre-to-centre distance of neighbouring spots.
+    origin_yx_um
+        Where lattice index (0, 0) lies, (row, col) µm, when known (a grid laid by
+        :class:`~napari_virtual_st.grid.SpotGrid`); else the median the spots agree on.
 
     Raises
     ------
@@ -206,7 +212,7 @@ def lattice_geometry(
     )
     # world position of lattice index (0, 0), agreed by all spots (checked below)
     offsets = yx - rc * step
-    origin = np.median(offsets, axis=0)
+    origin = np.median(offsets, axis=0) if origin_yx_um is None else np.asarray(origin_yx_um)
     if np.abs(offsets - origin).max() > LATTICE_TOLERANCE * pitch_um:
         raise ParameterError(f"the spots do not lie on a {kind} lattice of {pitch_um:g} µm pitch")
     r0, c0 = rc.min(axis=0)
@@ -243,22 +249,32 @@ def heatmap_geometry(
     return lattice_geometry(kind, lattice_rc, xy_level0_px_to_yx_um(xy_level0_px, mpp), pitch_um)
 
 
+def grid_geometry(grid: SpotGrid) -> HeatmapGeometry:
+    """The heatmap geometry of a grid: its kind, pitch and (when it knows it) lattice origin.
+
+    Raises
+    ------
+    ParameterError
+        If the grid has no lattice (explicit spot coordinates).
+    """
+    return lattice_geometry(
+        grid.kind,
+        grid.lattice_rc,
+        xy_level0_px_to_yx_um(grid.xy_level0_px, grid.mpp),
+        grid.pitch_um,
+        origin_yx_um=grid.lattice_origin_yx_um,
+    )
+
+
 def geometry_from_store(store: PredictionStore) -> HeatmapGeometry:
-    """The heatmap geometry of a prediction store's grid.
+    """The heatmap geometry of a prediction store's grid (:func:`grid_geometry`).
 
     Raises
     ------
     ParameterError
         If the store's grid has no lattice (explicit spot coordinates).
     """
-    grid = store.attrs["grid"]
-    return heatmap_geometry(
-        str(grid["kind"]),
-        store.lattice_rc,
-        store.xy_level0_px,
-        float(grid["mpp"]),
-        float(grid["pitch_um"]),
-    )
+    return grid_geometry(store.grid)
 
 
 def rasterise_gene(

@@ -10,6 +10,11 @@ Layout of ``<name>.vst.zarr`` (zarr v3)::
     attrs         genes, model metadata, grid parameters, slide fingerprint, spot ids
     transform.json  optional: the alignment of measured ST data to this slide
 
+The store owns its schema: readers take :attr:`PredictionStore.grid` (the :class:`SpotGrid`
+rebuilt), :attr:`~PredictionStore.model` (a :class:`ModelRecord`) and
+:attr:`~PredictionStore.slide` (a :class:`SlideRecord`), never the ``attrs`` dicts; keys that
+an older store lacks read as ``None``.
+
 A chunk's values are written before its ``done`` flags, and zarr writes each chunk file
 atomically, so a cancelled or killed run leaves a store that resumes exactly where it stopped.
 """
@@ -17,10 +22,12 @@ atomically, so a cancelled or killed run leaves a store that resumes exactly whe
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +35,7 @@ import numpy as np
 import zarr
 from numpy.typing import NDArray
 
+from napari_virtual_st.atomic import move_into_place, remove_path
 from napari_virtual_st.errors import ParameterError, StoreError, StoreMismatchError
 from napari_virtual_st.grid import SpotGrid
 from napari_virtual_st.writer_lock import writer_lock
@@ -39,6 +47,111 @@ STORE_FORMAT = "napari-virtual-st/prediction-store"
 STORE_VERSION = 1
 #: File inside the store holding the alignment of measured data to the slide.
 TRANSFORM_FILE = "transform.json"
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """The model a store's predictions came from, as the run recorded it.
+
+    Every field is ``None`` (``metadata`` empty) when the store does not record it.
+
+    Attributes
+    ----------
+    file
+        The model file's name.
+    sha256
+        Hash of the model file (what resuming checks).
+    family
+        Model family (e.g. ``"nsl"``).
+    tile_px, tile_um
+        Tile side the model reads, in pixels and in µm.
+    target
+        What a predicted value means (e.g. ``"log1p_cp10k"``).
+    metadata
+        The model's ``vst.`` metadata (name, license, ...).
+    providers
+        The ONNX Runtime execution providers that ran it.
+    """
+
+    file: str | None = None
+    sha256: str | None = None
+    family: str | None = None
+    tile_px: int | None = None
+    tile_um: float | None = None
+    target: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    providers: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_attrs(cls, record: Any) -> ModelRecord:
+        """Read a store's ``attrs["model"]`` (missing or odd keys read as ``None``)."""
+        record = record if isinstance(record, Mapping) else {}
+        metadata = record.get("metadata")
+        providers = record.get("providers")
+        return cls(
+            file=_text(record.get("file")),
+            sha256=_text(record.get("sha256")),
+            family=_text(record.get("family")),
+            tile_px=_number(record.get("tile_px"), int),
+            tile_um=_number(record.get("tile_um"), float),
+            target=_text(record.get("target")),
+            metadata=dict(metadata) if isinstance(metadata, Mapping) else {},
+            providers=tuple(str(p) for p in providers) if isinstance(providers, list) else None,
+        )
+
+    @property
+    def display_name(self) -> str:
+        """What to call the model: its metadata name, else its family, else its file."""
+        return str(self.metadata.get("name") or self.family or self.file or "model")
+
+
+@dataclass(frozen=True)
+class SlideRecord:
+    """The slide a store's predictions were made on (:meth:`Slide.describe`).
+
+    Every field is ``None`` when the store does not record it.
+
+    Attributes
+    ----------
+    name
+        The slide file's name.
+    path
+        Where the slide was when predicted (absolute).
+    fingerprint
+        Content hash of the slide (what resuming and export check).
+    mpp, mpp_source
+        µm per level-0 pixel and where it came from (``"file"``, ``"override"``...).
+    format
+        The slide's file format.
+    dimensions
+        (width, height) of level 0 in pixels.
+    """
+
+    name: str | None = None
+    path: Path | None = None
+    fingerprint: str | None = None
+    mpp: float | None = None
+    mpp_source: str | None = None
+    format: str | None = None
+    dimensions: tuple[int, int] | None = None
+
+    @classmethod
+    def from_attrs(cls, record: Any) -> SlideRecord:
+        """Read a store's ``attrs["slide"]`` (missing or odd keys read as ``None``)."""
+        record = record if isinstance(record, Mapping) else {}
+        path = record.get("path")
+        dims = record.get("dimensions")
+        return cls(
+            name=_text(record.get("name")),
+            path=Path(path) if isinstance(path, str) and path else None,
+            fingerprint=_text(record.get("fingerprint")),
+            mpp=_number(record.get("mpp"), float),
+            mpp_source=_text(record.get("mpp_source")),
+            format=_text(record.get("format")),
+            dimensions=(int(dims[0]), int(dims[1]))
+            if isinstance(dims, list) and len(dims) == 2
+            else None,
+        )
 
 
 class PredictionStore:
@@ -178,9 +291,9 @@ class PredictionStore:
                     }
                 )
             )
-            _replace(tmp, path, path.with_name(f".{path.name}.{tag}.old"))
+            move_into_place(tmp, path, path.with_name(f".{path.name}.{tag}.old"))
         except BaseException as exc:
-            _remove(tmp)
+            remove_path(tmp)
             if isinstance(exc, OSError):
                 raise StoreError(f"cannot create the prediction store {path}: {exc}") from exc
             raise
@@ -217,20 +330,55 @@ class PredictionStore:
         StoreMismatchError
             Naming what differs.
         """
-        slide = self.attrs.get("slide", {})
-        model = self.attrs.get("model", {})
+        slide, model = self.slide, self.model
         where = f"{self.path.name} "
         hint = "; choose another output or overwrite it"
-        if slide.get("fingerprint") != slide_fingerprint:
+        if slide.fingerprint != slide_fingerprint:
             raise StoreMismatchError(
-                f"{where}holds predictions for a different slide ({slide.get('name', '?')}), not {slide_name or 'this one'}{hint}"
+                f"{where}holds predictions for a different slide ({slide.name or '?'}), not {slide_name or 'this one'}{hint}"
             )
-        if model.get("sha256") != model_sha256:
+        if model.sha256 != model_sha256:
             raise StoreMismatchError(
-                f"{where}was made with a different model ({model.get('file', '?')}), not {model_name or 'this one'}{hint}"
+                f"{where}was made with a different model ({model.file or '?'}), not {model_name or 'this one'}{hint}"
             )
-        if self.attrs.get("grid", {}).get("fingerprint") != grid.fingerprint:
+        if self.grid_fingerprint != grid.fingerprint:
             raise StoreMismatchError(f"{where}was made with different spot grid settings{hint}")
+
+    # -- records ----------------------------------------------------------------------------
+    @functools.cached_property
+    def grid(self) -> SpotGrid:
+        """The spots of this store: the :class:`SpotGrid` it was created for (read once).
+
+        Raises
+        ------
+        StoreError
+            If the store records no usable grid description.
+        """
+        try:
+            return SpotGrid.from_description(
+                self.attrs.get("grid") or {},
+                self.xy_level0_px,
+                self.lattice_rc,
+                self.attrs.get("spot_ids") or None,
+            )
+        except (ParameterError, TypeError, ValueError) as exc:
+            raise StoreError(f"{self.path.name} records no usable spot grid ({exc})") from exc
+
+    @property
+    def grid_fingerprint(self) -> str | None:
+        """The recorded fingerprint of the store's grid (``None`` when not recorded)."""
+        grid = self.attrs.get("grid")
+        return _text(grid.get("fingerprint")) if isinstance(grid, Mapping) else None
+
+    @property
+    def model(self) -> ModelRecord:
+        """The model the predictions came from, as recorded."""
+        return ModelRecord.from_attrs(self.attrs.get("model"))
+
+    @property
+    def slide(self) -> SlideRecord:
+        """The slide the predictions were made on, as recorded."""
+        return SlideRecord.from_attrs(self.attrs.get("slide"))
 
     # -- contents ---------------------------------------------------------------------------
     @property
@@ -486,27 +634,15 @@ def refuse_unless_replaceable(path: Path) -> None:
     )
 
 
-def _replace(new: Path, path: Path, trash: Path) -> None:
-    """Move ``new`` to ``path``; an existing ``path`` is set aside first and put back on failure."""
-    if not path.exists():
-        new.rename(path)
-        return
-    path.rename(trash)
-    try:
-        new.rename(path)
-    except BaseException:
-        trash.rename(path)
-        raise
-    _remove(trash)
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
-def _remove(path: Path) -> None:
-    """Delete a file or folder if present, ignoring errors."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            path.unlink()
+def _number(value: Any, kind: type[int] | type[float]) -> Any:
+    """``value`` as an int or float, ``None`` when absent or not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return kind(value)
 
 
 def _jsonable(value: Any) -> Any:

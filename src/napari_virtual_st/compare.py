@@ -20,7 +20,7 @@ from scipy.stats import spearmanr
 
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.frames import Transform
-from napari_virtual_st.grid import match_distance_px, match_spots
+from napari_virtual_st.grid import match_spots
 from napari_virtual_st.measured import MeasuredST, log1p_cp10k
 from napari_virtual_st.store import PredictionStore
 
@@ -141,8 +141,8 @@ def compare(
     rows, match = match_spots(
         store.xy_level0_px,
         measured.xy_fullres_px if transform is None else transform.apply(measured.xy_fullres_px),
-        match_distance_px(store.attrs["grid"]) if max_distance_px is None else max_distance_px,
-        spot_ids=store.attrs.get("spot_ids"),
+        store.grid.match_distance_px if max_distance_px is None else max_distance_px,
+        spot_ids=store.grid.spot_ids,
         other_ids=measured.spot_ids,
     )
     pairs = [
@@ -163,7 +163,7 @@ def compare(
             f"(model genes like {', '.join(store.genes[:3])}; measured like {', '.join(measured.genes[:3])}): "
             "are they the same naming (symbols vs Ensembl ids)?"
         )
-    target = store.attrs.get("model", {}).get("target", "log1p_cp10k")
+    target = store.model.target or "log1p_cp10k"
     if target != "log1p_cp10k":
         raise ComparisonError(
             f"the model predicts {target!r}; only log1p_cp10k can be compared with counts here"

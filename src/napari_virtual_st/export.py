@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 
 from napari_virtual_st.atomic import atomic_path
 from napari_virtual_st.errors import VirtualSTError
-from napari_virtual_st.grid import match_distance_px, match_spots
+from napari_virtual_st.grid import match_spots
 from napari_virtual_st.regions import (
     CLASS_PALETTE,
     Region,
@@ -235,7 +235,7 @@ def _anndata_steps(
     if store.has_variance:
         adata.layers["variance"] = store.variance()[index].astype(np.float32, copy=False)
     yield "read the predicted values"
-    library = library_id or Path(str(store.attrs.get("slide", {}).get("name", "slide"))).stem
+    library = library_id or Path(store.slide.name or "slide").stem
     adata.uns["spatial"] = {library: _spatial_entry(store, slide, hires_px, lowres_px)}
     adata.uns["virtual_st"] = _provenance(store, selection, library)
     if measured is not None:
@@ -292,30 +292,30 @@ def _spatial_entry(
     store: PredictionStore, slide: Slide | str | Path | None, hires_px: int, lowres_px: int
 ) -> dict[str, Any]:
     """``uns['spatial'][library_id]``: images, scale factors and metadata, as scanpy reads."""
-    from napari_virtual_st import __version__
+    from napari_virtual_st._version import __version__
     from napari_virtual_st.slide import Slide
 
     if hires_px < 1 or lowres_px < 1:
         raise ExportError(f"image sizes must be positive; got {hires_px} and {lowres_px}")
-    grid = store.attrs.get("grid", {})
-    mpp = float(grid["mpp"])
-    recorded = store.attrs.get("slide", {})
+    grid = store.grid
+    mpp = grid.mpp
+    recorded = store.slide
     if slide is None:
-        path = recorded.get("path")
-        if not path or not Path(path).exists():
+        path = recorded.path
+        if path is None or not path.exists():
             raise ExportError(
-                f"the slide of {store.path.name} ({recorded.get('name', '?')}) is not at "
+                f"the slide of {store.path.name} ({recorded.name or '?'}) is not at "
                 f"{path or 'a recorded place'}: give the slide file (--slide)"
             )
-        slide = Path(path)
+        slide = path
     own = not isinstance(slide, Slide)
     opened = Slide(slide, mpp=mpp) if own else slide
     try:
-        expected = recorded.get("fingerprint")
+        expected = recorded.fingerprint
         if expected and opened.fingerprint != expected:
             raise ExportError(
                 f"{opened.path.name} is not the slide {store.path.name} was predicted on "
-                f"({recorded.get('name', '?')})"
+                f"({recorded.name or '?'})"
             )
         w0, h0 = opened.dimensions
         images: dict[str, NDArray[np.uint8]] = {}
@@ -330,7 +330,7 @@ def _spatial_entry(
     finally:
         if own:
             opened.close()
-    scalefactors["spot_diameter_fullres"] = float(grid["spot_diameter_um"]) / mpp
+    scalefactors["spot_diameter_fullres"] = grid.spot_diameter_um / mpp
     metadata = {
         "chemistry_description": "virtual (predicted from H&E by napari-virtual-st)",
         "software_version": f"napari-virtual-st {__version__}",
@@ -341,13 +341,10 @@ def _spatial_entry(
 
 def _provenance(store: PredictionStore, selection: SpotSelection, library: str) -> dict[str, Any]:
     """Model, slide, grid and regions, flattened to what HDF5 stores (no None)."""
-    from napari_virtual_st import __version__
+    from napari_virtual_st._version import __version__
 
-    attrs = store.attrs
-    model = attrs.get("model", {})
-    metadata = model.get("metadata", {}) or {}
-    slide = attrs.get("slide", {})
-    grid = attrs.get("grid", {})
+    model, slide, grid = store.model, store.slide, store.grid
+    metadata = dict(model.metadata)
     record = {
         "library_id": library,
         "store": str(store.path),
@@ -355,33 +352,33 @@ def _provenance(store: PredictionStore, selection: SpotSelection, library: str) 
         "software": f"napari-virtual-st {__version__}",
         "complete": bool(store.is_complete),
         "model": {
-            "file": model.get("file"),
+            "file": model.file,
             "name": metadata.get("name"),
-            "family": model.get("family"),
-            "target": model.get("target"),
-            "sha256": model.get("sha256"),
-            "tile_px": model.get("tile_px"),
-            "tile_um": model.get("tile_um"),
+            "family": model.family,
+            "target": model.target,
+            "sha256": model.sha256,
+            "tile_px": model.tile_px,
+            "tile_um": model.tile_um,
             "license": metadata.get("license"),
             "metadata_json": json.dumps(metadata),
         },
         "slide": {
-            "name": slide.get("name"),
-            "fingerprint": slide.get("fingerprint"),
-            "mpp": grid.get("mpp"),
-            "dimensions": slide.get("dimensions"),
+            "name": slide.name,
+            "fingerprint": slide.fingerprint,
+            "mpp": grid.mpp,
+            "dimensions": slide.dimensions,
         },
         "grid": {
-            "kind": grid.get("kind"),
-            "spot_diameter_um": grid.get("spot_diameter_um"),
-            "pitch_um": grid.get("pitch_um"),
-            "fingerprint": grid.get("fingerprint"),
+            "kind": grid.kind,
+            "spot_diameter_um": grid.spot_diameter_um,
+            "pitch_um": grid.pitch_um,
+            "fingerprint": store.grid_fingerprint,
         },
         "regions_geojson": json.dumps(regions_to_geojson(selection.regions))
         if selection.regions
         else "",
         "store_attrs_json": json.dumps(
-            {k: v for k, v in attrs.items() if k not in ("genes", "spot_ids")}
+            {k: v for k, v in store.attrs.items() if k not in ("genes", "spot_ids")}
         ),
     }
     return _no_none(record)
@@ -404,11 +401,11 @@ def _measured_values(
     """Measured values at the exported spots, in the model's target units (NaN: none)."""
     from napari_virtual_st.measured import log1p_cp10k
 
-    ids = store.attrs.get("spot_ids")
+    ids = store.grid.spot_ids
     rows, match = match_spots(
         store.xy_level0_px[index],
         measured.xy_fullres_px if transform is None else transform.apply(measured.xy_fullres_px),
-        match_distance_px(store.attrs["grid"]),
+        store.grid.match_distance_px,
         spot_ids=[ids[i] for i in index] if ids else None,
         other_ids=measured.spot_ids,
     )
@@ -417,7 +414,7 @@ def _measured_values(
         raise ExportError(
             "no exported spot lies on a measured spot: check the alignment (--transform)"
         )
-    target = str(store.attrs.get("model", {}).get("target", ""))
+    target = store.model.target or ""
     counts = measured.counts[rows[matched]]
     values_all = (
         log1p_cp10k(counts) if target == "log1p_cp10k" else counts.toarray().astype(np.float32)
@@ -522,11 +519,10 @@ def _geojson_steps(
         values = np.concatenate([values, _round_significant(variance, MEASUREMENT_DIGITS)], 1)
         keys += [f"{g} variance" for g in names]
     outlines = _spot_outlines(store, index)
-    grid = store.attrs.get("grid", {})
-    ellipse = grid.get("kind") != "dense"
+    ellipse = store.grid.kind != "dense"
     colors = class_colors(selection.regions)
     ids = store.spot_ids
-    seed = f"{store.attrs.get('slide', {}).get('fingerprint', '')}/{grid.get('fingerprint', '')}"
+    seed = f"{store.slide.fingerprint or ''}/{store.grid_fingerprint or ''}"
     features: list[dict[str, Any]] = []
     if include_regions and selection.regions:
         features.extend(regions_to_geojson(selection.regions)["features"])
@@ -559,9 +555,9 @@ def _geojson_steps(
 
 def _spot_outlines(store: PredictionStore, index: NDArray[np.intp]) -> NDArray[np.float64]:
     """``(n, m, 2)`` closed outlines (level-0 px) of the spots: circles, or squares for tiles."""
-    grid = store.attrs["grid"]
-    radius = float(grid["spot_diameter_um"]) / float(grid["mpp"]) / 2
-    if grid.get("kind") == "dense":
+    grid = store.grid
+    radius = grid.spot_radius_px
+    if grid.kind == "dense":
         unit = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1], [-1, -1]], np.float64)
     else:
         t = np.linspace(0, 2 * np.pi, SPOT_POLYGON_VERTICES, endpoint=False)

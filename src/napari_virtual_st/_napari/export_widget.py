@@ -395,7 +395,7 @@ class ExportWidget(Container):
         path = self.store_path
         if path is None:
             raise RegionError("choose a prediction first: the regions are placed on its slide")
-        return float(PredictionStore.open(path).attrs["grid"]["mpp"])
+        return PredictionStore.open(path).grid.mpp
 
     def _on_prediction_changed(self, _value: Any = None) -> None:
         path = self.store_path

@@ -313,3 +313,30 @@ def robust_limits(
         pad = max(abs(lo) * 0.01, 1e-6)
         lo, hi = lo - pad, hi + pad
     return lo, hi
+
+
+def most_variable_gene(genes: Sequence[str], expression: ArrayLike) -> str:
+    """The gene whose predicted values vary most across the spots: the one shown first.
+
+    Only spots predicted for every gene count (a run in progress has NaN rows); with none,
+    the first gene.
+
+    Parameters
+    ----------
+    genes
+        Gene names, one per column.
+    expression
+        ``(n_spots, G)`` values, NaN where not predicted.
+
+    Raises
+    ------
+    ParameterError
+        If there are no genes, or not one column per gene.
+    """
+    values = np.asarray(expression, dtype=np.float64)
+    if not genes or values.ndim != 2 or values.shape[1] != len(genes):
+        raise ParameterError(f"expected one column per gene ({len(genes)}); got {values.shape}")
+    done = np.isfinite(values).all(axis=1)
+    if not done.any():
+        return genes[0]
+    return genes[int(np.argmax(values[done].var(axis=0)))]

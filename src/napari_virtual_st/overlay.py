@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 
+from napari_virtual_st import heatmap
 from napari_virtual_st.slide import Slide
 from napari_virtual_st.store import PredictionStore
 
@@ -45,9 +46,9 @@ def viridis(values: NDArray[np.floating]) -> NDArray[np.uint8]:
 
 
 def most_variable_gene(store: PredictionStore) -> str:
-    """The predicted gene whose values vary most across the spots."""
-    values = store.expression()
-    return store.genes[int(np.nanargmax(np.nanvar(values, axis=0)))]
+    """The predicted gene whose values vary most across the spots (the viewer's rule,
+    :func:`napari_virtual_st.heatmap.most_variable_gene`)."""
+    return heatmap.most_variable_gene(store.genes, store.expression())
 
 
 def render_gene_overlay(
@@ -78,7 +79,7 @@ def render_gene_overlay(
     colours = viridis(scaled)
     thumb = Image.fromarray(slide.thumbnail(max_px)).convert("RGBA")
     scale = thumb.width / slide.dimensions[0]
-    radius = store.attrs["grid"]["spot_diameter_um"] / slide.mpp * scale / 2
+    radius = store.grid.spot_radius_um / slide.mpp * scale
     layer = Image.new("RGBA", thumb.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     alpha = round(255 * opacity)
@@ -92,7 +93,7 @@ def render_gene_overlay(
         gene,
         float(lo),
         float(hi),
-        store.attrs.get("model", {}).get("target", ""),
+        store.model.target or "",
     )
 
 

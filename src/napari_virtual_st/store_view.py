@@ -20,8 +20,8 @@ from numpy.typing import ArrayLike, NDArray
 from napari_virtual_st.errors import ParameterError
 from napari_virtual_st.frames import xy_level0_px_to_yx_um
 from napari_virtual_st.grid import SpotGrid
-from napari_virtual_st.heatmap import HeatmapGeometry, heatmap_geometry, robust_limits
-from napari_virtual_st.store import PredictionStore, spot_names
+from napari_virtual_st.heatmap import HeatmapGeometry, most_variable_gene, robust_limits
+from napari_virtual_st.store import ModelRecord, PredictionStore, SlideRecord, spot_names
 
 
 class StoreView:
@@ -32,9 +32,9 @@ class StoreView:
     path
         The ``.vst.zarr`` folder.
     attrs
-        The store's attributes (genes, grid, slide, model).
-    xy_level0_px, lattice_rc
-        ``(n, 2)`` spot centres (x, y level-0 px) and lattice indices (row, col).
+        The store's attributes (genes, slide, model; kept as read).
+    grid
+        The store's spots (:attr:`PredictionStore.grid`).
     spot_ids
         One name per spot.
     expression, variance
@@ -46,8 +46,7 @@ class StoreView:
         self,
         path: str | Path,
         attrs: dict[str, Any],
-        xy_level0_px: ArrayLike,
-        lattice_rc: ArrayLike,
+        grid: SpotGrid,
         spot_ids: Sequence[str],
         expression: NDArray[np.float32],
         variance: NDArray[np.float32] | None,
@@ -55,13 +54,15 @@ class StoreView:
         self.path = Path(path)
         self.attrs = attrs
         self.genes: tuple[str, ...] = tuple(attrs["genes"])
-        grid = attrs["grid"]
-        self.kind = str(grid["kind"])
-        self.mpp = float(grid["mpp"])
-        self.spot_diameter_um = float(grid["spot_diameter_um"])
-        self.pitch_um = float(grid["pitch_um"])
-        self.xy_level0_px = np.asarray(xy_level0_px, dtype=np.float64).reshape(-1, 2)
-        self.lattice_rc = np.asarray(lattice_rc, dtype=np.int64).reshape(-1, 2)
+        self.grid = grid
+        self.model = ModelRecord.from_attrs(attrs.get("model"))
+        self.slide = SlideRecord.from_attrs(attrs.get("slide"))
+        self.kind: str = grid.kind
+        self.mpp = grid.mpp
+        self.spot_diameter_um = grid.spot_diameter_um
+        self.pitch_um = grid.pitch_um
+        self.xy_level0_px = grid.xy_level0_px
+        self.lattice_rc = grid.lattice_rc.astype(np.int64)
         #: spot centres in the napari world frame, (row, col) µm
         self.yx_um = xy_level0_px_to_yx_um(self.xy_level0_px, self.mpp)
         self.spot_ids = list(spot_ids)
@@ -69,9 +70,7 @@ class StoreView:
         self.variance = None if variance is None else np.asarray(variance, dtype=np.float32)
         self._gene_index = {g: i for i, g in enumerate(self.genes)}
         try:
-            self.geometry: HeatmapGeometry | None = heatmap_geometry(
-                self.kind, self.lattice_rc, self.xy_level0_px, self.mpp, self.pitch_um
-            )
+            self.geometry: HeatmapGeometry | None = grid.heatmap_geometry()
         except ParameterError:
             self.geometry = None  # explicit spot coordinates: spots only, no heatmap
         self._index_image: NDArray[np.int64] | None = None
@@ -93,8 +92,7 @@ class StoreView:
         return cls(
             store.path,
             dict(store.attrs),
-            store.xy_level0_px,
-            store.lattice_rc,
+            store.grid,
             store.spot_ids,
             expression,
             variance,
@@ -127,7 +125,7 @@ class StoreView:
         if preview:
             attrs["preview"] = True
         ids = spot_names(grid.spot_ids, grid.lattice_rc)
-        return cls(path, attrs, grid.xy_level0_px, grid.lattice_rc, ids, expression, variance)
+        return cls(path, attrs, grid, ids, expression, variance)
 
     @classmethod
     def open(cls, path: str | Path) -> StoreView:
@@ -159,20 +157,17 @@ class StoreView:
     @property
     def model_name(self) -> str:
         """The model's display name."""
-        model = self.attrs.get("model", {})
-        meta = model.get("metadata", {})
-        return str(meta.get("name") or model.get("family") or model.get("file") or "model")
+        return self.model.display_name
 
     @property
     def target(self) -> str:
         """What a value means (e.g. ``log1p_cp10k``)."""
-        return str(self.attrs.get("model", {}).get("target", ""))
+        return self.model.target or ""
 
     @property
     def slide_path(self) -> Path | None:
         """The slide the predictions were made on, as recorded in the store."""
-        path = self.attrs.get("slide", {}).get("path")
-        return None if path is None else Path(path)
+        return self.slide.path
 
     def gene_column(self, gene: str) -> int:
         """Column of ``gene``; raises naming an unknown gene."""
@@ -211,11 +206,7 @@ class StoreView:
 
     def most_variable_gene(self) -> str:
         """The gene whose predicted values vary most across spots (the first if none do)."""
-        done = np.isfinite(self.expression).all(axis=1)
-        if not done.any():
-            return self.genes[0]
-        spread = self.expression[done].var(axis=0)
-        return self.genes[int(np.argmax(spread))]
+        return most_variable_gene(self.genes, self.expression)
 
     # -- pictures ---------------------------------------------------------------------------
     def heatmap(self, gene: str, *, uncertainty: bool = False) -> NDArray[np.float32]:

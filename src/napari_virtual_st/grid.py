@@ -346,13 +346,17 @@ class SpotGrid:
         missing = [k for k in ("kind", "spot_diameter_um", "mpp") if k not in description]
         if missing:
             raise ParameterError(f"the grid description lacks {missing[0]!r}")
+        # numbers as described (an int stays an int: the fingerprint hashes their JSON)
+        diameter, pitch, mpp = (
+            _described_number(description, key) for key in ("spot_diameter_um", "pitch_um", "mpp")
+        )
         return cls(
             kind=description["kind"],
             xy_level0_px=np.asarray(xy_level0_px),
             lattice_rc=np.asarray(lattice_rc),
-            spot_diameter_um=float(description["spot_diameter_um"]),
-            pitch_um=float(description.get("pitch_um") or 0.0),
-            mpp=float(description["mpp"]),
+            spot_diameter_um=diameter,
+            pitch_um=pitch,
+            mpp=mpp,
             spot_ids=None if spot_ids is None else tuple(str(s) for s in spot_ids),
             params=dict(description.get("params") or {}),
         )
@@ -492,6 +496,16 @@ def match_spots(
     found = np.isfinite(distance)
     rows[found] = nearest[found]
     return rows, "nearest"
+
+
+def _described_number(description: Mapping[str, Any], key: str) -> float:
+    """A number of a grid description (0 when absent or null), refused when not a number."""
+    value = description.get(key)
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParameterError(f"the grid description's {key} is not a number: {value!r}")
+    return value
 
 
 def _count_within(room_um: float, pitch_um: float) -> int:

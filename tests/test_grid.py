@@ -335,3 +335,60 @@ def test_the_default_match_distance_is_half_the_pitch_or_one_spot_for_explicit_g
     assert match_distance_px(visium.describe()) == pytest.approx(50.0 / MPP)
     explicit = SpotGrid.from_coordinates(visium.xy_level0_px, MPP, 55.0)
     assert match_distance_px(explicit.describe()) == pytest.approx(55.0 / MPP)
+
+
+@pytest.mark.parametrize(
+    "grid",
+    [
+        SpotGrid.visium((3000, 2000), MPP, origin_um=(10.0, 5.0)),
+        SpotGrid.legacy_st((3000, 2000), MPP),
+        SpotGrid.dense((3000, 2000), MPP, 112, overlap_um=12.0),
+        SpotGrid.from_coordinates([[10, 10], [20, 20]], MPP, 55, spot_ids=["A-1", "B-1"]),
+    ],
+    ids=["visium", "st", "dense", "explicit"],
+)
+def test_a_grid_is_rebuilt_from_its_description_and_spots(grid: SpotGrid) -> None:
+    """What a prediction store keeps (description in attrs, spots in arrays) is the grid."""
+    description = json.loads(json.dumps(grid.describe()))
+    rebuilt = SpotGrid.from_description(
+        description, grid.xy_level0_px, grid.lattice_rc, grid.spot_ids
+    )
+    assert rebuilt.fingerprint == grid.fingerprint
+    assert rebuilt.describe() == grid.describe()
+    assert rebuilt.spot_ids == grid.spot_ids
+    assert rebuilt.lattice_origin_yx_um == grid.lattice_origin_yx_um
+
+
+def test_a_grid_description_without_its_size_is_refused() -> None:
+    with pytest.raises(ParameterError, match="lacks 'mpp'"):
+        SpotGrid.from_description({"kind": "visium", "spot_diameter_um": 55}, [[0, 0]], [[0, 0]])
+    with pytest.raises(ParameterError, match="not a number"):
+        SpotGrid.from_description(
+            {"kind": "visium", "spot_diameter_um": "55", "mpp": 0.5}, [[0, 0]], [[0, 0]]
+        )
+
+
+def test_the_grid_gives_its_spot_radius_and_match_distance() -> None:
+    visium = SpotGrid.visium((2000, 2000), MPP)
+    assert visium.spot_radius_um == 27.5
+    assert visium.spot_radius_px == pytest.approx(27.5 / MPP)
+    assert visium.match_distance_px == pytest.approx(50.0 / MPP)
+    assert match_distance_px(visium) == visium.match_distance_px
+    explicit = SpotGrid.from_coordinates([[5, 5]], MPP, 55.0)
+    assert explicit.match_distance_px == pytest.approx(55.0 / MPP)
+    assert explicit.spot_radius_px == pytest.approx(27.5 / MPP)
+
+
+def test_a_laid_grid_knows_where_its_lattice_starts() -> None:
+    """(row, col) µm of lattice index (0, 0): half a pitch (half a tile for dense tiles) in
+    from the slide's corner, plus the origin; unknown for explicit spots."""
+    visium = SpotGrid.visium((3000, 2000), MPP, origin_um=(10.0, 5.0))
+    assert visium.lattice_origin_yx_um == pytest.approx((55.0, 60.0))
+    assert SpotGrid.legacy_st((3000, 2000), MPP).lattice_origin_yx_um == pytest.approx(
+        (100.0, 100.0)
+    )
+    dense = SpotGrid.dense((3000, 2000), MPP, 112, overlap_um=12.0)
+    assert dense.lattice_origin_yx_um == pytest.approx((56.0, 56.0))
+    first = dense.xy_level0_px[0] * MPP  # (x, y) µm of lattice (0, 0)
+    assert dense.lattice_origin_yx_um == pytest.approx((first[1], first[0]))
+    assert SpotGrid.from_coordinates([[5, 5]], MPP, 55.0).lattice_origin_yx_um is None

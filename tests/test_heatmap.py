@@ -14,8 +14,10 @@ from napari_virtual_st.frames import xy_level0_px_to_yx_um
 from napari_virtual_st.grid import SpotGrid
 from napari_virtual_st.heatmap import (
     geometry_from_store,
+    grid_geometry,
     heatmap_geometry,
     lattice_geometry,
+    most_variable_gene,
     rasterise_gene,
     robust_limits,
 )
@@ -166,3 +168,55 @@ def test_robust_limits() -> None:
     values = np.r_[np.linspace(0, 1, 1000), 100.0]
     lo, hi = robust_limits(values)
     assert 0.0 <= lo < 0.05 and 0.95 < hi < 2.0  # one outlier does not wash the map out
+
+
+@pytest.mark.parametrize(
+    "grid",
+    [
+        SpotGrid.visium(SLIDE, MPP, origin_um=(13.0, 7.0)),
+        SpotGrid.visium(SLIDE, 0.37),
+        SpotGrid.legacy_st(SLIDE, MPP, origin_um=(3.0, 40.0)),
+        SpotGrid.dense(SLIDE, MPP, 110.0, overlap_um=10.0),
+        SpotGrid.dense(SLIDE, MPP, 110.0).subset(np.arange(30, 90)),
+    ],
+    ids=["visium-origin", "visium-odd-mpp", "st-origin", "dense-overlap", "dense-subset"],
+)
+def test_the_grid_places_its_heatmap_where_its_spots_agree(grid: SpotGrid) -> None:
+    """The grid knows its lattice origin; the cells it gives are those the spots' own
+    positions imply (the rule for grids that do not know it, e.g. measured spots)."""
+    assert grid.lattice_origin_yx_um is not None
+    known = grid.heatmap_geometry()
+    inferred = _geometry(grid)
+    assert known.shape == inferred.shape
+    assert known.scale_um == pytest.approx(inferred.scale_um)
+    assert known.translate_um == pytest.approx(inferred.translate_um, abs=1e-9)
+    np.testing.assert_array_equal(known.spot_pixels, inferred.spot_pixels)
+    assert grid_geometry(grid).translate_um == known.translate_um
+
+
+def test_a_known_lattice_origin_is_still_checked_against_the_spots() -> None:
+    grid = SpotGrid.legacy_st(SLIDE, MPP)
+    yx = xy_level0_px_to_yx_um(grid.xy_level0_px, MPP)
+    with pytest.raises(ParameterError, match="do not lie on a st lattice"):
+        lattice_geometry("st", grid.lattice_rc, yx, grid.pitch_um, origin_yx_um=(150.0, 100.0))
+
+
+def test_the_store_heatmap_is_the_grid_heatmap(tmp_path: Path) -> None:
+    grid = SpotGrid.visium((1200, 1000), 0.25, origin_um=(5.0, 5.0))
+    store = _store(tmp_path, grid)
+    geometry = geometry_from_store(store)
+    assert geometry.translate_um == grid.heatmap_geometry().translate_um
+    np.testing.assert_array_equal(geometry.spot_pixels, grid.heatmap_geometry().spot_pixels)
+
+
+def test_the_most_variable_gene_counts_spots_predicted_for_every_gene() -> None:
+    genes = ("A", "B", "C")
+    values = np.array(
+        [[0.0, 0.0, 5.0], [1.0, 0.0, 5.0], [2.0, 0.1, 5.0], [np.nan, 100.0, np.nan]],
+        np.float32,
+    )
+    assert most_variable_gene(genes, values) == "A"  # B's spread is in an unfinished spot
+    assert most_variable_gene(genes, np.full((3, 3), np.nan)) == "A"  # none done: the first
+    assert most_variable_gene(genes, np.ones((3, 3))) == "A"  # ties: the first
+    with pytest.raises(ParameterError, match="one column per gene"):
+        most_variable_gene(genes, np.ones((3, 2)))

@@ -145,6 +145,159 @@ def test_a_failed_overwrite_keeps_the_old_store(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.vst.zarr"]
 
 
+def test_a_failed_replace_puts_the_old_store_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new store is complete but cannot take the old one's place: the old one, set
+    aside meanwhile, is put back (atomic.move_into_place)."""
+    old = new_store(tmp_path)
+    old.write_chunk(0, values(4))
+    rename = Path.rename
+
+    def refuse_the_new_store(self: Path, target: Any) -> Any:
+        if self.name.endswith(".tmp"):
+            raise OSError("the disk went away")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", refuse_the_new_store)
+    with pytest.raises(StoreError, match="the disk went away"):
+        new_store(tmp_path, overwrite=True)
+    monkeypatch.undo()
+    assert PredictionStore.open(old.path).done_chunks().tolist() == [True, False, False]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.vst.zarr"]
+
+
+# -- records -----------------------------------------------------------------------------------
+FULL_PROVENANCE: dict[str, Any] = {
+    "slide": {
+        "path": "/data/slides/a.svs",
+        "name": "a.svs",
+        "format": "aperio",
+        "dimensions": [4000, 3000],
+        "mpp": 0.5,
+        "mpp_source": "file",
+        "fingerprint": "slide-a",
+    },
+    "model": {
+        "file": "nsl.onnx",
+        "sha256": "model-a",
+        "family": "nsl",
+        "tile_px": 224,
+        "tile_um": 112.0,
+        "target": "log1p_cp10k",
+        "metadata": {"name": "NSL HER2ST", "license": "MIT"},
+        "providers": ["CPUExecutionProvider"],
+    },
+}
+
+
+def test_the_store_gives_back_its_grid_and_records(tmp_path: Path) -> None:
+    grid = SpotGrid.visium((3000, 2000), 0.5, origin_um=(10.0, 5.0))
+    path = tmp_path / "v.vst.zarr"
+    PredictionStore.create(path, grid=grid, genes=GENES, provenance=FULL_PROVENANCE)
+    store = PredictionStore.open(path)
+
+    rebuilt = store.grid
+    assert (rebuilt.kind, rebuilt.mpp, rebuilt.spot_diameter_um, rebuilt.pitch_um) == (
+        "visium",
+        0.5,
+        55.0,
+        100.0,
+    )
+    assert rebuilt.fingerprint == grid.fingerprint == store.grid_fingerprint
+    assert rebuilt.describe() == grid.describe()
+    np.testing.assert_array_equal(rebuilt.xy_level0_px, grid.xy_level0_px)
+    np.testing.assert_array_equal(rebuilt.lattice_rc, grid.lattice_rc)
+    assert rebuilt.spot_ids is None
+    assert store.grid is rebuilt  # read once
+
+    model = store.model
+    assert (model.file, model.sha256, model.family, model.target) == (
+        "nsl.onnx",
+        "model-a",
+        "nsl",
+        "log1p_cp10k",
+    )
+    assert (model.tile_px, model.tile_um, model.providers) == (
+        224,
+        112.0,
+        ("CPUExecutionProvider",),
+    )
+    assert model.metadata == {"name": "NSL HER2ST", "license": "MIT"}
+    assert model.display_name == "NSL HER2ST"
+
+    slide = store.slide
+    assert slide.path == Path("/data/slides/a.svs")
+    assert (slide.name, slide.fingerprint, slide.format) == ("a.svs", "slide-a", "aperio")
+    assert (slide.mpp, slide.mpp_source, slide.dimensions) == (0.5, "file", (4000, 3000))
+    assert store.attrs["model"]["sha256"] == "model-a"  # the raw attrs stay for compatibility
+
+
+def test_the_grid_of_a_store_keeps_the_barcodes(tmp_path: Path) -> None:
+    grid = SpotGrid.from_coordinates(
+        [[10, 10], [20, 20]], mpp=0.5, spot_diameter_um=55, spot_ids=["AAAC-1", "TTTG-1"]
+    )
+    store = PredictionStore.create(tmp_path / "b.vst.zarr", grid=grid, genes=GENES)
+    assert store.grid.spot_ids == ("AAAC-1", "TTTG-1")
+    assert store.grid.fingerprint == grid.fingerprint
+
+
+def test_a_store_of_an_older_version_reads_missing_keys_as_none(tmp_path: Path) -> None:
+    """Attributes written before a key existed: records say ``None``, the grid has no pitch
+    or parameters, nothing raises."""
+    store = new_store(tmp_path)
+    group = zarr.open_group(str(store.path), mode="r+", zarr_format=3)
+    attrs = dict(group.attrs)
+    attrs["grid"] = {k: attrs["grid"][k] for k in ("kind", "spot_diameter_um", "mpp")}
+    attrs["model"] = {"file": "old.onnx"}
+    attrs["slide"] = {"name": "old.svs"}
+    del attrs["spot_ids"]
+    group.attrs.put(attrs)
+
+    old = PredictionStore.open(store.path)
+    assert (old.model.file, old.model.sha256, old.model.target, old.model.tile_px) == (
+        "old.onnx",
+        None,
+        None,
+        None,
+    )
+    assert old.model.metadata == {} and old.model.providers is None
+    assert old.model.display_name == "old.onnx"
+    assert (old.slide.name, old.slide.path, old.slide.fingerprint, old.slide.mpp) == (
+        "old.svs",
+        None,
+        None,
+        None,
+    )
+    assert old.slide.dimensions is None
+    assert (old.grid.kind, old.grid.pitch_um, old.grid.params, old.grid.spot_ids) == (
+        "explicit",
+        0.0,
+        {},
+        None,
+    )
+    assert old.grid_fingerprint is None
+    assert old.grid.match_distance_px == pytest.approx(55.0 / 0.5)
+    assert old.spot_ids == [str(i) for i in range(10)]
+    with pytest.raises(StoreMismatchError, match="different slide"):
+        old.check_matches(slide_fingerprint="slide-a", model_sha256="model-a", grid=small_grid())
+
+    attrs.pop("model"), attrs.pop("slide")
+    group.attrs.put(attrs)
+    bare = PredictionStore.open(store.path)
+    assert bare.model.file is None and bare.slide.name is None
+
+
+def test_a_store_without_a_grid_description_says_so(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    group = zarr.open_group(str(store.path), mode="r+", zarr_format=3)
+    attrs = dict(group.attrs)
+    attrs["grid"] = {"kind": "visium"}
+    group.attrs.put(attrs)
+    with pytest.raises(StoreError, match="records no usable spot grid"):
+        _ = PredictionStore.open(store.path).grid
+
+
 # -- opening -----------------------------------------------------------------------------------
 def test_opening_something_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="prediction store not found"):

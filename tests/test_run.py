@@ -109,9 +109,9 @@ def test_engine_errors_become_an_outcome_with_their_message(
     outcome = _drain(run_outcome(_request(png, synthetic_model, tmp_path)))[1]
     assert isinstance(outcome.error, MissingResolutionError)
     assert "does not record its resolution" in str(outcome.error)
+    cancel = threading.Event()
+    cancel.set()
     with pytest.raises(CancelledError, match="before prediction started"):
-        cancel = threading.Event()
-        cancel.set()
         _drain(run_events(_request(png, synthetic_model, tmp_path, mpp=0.5), cancel))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,13 @@ def test_a_run_in_its_own_process_writes_the_store_a_run_here_writes(
     assert run_process._SPARES and run_process._SPARES[-1].alive  # kept for the next run
 
 
+def _on_each_batch(events: Iterator[object], action: Callable[[], object]) -> None:
+    """Drain ``events``, calling ``action`` at each finished batch."""
+    for event in events:
+        if isinstance(event, BatchEvent):
+            action()
+
+
 def test_cancel_and_engine_errors_come_back_with_their_messages(
     cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path
 ) -> None:
@@ -48,9 +56,7 @@ def test_cancel_and_engine_errors_come_back_with_their_messages(
         _request(cmu_small_svs, synthetic_model, tmp_path / "c.vst.zarr", batch_size=2), cancel
     )
     with pytest.raises(CancelledError):
-        for event in gen:
-            if isinstance(event, BatchEvent):
-                cancel.set()
+        _on_each_batch(gen, cancel.set)
     assert PredictionStore.open(tmp_path / "c.vst.zarr").done.sum() > 0  # batches kept
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
@@ -73,9 +79,7 @@ def test_a_process_that_dies_mid_run_ends_the_run_with_a_clear_error(
         _request(cmu_small_svs, synthetic_model, tmp_path / "e.vst.zarr", batch_size=2)
     )
     with pytest.raises(RunProcessError, match=r"ended unexpectedly.*resumes"):
-        for event in gen:
-            if isinstance(event, BatchEvent):
-                os.kill(process.pid, signal.SIGKILL)
+        _on_each_batch(gen, lambda: os.kill(process.pid, signal.SIGKILL))
     assert not process.alive
 
 

@@ -33,7 +33,7 @@ def tiny() -> Iterator[dict]:
     genes = data.gene_panel(train, N_GENES, test.measured.genes)
     settings = StemSettings(epochs=3, batch_size=64, hidden=64, n_blocks=2, embed_dim=32)
     model = fit_stem(train, genes, settings)
-    yield {"model": model, "genes": genes, "test": test, "settings": settings}
+    return {"model": model, "genes": genes, "test": test, "settings": settings}
 
 
 @pytest.fixture(scope="module")

@@ -319,7 +319,7 @@ def test_opening_something_that_is_not_a_store_is_refused(tmp_path: Path) -> Non
 def test_a_store_opened_read_only_cannot_be_written(tmp_path: Path) -> None:
     new_store(tmp_path)
     store = PredictionStore.open(tmp_path / "s.vst.zarr")
-    with pytest.raises(Exception):  # noqa: B017 - zarr's own read-only error
+    with pytest.raises(ValueError, match="read-only"):  # zarr's own read-only error
         store.write_chunk(0, values(4))
     assert not PredictionStore.open(tmp_path / "s.vst.zarr").done.any()
 

@@ -4,6 +4,7 @@ key is refused naming it, and a saved model is one self-contained file."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,7 @@ def test_saving_replaces_an_existing_model_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
-@pytest.mark.parametrize("tile_um", [55, 55.5, 1e-3])
+@pytest.mark.parametrize("tile_um", [55, 55.5, 0.7000000001])
 def test_tile_um_survives_the_string_round_trip_exactly(tmp_path: Path, tile_um: float) -> None:
     meta = ModelMetadata(genes=["A"], tile_px=8, tile_um=tile_um, family="x", target="y")
     meta = meta.to_props()
@@ -148,7 +149,7 @@ FULL = ModelMetadata(
 
 @pytest.mark.parametrize(
     "meta",
-    [FULL, ModelMetadata(genes=["A"], tile_px=8, tile_um=1e-3, family="x", target="y")],
+    [FULL, ModelMetadata(genes=["A"], tile_px=8, tile_um=0.7000000001, family="x", target="y")],
     ids=["every-key", "required-only"],
 )
 def test_metadata_round_trips_through_its_strings(meta: ModelMetadata) -> None:
@@ -217,3 +218,21 @@ def test_a_model_whose_graph_disagrees_with_valid_metadata_is_refused(tmp_path: 
     )
     with pytest.raises(ModelError, match=r"'vst\.genes' lists 3 genes but output 'expression'"):
         Predictor(path)
+
+
+@pytest.mark.parametrize(
+    ("tile_px", "tile_um", "key"),
+    [
+        (32, 20000.0, "'vst.tile_um' is 20000"),  # read a 40,000-px region per tile: OOM
+        (32, 0.5, "= 0.0156 µm per pixel"),  # 32× finer than any microscope resolves
+        (2, 1.0, "'vst.tile_px' is 2"),
+        (100000, 50.0, "'vst.tile_px' is 100000"),
+        (4, 400.0, "= 100 µm per pixel"),
+    ],
+)
+def test_implausible_tile_geometry_is_refused_naming_the_key(
+    tile_px: int, tile_um: float, key: str
+) -> None:
+    meta = ModelMetadata(genes=["A"], tile_px=tile_px, tile_um=tile_um, family="x", target="y")
+    with pytest.raises(ModelError, match=re.escape(key)):
+        ModelMetadata.from_props(meta.to_props())

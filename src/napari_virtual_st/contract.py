@@ -123,6 +123,7 @@ class ModelMetadata:
             )
         values = {key: parse(raw[key]) for key, parse in _PARSERS.items() if key in raw}
         del values["format_version"]
+        _check_geometry(values["tile_px"], values["tile_um"])
         others = {k: v for k, v in raw.items() if k not in _PARSERS}
         return cls(**values, other_keys=others)
 
@@ -186,6 +187,34 @@ def _genes(raw: str) -> tuple[str, ...]:
         dup = next(g for g in genes if genes.count(g) > 1)
         raise ModelError(f"metadata 'vst.genes' lists gene {dup!r} more than once")
     return tuple(genes)
+
+
+#: Plausible tile geometry. A model outside it is refused when read: its tiles would be
+#: microscopic or millimetres wide, and reading them could exhaust the machine's memory.
+TILE_PX_RANGE = (4, 4096)
+TILE_UM_MAX = 2000.0
+MODEL_MPP_RANGE = (0.05, 25.0)
+
+
+def _check_geometry(tile_px: int, tile_um: float) -> None:
+    """Refuse implausible tiles, naming the key (tile side in px, in µm, and their ratio)."""
+    low, high = TILE_PX_RANGE
+    if not low <= tile_px <= high:
+        raise ModelError(
+            f"metadata 'vst.tile_px' is {tile_px}; a tile side must be {low}–{high} px"
+        )
+    if tile_um > TILE_UM_MAX:
+        raise ModelError(
+            f"metadata 'vst.tile_um' is {tile_um:g} µm; a tile wider than {TILE_UM_MAX:g} µm "
+            "is not a spot-sized tile"
+        )
+    mpp = tile_um / tile_px
+    low_mpp, high_mpp = MODEL_MPP_RANGE
+    if not low_mpp <= mpp <= high_mpp:
+        raise ModelError(
+            f"metadata 'vst.tile_um' / 'vst.tile_px' = {tile_um:g} µm / {tile_px} px = "
+            f"{mpp:.3g} µm per pixel; a model must read {low_mpp:g}–{high_mpp:g} µm per pixel"
+        )
 
 
 def _tile_px(raw: str) -> int:

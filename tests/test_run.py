@@ -370,3 +370,17 @@ def test_a_model_session_is_kept_for_the_next_run_and_reloaded_when_the_file_cha
     changed, _ = engine.load_predictor(path)
     assert changed is not first
     assert len(changed.genes) == 4
+
+
+def test_a_slide_far_coarser_than_the_model_reads_is_refused_naming_both(
+    cmu_small_svs: Path, tmp_path: Path
+) -> None:
+    from napari_virtual_st.errors import ParameterError
+    from napari_virtual_st.run import RunSpec, run
+    from synthetic_models import write_mean_colour_model
+
+    fine = write_mean_colour_model(tmp_path / "fine.onnx", tile_px=32, tile_um=1.6)  # 0.05 µm/px
+    spec = RunSpec(cmu_small_svs, fine, tmp_path / "x.vst.zarr")  # the slide: 0.499 µm/px
+    with pytest.raises(ParameterError, match=r"0\.499 µm per pixel .* 0\.05 µm per pixel"):
+        run(spec)
+    assert not spec.store_path.exists()

@@ -46,6 +46,8 @@ PREVIEW_MASK_PX = 640
 PREVIEW_SPOTS = 8
 #: Resolution of the run's tissue mask (µm per mask pixel), as the engine's default.
 FULL_MASK_UM_PER_PX = 8.0
+#: A slide coarser than this many times the model's µm per pixel is refused.
+MAX_UPSAMPLING = 8.0
 #: Model sessions kept for later runs in this process (a cohort worker's slides, the
 #: plugin's prediction process): loading one costs seconds.
 KEPT_MODELS = 2
@@ -105,6 +107,7 @@ def run(
             spin=not spec.yield_cpu,
         )
         model_threads.update(started if spec.yield_cpu else ())
+        check_resolution(mpp, predictor)
         grid = _spots(spec, slide, predictor, stage, emit, cancelled)
         stage(f"predicting {len(grid):,} spots")
 
@@ -133,6 +136,27 @@ def run(
     if spec.transform is not None:  # `evaluate` and the Measured ST widget find it there
         store.save_transform(spec.transform)
     return PredictionStore.open(store.path)
+
+
+def check_resolution(slide_mpp: float, predictor: Predictor) -> None:
+    """Refuse a slide far coarser than the model reads: its tiles would be blown up
+    ``MAX_UPSAMPLING``-fold or more, and the model would see detail the slide never had.
+
+    Raises
+    ------
+    ParameterError
+        Naming both resolutions.
+    """
+    info = predictor.info
+    model_mpp = info.tile_um / info.tile_px
+    if slide_mpp > MAX_UPSAMPLING * model_mpp:
+        raise ParameterError(
+            f"the slide has {slide_mpp:.3g} µm per pixel but the model {predictor.path.name} "
+            f"reads {model_mpp:.3g} µm per pixel: each tile would be enlarged "
+            f"{slide_mpp / model_mpp:.0f}×, inventing detail the slide does not have. Use a "
+            "scan at a higher magnification, or a model made for coarser tiles (or check "
+            "the slide's µm/px)"
+        )
 
 
 def open_slide(spec: RunSpec) -> Slide:

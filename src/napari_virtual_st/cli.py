@@ -264,11 +264,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     with Slide(args.slide, mpp=args.mpp) as slide:
         description = slide.describe()
+        w, h = slide.dimensions
+        mpp = slide.mpp_or_none
+        levels = list(zip(slide.level_dimensions, slide.level_downsamples, strict=True))
     if args.json:
         print(json.dumps(description, indent=2))
         return 0
-    w, h = description["dimensions"]
-    mpp = description["mpp"]
     mpp_text = f"{mpp:.4f} µm/px ({description['mpp_source']})" if mpp else "unknown (give --mpp)"
     print(f"slide:       {description['name']}")
     print(f"format:      {description['format']}")
@@ -278,9 +279,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     )
     print(f"resolution:  {mpp_text}")
     print(f"levels:      {description['level_count']}")
-    for level, ((lw, lh), ds) in enumerate(
-        zip(description["level_dimensions"], description["level_downsamples"], strict=True)
-    ):
+    for level, ((lw, lh), ds) in enumerate(levels):
         print(f"  level {level}: {lw} × {lh} px, downsample {ds:g}")
     print(f"fingerprint: {description['fingerprint']}")
     return 0

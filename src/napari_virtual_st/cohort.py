@@ -446,6 +446,7 @@ def run_cohort(
     except OSError as exc:
         raise StoreError(f"cannot create the output folder {out}: {exc.strerror}") from exc
 
+    threads: int | None
     if scheduler is None:
         n_workers = workers or default_workers(len(cohort), providers)
         threads = threads_per_worker or max(1, _available_cores() // n_workers)

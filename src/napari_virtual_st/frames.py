@@ -77,7 +77,11 @@ class Transform:
     def inverse(self) -> Transform:
         """The transform from slide level-0 px back to measured full-res px."""
         return Transform(
-            np.linalg.inv(self.matrix), self.kind, self.residual_px, self.quality, dict(self.info)
+            np.asarray(np.linalg.inv(self.matrix), np.float64),
+            self.kind,
+            self.residual_px,
+            self.quality,
+            dict(self.info),
         )
 
     @property

@@ -137,7 +137,7 @@ class MeasuredST:
 
 def log1p_cp10k(counts: sp.spmatrix | NDArray[np.number]) -> NDArray[np.float32]:
     """``log1p(10_000 · counts / library size)`` per spot; spots with no counts stay 0."""
-    dense = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
+    dense = np.asarray(counts) if isinstance(counts, np.ndarray) else counts.toarray()
     dense = dense.astype(np.float64)
     library = dense.sum(axis=1, keepdims=True)
     scaled = np.divide(dense * 1e4, library, out=np.zeros_like(dense), where=library > 0)
@@ -220,7 +220,7 @@ def read_legacy_st(
 def _read_count_table(path: Path) -> tuple[list[str], tuple[str, ...], sp.csr_matrix]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt") as fh:  # type: ignore[operator]
+        with opener(path, "rt") as fh:
             header = fh.readline().rstrip("\n").split("\t")
             genes = tuple(header[1:])
             ids: list[str] = []
@@ -320,7 +320,7 @@ def _read_feature_matrix(
             if not path.exists():
                 path = mtx_dir / name.removesuffix(".gz")
             opener = gzip.open if path.suffix == ".gz" else open
-            with opener(path, "rt") as fh:  # type: ignore[operator]
+            with opener(path, "rt") as fh:
                 return [line.rstrip("\n").split("\t") for line in fh if line.strip()]
 
         try:

@@ -252,12 +252,12 @@ class Predictor:
     def _run(self, batch: NDArray[np.uint8], ids: NDArray[np.int64]) -> Prediction:
         if self.fixed_batch_size is not None and len(batch) < self.fixed_batch_size:
             pad = self.fixed_batch_size - len(batch)
-            out = self._run(
+            padded = self._run(
                 np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)]),
                 np.concatenate([ids, np.repeat(ids[-1:], pad)]),
             )
-            var = None if out.variance is None else out.variance[: len(batch)]
-            return Prediction(out.expression[: len(batch)], var)
+            var = None if padded.variance is None else padded.variance[: len(batch)]
+            return Prediction(padded.expression[: len(batch)], var)
         feeds: dict[str, np.ndarray] = {"image": batch}
         for name, spec in self.info.extra_inputs.items():
             feeds[name] = extra_input_values(spec, ids)

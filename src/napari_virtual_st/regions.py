@@ -359,6 +359,7 @@ def _classification(value: Any, what: str) -> tuple[str | None, tuple[int, int, 
         return (value.strip() or None), None
     if not isinstance(value, Mapping):
         raise RegionError(f"{what}: its classification is neither a name nor an object")
+    name: str | None
     if isinstance(value.get("names"), list):
         name = ": ".join(str(n) for n in value["names"])  # QuPath's derived classes
     else:
@@ -383,7 +384,7 @@ def _rgb(value: Any, what: str) -> tuple[int, int, int]:
         except (TypeError, ValueError):
             rgb = ()
         if len(rgb) == 3 and all(0 <= c <= 255 for c in rgb):
-            return rgb  # type: ignore[return-value]
+            return rgb
     raise RegionError(f"{what}: colour {value!r} is not RGB (three numbers 0–255)")
 
 

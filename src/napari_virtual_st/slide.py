@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import DTypeLike, NDArray
 from PIL import Image
 
 from napari_virtual_st._backends import (
@@ -390,7 +390,7 @@ class LevelArray:
             return block[:, 0][:, chans]
         return block[:, :, chans]
 
-    def __array__(self, dtype: object = None, copy: object = None) -> NDArray[np.uint8]:
+    def __array__(self, dtype: DTypeLike | None = None, copy: object = None) -> NDArray[np.uint8]:
         full = self[:, :, :]
         return full if dtype is None else full.astype(dtype)
 
@@ -399,12 +399,12 @@ class LevelArray:
 
 
 def _index(i: object, n: int) -> int:
-    i = int(i)  # type: ignore[call-overload]
-    if i < 0:
-        i += n
-    if not 0 <= i < n:
-        raise IndexError(f"index {i} out of range for size {n}")
-    return i
+    k = int(i)  # type: ignore[call-overload]  # whatever numpy would take as an index
+    if k < 0:
+        k += n
+    if not 0 <= k < n:
+        raise IndexError(f"index {k} out of range for size {n}")
+    return k
 
 
 def _largest_file(folder: Path) -> Path:

@@ -32,13 +32,16 @@ class OpenSlideBackend(SlideBackend):
             raise SlideError(f"OpenSlide cannot read {path.name}: {exc}") from exc
         props = self._slide.properties
         self.format_name = props.get(openslide.PROPERTY_NAME_VENDOR, "openslide")
-        self.level_dimensions = tuple(tuple(d) for d in self._slide.level_dimensions)
+        self.level_dimensions = tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
         mpps = [
-            _float(props.get(openslide.PROPERTY_NAME_MPP_X)),
-            _float(props.get(openslide.PROPERTY_NAME_MPP_Y)),
+            m
+            for m in (
+                plausible_mpp(_float(props.get(openslide.PROPERTY_NAME_MPP_X))),
+                plausible_mpp(_float(props.get(openslide.PROPERTY_NAME_MPP_Y))),
+            )
+            if m is not None
         ]
-        mpps = [m for m in mpps if plausible_mpp(m) is not None]
         self.metadata_mpp = float(np.mean(mpps)) if mpps else None
         sizes = []
         for level in range(len(self.level_dimensions)):

@@ -84,8 +84,8 @@ class ColourBar(QWidget):
                 (np.clip(rgba, 0.0, 1.0) * 255).round().astype(np.uint8)[None, :, :]
             )
             self._image = QImage(
-                pixels.data, N_COLOURS, 1, 4 * N_COLOURS, QImage.Format.Format_RGBA8888
-            ).copy()  # (the QImage must not keep pointing into the numpy buffer)
+                pixels.tobytes(), N_COLOURS, 1, 4 * N_COLOURS, QImage.Format.Format_RGBA8888
+            ).copy()  # (the QImage must not keep pointing into the bytes buffer)
             lo, hi = (float(v) for v in layer.contrast_limits)
             self.title = layer.name
             self.low, self.high = limits_text(lo), limits_text(hi)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import shapely
+from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -49,6 +50,7 @@ from napari.utils.notifications import show_error, show_info
 from shapely.geometry import MultiPolygon, Polygon
 
 from napari_virtual_st._napari import layers as vst_layers
+from napari_virtual_st._napari.predict_widget import file_edit_path
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.export import (
     ExportCancelled,
@@ -217,7 +219,7 @@ def _regroup(layer: Any, drawn: list[Region], meta: dict[str, Any]) -> list[Regi
         cls = first.classification
         colour = tuple(colours[cls]) if cls in colours else None
         props = properties[key] if 0 <= key < len(properties) else {}
-        regions.append(Region(geometry, first.name, cls, colour, dict(props)))  # type: ignore[arg-type]
+        regions.append(Region(geometry, first.name, cls, colour, dict(props)))
     return regions
 
 
@@ -283,19 +285,24 @@ class ExportWidget(Container):
         self.last_outcome: ExportOutcome | None = None
 
         self.prediction = ComboBox(label="Prediction", choices=self._store_choices, nullable=True)
-        self.open_store = FileEdit(label="Or open store", mode="d")
+        self.open_store = FileEdit(label="Or open store", mode=FileDialogMode.EXISTING_DIRECTORY)
         self.info = Label(value="")
-        self.source = RadioButtons(
-            label="Regions", choices=[ALL_SPOTS, FROM_SHAPES, FROM_GEOJSON], value=ALL_SPOTS
-        )
+        self.source = RadioButtons(label="Regions", choices=[ALL_SPOTS, FROM_SHAPES, FROM_GEOJSON])
+        self.source.value = ALL_SPOTS
         self.shapes = Select(label="Shapes layers", choices=self._shapes_choices)
         self.shapes.native.setMaximumHeight(110)
-        self.regions_file = FileEdit(label="QuPath GeoJSON", mode="r", filter="*.geojson *.json")
+        self.regions_file = FileEdit(
+            label="QuPath GeoJSON", mode=FileDialogMode.EXISTING_FILE, filter="*.geojson *.json"
+        )
         self.import_button = PushButton(text="Import GeoJSON as a Shapes layer")
         self.want_h5ad = CheckBox(text="AnnData .h5ad (scanpy, squidpy)", value=True)
-        self.h5ad_path = FileEdit(label=".h5ad file", mode="w", filter="*.h5ad")
+        self.h5ad_path = FileEdit(
+            label=".h5ad file", mode=FileDialogMode.OPTIONAL_FILE, filter="*.h5ad"
+        )
         self.want_geojson = CheckBox(text="QuPath GeoJSON (spots as detections)", value=False)
-        self.geojson_path = FileEdit(label="GeoJSON file", mode="w", filter="*.geojson")
+        self.geojson_path = FileEdit(
+            label="GeoJSON file", mode=FileDialogMode.OPTIONAL_FILE, filter="*.geojson"
+        )
         self.export_button = PushButton(text="Export")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress_bar = ProgressBar(label="Progress", value=0, min=0, max=1)
@@ -370,7 +377,7 @@ class ExportWidget(Container):
         self._update_export_enabled()
 
     def _on_open_store(self, value: Any = None) -> None:
-        path = Path(self.open_store.value)
+        path = file_edit_path(self.open_store)
         if not str(self.open_store.value) or path == Path("."):
             return
         try:
@@ -486,7 +493,7 @@ class ExportWidget(Container):
         self.source.value = FROM_SHAPES
         self.shapes.value = [layer]
         show_info(f"{len(regions)} regions from {path.name} added as the layer {layer.name!r}")
-        return layer  # type: ignore[return-value]
+        return layer
 
     # -- export ---------------------------------------------------------------------------------
     def outputs(self) -> tuple[Path | None, Path | None]:

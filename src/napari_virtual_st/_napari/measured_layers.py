@@ -351,6 +351,6 @@ def describe_transform(transform: Transform, mpp: float) -> str:
     return " · ".join(parts)
 
 
-def is_finite_number(value: float) -> bool:
+def is_finite_number(value: object) -> bool:
     """Whether ``value`` is a finite float (table cells show a dash otherwise)."""
     return isinstance(value, (int, float)) and math.isfinite(value)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -41,7 +42,7 @@ from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari import measured_layers as ml
-from napari_virtual_st._napari.predict_widget import usable_bundled_models
+from napari_virtual_st._napari.predict_widget import file_edit_path, usable_bundled_models
 from napari_virtual_st.align import Transform, fit_landmarks, from_scale
 from napari_virtual_st.compare import Comparison
 from napari_virtual_st.errors import VirtualSTError
@@ -88,7 +89,13 @@ class _NumberItem(QTableWidgetItem):
         return super().__lt__(other)
 
 
-def _fmt(value: float, digits: int = 3) -> str:
+def _hide_row_numbers(table: QTableWidget) -> None:
+    header = table.verticalHeader()
+    if header is not None:  # a QTableWidget always has one; Qt's stubs allow None
+        header.setVisible(False)
+
+
+def _fmt(value: object, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if ml.is_finite_number(value) else "–"
 
 
@@ -125,9 +132,11 @@ class MeasuredWidget(Container):
         # -- data ---------------------------------------------------------------------------
         self.slide = ComboBox(label="Slide", choices=self._slide_choices)
         self.kind = ComboBox(label="Data", choices=DATA_KINDS, value="spaceranger")
-        self.data_path = FileEdit(label="Counts", mode="d")
-        self.spots_path = FileEdit(label="Spot file", mode="r", filter="*.tsv")
-        self.image_path = FileEdit(label="Image", mode="r")
+        self.data_path = FileEdit(label="Counts", mode=FileDialogMode.EXISTING_DIRECTORY)
+        self.spots_path = FileEdit(
+            label="Spot file", mode=FileDialogMode.EXISTING_FILE, filter="*.tsv"
+        )
+        self.image_path = FileEdit(label="Image", mode=FileDialogMode.EXISTING_FILE)
         self.pixel_scale = FloatSpinBox(
             label="Spot px → image px", value=1.0, min=1e-6, max=100.0, step=1e-6
         )
@@ -148,7 +157,9 @@ class MeasuredWidget(Container):
         self.transform_info = Label(value="No alignment yet.")
         # -- prediction and comparison --------------------------------------------------------
         self.model = ComboBox(label="Model", choices=self._model_choices)
-        self.store = FileEdit(label="Store", mode="w", filter="*.vst.zarr")
+        self.store = FileEdit(
+            label="Store", mode=FileDialogMode.OPTIONAL_FILE, filter="*.vst.zarr"
+        )
         self.overwrite = CheckBox(text="Replace earlier results in this store", value=False)
         self.predict_button = PushButton(text="Predict at measured spots")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -199,7 +210,7 @@ class MeasuredWidget(Container):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.verticalHeader().setVisible(False)
+        _hide_row_numbers(self.table)
         self.table.setMinimumHeight(200)
         self.figure = Figure(figsize=(3.4, 2.8), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
@@ -348,9 +359,9 @@ class MeasuredWidget(Container):
             show_error("open the slide first (File ▸ Open), then load its measured data")
             return None
         legacy = self.kind.value == "legacy"
-        path = Path(self.data_path.value)
-        spots = Path(self.spots_path.value) if legacy else None
-        image = Path(self.image_path.value) if legacy and self.image_path.value else None
+        path = file_edit_path(self.data_path)
+        spots = file_edit_path(self.spots_path) if legacy else None
+        image = file_edit_path(self.image_path) if legacy and self.image_path.value else None
         if image is not None and not image.is_file():
             image = None
         scale = float(self.pixel_scale.value) if legacy else 1.0
@@ -602,7 +613,7 @@ class MeasuredWidget(Container):
         value = self.store.value
         if value is None or str(value) in ("", "."):
             return None
-        path = Path(value)
+        path = file_edit_path(self.store)
         return path if path.name.endswith(".vst.zarr") else path.with_name(path.name + ".vst.zarr")
 
     def _saved_transform(self) -> Transform | None:
@@ -769,14 +780,21 @@ class MeasuredWidget(Container):
 
     def table_rows(self) -> list[tuple[str, float, float, float, int]]:
         """The table as shown (display order): gene, Pearson, Spearman, SSIM, spots."""
-        out = []
+        out: list[tuple[str, float, float, float, int]] = []
         for i in range(self.table.rowCount()):
-            numbers = [self.table.item(i, j).number for j in range(1, 5)]  # type: ignore[union-attr]
-            out.append((self.table.item(i, 0).text(), *numbers[:3], int(numbers[3])))  # type: ignore[union-attr]
-        return out  # type: ignore[return-value]
+            gene = self.table.item(i, 0)
+            cells = [self.table.item(i, j) for j in range(1, 5)]
+            assert gene is not None  # every row is filled (_fill_table)
+            pearson, spearman, ssim, spots = (
+                c.number for c in cells if isinstance(c, _NumberItem)
+            )
+            out.append((gene.text(), pearson, spearman, ssim, int(spots)))
+        return out
 
     def _on_table_selection(self) -> None:
-        rows = self.table.selectionModel().selectedRows()
+        selection = self.table.selectionModel()
+        assert selection is not None  # a QTableWidget always has one
+        rows = selection.selectedRows()
         if rows:
             item = self.table.item(rows[0].row(), 0)
             if item is not None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -125,7 +126,8 @@ def metric_summary(metrics: Any) -> str:
     """The headline held-out correlations of a model's ``vst.metrics`` (PCC-* entries)."""
     if not isinstance(metrics, dict):
         return ""
-    source = metrics.get("raw") if isinstance(metrics.get("raw"), dict) else metrics
+    raw = metrics.get("raw")
+    source = raw if isinstance(raw, dict) else metrics
     pcc = [
         f"{key} {value:.2f}"
         for key, value in source.items()
@@ -135,6 +137,14 @@ def metric_summary(metrics: Any) -> str:
         return ""
     where = metrics.get("test_section")
     return "held-out " + ", ".join(pcc[:3]) + (f" (test section {where})" if where else "")
+
+
+def file_edit_path(edit: FileEdit) -> Path:
+    """The one path a single-file or folder ``FileEdit`` holds."""
+    value = edit.value
+    if not isinstance(value, Path):
+        raise TypeError(f"{edit.label} holds {value!r}, not one path")
+    return value
 
 
 def default_output_dir(slide_path: Path) -> Path:
@@ -226,7 +236,9 @@ class PredictWidget(Container):
         self.min_tissue = FloatSlider(
             label="Tissue per spot ≥", value=0.5, min=0.0, max=1.0, step=0.05
         )
-        self.output = FileEdit(label="Save to", mode="w", filter="*.vst.zarr")
+        self.output = FileEdit(
+            label="Save to", mode=FileDialogMode.OPTIONAL_FILE, filter="*.vst.zarr"
+        )
         self.overwrite = CheckBox(text="Replace earlier results in this file", value=False)
         self.provider = Label(value=f"Runs on: {provider_label(resolve_providers(None))}")
         self.run_button = PushButton(text="Run")
@@ -405,7 +417,7 @@ class PredictWidget(Container):
         mpp = vst_layers.slide_mpp_of(layer)
         if mpp is None:
             mpp = float(self.mpp.value)
-        output = Path(self.output.value)
+        output = file_edit_path(self.output)
         if not output.name.endswith(".vst.zarr"):
             output = output.with_name(output.name + ".vst.zarr")
         return RunSpec(
@@ -464,6 +476,7 @@ class PredictWidget(Container):
         except VirtualSTError as exc:
             show_error(str(exc))
             return None
+        assert isinstance(request.model_path, Path)  # request() names the model's file
         info = self._model_info[request.model_path]
         self._run_slide_layer = self.slide.value
         if request.overwrite:
@@ -665,6 +678,8 @@ class PredictWidget(Container):
             self._on_batch(event)
 
     def _on_store_ready(self, event: StoreReadyEvent) -> None:
+        assert event.view is not None  # request() asks for values (report_values)
+        assert self._run_model is not None  # set when the run started
         view = register_view(event.view)
         self._view = view
         # layers of an earlier run into this file that this run does not refresh go

@@ -184,7 +184,7 @@ class RunProcess:
                 f"batches it finished are saved in {spec.store_path.name} and a new run "
                 "resumes them"
             ) from None
-        return item if sent_for == run_id else None  # type: ignore[no-any-return]
+        return item if sent_for == run_id else None
 
     def _wait_for_end(self, connection: Connection, spec: RunSpec, run_id: int) -> None:
         """Wait for an abandoned run's last item; end the process if it does not come."""

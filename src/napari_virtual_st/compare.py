@@ -170,7 +170,8 @@ def compare(
         )
     normalised = log1p_cp10k(measured.counts[m_idx])
     measured_values = normalised[:, [gene_lookup[g] for g in shared]]
-    predicted_values = predicted_all[np.ix_(p_idx, store.gene_index(shared))]
+    p_cols = np.asarray(store.gene_index(shared), dtype=np.intp)
+    predicted_values = predicted_all[np.ix_(p_idx, p_cols)]
     rc = store.lattice_rc[p_idx]
     scores = tuple(
         _gene_score(g, predicted_values[:, k], measured_values[:, k], rc)

@@ -309,7 +309,7 @@ def _spatial_entry(
             )
         slide = path
     own = not isinstance(slide, Slide)
-    opened = Slide(slide, mpp=mpp) if own else slide
+    opened = slide if isinstance(slide, Slide) else Slide(slide, mpp=mpp)
     try:
         expected = recorded.fingerprint
         if expected and opened.fingerprint != expected:
@@ -424,7 +424,8 @@ def _measured_values(
     out = np.full((len(index), len(store.genes)), np.nan, np.float32)
     if out_cols:
         src_cols = [gene_lookup[store.genes[j]] for j in out_cols]
-        out[np.ix_(np.flatnonzero(matched), out_cols)] = values_all[:, src_cols]
+        out_index = np.ix_(np.flatnonzero(matched), np.asarray(out_cols, dtype=np.intp))
+        out[out_index] = values_all[:, src_cols]
     gene_measured = np.zeros(len(store.genes), bool)
     gene_measured[out_cols] = True
     info = {
@@ -511,7 +512,7 @@ def _geojson_steps(
     chunk = chunk or GEOJSON_CHUNK_SPOTS
     index = selection.spot_index
     names = list(store.genes) if genes is None else list(genes)
-    columns = store.gene_index(names)
+    columns = np.asarray(store.gene_index(names), dtype=np.intp)
     values = _round_significant(store.expression()[np.ix_(index, columns)], MEASUREMENT_DIGITS)
     keys = list(names)
     if include_variance and store.has_variance:

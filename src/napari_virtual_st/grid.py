@@ -137,7 +137,10 @@ class SpotGrid:
         y_first = pitch_um / 2 + origin_um[1]
         radius = spot_diameter_um / 2
         n_rows = _count_within(height_um - y_first - radius, row_step)
-        xs, ys, rows, cols = [], [], [], []
+        xs: list[NDArray[np.floating[Any]]] = []
+        ys: list[NDArray[np.floating[Any]]] = []
+        rows: list[NDArray[np.integer[Any]]] = []
+        cols: list[NDArray[np.integer[Any]]] = []
         for r in range(n_rows):
             shift = pitch_um / 2 if r % 2 else 0.0
             n_cols = _count_within(width_um - x_first - shift - radius, pitch_um)
@@ -146,12 +149,15 @@ class SpotGrid:
             ys.append(np.full(n_cols, y_first + r * row_step))
             rows.append(np.full(n_cols, r))
             cols.append(2 * i + (r % 2))
-        xy_um = np.stack([np.concatenate(xs or [[]]), np.concatenate(ys or [[]])], axis=1)
-        rc = np.stack([np.concatenate(rows or [[]]), np.concatenate(cols or [[]])], axis=1)
+        no_float, no_int = np.empty(0, np.float64), np.empty(0, np.int32)  # a grid of no spots
+        xy_um = np.stack(
+            [np.concatenate(xs or [no_float]), np.concatenate(ys or [no_float])], axis=1
+        )
+        rc = np.stack([np.concatenate(rows or [no_int]), np.concatenate(cols or [no_int])], axis=1)
         return cls(
             kind=kind,
             xy_level0_px=xy_um / mpp,
-            lattice_rc=rc,
+            lattice_rc=rc.astype(np.int32),
             spot_diameter_um=spot_diameter_um,
             pitch_um=pitch_um,
             mpp=mpp,
@@ -250,7 +256,7 @@ class SpotGrid:
         return cls(
             kind=kind,
             xy_level0_px=xy_um.astype(np.float64) / mpp,
-            lattice_rc=rc,
+            lattice_rc=rc.astype(np.int32),
             spot_diameter_um=spot_diameter_um,
             pitch_um=pitch_um,
             mpp=mpp,

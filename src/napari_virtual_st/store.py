@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import zarr
@@ -163,7 +163,7 @@ class PredictionStore:
     def __init__(self, path: Path, group: zarr.Group) -> None:
         self.path = path
         self._group = group
-        attrs = dict(group.attrs)
+        attrs: dict[str, Any] = dict(group.attrs)
         if attrs.get("format") != STORE_FORMAT:
             raise StoreError(f"{path} is not a napari-virtual-st prediction store")
         missing = [k for k in ("genes", "chunk_spots", "n_spots") if k not in attrs]
@@ -299,7 +299,7 @@ class PredictionStore:
             raise
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> PredictionStore:
+    def open(cls, path: str | Path, mode: Literal["r", "r+"] = "r") -> PredictionStore:
         """Open an existing store (``mode="r"`` read-only, ``"r+"`` to continue writing)."""
         path = Path(path)
         if not path.exists():
@@ -401,15 +401,24 @@ class PredictionStore:
         """Whether a variance array is stored."""
         return "variance" in self._group
 
+    def _array(self, name: str) -> zarr.Array:
+        """The stored array ``name`` (a group of that name means the store is damaged)."""
+        node = self._group[name]
+        if not isinstance(node, zarr.Array):
+            raise StoreError(
+                f"{self.path} is a damaged prediction store: {name!r} is not an array"
+            )
+        return node
+
     @property
     def xy_level0_px(self) -> NDArray[np.float64]:
         """``(n_spots, 2)`` spot centres, (x, y) level-0 pixels."""
-        return np.asarray(self._group["xy_level0_px"][:])
+        return np.asarray(self._array("xy_level0_px")[:])
 
     @property
     def lattice_rc(self) -> NDArray[np.int32]:
         """``(n_spots, 2)`` lattice indices (row, col)."""
-        return np.asarray(self._group["lattice_rc"][:])
+        return np.asarray(self._array("lattice_rc")[:])
 
     @property
     def spot_ids(self) -> list[str]:
@@ -419,7 +428,7 @@ class PredictionStore:
     @property
     def done(self) -> NDArray[np.bool_]:
         """``(n_spots,)`` whether each spot has been predicted."""
-        return np.asarray(self._group["done"][:], dtype=bool)
+        return np.asarray(self._array("done")[:], dtype=bool)
 
     def done_chunks(self) -> NDArray[np.bool_]:
         """Whether each chunk is finished."""
@@ -462,7 +471,7 @@ class PredictionStore:
     def _read(
         self, name: str, genes: Sequence[str] | None, spots: slice | None = None
     ) -> NDArray[np.float32]:
-        arr = self._group[name]
+        arr = self._array(name)
         index = None if genes is None else self.gene_index(genes)
         data = np.asarray(arr[slice(None) if spots is None else spots])
         return data if index is None else data[:, index]
@@ -505,6 +514,7 @@ class PredictionStore:
             raise ParameterError(
                 f"chunk {chunk} needs expression of shape {shape}; got {expression.shape}"
             )
+        stored_variance: NDArray[np.float32] | None = None
         if self.has_variance:
             if variance is None:
                 raise ParameterError("this store holds variance; the chunk has none")
@@ -512,10 +522,11 @@ class PredictionStore:
                 raise ParameterError(
                     f"chunk {chunk} needs variance of shape {shape}; got {variance.shape}"
                 )
-        self._group["expression"][sl] = expression
-        if self.has_variance:
-            self._group["variance"][sl] = variance
-        self._group["done"][sl] = True
+            stored_variance = variance
+        self._array("expression")[sl] = expression
+        if stored_variance is not None:
+            self._array("variance")[sl] = stored_variance
+        self._array("done")[sl] = True
 
     def save_transform(self, transform: Transform) -> Path:
         """Keep the alignment of measured data to this slide with the store.

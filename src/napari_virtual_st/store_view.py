@@ -265,7 +265,7 @@ def register_view(view: StoreView) -> StoreView:
 def on_register(callback: Callable[[StoreView], None]) -> None:
     """Call the bound method ``callback`` with every view registered from now on (held
     weakly: it stops when its object goes away)."""
-    _LISTENERS.append(weakref.WeakMethod(callback))  # type: ignore[arg-type]
+    _LISTENERS.append(weakref.WeakMethod(callback))
 
 
 def lookup_view(path: str | Path) -> StoreView | None:

@@ -274,3 +274,77 @@ def test_a_model_giving_nan_or_inf_stops_the_run_naming_it_and_nothing_looks_com
     assert store.attrs["status"] == "failed"
     assert not store.done.any()
     assert not np.isfinite(store.expression()).any()  # nothing of the model's output stored
+
+
+# -- 7. a damaged store is seen, said and repaired -------------------------------------------------
+def test_a_store_that_lost_chunks_is_reported_and_a_rerun_repairs_it_bit_identical(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ("--batch-size", "8")
+    reference = tmp_path / "reference.vst.zarr"
+    damaged = tmp_path / "damaged.vst.zarr"
+    assert main(predict_argv(cmu_small_svs, synthetic_model, reference, *args)) == 0
+    assert main(predict_argv(cmu_small_svs, synthetic_model, damaged, *args)) == 0
+    assert main(["check", str(damaged)]) == 0
+    capsys.readouterr()
+    chunks = damaged / "expression" / "c"
+    (chunks / "1" / "0").unlink()  # a deleted chunk (a sync tool, a bad copy)
+    truncated = chunks / "3" / "0"
+    truncated.write_bytes(truncated.read_bytes()[:10])  # a truncated one (a full disk)
+
+    assert main(["check", str(damaged)]) == 1
+    report = capsys.readouterr().out
+    assert "16 spots lost their saved values" in report
+    assert "spots 8–15, 24–31" in report
+    assert PredictionStore.open(damaged).is_complete  # the flags alone still say "done"
+
+    export_to = tmp_path / "out.h5ad"
+    assert main(["export", str(damaged), "--h5ad", str(export_to), "--quiet"]) == 0
+    assert "16 spots lost their saved values" in capsys.readouterr().err
+
+    assert main(predict_argv(cmu_small_svs, synthetic_model, damaged, *args)) == 0
+    assert "repaired: 16 spots" in capsys.readouterr().err
+    np.testing.assert_array_equal(
+        PredictionStore.open(damaged).expression(), PredictionStore.open(reference).expression()
+    )
+    assert main(["check", str(damaged)]) == 0
+
+
+def test_check_says_an_unfinished_store_is_unfinished(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "part.vst.zarr"
+    assert main(predict_argv(cmu_small_svs, synthetic_model, out, "--batch-size", "8")) == 0
+    store = PredictionStore.open(out, mode="r+")
+    store.forget_chunks([0, 2])  # as a cancelled run leaves it
+    store.set_status("cancelled")
+    capsys.readouterr()
+    assert main(["check", str(out)]) == 1
+    out_text = capsys.readouterr().out
+    assert f"{store.n_spots - 16} of {store.n_spots} spots have predicted values" in out_text
+    assert "unfinished (cancelled)" in out_text
+
+
+# -- 9. measured values that are not counts ------------------------------------------------------
+def test_negative_or_nan_measured_counts_are_refused_naming_the_file_and_how_many(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    anndata = pytest.importorskip("anndata")
+    from napari_virtual_st.errors import VirtualSTError
+    from napari_virtual_st.measured import read_measured
+
+    # SYNTHETIC: 3 spots × 2 genes of log-normalised-looking values, as a user might pass
+    values = np.array([[1.0, -0.5], [np.nan, 2.0], [0.0, np.nan]], np.float32)
+    adata = anndata.AnnData(X=values, obsm={"spatial": np.array([[0, 0], [1, 1], [2, 2.0]])})
+    adata.var_names = ["ERBB2", "KRT8"]
+    path = tmp_path / "normalised.h5ad"
+    adata.write_h5ad(path)
+    with pytest.raises(
+        VirtualSTError, match=r"normalised\.h5ad holds 2 NaN or infinite and 1 negative values"
+    ):
+        read_measured(path)
+    store = tmp_path / "cmu.vst.zarr"
+    assert main(predict_argv(cmu_small_svs, synthetic_model, store)) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(store), "--measured", str(path)]) == 2
+    assert "normalised.h5ad holds 2 NaN or infinite" in one_line_error(capsys.readouterr().err)

@@ -221,6 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cohort.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    check = sub.add_parser(
+        "check",
+        help="say whether a prediction store is whole (every spot predicted, no value lost)",
+        description="Read every chunk of a prediction store and report unfinished runs and "
+        "spots whose saved values are missing or unreadable. Exit status 0: whole; 1: "
+        "unfinished or damaged (running the same prediction again completes or repairs it).",
+    )
+    check.add_argument("store", type=Path, help="prediction store (.vst.zarr)")
+
     models = sub.add_parser("models", help="list the bundled models")
     models.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -238,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": _cmd_evaluate,
         "export": _cmd_export,
         "cohort": _cmd_cohort,
+        "check": _cmd_check,
     }[args.command]
     try:
         return handler(args)
@@ -505,6 +515,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         finally:
             for bar in bars:
                 bar.close()
+    if store.attrs.get("repaired_spots"):
+        print(
+            f"repaired: {store.attrs['repaired_spots']} spots whose saved values were missing "
+            "or unreadable were predicted again",
+            file=sys.stderr,
+        )
     seconds = store.attrs.get("last_run_seconds")
     rate = store.attrs.get("last_run_tiles_per_s")
     timing = f" in {seconds:.1f} s ({rate:.0f} tiles/s)" if seconds else ""
@@ -551,6 +567,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_virtual_st.store import PredictionStore
 
     store = PredictionStore.open(args.store)
+    _note_unusable_spots(store, "the metrics cover only the spots with values")
     measured, transform = _load_measured(args)
     if transform is None:
         transform = store.load_transform()
@@ -583,6 +600,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _note_unusable_spots(store: Any, consequence: str) -> None:
+    """One note on stderr when a store is unfinished or damaged: which spots, and what to do."""
+    from napari_virtual_st.store_health import check_store
+
+    health = check_store(store)
+    if not health.is_whole:
+        print(
+            f"virtual-st: note: {health.summary(store.path.name)}; {consequence}", file=sys.stderr
+        )
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from napari_virtual_st.store import PredictionStore
+    from napari_virtual_st.store_health import check_store
+
+    store = PredictionStore.open(args.store)
+    health = check_store(store)
+    print(health.summary(store.path.name))
+    print(
+        f"slide {store.slide.name or '?'}, model {store.model.file or '?'}, "
+        f"{len(store.genes)} genes, status {health.status}"
+    )
+    return 0 if health.is_whole else 1
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from napari_virtual_st.export import ExportError, export_store
     from napari_virtual_st.regions import read_geojson_regions
@@ -591,12 +633,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.h5ad is None and args.geojson is None:
         raise ExportError("say what to write: --h5ad OUT.h5ad, --geojson OUT.geojson, or both")
     store = PredictionStore.open(args.store)
-    if not store.is_complete:
-        print(
-            f"virtual-st: note: {store.path.name} is unfinished ({int(store.done.sum())} of "
-            f"{store.n_spots} spots predicted); only predicted spots are exported",
-            file=sys.stderr,
-        )
+    _note_unusable_spots(store, "only spots with values are exported")
     regions = read_geojson_regions(args.regions) if args.regions is not None else None
     measured, transform = _load_measured(args) if args.measured is not None else (None, None)
     from tqdm import tqdm

@@ -420,17 +420,43 @@ def read_measured(
     """
     path = Path(path)
     if path.is_dir():
-        return read_space_ranger(path)
+        return refuse_bad_counts(read_space_ranger(path), path)
     if path.suffix == ".h5ad":
-        return read_h5ad(path)
+        return refuse_bad_counts(read_h5ad(path), path)
     if path.name.endswith((".tsv", ".tsv.gz", ".txt", ".txt.gz")):
         if spots is None:
             raise MeasuredDataError(
                 f"{path.name} is a legacy ST count table: give its spot file too (--spots)"
             )
-        return read_legacy_st(path, spots, image, pixel_scale=pixel_scale)
+        return refuse_bad_counts(read_legacy_st(path, spots, image, pixel_scale=pixel_scale), path)
     if not path.exists():
         raise MeasuredDataError(f"measured data not found: {path}")
     raise MeasuredDataError(
         f"{path.name} is not measured ST data this tool reads (a Space Ranger outs/ folder, .h5ad, or a legacy ST .tsv)"
     )
+
+
+def refuse_bad_counts(measured: MeasuredST, path: Path) -> MeasuredST:
+    """``measured``, if its counts are counts: finite and not negative.
+
+    Raises
+    ------
+    MeasuredDataError
+        Naming the file and how many values are NaN, infinite or negative (normalised or
+        log-transformed data is not counts).
+    """
+    values = measured.counts.data
+    not_finite = int((~np.isfinite(values)).sum())
+    negative = int((values < 0).sum())
+    if not_finite or negative:
+        what = []
+        if not_finite:
+            what.append(f"{not_finite:,} NaN or infinite")
+        if negative:
+            what.append(f"{negative:,} negative")
+        raise MeasuredDataError(
+            f"{path.name} holds {' and '.join(what)} values where raw counts (whole numbers "
+            "≥ 0) are expected; give the raw counts (an .h5ad's layers['counts'] or X before "
+            "normalisation)"
+        )
+    return measured

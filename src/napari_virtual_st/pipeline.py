@@ -27,6 +27,7 @@ from napari_virtual_st.grid import SpotGrid
 from napari_virtual_st.predictor import Predictor
 from napari_virtual_st.slide import Slide
 from napari_virtual_st.store import PredictionStore, store_location
+from napari_virtual_st.store_health import check_store
 from napari_virtual_st.tissue import TissueMask, detect_tissue
 from napari_virtual_st.writer_lock import writer_lock
 
@@ -223,25 +224,7 @@ def _predict_locked(
 ) -> PredictionStore:
     """:func:`predict_slide` once the store's writer lock is held."""
     info = predictor.info
-    if store_path.exists() and not overwrite:
-        store = PredictionStore.open(store_path, mode="r+")
-        store.check_matches(
-            slide_fingerprint=slide.fingerprint,
-            model_sha256=info.sha256,
-            grid=grid,
-            slide_name=slide.path.name,
-            model_name=predictor.path.name,
-        )
-    else:
-        store = PredictionStore.create(
-            store_path,
-            grid=grid,
-            genes=info.genes,
-            with_variance="variance" in info.outputs,
-            chunk_spots=batch_size,
-            provenance=_provenance(slide, predictor),
-            overwrite=overwrite,
-        )
+    store, repaired = _open_or_create(slide, predictor, grid, store_path, batch_size, overwrite)
     pending = [c for c, finished in enumerate(store.done_chunks()) if not finished]
     if first_spots is not None:
         pending = _urgent_first(pending, first_spots, store.chunk_spots)
@@ -253,6 +236,8 @@ def _predict_locked(
     if progress is not None:
         progress(Progress(done_spots, total, None, None, 0.0, 0.0))
     if not pending:
+        if store.attrs.get("repaired_spots"):  # (a report of an earlier run)
+            store.set_status(str(store.attrs.get("status", "complete")), repaired_spots=0)
         return store
 
     xy = grid.xy_level0_px
@@ -325,10 +310,46 @@ def _predict_locked(
     store.set_status(
         "complete",
         spots_done=done_spots,
+        repaired_spots=repaired,
         last_run_seconds=round(elapsed, 3),
         last_run_tiles_per_s=round(new_spots / max(elapsed, 1e-9), 2),
     )
     return store
+
+
+def _open_or_create(
+    slide: Slide,
+    predictor: Predictor,
+    grid: SpotGrid,
+    store_path: Path,
+    batch_size: int,
+    overwrite: bool,
+) -> tuple[PredictionStore, int]:
+    """The run's store: resumed (checked to be the same run; values lost since they were
+    written forgotten, to be predicted again) or created. Also the spots to repair."""
+    info = predictor.info
+    if not store_path.exists() or overwrite:
+        store = PredictionStore.create(
+            store_path,
+            grid=grid,
+            genes=info.genes,
+            with_variance="variance" in info.outputs,
+            chunk_spots=batch_size,
+            provenance=_provenance(slide, predictor),
+            overwrite=overwrite,
+        )
+        return store, 0
+    store = PredictionStore.open(store_path, mode="r+")
+    store.check_matches(
+        slide_fingerprint=slide.fingerprint,
+        model_sha256=info.sha256,
+        grid=grid,
+        slide_name=slide.path.name,
+        model_name=predictor.path.name,
+    )
+    health = check_store(store)
+    store.forget_chunks(health.damaged_chunks)
+    return store, sum(s.stop - s.start for s in health.damaged_spots)
 
 
 def refuse_non_finite(

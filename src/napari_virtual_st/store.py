@@ -473,8 +473,25 @@ class PredictionStore:
     ) -> NDArray[np.float32]:
         arr = self._array(name)
         index = None if genes is None else self.gene_index(genes)
-        data = np.asarray(arr[slice(None) if spots is None else spots])
+        wanted = slice(0, self.n_spots) if spots is None else slice(*spots.indices(self.n_spots))
+        try:
+            data = np.asarray(arr[wanted])
+        except Exception:  # a damaged chunk (truncated: the codec raises): read around it
+            data = self._read_around_damage(arr, wanted)
         return data if index is None else data[:, index]
+
+    def _read_around_damage(self, arr: Any, spots: slice) -> NDArray[np.float32]:
+        """``arr[spots]`` chunk by chunk, NaN for a chunk that cannot be read (the damage is
+        reported by :func:`napari_virtual_st.store_health.check_store`)."""
+        data = np.full((spots.stop - spots.start, arr.shape[1]), np.nan, np.float32)
+        for chunk in range(spots.start // self.chunk_spots, -(-spots.stop // self.chunk_spots)):
+            part = self.chunk_slice(chunk)
+            lo, hi = max(part.start, spots.start), min(part.stop, spots.stop)
+            if lo >= hi:
+                continue
+            with contextlib.suppress(Exception):
+                data[lo - spots.start : hi - spots.start] = np.asarray(arr[lo:hi])
+        return data
 
     def gene_index(self, genes: Sequence[str]) -> list[int]:
         """Column indices of ``genes``; raises naming the first unknown gene."""
@@ -527,6 +544,12 @@ class PredictionStore:
         if stored_variance is not None:
             self._array("variance")[sl] = stored_variance
         self._array("done")[sl] = True
+
+    def forget_chunks(self, chunks: Sequence[int]) -> None:
+        """Mark chunks as not predicted (their values were found missing or damaged), so a
+        resumed run predicts them again."""
+        for chunk in chunks:
+            self._array("done")[self.chunk_slice(chunk)] = False
 
     def save_transform(self, transform: Transform) -> Path:
         """Keep the alignment of measured data to this slide with the store.

@@ -15,6 +15,7 @@ from napari.utils.notifications import notification_manager
 
 from napari_virtual_st._napari import export_widget as ew
 from napari_virtual_st._napari.export_widget import ExportWidget
+from napari_virtual_st._napari.shapes_regions import regions_from_shapes
 from napari_virtual_st.frames import xy_level0_px_to_yx_um
 from napari_virtual_st.pipeline import build_grid, predict_slide
 from napari_virtual_st.predictor import Predictor
@@ -22,7 +23,6 @@ from napari_virtual_st.regions import (
     assign_spots,
     read_geojson_regions,
     regions_from_geojson,
-    regions_from_shapes,
 )
 from napari_virtual_st.registry import default_model, sample_slide_path
 from napari_virtual_st.slide import Slide

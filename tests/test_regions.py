@@ -1,9 +1,9 @@
-"""Regions: napari shapes (world µm) and QuPath GeoJSON to level-0 polygons; spot membership."""
+"""Regions: QuPath GeoJSON to level-0 polygons, and spot membership (napari Shapes: see
+test_napari_shapes_regions.py)."""
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -12,99 +12,15 @@ import numpy as np
 import pytest
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from napari_virtual_st.frames import xy_level0_px_to_yx_um
 from napari_virtual_st.regions import (
     Region,
     RegionError,
     assign_spots,
     read_geojson_regions,
     regions_from_geojson,
-    regions_from_shapes,
-    regions_from_shapes_layer,
 )
 
 MPP = 0.5
-
-
-# -- napari shapes ----------------------------------------------------------------------------
-def test_rectangle_in_world_um_becomes_level0_px_xy() -> None:
-    # rows 100..300 µm, cols 40..240 µm -> x 80..480 px, y 200..600 px at 0.5 µm/px
-    rect_yx_um = np.array([[100, 40], [100, 240], [300, 240], [300, 40]], float)
-    (region,) = regions_from_shapes([rect_yx_um], "rectangle", MPP, names=["box"])
-    assert region.name == "box" and region.classification is None
-    assert region.geometry_xy_level0_px.bounds == pytest.approx((80, 200, 480, 600))
-    assert region.area_mm2(MPP) == pytest.approx(0.2 * 0.2)
-
-
-def test_polygon_vertices_keep_their_order_and_frame() -> None:
-    triangle_yx_um = np.array([[0, 0], [0, 100], [50, 0]], float)
-    (region,) = regions_from_shapes([triangle_yx_um], ["polygon"], MPP, classifications=["T"])
-    xy = np.asarray(region.geometry_xy_level0_px.exterior.coords)[:-1]
-    np.testing.assert_allclose(xy_level0_px_to_yx_um(xy, MPP), triangle_yx_um)
-    assert region.classification == "T" and region.label == "T"
-
-
-@pytest.mark.parametrize("angle_deg", [0.0, 30.0])
-def test_ellipse_is_inscribed_in_its_bounding_box(angle_deg: float) -> None:
-    a, b = 200.0, 50.0  # semi-axes in µm
-    corners = np.array([[-b, -a], [-b, a], [b, a], [b, -a]])
-    t = math.radians(angle_deg)
-    rotation = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
-    corners_yx_um = corners @ rotation.T + [1000.0, 2000.0]
-    (region,) = regions_from_shapes([corners_yx_um], "ellipse", MPP)
-    geometry = region.geometry_xy_level0_px
-    area_um2 = geometry.area * MPP**2
-    assert area_um2 == pytest.approx(math.pi * a * b, rel=0.01)
-    centre = np.array(geometry.centroid.coords[0])
-    np.testing.assert_allclose(centre, [2000 / MPP, 1000 / MPP], atol=1e-6)
-    # the ends of the long axis touch the middle of the box's short sides
-    far = max(np.linalg.norm(np.asarray(geometry.exterior.coords) - centre, axis=1))
-    assert far * MPP == pytest.approx(a, rel=1e-3)
-
-
-def test_self_crossing_outline_is_repaired_into_an_area() -> None:
-    bow_tie_yx_um = np.array([[0, 0], [100, 100], [0, 100], [100, 0]], float)
-    (region,) = regions_from_shapes([bow_tie_yx_um], "polygon", MPP)
-    assert region.geometry_xy_level0_px.is_valid
-    assert region.geometry_xy_level0_px.area == pytest.approx(2 * 0.25 * (100 / MPP) ** 2)
-
-
-@pytest.mark.parametrize(
-    ("shapes", "types", "message"),
-    [
-        ([], "polygon", "no shapes were drawn"),
-        ([np.array([[0, 0], [10, 10]])], "line", "is a line, which encloses no area"),
-        ([np.array([[0, 0], [10, 10], [20, 0]])], "path", "is a path"),
-        ([np.array([[0, 0], [10, 10], [20, 20]])], "polygon", "encloses no area"),
-        ([np.array([[0, 0], [10, 10]])], "polygon", "encloses no area"),
-        ([np.array([[0, 0], [np.nan, 1], [2, 2]])], "polygon", "malformed vertices"),
-        ([np.array([[0, 0], [0, 1], [1, 1]])], "ellipse", "4 corners"),
-    ],
-)
-def test_shapes_that_are_not_areas_are_refused_clearly(
-    shapes: list[Any], types: str, message: str
-) -> None:
-    with pytest.raises(RegionError, match=message):
-        regions_from_shapes(shapes, types, MPP)
-
-
-def test_shapes_layer_with_its_own_scale_converts_through_world_coordinates() -> None:
-    from napari.layers import Shapes
-
-    # a layer drawn in slide pixels: scale (mpp, mpp) maps its data to world µm
-    rect_px = np.array([[200, 80], [200, 480], [600, 480], [600, 80]], float)
-    ellipse_px = np.array([[0, 0], [0, 40], [20, 40], [20, 0]], float)
-    layer = Shapes(
-        [rect_px, ellipse_px],
-        shape_type=["rectangle", "ellipse"],
-        scale=(MPP, MPP),
-        features={"name": ["core", ""], "class": ["Tumor", "Stroma"]},
-    )
-    rect, ellipse = regions_from_shapes_layer(layer, MPP)
-    assert rect.geometry_xy_level0_px.bounds == pytest.approx((80, 200, 480, 600))
-    assert (rect.name, rect.classification) == ("core", "Tumor")
-    assert (ellipse.name, ellipse.label) == (None, "Stroma")
-    assert ellipse.geometry_xy_level0_px.area == pytest.approx(math.pi * 20 * 10, rel=0.01)
 
 
 # -- QuPath GeoJSON ---------------------------------------------------------------------------

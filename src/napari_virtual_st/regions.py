@@ -4,11 +4,10 @@ A :class:`Region` is a polygon (or several, with holes) in **level-0 pixels, (x,
 frame of QuPath GeoJSON and of the prediction store — with a display name and an optional
 class (QuPath's *classification*, e.g. ``Tumor``).
 
-Sources:
-
-- napari Shapes (``polygon``, ``rectangle``, ``ellipse``) in world micrometres, (row, col):
-  :func:`regions_from_shapes`, or :func:`regions_from_shapes_layer` for a whole layer;
-- QuPath GeoJSON annotations (*File → Export objects as GeoJSON*): :func:`read_geojson_regions`.
+Sources: QuPath GeoJSON annotations (*File → Export objects as GeoJSON*),
+:func:`read_geojson_regions`; napari Shapes, converted by the plugin
+(:mod:`napari_virtual_st._napari.shapes_regions`, which gives their geometry to
+:func:`polygonal_area`).
 
 Membership (:func:`assign_spots`): a spot belongs to a region when its **centre** lies inside
 the region or on its edge (QuPath's rule for detections); holes exclude. Where regions
@@ -32,12 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 from shapely.geometry import MultiPolygon, Polygon, mapping
 
 from napari_virtual_st.errors import VirtualSTError
-from napari_virtual_st.frames import yx_um_to_xy_level0_px
 
-#: napari shape types that enclose an area.
-POLYGON_SHAPE_TYPES = ("polygon", "rectangle", "ellipse")
-#: Vertices used to draw an ellipse as a polygon.
-ELLIPSE_VERTICES = 64
 #: QuPath object types that are areas drawn by a person (read as regions).
 REGION_OBJECT_TYPES = ("annotation", "tmaCore", "tma_core", "PathAnnotationObject")
 #: Colours (RGB) given to classes that come without one (QuPath needs a colour per class).
@@ -109,117 +103,6 @@ class Region:
         return self.area_level0_px * (mpp / 1000.0) ** 2
 
 
-# -- napari Shapes ----------------------------------------------------------------------------
-def regions_from_shapes(
-    shapes_yx_um: Sequence[ArrayLike],
-    shape_types: Sequence[str] | str,
-    mpp: float,
-    *,
-    names: Sequence[str | None] | None = None,
-    classifications: Sequence[str | None] | None = None,
-) -> list[Region]:
-    """Regions from napari shapes given in world micrometres.
-
-    Parameters
-    ----------
-    shapes_yx_um
-        One ``(n_vertices, 2)`` array per shape, (row, col) µm — napari world coordinates
-        (for a layer with its own ``scale``/``translate``, see
-        :func:`regions_from_shapes_layer`). Extra leading axes (z, t) are dropped.
-    shape_types
-        napari's type of each shape (or one for all): ``polygon``, ``rectangle`` or
-        ``ellipse``. For an ellipse the vertices are the four corners of its bounding box.
-    mpp
-        µm per level-0 pixel of the slide the shapes were drawn on.
-    names, classifications
-        Optional name and class of each shape.
-
-    Returns
-    -------
-    list of Region
-        In the order of the shapes. Self-crossing outlines are repaired into valid areas.
-
-    Raises
-    ------
-    RegionError
-        If there are no shapes, a shape is a line or path, or encloses no area.
-    """
-    if not mpp > 0 or not math.isfinite(mpp):
-        raise RegionError(f"the slide's µm per pixel must be a positive number; got {mpp}")
-    shapes = list(shapes_yx_um)
-    if not shapes:
-        raise RegionError("no shapes were drawn: draw a polygon, rectangle or ellipse first")
-    types = [shape_types] * len(shapes) if isinstance(shape_types, str) else list(shape_types)
-    names_list = list(names) if names is not None else [None] * len(shapes)
-    classes = list(classifications) if classifications is not None else [None] * len(shapes)
-    if not len(types) == len(names_list) == len(classes) == len(shapes):
-        raise RegionError("each shape needs one shape type (and name and class, when given)")
-    regions = []
-    for i, (vertices, kind, name, cls) in enumerate(
-        zip(shapes, types, names_list, classes, strict=True)
-    ):
-        what = f"shape {i + 1}" + (f" ({name})" if name else "")
-        if kind not in POLYGON_SHAPE_TYPES:
-            raise RegionError(
-                f"{what} is a {kind}, which encloses no area: use a polygon, rectangle or ellipse"
-            )
-        yx = np.asarray(vertices, dtype=np.float64)
-        if yx.ndim != 2 or yx.shape[1] < 2 or not np.isfinite(yx).all():
-            raise RegionError(f"{what} has malformed vertices (expected rows of (row, col) µm)")
-        yx = yx[:, -2:]
-        if kind == "ellipse":
-            if len(yx) != 4:
-                raise RegionError(f"{what}: an ellipse needs the 4 corners of its bounding box")
-            yx = _ellipse_outline(yx)
-        xy = yx_um_to_xy_level0_px(yx, mpp)
-        geometry = _polygonal(Polygon(xy) if len(xy) >= 3 else Polygon(), what)
-        regions.append(Region(geometry, name=name or None, classification=cls or None))
-    return regions
-
-
-def regions_from_shapes_layer(layer: Any, mpp: float) -> list[Region]:
-    """Regions from a napari ``Shapes`` layer (duck-typed: napari is not imported here).
-
-    Vertices are taken from the layer's data coordinates to world µm with the layer's own
-    transform (``data_to_world``), so a layer with a ``scale`` (e.g. drawn in slide pixels)
-    converts correctly. Names and classes come from the layer's ``features`` (or
-    ``properties``) columns ``name`` and ``class`` (or ``classification``), when present.
-
-    Parameters
-    ----------
-    layer
-        A ``napari.layers.Shapes``.
-    mpp
-        µm per level-0 pixel of the slide.
-    """
-    data = list(layer.data)
-    to_world = getattr(layer, "data_to_world", None)
-    shapes_yx_um = [
-        np.array([to_world(v) for v in np.asarray(s)]) if to_world else np.asarray(s) for s in data
-    ]
-    table = _layer_table(layer)
-    names = _column(table, ("name", "label"), len(data))
-    classes = _column(table, ("class", "classification"), len(data))
-    return regions_from_shapes(
-        shapes_yx_um, list(layer.shape_type), mpp, names=names, classifications=classes
-    )
-
-
-def _layer_table(layer: Any) -> Mapping[str, Sequence[Any]]:
-    features = getattr(layer, "features", None)
-    if features is not None and len(getattr(features, "columns", ())):
-        return {str(c): list(features[c]) for c in features.columns}
-    properties = getattr(layer, "properties", None) or {}
-    return {str(k): list(v) for k, v in properties.items()}
-
-
-def _column(table: Mapping[str, Sequence[Any]], keys: Sequence[str], n: int) -> list[str | None]:
-    for key in keys:
-        if key in table and len(table[key]) == n:
-            return [_text_or_none(v) for v in table[key]]
-    return [None] * n
-
-
 def _text_or_none(value: Any) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -227,17 +110,15 @@ def _text_or_none(value: Any) -> str | None:
     return text or None
 
 
-def _ellipse_outline(corners_yx: NDArray[np.float64]) -> NDArray[np.float64]:
-    """The ellipse inscribed in a (possibly rotated) bounding box given by its 4 corners."""
-    centre = corners_yx.mean(axis=0)
-    half_a = (corners_yx[1] - corners_yx[0]) / 2
-    half_b = (corners_yx[3] - corners_yx[0]) / 2
-    t = np.linspace(0, 2 * np.pi, ELLIPSE_VERTICES, endpoint=False)[:, None]
-    return centre + np.cos(t) * half_a + np.sin(t) * half_b
+def polygonal_area(geometry: shapely.Geometry, what: str) -> Polygon | MultiPolygon:
+    """The area of a geometry as a valid Polygon/MultiPolygon (self-crossing outlines
+    repaired).
 
-
-def _polygonal(geometry: shapely.Geometry, what: str) -> Polygon | MultiPolygon:
-    """The area of a geometry as a valid Polygon/MultiPolygon; raises if it has none."""
+    Raises
+    ------
+    RegionError
+        If it encloses no area; the message names it as ``what``.
+    """
     if not geometry.is_valid:
         geometry = shapely.make_valid(geometry)
     parts = [
@@ -398,7 +279,7 @@ def _geometry(geometry: Mapping[str, Any], what: str) -> Polygon | MultiPolygon:
         ]
         if members:  # QuPath writes mixed outlines so; keep their areas
             parts = [_geometry(g, what) for g in members]
-            return _polygonal(shapely.union_all(parts), what)
+            return polygonal_area(shapely.union_all(parts), what)
     if kind not in ("Polygon", "MultiPolygon"):
         raise RegionError(
             f"{what} is a {kind or 'shape without a type'}, not an area: regions must be "
@@ -415,7 +296,7 @@ def _geometry(geometry: Mapping[str, Any], what: str) -> Polygon | MultiPolygon:
         arrays = [_ring(r, what) for r in rings]
         shells.append(Polygon(arrays[0], arrays[1:]))
     shape = shells[0] if kind == "Polygon" else MultiPolygon(shells)
-    return _polygonal(shape, what)
+    return polygonal_area(shape, what)
 
 
 def _ring(ring: Any, what: str) -> NDArray[np.float64]:

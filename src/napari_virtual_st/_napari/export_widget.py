@@ -1,37 +1,24 @@
 """The Export dock widget: a prediction's spots, or those inside drawn regions, to an AnnData
 ``.h5ad`` (scanpy, squidpy) and/or QuPath GeoJSON detections.
 
-A thin form over :mod:`napari_virtual_st.export` and :mod:`napari_virtual_st.regions`. The
-regions come from napari **Shapes** layers (polygons, rectangles, ellipses drawn over the
-slide, in world µm) or from a **QuPath GeoJSON** file of annotations; an import button turns
-such a file into a Shapes layer (placed in the slide's µm frame, classes kept as features and
-colours), so regions go QuPath → napari → QuPath. The export itself runs in a
-``napari.qt.threading`` worker over :func:`~napari_virtual_st.export.export_steps`, with a
-progress bar and a cancel button; files appear under their names only when complete.
-
-What a region is called, from a Shapes layer:
-
-- its **class** (QuPath's classification, ``obs['region_class']``) is the shape's ``class``
-  (or ``classification``) feature when it has one, else **the layer's name**: draw a
-  ``Tumor`` layer and a ``Stroma`` layer and the spots are classed so;
-- its **name** (``obs['region']``) is the shape's ``name`` (or ``label``) feature, else its
-  class. Shapes sharing a label are counted together.
-
-A layer imported from QuPath keeps each annotation's own name and class (its layer name is
-not used as a class) and its QuPath ids and properties; holes are drawn as their own
-(transparent) polygons and cut out again on export.
+A thin form over :mod:`napari_virtual_st.export`, :mod:`napari_virtual_st.regions` and
+:mod:`.shapes_regions`. The regions come from napari **Shapes** layers (polygons, rectangles,
+ellipses drawn over the slide, in world µm; named and classed as :mod:`.shapes_regions`
+says) or from a **QuPath GeoJSON** file of annotations; an import button turns such a file
+into a Shapes layer (placed in the slide's µm frame, classes kept as features and colours), so
+regions go QuPath → napari → QuPath. The export itself runs in a ``napari.qt.threading``
+worker over :func:`~napari_virtual_st.export.export_steps`, with a progress bar and a cancel
+button; files appear under their names only when complete.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import shapely
 from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
@@ -47,10 +34,10 @@ from magicgui.widgets import (
 from napari.layers import Shapes
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info
-from shapely.geometry import MultiPolygon, Polygon
 
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari.predict_widget import file_edit_path
+from napari_virtual_st._napari.shapes_regions import regions_from_layers, shapes_layer_data
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.export import (
     ExportCancelled,
@@ -59,179 +46,16 @@ from napari_virtual_st.export import (
     ExportResult,
     export_steps,
 )
-from napari_virtual_st.frames import xy_level0_px_to_yx_um
-from napari_virtual_st.regions import (
-    Region,
-    RegionError,
-    class_colors,
-    read_geojson_regions,
-    regions_from_shapes_layer,
-)
+from napari_virtual_st.regions import Region, RegionError, read_geojson_regions
 from napari_virtual_st.store import PredictionStore
 
 if TYPE_CHECKING:
     import napari
 
-    from napari_virtual_st._napari.layers import LayerDataTuple
 
 ALL_SPOTS = "All spots"
 FROM_SHAPES = "Shapes layers"
 FROM_GEOJSON = "QuPath GeoJSON file"
-#: Opacity of a class colour filling an imported region (its outline is opaque).
-REGION_FACE_ALPHA = 0.25
-#: Role of an imported QuPath layer in ``metadata['vst']``.
-REGIONS_ROLE = "regions"
-
-
-# -- regions <-> Shapes layers (no Qt here) ------------------------------------------------------
-def shapes_layer_data(
-    regions: Sequence[Region], mpp: float, *, name: str = "QuPath regions", source: str = ""
-) -> LayerDataTuple:
-    """A Shapes layer of regions, in the napari world frame (row, col) µm.
-
-    Every polygon of a region (a ``MultiPolygon`` has several) becomes a polygon shape; each
-    hole becomes a transparent polygon of its own. Features: ``name``, ``class``, ``region``
-    (the region's index, shared by its parts and holes) and ``hole``. Faces and outlines take
-    the class colours (QuPath's, else the palette). The regions' other properties (QuPath
-    ``id``, ``isLocked``, metadata) travel in ``metadata['vst']``, so
-    :func:`regions_from_layers` gives the regions back as they came.
-
-    Parameters
-    ----------
-    regions
-        Regions in level-0 (x, y) px.
-    mpp
-        µm per level-0 pixel of the slide they belong to.
-    name, source
-        The layer's name and where the regions came from (a file path, shown in metadata).
-
-    Raises
-    ------
-    RegionError
-        If there are no regions.
-    """
-    if not regions:
-        raise RegionError("there are no regions to show")
-    colors = class_colors(regions)
-    shapes: list[np.ndarray] = []
-    rows: dict[str, list[Any]] = {"name": [], "class": [], "region": [], "hole": []}
-    face: list[tuple[float, ...]] = []
-    edge: list[tuple[float, ...]] = []
-    for j, region in enumerate(regions):
-        rgb = colors.get(region.classification or "", None) or region.color or (255, 255, 0)
-        colour = tuple(c / 255 for c in rgb)
-        geometry = region.geometry_xy_level0_px
-        parts = geometry.geoms if isinstance(geometry, MultiPolygon) else [geometry]
-        for part in parts:
-            rings = [(part.exterior, False)] + [(ring, True) for ring in part.interiors]
-            for ring, hole in rings:
-                xy = np.asarray(ring.coords, dtype=np.float64)[:-1, :2]  # napari closes rings
-                shapes.append(xy_level0_px_to_yx_um(xy, mpp))
-                rows["name"].append(region.name or "")
-                rows["class"].append(region.classification or "")
-                rows["region"].append(j)
-                rows["hole"].append(hole)
-                face.append((*colour, 0.0 if hole else REGION_FACE_ALPHA))
-                edge.append((*colour, 1.0))
-    kwargs: dict[str, Any] = {
-        "name": name,
-        "shape_type": "polygon",
-        "features": rows,
-        "face_color": np.array(face),
-        "edge_color": np.array(edge),
-        "edge_width": 2.0,
-        "units": "um",
-        "metadata": {
-            "vst": {
-                "role": REGIONS_ROLE,
-                "source": source,
-                "mpp": float(mpp),
-                "region_properties": [dict(r.properties) for r in regions],
-                "class_colors": {c: list(v) for c, v in colors.items()},
-            }
-        },
-    }
-    return (shapes, kwargs, "shapes")
-
-
-def regions_from_layers(layers: Sequence[Any], mpp: float) -> list[Region]:
-    """Regions from napari Shapes layers, named as the module docstring says.
-
-    Parameters
-    ----------
-    layers
-        ``napari.layers.Shapes`` layers (user-drawn, or imported by :func:`shapes_layer_data`).
-    mpp
-        µm per level-0 pixel of the slide the shapes were drawn on.
-
-    Raises
-    ------
-    RegionError
-        If no layer is given, a layer has no shapes, or a shape is a line or path or
-        encloses no area (the message names the layer).
-    """
-    if not layers:
-        raise RegionError("choose one or more Shapes layers holding the regions")
-    regions: list[Region] = []
-    for layer in layers:
-        if len(layer.data) == 0:
-            raise RegionError(
-                f"the Shapes layer {layer.name!r} holds no shape: draw a polygon, rectangle "
-                "or ellipse"
-            )
-        try:
-            drawn = regions_from_shapes_layer(layer, mpp)
-        except RegionError as exc:
-            raise RegionError(f"{layer.name}: {exc}") from exc
-        meta = vst_layers.vst_meta(layer)
-        if meta.get("role") == REGIONS_ROLE and "region" in layer.features.columns:
-            regions.extend(_regroup(layer, drawn, meta))
-        else:
-            regions.extend(
-                Region(r.geometry_xy_level0_px, r.name, r.classification or layer.name)
-                for r in drawn
-            )
-    return regions
-
-
-def _regroup(layer: Any, drawn: list[Region], meta: dict[str, Any]) -> list[Region]:
-    """The regions of an imported layer: parts united, holes cut out, properties restored."""
-    features = layer.features
-    groups: dict[Any, list[int]] = {}
-    for i, key in enumerate(features["region"].tolist()):
-        groups.setdefault(-1 - i if _missing(key) else int(key), []).append(i)
-    holes = features["hole"].fillna(False).astype(bool).tolist() if "hole" in features else []
-    properties = meta.get("region_properties") or []
-    colours = meta.get("class_colors") or {}
-    regions = []
-    for key, members in groups.items():
-        outlines = [drawn[i].geometry_xy_level0_px for i in members if not (holes and holes[i])]
-        cut = [drawn[i].geometry_xy_level0_px for i in members if holes and holes[i]]
-        if not outlines:
-            continue  # only the holes of a region were left: nothing to export
-        geometry = shapely.union_all(outlines)
-        if cut:
-            geometry = geometry.difference(shapely.union_all(cut))
-        geometry = _polygonal(geometry)
-        if geometry is None:
-            continue
-        first = drawn[members[0]]
-        cls = first.classification
-        colour = tuple(colours[cls]) if cls in colours else None
-        props = properties[key] if 0 <= key < len(properties) else {}
-        regions.append(Region(geometry, first.name, cls, colour, dict(props)))
-    return regions
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
-
-
-def _polygonal(geometry: Any) -> Polygon | MultiPolygon | None:
-    polygons = [g for g in shapely.get_parts(geometry) if isinstance(g, Polygon) and g.area > 0]
-    if not polygons:
-        return None
-    return polygons[0] if len(polygons) == 1 else MultiPolygon(polygons)
 
 
 # -- the worker ----------------------------------------------------------------------------------

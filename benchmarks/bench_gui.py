@@ -211,6 +211,7 @@ def _instrument(recorder: _SliceRecorder, widget: Any, viewer: Any) -> None:
     from napari.utils import progress
 
     from napari_virtual_st._napari import layers as vst_layers
+    from napari_virtual_st._napari.run_session import RunSession
 
     handlers = {
         "run",
@@ -226,11 +227,17 @@ def _instrument(recorder: _SliceRecorder, widget: Any, viewer: Any) -> None:
         "_update_activity",
         "_open_gene_browser",
         "_post",
+        "_finish",
     }
     for attr in dir(type(widget)):
         wanted = attr.startswith("_on_") or attr in handlers
         if wanted and callable(getattr(type(widget), attr, None)):
             recorder.wrap(widget, attr, f"widget.{attr}")
+    # a run's handlers are its session's (a new one per Run: wrapped in the class)
+    for attr in dir(RunSession):
+        wanted = attr.startswith("_on_") or attr in handlers
+        if wanted and callable(getattr(RunSession, attr, None)):
+            recorder.wrap(RunSession, attr, f"session.{attr}")
     for attr in ("refresh_heatmaps", "show_colorbar", "add_layer"):
         if hasattr(vst_layers, attr):
             recorder.wrap(vst_layers, attr, f"layers.{attr}")
@@ -402,7 +409,7 @@ def _child(scenario: str, size: int, seconds: float, out_dir: Path) -> dict[str,
         if (b - a) * 1000 >= recorder.MIN_MS:
             recorder.slices.append((a, b, "canvas draw", 0))
     slices = recorder.summary(started_at, [[t - started_at, ms, d] for t, ms, d in busy["top"]])
-    view = widget._view
+    view = widget.session.view if widget.session is not None else None
     spots = view.n_spots if view is not None else 0
     done = view.spots_done if view is not None else 0
     result = {

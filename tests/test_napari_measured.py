@@ -88,7 +88,7 @@ def test_loaded_spots_and_image_sit_where_the_transform_puts_them(
     np.testing.assert_allclose(spots.data, expected)
 
     shifted = Transform(np.array([[0.98, -0.05, 40.0], [0.05, 0.98, -25.0], [0, 0, 1.0]]))
-    widget._set_transform(shifted)
+    widget.alignment.set_transform(shifted)
     np.testing.assert_allclose(
         spots.data, xy_level0_px_to_yx_um(shifted.apply(measured.xy_fullres_px), mpp)
     )
@@ -150,7 +150,7 @@ def test_auto_register_runs_in_a_worker_and_shows_quality_and_overlay(
 ) -> None:
     viewer, widget = _viewer_and_widget(make_napari_viewer, a1)
     _load(widget, a1, qtbot)
-    widget._set_transform(from_scale(1.3))  # start from a wrong placement
+    widget.alignment.set_transform(from_scale(1.3))  # start from a wrong placement
     widget.scale_known.value = True  # the measured image is the slide itself: scale 1
     widget.scale.value = 1.0
     worker = widget.auto_register()
@@ -271,7 +271,7 @@ def test_partial_gene_overlap_errors_and_the_alignment_saved_with_the_store(
     # a new alignment is saved with the store, and a later session starts from it
     widget.measured = measured
     moved = from_scale(1.0, (1.5, -0.5))
-    widget._set_transform(moved)
+    widget.alignment.set_transform(moved)
     written = widget.save_transform()
     assert written == store_path / "transform.json"
     np.testing.assert_allclose(
@@ -354,3 +354,14 @@ def test_the_widget_is_in_the_plugin_menu(make_napari_viewer) -> None:
     assert isinstance(widget, MeasuredWidget)
     assert widget.slide.value is None  # no slide open yet
     assert not widget.predict_button.enabled and not widget.compare_button.enabled
+    # three panels over one session; the widget's names reach into them
+    assert [w for w in widget if w is not widget.status] == [
+        widget.data,
+        widget.alignment,
+        widget.compare,
+    ]
+    assert widget.load == widget.data.load and widget.fit == widget.alignment.fit
+    assert widget.table is widget.compare.gene_view.table
+    assert widget.slide is widget.data.session.slide is widget.compare.session.slide
+    widget.store.value = "somewhere/a1"
+    assert widget.session.store_path().name == "a1.vst.zarr"  # the suffix is added

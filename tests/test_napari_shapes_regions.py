@@ -181,4 +181,3 @@ def test_an_imported_layer_drawn_at_another_resolution_converts_through_frames()
     assert back.geometry_xy_level0_px.bounds == pytest.approx((0, 0, 400, 400))
     assert back.area_mm2(0.25) == pytest.approx((400 * 0.25 / 1000) ** 2)
     assert math.isclose(back.area_level0_px, 160_000)
-

@@ -211,6 +211,7 @@ def _instrument(recorder: _SliceRecorder, widget: Any, viewer: Any) -> None:
     from napari.utils import progress
 
     from napari_virtual_st._napari import layers as vst_layers
+    from napari_virtual_st._napari.run_layers import RunLayers
     from napari_virtual_st._napari.run_session import RunSession
 
     handlers = {
@@ -233,11 +234,13 @@ def _instrument(recorder: _SliceRecorder, widget: Any, viewer: Any) -> None:
         wanted = attr.startswith("_on_") or attr in handlers
         if wanted and callable(getattr(type(widget), attr, None)):
             recorder.wrap(widget, attr, f"widget.{attr}")
-    # a run's handlers are its session's (a new one per Run: wrapped in the class)
-    for attr in dir(RunSession):
-        wanted = attr.startswith("_on_") or attr in handlers
-        if wanted and callable(getattr(RunSession, attr, None)):
-            recorder.wrap(RunSession, attr, f"session.{attr}")
+    # a run's handlers are its session's and its layers' (new ones per Run: wrapped in the
+    # classes)
+    for cls, prefix in ((RunSession, "session"), (RunLayers, "run_layers")):
+        for attr in dir(cls):
+            wanted = attr.startswith("_on_") or attr in handlers
+            if wanted and callable(getattr(cls, attr, None)):
+                recorder.wrap(cls, attr, f"{prefix}.{attr}")
     for attr in ("refresh_heatmaps", "show_colorbar", "add_layer"):
         if hasattr(vst_layers, attr):
             recorder.wrap(vst_layers, attr, f"layers.{attr}")

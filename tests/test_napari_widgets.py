@@ -15,7 +15,7 @@ from napari_virtual_st._napari.labels import set_text
 from napari_virtual_st._napari.layer_views import LayerViews
 from napari_virtual_st._napari.layers import find_layers, set_canvas_colour_bars, vst_meta
 from napari_virtual_st._napari.predict_widget import PredictWidget
-from napari_virtual_st._napari.run_session import RunSession
+from napari_virtual_st._napari.run_layers import RunLayers
 from napari_virtual_st.registry import default_model
 from napari_virtual_st.run import BatchEvent
 from napari_virtual_st.store import PredictionStore
@@ -169,13 +169,13 @@ def test_a_run_that_ends_before_its_layers_are_made_still_shows_them(
     widget = _widget(viewer, qtbot)
     widget.output.value = tmp_path / "quick.vst.zarr"
     ended: list[bool] = []
-    make_view = RunSession._make_view
+    make_view = RunLayers._make_view
 
     def after_the_run(self, *args) -> None:  # napari's views of the layers wait for the end
         qtbot.waitUntil(lambda: bool(ended), timeout=RUN_TIMEOUT_MS)
         make_view(self, *args)
 
-    monkeypatch.setattr(RunSession, "_make_view", after_the_run)
+    monkeypatch.setattr(RunLayers, "_make_view", after_the_run)
     worker = widget.run()
     assert worker is not None
     worker.finished.connect(lambda: ended.append(True))

@@ -8,7 +8,6 @@ execution provider and the outcome. A new Run makes a new session.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,11 +33,15 @@ from qtpy.QtCore import QTimer
 
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari.labels import keep_height, set_text
+from napari_virtual_st._napari.model_choices import (
+    model_summary,
+    provider_label,
+    usable_bundled_models,
+)
 from napari_virtual_st._napari.run_session import RunSession
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.frames import yx_um_to_xy_level0_px
 from napari_virtual_st.predictor import ModelInfo, Predictor, resolve_providers
-from napari_virtual_st.registry import DEFAULT_MODEL_NAME, BundledModel, bundled_models
 from napari_virtual_st.run import Region, RunOutcome, RunSpec, process
 
 if TYPE_CHECKING:
@@ -51,58 +54,6 @@ GRID_CHOICES = [
     ("Legacy ST: 100 µm spots, 200 µm apart (square)", "st"),
     ("Dense: square tiles of the model's size", "dense"),
 ]
-_PROVIDER_NAMES = {
-    "TensorrtExecutionProvider": "TensorRT (NVIDIA GPU)",
-    "CUDAExecutionProvider": "CUDA (NVIDIA GPU)",
-    "CPUExecutionProvider": "CPU",
-}
-
-
-@functools.cache
-def usable_bundled_models() -> tuple[BundledModel, ...]:
-    """The bundled models, validated once per session; the default model first (the one
-    choosers select), the others by name."""
-    usable = [m for m in bundled_models() if m.info is not None]
-    return tuple(sorted(usable, key=lambda m: m.name != DEFAULT_MODEL_NAME))
-
-
-def provider_label(providers: list[str] | tuple[str, ...]) -> str:
-    """Human name of the execution provider that runs first."""
-    if not providers:
-        return "unknown"
-    return _PROVIDER_NAMES.get(providers[0], providers[0].removesuffix("ExecutionProvider"))
-
-
-def model_summary(info: ModelInfo) -> str:
-    """One line about a model: genes, tile size, what values mean, held-out metric."""
-    parts = [
-        f"{len(info.genes)} genes",
-        f"{info.tile_px} px tiles of {info.tile_um:g} µm",
-        info.target,
-    ]
-    metric = metric_summary(info.metadata.get("metrics"))
-    if metric:
-        parts.append(metric)
-    if "variance" in info.outputs:
-        parts.append("with uncertainty")
-    return " · ".join(parts)
-
-
-def metric_summary(metrics: Any) -> str:
-    """The headline held-out correlations of a model's ``vst.metrics`` (PCC-* entries)."""
-    if not isinstance(metrics, dict):
-        return ""
-    raw = metrics.get("raw")
-    source = raw if isinstance(raw, dict) else metrics
-    pcc = [
-        f"{key} {value:.2f}"
-        for key, value in source.items()
-        if str(key).upper().startswith("PCC") and isinstance(value, (int, float))
-    ]
-    if not pcc:
-        return ""
-    where = metrics.get("test_section")
-    return "held-out " + ", ".join(pcc[:3]) + (f" (test section {where})" if where else "")
 
 
 def file_edit_path(edit: FileEdit) -> Path:

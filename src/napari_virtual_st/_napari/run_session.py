@@ -31,6 +31,7 @@ from napari.utils.notifications import show_error, show_info
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari.gui_steps import STEP_MS, GuiSteps
 from napari_virtual_st._napari.layer_views import LayerViews
+from napari_virtual_st._napari.run_layers import RunLayers
 from napari_virtual_st.pipeline import Progress
 from napari_virtual_st.predictor import ModelInfo
 from napari_virtual_st.run import (
@@ -145,15 +146,14 @@ class RunSession:
         self.outcome: RunOutcome | None = None
         self._preview: StoreView | None = None
         self._preview_drawn = False
-        self._made: dict[tuple[str, bool], LayerViews] = {}  # made, not added yet
-        self._added: list[Layer] = []
-        self._to_reveal: set[str] = set()
         self._latest: Progress | None = None
         self._drawn = False
         self._activity: napari_progress | None = None
         self._activity_time = 0.0
         self._started = 0.0
         self.genes = self._genes_to_show()
+        #: the run's heatmap layers, made before its values come
+        self.layers = RunLayers(viewer, spec.store_path, info, self.genes)
 
     @property
     def running(self) -> bool:
@@ -186,9 +186,9 @@ class RunSession:
         self._started = time.perf_counter()
         self._panel.show_progress(0, 0)  # busy until the number of spots is known
         self._panel.show_status("starting…")
-        steps = self._layer_steps()
+        steps = self.layers.steps()
         steps.insert(1, worker.start)  # once the first heatmap layer is made
-        steps.append(self._start_activity)
+        steps += [self._layers_ready, self._start_activity]
         for step in steps:
             self._steps.then(step)
         return worker
@@ -216,71 +216,6 @@ class RunSession:
             for layer in vst_layers.find_layers(self._viewer, self.spec.store_path, "heatmap")
         ]
         return [g for g in shown if g in self._info.genes] or [self._info.genes[0]]
-
-    def _layer_steps(self) -> list[Callable[[], None]]:
-        """Steps that add the run's heatmap layers (empty until values come), one layer
-        each, then select the last gene's and draw what arrived meanwhile. Layers an earlier
-        run into the same store left are reused, not made again."""
-        with_variance = "variance" in self._info.outputs
-        steps: list[Callable[[], None]] = []
-        for gene in self.genes:
-            for uncertainty in (False, True) if with_variance else (False,):
-                steps.append(functools.partial(self._make_layer, gene, uncertainty))
-                steps.append(functools.partial(self._make_view, gene, uncertainty, "visual"))
-                steps.append(functools.partial(self._make_view, gene, uncertainty, "controls"))
-                steps.append(functools.partial(self._prepare_layer, gene, uncertainty))
-                if not uncertainty:
-                    steps.append(functools.partial(self._reveal_layer, gene))
-        steps.append(self._layers_ready)
-        return steps
-
-    def _make_layer(self, gene: str, uncertainty: bool) -> None:
-        """Make (not add) the run's empty, hidden heatmap or uncertainty layer of ``gene``,
-        unless the viewer has it: its own turn, before :meth:`_make_view` makes napari's
-        views of it and :meth:`_prepare_layer` adds it."""
-        store_path = self.spec.store_path
-        role = "uncertainty" if uncertainty else "heatmap"
-        if not vst_layers.find_layers(self._viewer, store_path, role, gene):
-            data = vst_layers.empty_heatmap_layer_data(store_path, gene, uncertainty=uncertainty)
-            data[1]["visible"] = False
-            self._made[(gene, uncertainty)] = LayerViews(self._viewer, Layer.create(*data))
-
-    def _make_view(self, gene: str, uncertainty: bool, view: str) -> None:
-        """Make napari's canvas visual or controls of a layer :meth:`_make_layer` made, in a
-        turn of its own (napari would make both while adding the layer)."""
-        views = self._made.get((gene, uncertainty))
-        if views is not None and view == "visual":
-            views.make_visual()
-        elif views is not None:
-            views.make_controls()
-
-    def _prepare_layer(self, gene: str, uncertainty: bool) -> None:
-        """Add the layer :meth:`_make_layer` made, unless the viewer has one by now.
-
-        It is added hidden: adding a layer and drawing it for the first time each cost napari
-        tens of milliseconds, in two event-loop turns they do not add up to one long stall
-        (:meth:`_reveal_layer` shows a heatmap in the next turn; uncertainty stays hidden)."""
-        role = "uncertainty" if uncertainty else "heatmap"
-        views = self._made.pop((gene, uncertainty), None)
-        if views is None:
-            return
-        if vst_layers.find_layers(self._viewer, self.spec.store_path, role, gene):
-            views.close()
-            return
-        # (selected in _layers_ready, in a later turn)
-        layer = vst_layers.add_layer(self._viewer, views.layer, select=False, views=views)
-        self._added.append(layer)
-        if not uncertainty:
-            self._to_reveal.add(gene)
-
-    def _reveal_layer(self, gene: str) -> None:
-        """Show the heatmap layer :meth:`_prepare_layer` added hidden for this run."""
-        if gene in self._to_reveal:
-            self._to_reveal.discard(gene)
-            for layer in vst_layers.find_layers(
-                self._viewer, self.spec.store_path, "heatmap", gene
-            ):
-                layer.visible = True
 
     def _layers_ready(self) -> None:
         """Select the run's heatmap and draw the values that came before its layers."""
@@ -413,8 +348,7 @@ class RunSession:
         self, outcome: RunOutcome, spots: Layer | None = None, final: StoreView | None = None
     ) -> None:
         self.outcome = outcome
-        for gene in list(self._to_reveal):  # (a run that ended before its layers were shown)
-            self._reveal_layer(gene)
+        self.layers.reveal_all()  # (a run that ended before its layers were shown)
         self._redraw()  # whatever was finished, cancelled runs included
         if outcome.error is not None:
             self._on_stopped(outcome)
@@ -427,7 +361,7 @@ class RunSession:
         if self.view is None:  # no store: the layers made for it go
             store_path = self.spec.store_path
             for layer in vst_layers.find_layers(self._viewer, store_path):
-                if layer.data.shape == (1, 1) or any(layer is m for m in self._added):
+                if layer.data.shape == (1, 1) or any(layer is m for m in self.layers.added):
                     self._viewer.layers.remove(layer)
             earlier = lookup_view(store_path)
             if self._preview_drawn and earlier is not None:  # earlier values, not the preview

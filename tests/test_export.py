@@ -506,11 +506,13 @@ def test_a_failed_write_leaves_no_half_file_and_keeps_the_previous_one(
         write_geojson(document, target)
     assert target.read_text() == "previous"
 
-    def half_h5ad(self: Any, filename: Path, **kwargs: Any) -> None:
+    def half_h5ad(adata: Any, filename: Path) -> None:
         Path(filename).write_bytes(b"\x89HDF\r\n")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ad.AnnData, "write_h5ad", half_h5ad)
+    import napari_virtual_st.export as export_module
+
+    monkeypatch.setattr(export_module, "_write_h5ad", half_h5ad)
     with pytest.raises(ExportError, match="No space left"):
         write_h5ad(ad.AnnData(np.zeros((2, 2), np.float32)), tmp_path / "x.h5ad")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spots.geojson"]

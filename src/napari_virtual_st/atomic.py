@@ -15,11 +15,15 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from napari_virtual_st.writer_lock import writer_lock
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Give a temporary path to write to; move it to ``path`` when the block succeeds.
 
+    One writer at a time holds ``path`` (:func:`~napari_virtual_st.writer_lock.writer_lock`),
+    and temporary outputs that a killed writer left beside it are removed first.
     The temporary name keeps ``path``'s suffix (some writers insist on ``.h5ad``), starts with
     a dot, and lies in the same folder. The block may write a file or a folder there. An
     existing ``path`` is replaced only after the new output is complete; if the block raises,
@@ -42,6 +46,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with writer_lock(path, f"writing {path.name}"):
+        for stale in path.parent.glob(f".{path.stem}.*.tmp{path.suffix}"):
+            remove_path(stale)  # left by a writer that was killed (none runs: we hold the lock)
+        yield from _write_atomically(path)
+
+
+def _write_atomically(path: Path) -> Iterator[Path]:
     tag = uuid.uuid4().hex[:8]
     tmp = path.with_name(f".{path.stem}.{tag}.tmp{path.suffix}")
     try:

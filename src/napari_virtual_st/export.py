@@ -24,6 +24,7 @@ versions the cohort runner uses, so it cannot be installed beside this package c
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import time
@@ -451,7 +452,7 @@ def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
     path = _check_output(path)
     try:
         with atomic_path(path) as tmp:
-            adata.write_h5ad(tmp, compression="gzip")
+            _write_h5ad(adata, tmp)
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc}") from exc
     return path
@@ -742,7 +743,7 @@ def export_steps(
                     break
                 yield step(f".h5ad: {phase}")
             tmp = files.enter_context(_export_file(h5ad_path))
-            adata.write_h5ad(tmp, compression="gzip")
+            _write_h5ad(adata, tmp)
             del adata
             yield step(f"wrote {h5ad_path.name}")
         if geojson_path is not None:
@@ -770,7 +771,37 @@ def _export_file(path: Path) -> Generator[Path, None, None]:
         with atomic_path(path) as tmp:
             yield tmp
     except OSError as exc:
-        raise ExportError(f"cannot write {path}: {exc}") from exc
+        message = f"cannot write {path}: {_one_line(exc)}"
+    else:
+        return
+    raise ExportError(message)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's text on one line (HDF5's messages span several)."""
+    return " ".join(str(exc).split())
+
+
+def _write_h5ad(adata: ad.AnnData, path: Path) -> None:
+    """Write ``adata`` as an ``.h5ad`` (gzip), through memory.
+
+    HDF5 builds the file in memory and Python writes its bytes: a full disk is then an
+    ordinary write error. (HDF5 writing to a full disk itself left its objects in a state
+    that crashed the process, SIGSEGV, when they were collected.)
+    """
+    import h5py
+
+    try:
+        from anndata.io import write_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import write_elem
+
+    adata.strings_to_categoricals()  # (as AnnData.write_h5ad does)
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        write_elem(f, "/", adata, dataset_kwargs={"compression": "gzip"})
+    with path.open("wb") as out:
+        out.write(buffer.getbuffer())
 
 
 def export_store(

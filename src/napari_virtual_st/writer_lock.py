@@ -134,9 +134,10 @@ def _acquire(lock: Path, store_path: Path, purpose: str) -> int:
         _unlock(fd)
         os.close(fd)
     record = {"pid": os.getpid(), "purpose": purpose, "since": time.strftime("%H:%M:%S")}
-    os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
-    os.write(fd, json.dumps(record).encode())
+    with contextlib.suppress(OSError):  # (a full disk: the lock holds, unnamed)
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps(record).encode())
     return fd
 
 

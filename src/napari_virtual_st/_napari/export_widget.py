@@ -107,7 +107,16 @@ class ExportWidget(Container):
         self._shown_store: Path | None = None
         #: how the last export ended (``None`` before the first, and while one runs)
         self.last_outcome: ExportOutcome | None = None
+        self._closed = False
+        self._build_form()
+        self._connect(napari_viewer)
+        self.native.destroyed.connect(self._on_destroyed)
+        self._on_layers_changed()
+        self._on_source_changed()
+        self._on_outputs_changed()
 
+    def _build_form(self) -> None:
+        """The form's fields, in the order they show."""
         self.prediction = ComboBox(label="Prediction", choices=self._store_choices, nullable=True)
         self.open_store = FileEdit(label="Or open store", mode=FileDialogMode.EXISTING_DIRECTORY)
         self.info = Label(value="")
@@ -154,6 +163,9 @@ class ExportWidget(Container):
                 self.summary,
             ]
         )
+
+    def _connect(self, napari_viewer: napari.Viewer) -> None:
+        """Fields to actions, and the viewer's layer list to the choices."""
         self.prediction.changed.connect(self._on_prediction_changed)
         self.open_store.changed.connect(self._on_open_store)
         self.source.changed.connect(self._on_source_changed)
@@ -164,11 +176,6 @@ class ExportWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         napari_viewer.layers.events.inserted.connect(self._on_layers_changed)
         napari_viewer.layers.events.removed.connect(self._on_layers_changed)
-        self._closed = False
-        self.native.destroyed.connect(self._on_destroyed)
-        self._on_layers_changed()
-        self._on_source_changed()
-        self._on_outputs_changed()
 
     def _on_destroyed(self, *_: Any) -> None:
         """The panel closed: stop listening to the viewer, and stop a running export (which

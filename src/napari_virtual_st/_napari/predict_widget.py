@@ -96,7 +96,26 @@ class PredictWidget(Container):
         #: Run in a prediction process (``False``: in a thread of napari's process)
         self.in_process = True
         self.last_outcome: RunOutcome | None = None
+        self._add_fields()
+        self.slide.changed.connect(self._on_slide_changed)
+        self.model.changed.connect(self._on_model_changed)
+        self.grid.changed.connect(self._update_default_output)
+        self.output.changed.connect(self._on_output_edited)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        napari_viewer.layers.events.inserted.connect(self._on_layers_changed)
+        napari_viewer.layers.events.removed.connect(self._on_layers_changed)
+        self.native.destroyed.connect(self._on_destroyed)
+        self._on_model_changed()
+        self._on_slide_changed()
+        # the Gene browser docks with this panel (once it is docked itself), not when Run is
+        # pressed: docking re-lays out the window, which would stall the run's first seconds
+        QTimer.singleShot(0, self._open_gene_browser)
+        # a prediction process imports the engine now, while the user chooses, not at Run
+        QTimer.singleShot(0, self._prewarm)
 
+    def _add_fields(self) -> None:
+        """The form's fields, buttons and progress, top to bottom."""
         self.slide = ComboBox(label="Slide", choices=self._slide_choices)
         self.mpp = FloatSpinBox(
             label="µm per pixel", value=0.5, min=0.01, max=20.0, step=0.001, visible=False
@@ -143,22 +162,6 @@ class PredictWidget(Container):
                 self.status,
             ]
         )
-        self.slide.changed.connect(self._on_slide_changed)
-        self.model.changed.connect(self._on_model_changed)
-        self.grid.changed.connect(self._update_default_output)
-        self.output.changed.connect(self._on_output_edited)
-        self.run_button.changed.connect(self.run)
-        self.cancel_button.changed.connect(self.cancel)
-        napari_viewer.layers.events.inserted.connect(self._on_layers_changed)
-        napari_viewer.layers.events.removed.connect(self._on_layers_changed)
-        self.native.destroyed.connect(self._on_destroyed)
-        self._on_model_changed()
-        self._on_slide_changed()
-        # the Gene browser docks with this panel (once it is docked itself), not when Run is
-        # pressed: docking re-lays out the window, which would stall the run's first seconds
-        QTimer.singleShot(0, self._open_gene_browser)
-        # a prediction process imports the engine now, while the user chooses, not at Run
-        QTimer.singleShot(0, self._prewarm)
 
     def _prewarm(self) -> None:
         if self.in_process and not self._closed:

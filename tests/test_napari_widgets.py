@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -532,3 +533,24 @@ def test_a_layer_added_without_selecting_it_leaves_the_users_selection(make_napa
     assert quiet in viewer.layers and viewer.layers.selection.active is chosen
     loud = add_layer(viewer, (np.ones((2, 2), np.float32), {"name": "loud"}, "image"))
     assert viewer.layers.selection.active is loud  # napari's own behaviour is back after
+
+
+def test_gui_steps_run_in_order_a_turn_each_and_a_due_step_runs_once(qtbot) -> None:
+    from napari_virtual_st._napari.gui_steps import STEP_MS, GuiSteps
+
+    steps = GuiSteps()
+    ran: list[tuple[str, float]] = []
+
+    def step(name: str):
+        return lambda: ran.append((name, time.perf_counter()))
+
+    redraw = step("redraw")
+    for name in ("a", "b", "c"):
+        steps.then(step(name))
+    steps.due(redraw, 0.0)
+    steps.due(redraw, 0.0)  # asked for twice before it ran: runs once
+    assert len(steps) == 3
+    qtbot.waitUntil(lambda: len(steps) == 0 and len(ran) == 4, timeout=2000)
+    assert [name for name, _ in ran] == ["redraw", "a", "b", "c"]  # (due first)
+    gaps = np.diff([t for _, t in ran])
+    assert (gaps >= STEP_MS / 1000 * 0.9).all()  # never two in one turn

@@ -83,6 +83,7 @@ def test_predict_on_a_real_ndpi_with_the_st_grid(
         [
             "predict",
             str(ndpi_dapi),
+            "--allow-non-brightfield",  # (a fluorescence scan: any slide format will do here)
             "--model",
             str(synthetic_model),
             "--grid",
@@ -177,6 +178,7 @@ def test_predict_refuses_to_resume_a_store_of_another_slide(
             [
                 "predict",
                 str(ndpi_dapi),
+                "--allow-non-brightfield",  # (a fluorescence scan: any slide format will do here)
                 "--model",
                 str(synthetic_model),
                 "--out",
@@ -193,6 +195,7 @@ def test_predict_refuses_to_resume_a_store_of_another_slide(
             [
                 "predict",
                 str(ndpi_dapi),
+                "--allow-non-brightfield",  # (a fluorescence scan: any slide format will do here)
                 "--model",
                 str(synthetic_model),
                 "--out",

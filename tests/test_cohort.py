@@ -120,7 +120,14 @@ def test_a_corrupt_slide_is_reported_the_others_finish_and_a_rerun_skips_them(
     ]
     reports: list[CohortProgress] = []
     results = run_cohort(
-        slides, model, out, workers=2, processes=False, retries=2, progress=reports.append
+        slides,
+        model,
+        out,
+        workers=2,
+        processes=False,
+        retries=2,
+        progress=reports.append,
+        allow_non_brightfield=True,  # (the NDPI is a fluorescence scan: any format will do)
     )
 
     assert [r.slide for r in results] == [str(s.path) for s in slides]
@@ -163,7 +170,9 @@ def test_a_corrupt_slide_is_reported_the_others_finish_and_a_rerun_skips_them(
         for name, r in got.items()
         if r.status == "done"
     }
-    rerun = by_name(run_cohort(slides, model, out, workers=2, processes=False))
+    rerun = by_name(
+        run_cohort(slides, model, out, workers=2, processes=False, allow_non_brightfield=True)
+    )
     for name, stamp in stamps.items():
         assert rerun[name].status == "skipped"
         assert rerun[name].spots == got[name].spots
@@ -198,6 +207,7 @@ def test_cancel_keeps_finished_batches_and_a_rerun_resumes_bit_identically(
         processes=False,
         batch_size=4,
         should_cancel=two_batches_done.is_set,
+        allow_non_brightfield=True,
     )
     assert first.status == "cancelled"
     assert 2 * 4 <= first.spots_new < first.spots
@@ -206,7 +216,15 @@ def test_cancel_keeps_finished_batches_and_a_rerun_resumes_bit_identically(
     assert store.attrs["status"] == "cancelled"
 
     monkeypatch.setattr(Predictor, "predict", original)
-    (second,) = run_cohort([ndpi_dapi], model, out, workers=1, processes=False, batch_size=32)
+    (second,) = run_cohort(
+        [ndpi_dapi],
+        model,
+        out,
+        workers=1,
+        processes=False,
+        batch_size=32,
+        allow_non_brightfield=True,
+    )
     assert second.status == "resumed"
     assert second.spots_new == second.spots - first.spots_new
     store = PredictionStore.open(second.store)
@@ -244,6 +262,7 @@ def test_unexpected_errors_are_retried_on_a_scheduler_given_by_address(
             scheduler=local_scheduler,
             mpp=PNG_MPP,  # the PNG records no resolution
             retries=1,
+            allow_non_brightfield=True,
         )
     )
     recovered = results[ndpi_dapi.name]
@@ -279,6 +298,7 @@ def test_cli_cohort_of_a_folder_on_worker_processes_reports_the_corrupt_slide_an
             str(out),
             "--workers",
             "2",
+            "--allow-non-brightfield",
             "--quiet",
         ]
     )

@@ -408,3 +408,42 @@ def test_a_killed_exports_hidden_leftover_is_removed_by_the_next_export(
     assert main(["export", str(store), "--h5ad", str(out), "--quiet"]) == 0
     assert not leftover.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
+
+
+# -- 6. a fluorescence slide is not predicted as if it were H&E ------------------------------------
+@pytest.mark.parametrize(
+    "name", ["hamamatsu_test3-DAPI-2-387.ndpi", "hamamatsu_test3-TRITC-2-560.ndpi"]
+)
+def test_a_fluorescence_slide_is_refused_unless_the_user_says_it_is_brightfield(
+    name: str, synthetic_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import WSI_DIR
+
+    slide = WSI_DIR / name
+    if not slide.exists():
+        pytest.skip(f"real slide {name} not available: ../shared/data/wsi is absent")
+    out = tmp_path / "fluo.vst.zarr"
+    assert main(predict_argv(slide, synthetic_model, out)) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert f"{name} does not look like a bright-field H&E slide" in line
+    assert "--allow-non-brightfield" in line
+    assert not out.exists()
+    assert main(predict_argv(slide, synthetic_model, out, "--allow-non-brightfield")) == 0
+
+
+def test_real_brightfield_images_pass_the_check_even_with_a_black_background() -> None:
+    from conftest import SHARED_DATA
+    from napari_virtual_st.slide import Slide
+    from napari_virtual_st.tissue import check_brightfield
+
+    images = [
+        SHARED_DATA / "wsi" / "CMU-1-Small-Region.svs",
+        SHARED_DATA / "her2st_subset" / "app-imgs" / "A1_HE_image_dark.png",  # masked black
+        SHARED_DATA / "stutility_mob" / "MOB1.jpg",
+    ]
+    present = [p for p in images if p.exists()]
+    if not present:
+        pytest.skip("real images not available: ../shared/data is absent")
+    for path in present:
+        with Slide(path, mpp=1.0) as slide:
+            check_brightfield(slide)  # raises if refused

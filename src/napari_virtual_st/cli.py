@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
 import threading
@@ -101,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--overwrite", action="store_true", help="replace an existing store instead of resuming it"
+    )
+    predict.add_argument(
+        "--allow-non-brightfield",
+        action="store_true",
+        help="predict even where a slide does not look like bright-field H&E (e.g. fluorescence)",
     )
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_measured_arguments(
@@ -218,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cohort.add_argument(
         "--overwrite", action="store_true", help="replace existing stores instead of skipping"
+    )
+    cohort.add_argument(
+        "--allow-non-brightfield",
+        action="store_true",
+        help="predict even where a slide does not look like bright-field H&E (e.g. fluorescence)",
     )
     cohort.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -403,6 +414,7 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
                 retries=args.retries,
                 mpp=args.mpp,
                 overwrite=args.overwrite,
+                allow_non_brightfield=args.allow_non_brightfield,
                 progress=report,
                 should_cancel=ctrl_c.requested.is_set,
             )
@@ -477,6 +489,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         read_threads=args.read_threads,
         overwrite=args.overwrite,
+        allow_non_brightfield=args.allow_non_brightfield,
     )
     predictor, _ = load_predictor(model_path, providers)  # (the run reuses this session)
     with open_slide(spec) as slide:
@@ -703,6 +716,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             overlap_um=0.0,
             read_threads=2,
             overwrite=False,
+            allow_non_brightfield=False,
             quiet=args.quiet,
         )
     )
@@ -712,10 +726,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     gene = args.gene or most_variable_gene(store)
     store.gene_index([gene])  # a clear error for a gene the model does not predict
     with Slide(slide_path) as slide:
-        picture = save_gene_overlay(slide, store, gene, out_dir / f"{slide_path.stem}_{gene}.png")
+        file_gene = re.sub(r"[^\w.-]", "_", gene)  # (a gene name may hold "/" or ":")
+        picture = save_gene_overlay(
+            slide, store, gene, out_dir / f"{slide_path.stem}_{file_gene}.png"
+        )
     values = store.gene_values(gene)
     print(
-        f"{gene}: predicted {store.attrs['model']['target']} from {values.min():.2f} to {values.max():.2f} over {store.n_spots} spots"
+        f"{gene}: predicted {store.model.target} from {values.min():.2f} to {values.max():.2f} over {store.n_spots} spots"
     )
     print(f"store:   {store_path}")
     print(f"heatmap: {picture}")

@@ -355,6 +355,7 @@ def run_cohort(
     retries: int = 2,
     mpp: float | None = None,
     overwrite: bool = False,
+    allow_non_brightfield: bool = False,
     progress: CohortProgressCallback | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> list[SlideResult]:
@@ -398,6 +399,8 @@ def run_cohort(
         µm/px for slides whose files record none (a per-slide ``mpp`` takes precedence).
     overwrite
         Replace existing stores instead of skipping or resuming them.
+    allow_non_brightfield
+        Predict slides that do not look like bright-field H&E too (refused otherwise).
     progress
         Called with a :class:`CohortProgress` when a slide finishes and as spots progress.
     should_cancel
@@ -471,6 +474,7 @@ def run_cohort(
                 providers=tuple(providers) if providers else None,
                 intra_op_threads=threads,
                 overwrite=overwrite,
+                allow_non_brightfield=allow_non_brightfield,
             ),
         )
         for i, (s, name) in enumerate(zip(cohort, names, strict=True))

@@ -3,6 +3,10 @@
 H&E tissue is coloured and absorbs light; glass is white/grey. Otsu's threshold on the
 HSV saturation, on the optical density, or on both (a pixel is tissue if either says so)
 separates them; objects and holes smaller than a physical area are then cleaned up.
+
+All of it assumes a bright-field stain: :func:`check_brightfield` refuses a slide that is
+not (a fluorescence scan is dark where H&E glass is white, and every spot would count as
+tissue).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from skimage import filters, morphology
 
-from napari_virtual_st.errors import ParameterError
+from napari_virtual_st.errors import ParameterError, SlideError
 
 if TYPE_CHECKING:
     from napari_virtual_st.slide import Slide
@@ -193,3 +197,42 @@ def detect_tissue(
         min_obj = max_hole = int(thumb.shape[0] * thumb.shape[1] * 1e-4)
     mask = tissue_mask_from_rgb(thumb, method=method, min_object_px=min_obj, max_hole_px=max_hole)
     return TissueMask(mask=mask, downsample_xy=(dx, dy))
+
+
+#: Luminance (0-255) above which a thumbnail pixel is light: glass, or lightly stained tissue.
+LIGHT_LUMINANCE = 150.0
+#: A bright-field slide has at least this share of light pixels (H&E with its background
+#: masked black, as in the HER2ST viewer's images, has ~0.2; fluorescence scans ~0).
+MIN_LIGHT_FRACTION = 0.05
+
+
+class NotBrightfieldError(SlideError):
+    """The slide is not a bright-field (H&E) scan, e.g. a fluorescence one."""
+
+
+def light_fraction(rgb: ArrayLike) -> float:
+    """Share of pixels of an RGB image lighter than :data:`LIGHT_LUMINANCE`."""
+    image = np.asarray(rgb, dtype=np.float32)
+    if image.ndim != 3 or image.shape[-1] < 3 or image.size == 0:
+        raise ParameterError(f"need an RGB image; got shape {image.shape}")
+    return float((image[..., :3].mean(axis=-1) > LIGHT_LUMINANCE).mean())
+
+
+def check_brightfield(slide: Slide, thumbnail_px: int = 512) -> None:
+    """Refuse a slide that does not look like a bright-field (H&E) scan.
+
+    Image statistics decide: a bright-field scan is light where there is glass or pale
+    tissue; a fluorescence scan is dark almost everywhere.
+
+    Raises
+    ------
+    NotBrightfieldError
+        Saying what the slide looks like and how to go on anyway.
+    """
+    share = light_fraction(slide.thumbnail(thumbnail_px))
+    if share < MIN_LIGHT_FRACTION:
+        raise NotBrightfieldError(
+            f"{slide.path.name} does not look like a bright-field H&E slide (only "
+            f"{share:.1%} of it is light; a fluorescence scan is dark): the models predict "
+            "from H&E only. If it is H&E, say so (--allow-non-brightfield)"
+        )

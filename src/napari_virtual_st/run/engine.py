@@ -36,7 +36,7 @@ from napari_virtual_st.run.spec import Region, RunSpec
 from napari_virtual_st.slide import Slide
 from napari_virtual_st.store import PredictionStore
 from napari_virtual_st.store_view import StoreView
-from napari_virtual_st.tissue import TissueMask, detect_tissue
+from napari_virtual_st.tissue import TissueMask, check_brightfield, detect_tissue
 
 #: Full-resolution tissue masks (8 µm/px) with a longer side than this are slow enough
 #: (seconds) to be preceded by a preview on a mask of at most this side.
@@ -99,6 +99,8 @@ def run(
     stage("opening the slide")
     with open_slide(spec) as slide:
         mpp = slide.mpp  # raises the clear message when the resolution is unknown
+        if not spec.allow_non_brightfield:
+            check_brightfield(slide)
         stage("loading the model")
         predictor, started = load_predictor(
             resolve_model(spec.model_path),

@@ -72,6 +72,9 @@ class RunSpec:
         busy-wait between operators (Linux; elsewhere only the last).
     transform
         An alignment of measured data to this slide, saved with the finished store.
+    allow_non_brightfield
+        Predict even if the slide does not look like a bright-field H&E scan (it is refused
+        otherwise: a fluorescence scan gives meaningless values).
     """
 
     slide_path: Path
@@ -93,6 +96,7 @@ class RunSpec:
     report_values: bool = False
     yield_cpu: bool = False
     transform: Transform | None = None
+    allow_non_brightfield: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "slide_path", Path(self.slide_path))

@@ -447,3 +447,27 @@ def test_real_brightfield_images_pass_the_check_even_with_a_black_background() -
     for path in present:
         with Slide(path, mpp=1.0) as slide:
             check_brightfield(slide)  # raises if refused
+
+
+# -- unclear errors made clear --------------------------------------------------------------------
+def test_a_store_with_an_empty_array_description_is_a_one_line_error(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cmu.vst.zarr"
+    assert main(predict_argv(cmu_small_svs, synthetic_model, out)) == 0
+    (out / "expression" / "zarr.json").write_text("")
+    capsys.readouterr()
+    for argv in (["check", str(out)], ["export", str(out), "--h5ad", str(tmp_path / "o.h5ad")]):
+        assert main(argv) == 2
+        line = one_line_error(capsys.readouterr().err)
+        assert "damaged prediction store" in line
+        assert "'expression'" in line
+
+
+def test_a_folder_named_like_a_slide_is_called_a_folder(
+    synthetic_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "x.svs"
+    folder.mkdir()
+    assert main(predict_argv(folder, synthetic_model, tmp_path / "o.vst.zarr")) == 2
+    assert "x.svs is a folder" in one_line_error(capsys.readouterr().err)

@@ -71,6 +71,11 @@ def _open_backend(path: Path) -> SlideBackend:
             f"{path.suffix} slide. The file is probably truncated or damaged (an incomplete "
             f"download or copy? it is {path.stat().st_size:,} bytes), or not a slide at all"
         )
+    if path.is_dir():
+        raise SlideError(
+            f"{path.name} is a folder, not a slide OpenSlide recognises (a DICOM folder would "
+            "be; for a MIRAX or VMS slide give its .mrxs or .vms file)"
+        )
     raise SlideError(
         f"{path.name} is not a slide format this tool reads "
         "(OpenSlide formats, OME/pyramidal TIFF, PNG or JPEG)"

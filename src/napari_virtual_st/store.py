@@ -167,9 +167,16 @@ class PredictionStore:
         if attrs.get("format") != STORE_FORMAT:
             raise StoreError(f"{path} is not a napari-virtual-st prediction store")
         missing = [k for k in ("genes", "chunk_spots", "n_spots") if k not in attrs]
-        missing += [
-            a for a in ("expression", "done", "xy_level0_px", "lattice_rc") if a not in group
-        ]
+        for name in ("expression", "done", "xy_level0_px", "lattice_rc"):
+            try:
+                present = name in group
+            except Exception as exc:  # e.g. an empty or corrupt <name>/zarr.json
+                raise StoreError(
+                    f"{path} is a damaged prediction store: the description of its {name!r} "
+                    f"array cannot be read ({type(exc).__name__}); predict again with --overwrite"
+                ) from exc
+            if not present:
+                missing.append(name)
         if missing:
             raise StoreError(f"{path} is a damaged prediction store: it lacks {missing[0]!r}")
         self.attrs: dict[str, Any] = attrs

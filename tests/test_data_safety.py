@@ -471,3 +471,17 @@ def test_a_folder_named_like_a_slide_is_called_a_folder(
     folder.mkdir()
     assert main(predict_argv(folder, synthetic_model, tmp_path / "o.vst.zarr")) == 2
     assert "x.svs is a folder" in one_line_error(capsys.readouterr().err)
+
+
+def test_a_store_records_the_slides_absolute_path_when_given_a_relative_one(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "slides" / cmu_small_svs.name).symlink_to(cmu_small_svs)
+    monkeypatch.chdir(tmp_path)
+    relative = Path("slides") / cmu_small_svs.name
+    assert main(predict_argv(relative, synthetic_model, tmp_path / "r.vst.zarr")) == 0
+    recorded = PredictionStore.open(tmp_path / "r.vst.zarr").slide.path
+    assert recorded is not None and recorded.is_absolute()
+    monkeypatch.chdir(tmp_path / "slides")  # another folder: the record still finds it
+    assert recorded.exists()

@@ -301,7 +301,7 @@ class Slide:
     def describe(self) -> dict[str, object]:
         """A JSON-friendly summary (format, levels, µm/px) for provenance and ``info``."""
         return {
-            "path": str(self.path),
+            "path": str(self.path.absolute()),  # (found again from any working folder)
             "name": self.path.name,
             "format": self.format,
             "dimensions": list(self.dimensions),

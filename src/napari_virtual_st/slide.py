@@ -119,6 +119,7 @@ class Slide:
         self._backend = _open_backend(self.path)
         self._mpp_override = None if mpp is None else float(mpp)
         self._fingerprint: str | None = None
+        self._thumbnail: tuple[int, NDArray[np.uint8]] | None = None  # the last one read
 
     # -- description ------------------------------------------------------------------------
     @property
@@ -265,10 +266,15 @@ class Slide:
         """The whole slide as RGB, its longer side at most ``max_px`` pixels."""
         if max_px <= 0:
             raise ParameterError(f"thumbnail size must be positive; got {max_px}")
+        cached = self._thumbnail
+        if cached is not None and cached[0] == max_px:  # (the checks of one run share it)
+            return cached[1].copy()
         w0, h0 = self.dimensions
         downsample = max(max(w0, h0) / max_px, 1.0)
         size = (max(1, round(w0 / downsample)), max(1, round(h0 / downsample)))
-        return self.read_region_downsampled((0, 0), size, downsample)
+        thumb = self.read_region_downsampled((0, 0), size, downsample)
+        self._thumbnail = (max_px, thumb)
+        return thumb.copy()
 
     def level_array(self, level: int) -> LevelArray:
         """A lazy, array-like view of one level (reads only what is indexed)."""

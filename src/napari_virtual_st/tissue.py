@@ -149,6 +149,16 @@ def _otsu_foreground(values: NDArray[np.floating], min_contrast: float) -> NDArr
     return values > threshold
 
 
+def thumbnail_side(slide: Slide, mask_um_per_px: float = 8.0, max_px: int = 4096) -> int:
+    """Longer side (px) of the thumbnail tissue is found on, at ``mask_um_per_px``."""
+    w0, h0 = slide.dimensions
+    mpp = slide.mpp_or_none
+    if mpp is None:
+        return min(max_px, max(w0, h0), 2048)
+    target = max(w0, h0) * mpp / mask_um_per_px
+    return int(min(max_px, max(w0, h0), max(256, target)))
+
+
 def detect_tissue(
     slide: Slide,
     *,
@@ -182,12 +192,7 @@ def detect_tissue(
         raise ParameterError("tissue mask resolution and size must be positive")
     w0, h0 = slide.dimensions
     mpp = slide.mpp_or_none
-    if mpp is not None:
-        target = max(w0, h0) * mpp / mask_um_per_px
-        side = int(min(max_px, max(w0, h0), max(256, target)))
-    else:
-        side = min(max_px, max(w0, h0), 2048)
-    thumb = slide.thumbnail(side)
+    thumb = slide.thumbnail(thumbnail_side(slide, mask_um_per_px, max_px))
     dx, dy = w0 / thumb.shape[1], h0 / thumb.shape[0]
     if mpp is not None:
         px_area_um2 = dx * dy * mpp * mpp
@@ -218,18 +223,19 @@ def light_fraction(rgb: ArrayLike) -> float:
     return float((image[..., :3].mean(axis=-1) > LIGHT_LUMINANCE).mean())
 
 
-def check_brightfield(slide: Slide, thumbnail_px: int = 512) -> None:
+def check_brightfield(slide: Slide, mask_um_per_px: float = 8.0) -> None:
     """Refuse a slide that does not look like a bright-field (H&E) scan.
 
     Image statistics decide: a bright-field scan is light where there is glass or pale
-    tissue; a fluorescence scan is dark almost everywhere.
+    tissue; a fluorescence scan is dark almost everywhere. The thumbnail is the one tissue
+    detection at ``mask_um_per_px`` reads (the slide keeps it), so the check costs no read.
 
     Raises
     ------
     NotBrightfieldError
         Saying what the slide looks like and how to go on anyway.
     """
-    share = light_fraction(slide.thumbnail(thumbnail_px))
+    share = light_fraction(slide.thumbnail(thumbnail_side(slide, mask_um_per_px)))
     if share < MIN_LIGHT_FRACTION:
         raise NotBrightfieldError(
             f"{slide.path.name} does not look like a bright-field H&E slide (only "

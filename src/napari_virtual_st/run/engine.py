@@ -100,7 +100,7 @@ def run(
     with open_slide(spec) as slide:
         mpp = slide.mpp  # raises the clear message when the resolution is unknown
         if not spec.allow_non_brightfield:
-            check_brightfield(slide)
+            check_brightfield(slide, FULL_MASK_UM_PER_PX)
         stage("loading the model")
         predictor, started = load_predictor(
             resolve_model(spec.model_path),

@@ -742,3 +742,12 @@ def test_truncated_synthetic_tiff_fails_at_read_with_a_slide_error(
             slide.read_region((0, 0), slide.dimensions)
         with pytest.raises(SlideError, match="truncated"):
             np.asarray(slide.level_array(0))
+
+
+def test_a_tile_larger_than_the_read_limit_is_refused_before_reading(gradient_tiff: Path) -> None:
+    with Slide(gradient_tiff) as slide:
+        coarsest = slide.level_downsamples[-1]
+        tile_um = 9000 * coarsest * slide.mpp  # 9000 px a side even on the coarsest level
+        with pytest.raises(ParameterError, match=r"would read 9,000 × 9,000 px") as info:
+            slide.read_tile((100, 100), 32, tile_um)
+    assert "no pyramid level near" in str(info.value)

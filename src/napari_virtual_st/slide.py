@@ -31,6 +31,9 @@ from napari_virtual_st.errors import MissingResolutionError, ParameterError, Sli
 #: A level may serve a request if its resolution is at most this much coarser than asked
 #: (vendor downsamples such as 4.0003 would otherwise push reads onto a finer level).
 LEVEL_TOLERANCE = 0.01
+#: The most level pixels a side that one tile may read, whatever a model asks for (a model
+#: asking for a 2 mm tile on a slide without a pyramid would otherwise read gigabytes).
+MAX_TILE_READ_PX = 8192
 
 _TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf", ".tf8", ".qptiff")
 #: Vendor formats that only OpenSlide reads (TIFF-named files fall back to tifffile).
@@ -256,11 +259,20 @@ class Slide:
     ) -> NDArray[np.uint8]:
         """Read a square tile of ``tile_um`` µm side, centred on a level-0 point, as ``tile_px`` px."""
         side_level0 = tile_um / self.mpp
+        downsample = side_level0 / tile_px
+        level = self.best_level_for_downsample(downsample)
+        side_read = side_level0 / self.level_downsamples[level]
+        if side_read > MAX_TILE_READ_PX:
+            raise ParameterError(
+                f"a {tile_um:g} µm tile would read {side_read:,.0f} × {side_read:,.0f} px of this "
+                f"slide's level {level} (the limit is {MAX_TILE_READ_PX:,} px a side): the slide "
+                f"has no pyramid level near {downsample * self.mpp:.3g} µm/px"
+            )
         corner = (
             center_xy_level0_px[0] - side_level0 / 2,
             center_xy_level0_px[1] - side_level0 / 2,
         )
-        return self.read_region_downsampled(corner, (tile_px, tile_px), side_level0 / tile_px)
+        return self.read_region_downsampled(corner, (tile_px, tile_px), downsample)
 
     def thumbnail(self, max_px: int = 2048) -> NDArray[np.uint8]:
         """The whole slide as RGB, its longer side at most ``max_px`` pixels."""

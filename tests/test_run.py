@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -129,6 +130,28 @@ def test_store_view_reads_a_store(cmu_small_svs: Path, tmp_path: Path) -> None:
     assert list(table.columns) == ["spot", *view.genes] and len(table) == view.n_spots
     assert view.spot_at(view.yx_um[3]) == 3
     assert view.most_variable_gene() in view.genes
+
+
+def test_a_moved_slide_is_found_beside_its_store_and_only_if_it_is_the_same_slide(
+    cmu_small_svs: Path, tiny_svs: Path, tmp_path: Path
+) -> None:
+    from synthetic_models import write_mean_colour_model
+
+    model = write_mean_colour_model(tmp_path / "m.onnx")
+    slide = Path(shutil.copy(cmu_small_svs, tmp_path / "case.svs"))
+    request = _request(slide, model, tmp_path, grid_kind="st", min_tissue_fraction=0.0)
+    _, path = _drain(run_events(request))
+    assert StoreView.open(path).slide_path == slide.absolute()
+    # The user moves slide and results to another folder together.
+    moved = tmp_path / "archive"
+    moved.mkdir()
+    shutil.move(path, moved / path.name)
+    shutil.move(slide, moved / slide.name)
+    assert StoreView.open(moved / path.name).slide_path == (moved / slide.name).absolute()
+    # Another slide under the same name is not taken for it.
+    (moved / slide.name).unlink()
+    shutil.copy(tiny_svs, moved / slide.name)
+    assert StoreView.open(moved / path.name).slide_path is None
 
 
 def test_visible_first_orders_spots_on_screen_from_the_middle_out() -> None:

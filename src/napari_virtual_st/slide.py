@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -26,7 +27,12 @@ from napari_virtual_st._backends import (
     openslide_backend,
     plausible_mpp,
 )
-from napari_virtual_st.errors import MissingResolutionError, ParameterError, SlideError
+from napari_virtual_st.errors import (
+    MissingResolutionError,
+    ParameterError,
+    SlideError,
+    VirtualSTError,
+)
 
 #: A level may serve a request if its resolution is at most this much coarser than asked
 #: (vendor downsamples such as 4.0003 would otherwise push reads onto a finer level).
@@ -435,3 +441,50 @@ def _largest_file(folder: Path) -> Path:
     if not files:
         raise SlideError(f"{folder} contains no files")
     return max(files, key=lambda p: p.stat().st_size)
+
+
+def locate_slide(
+    name: str | None,
+    recorded_path: Path | None,
+    fingerprint: str | None,
+    near: Sequence[Path] = (),
+) -> Path | None:
+    """Find the slide a store was predicted on, also after the slide or the store was moved.
+
+    The recorded (absolute) path is tried first, then a file of the recorded name in each
+    folder of ``near`` (e.g. the store's folder, where users keep slide and results
+    together). A candidate is taken only when its content fingerprint matches the recorded
+    one, so a different slide that happens to sit at the old path is never shown under
+    another slide's predictions.
+
+    Parameters
+    ----------
+    name, recorded_path, fingerprint
+        What the store recorded (:class:`~napari_virtual_st.store.SlideRecord`); a missing
+        fingerprint accepts the first candidate that opens.
+    near
+        Folders to look in for a file called ``name``.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The slide's path, or ``None`` when none of the candidates is that slide.
+    """
+    candidates: list[Path] = []
+    if recorded_path is not None:
+        candidates.append(recorded_path)
+    if name:
+        candidates.extend(Path(folder) / name for folder in near)
+    seen: set[Path] = set()
+    for candidate in candidates:
+        key = Path(os.path.abspath(candidate))
+        if key in seen or not candidate.exists():
+            continue
+        seen.add(key)
+        try:
+            with Slide(candidate) as slide:
+                if fingerprint is None or slide.fingerprint == fingerprint:
+                    return key
+        except VirtualSTError:
+            continue
+    return None

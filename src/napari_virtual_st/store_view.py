@@ -21,6 +21,7 @@ from napari_virtual_st.errors import ParameterError
 from napari_virtual_st.frames import xy_level0_px_to_yx_um
 from napari_virtual_st.grid import SpotGrid
 from napari_virtual_st.heatmap import HeatmapGeometry, most_variable_gene, robust_limits
+from napari_virtual_st.slide import locate_slide
 from napari_virtual_st.store import ModelRecord, PredictionStore, SlideRecord, spot_names
 
 
@@ -166,8 +167,11 @@ class StoreView:
 
     @property
     def slide_path(self) -> Path | None:
-        """The slide the predictions were made on, as recorded in the store."""
-        return self.slide.path
+        """The slide the predictions were made on: where the store recorded it, else a file of
+        its name beside the store (either only if its fingerprint matches); ``None`` when
+        neither is that slide."""
+        record = self.slide
+        return locate_slide(record.name, record.path, record.fingerprint, near=(self.path.parent,))
 
     def gene_column(self, gene: str) -> int:
         """Column of ``gene``; raises naming an unknown gene."""

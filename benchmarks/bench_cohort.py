@@ -95,10 +95,16 @@ def measure(slides: list[Path], model: Path, workers: int, work: Path) -> dict[s
             out,
             scheduler=cluster.scheduler_address,
             threads_per_worker=threads,
+            allow_non_brightfield=True,  # (the NDPI slides are fluorescence: load, not biology)
         )
         finished = time.perf_counter()
         rerun = cohort.run_cohort(
-            slides, model, out, scheduler=cluster.scheduler_address, threads_per_worker=threads
+            slides,
+            model,
+            out,
+            scheduler=cluster.scheduler_address,
+            threads_per_worker=threads,
+            allow_non_brightfield=True,
         )
         rerun_s = time.perf_counter() - finished
     failed = [r for r in results if r.status != "done"]

@@ -569,5 +569,5 @@ def test_a_malformed_recorded_context_is_an_error_not_per_tile_values(tmp_path: 
     record = provenance()
     record["model"]["metadata"] = {"context": {"sigma_um": -1, "radius_um": 150}}
     store = new_store(tmp_path, provenance=record)
-    with pytest.raises(StoreError, match="spot context it cannot use.*sigma_um"):
+    with pytest.raises(StoreError, match=r"spot context it cannot use.*sigma_um"):
         store.expression()

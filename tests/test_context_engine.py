@@ -284,3 +284,21 @@ def test_predict_measured_and_evaluate_score_the_contextual_values(
     capsys.readouterr()
     assert main(["evaluate", str(out), *measured_args]) == 0
     assert f"predicted values: {DESCRIBED}" in capsys.readouterr().err
+
+
+def test_a_cohort_run_gives_the_same_contextual_values_as_the_cli(
+    cmu_small_svs: Path, tmp_path: Path
+) -> None:
+    from napari_virtual_st.cohort import run_cohort
+
+    model = _model(tmp_path / "smooth.onnx")
+    (result,) = run_cohort([cmu_small_svs], model, tmp_path / "cohort", workers=1, processes=False)
+    assert result.ok, result
+    cohort_store = PredictionStore.open(result.store)
+    assert _predict(cmu_small_svs, model, tmp_path / "cli.vst.zarr") == 0
+    cli_store = PredictionStore.open(tmp_path / "cli.vst.zarr")
+    assert cohort_store.is_contextual and cohort_store.is_complete
+    np.testing.assert_array_equal(cohort_store.expression(), cli_store.expression())
+    np.testing.assert_array_equal(
+        cohort_store.expression(), _expected(cohort_store, cohort_store.expression(per_tile=True))
+    )

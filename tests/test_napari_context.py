@@ -32,6 +32,7 @@ def test_a_contextual_run_fills_its_heatmap_progressively_with_contextual_values
     viewer.open_sample(PLUGIN, "cmu1_small_region")
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict expression")
     widget.add_model(model)
+    assert "Gaussian context, σ 100 µm within 250 µm" in widget.model_info.value
     widget.output.value = tmp_path / "smooth.vst.zarr"
     widget.batch_size = 8
     drawn: list[int] = []

@@ -4,6 +4,7 @@ a model without the key is as before (issue 19, item 2)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import threading
 from pathlib import Path
@@ -282,8 +283,13 @@ def test_predict_measured_and_evaluate_score_the_contextual_values(
     np.testing.assert_array_equal(predicted, expected)
     assert result.n_spots > 300
     capsys.readouterr()
-    assert main(["evaluate", str(out), *measured_args]) == 0
+    assert result.values == DESCRIBED
+    table = tmp_path / "genes.csv"
+    assert main(["evaluate", str(out), *measured_args, "--csv", str(table)]) == 0
     assert f"predicted values: {DESCRIBED}" in capsys.readouterr().err
+    with table.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 5 and {r["predicted_values"] for r in rows} == {DESCRIBED}
 
 
 def test_a_cohort_run_gives_the_same_contextual_values_as_the_cli(

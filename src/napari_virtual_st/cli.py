@@ -581,7 +581,6 @@ def _load_measured(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_virtual_st.compare import compare
-    from napari_virtual_st.context import describe_values
     from napari_virtual_st.store import PredictionStore
 
     store = PredictionStore.open(args.store)
@@ -596,7 +595,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             )
     result = compare(store, measured, transform)
     summary = result.summary()
-    print(f"predicted values: {describe_values(store.context)}", file=sys.stderr)
+    print(f"predicted values: {summary['values']}", file=sys.stderr)
     print(
         f"{summary['n_spots']} spots matched by {summary['spot_match']}, {summary['n_genes']} genes compared"
         + (

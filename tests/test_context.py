@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_virtual_st.context import SpotContext, apply_context, context_weights, spots_near
+from napari_virtual_st.context import (
+    SpotContext,
+    apply_context,
+    context_weights,
+    describe_values,
+    spot_weights,
+    spots_near,
+)
 from napari_virtual_st.errors import ModelError
 
 
@@ -85,3 +92,25 @@ def test_malformed_context_metadata_is_refused_by_key(text: str, fragment: str) 
 def test_context_round_trips_through_its_metadata_text() -> None:
     ctx = SpotContext(sigma_um=150.0, radius_um=300.0)
     assert SpotContext.from_json(ctx.to_json()) == ctx
+
+
+def test_a_spot_gets_the_same_bits_whichever_rows_are_computed_with_it() -> None:
+    """What lets the viewer recompute a few spots per batch and still end on the store's values."""
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 1000, size=(80, 2))
+    values = rng.normal(size=(80, 3)).astype(np.float32)
+    values[rng.random(80) < 0.2] = np.nan  # spots without a value yet
+    weights = context_weights(xy, SpotContext(sigma_um=80.0, radius_um=200.0))
+    full = apply_context(values, weights)
+    for rows in (np.array([5]), np.arange(10, 30), slice(40, 80), spots_near(weights, [7, 8])):
+        np.testing.assert_array_equal(apply_context(values, weights, rows), full[rows])
+
+
+def test_the_level0_weights_are_the_micrometre_weights() -> None:
+    xy_px = np.array([[0.0, 0.0], [200.0, 0.0], [900.0, 0.0]])
+    ctx = SpotContext(sigma_um=100.0, radius_um=150.0)
+    expected = context_weights(xy_px * 0.5, ctx).toarray()
+    np.testing.assert_array_equal(spot_weights(xy_px, 0.5, ctx).toarray(), expected)
+    assert expected[0, 1] == pytest.approx(np.exp(-0.5)) and expected[0, 2] == 0.0
+    assert describe_values(None) == "per-tile"
+    assert describe_values(ctx) == "contextual (Gaussian context, σ 100 µm within 150 µm)"

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
+from napari_virtual_st.context import SpotContext
 from napari_virtual_st.contract import (
     REQUIRED_KEYS,
     ModelMetadata,
@@ -143,6 +144,7 @@ FULL = ModelMetadata(
     training={"data": "synthetic", "split": "none"},
     metrics={"raw": {"PCC-ALL": 0.1}},
     extra_inputs={"noise": {"dtype": "float32", "shape": ["N", 8], "seed": 7}},
+    context=SpotContext(sigma_um=150.0, radius_um=300.0),
     other_keys={"author": "someone"},
 )
 
@@ -202,6 +204,11 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("extra_inputs", json.dumps({"noise": {"dtype": "float64", "shape": ["N", 8]}})),
     ("extra_inputs", json.dumps({"noise": {"dtype": "float32", "shape": [8]}})),
     ("extra_inputs", json.dumps({"noise": {"dtype": "float32", "shape": ["N"], "seed": -1}})),
+    ("context", "gaussian 150"),
+    ("context", '{"sigma_um": 150}'),
+    ("context", '{"kind": "box", "sigma_um": 150, "radius_um": 300}'),
+    ("context", '{"sigma_um": 0, "radius_um": 300}'),
+    ("context", '{"sigma_um": true, "radius_um": 300}'),
 ]
 
 
@@ -209,6 +216,36 @@ BAD_VALUES: list[tuple[str, Any]] = [
 def test_each_bad_key_is_refused_naming_it(key: str, value: str) -> None:
     with pytest.raises(ModelError, match=f"metadata 'vst.{key}'"):
         ModelMetadata.from_props({**FULL.to_props(), f"vst.{key}": value})
+
+
+def test_a_declared_spot_context_reaches_the_engine_and_its_absence_means_per_tile(
+    tmp_path: Path,
+) -> None:
+    context = SpotContext(sigma_um=120.0, radius_um=250.0)
+    props = replace(FULL, genes=["A", "B"], outputs=["expression"], extra_inputs={})
+    model = mean_colour_graph(2, 16)
+    path = save_model(
+        attach_metadata(model, replace(props, context=context).to_props()), tmp_path / "c.onnx"
+    )
+    info = Predictor(path).info
+    assert info.context == context
+    assert info.metadata["context"] == {"kind": "gaussian", "sigma_um": 120.0, "radius_um": 250.0}
+    assert info.values_description == "contextual (Gaussian context, σ 120 µm within 250 µm)"
+    # written as the JSON object the model-evaluation scripts write by hand
+    assert json.loads(replace(props, context=context).to_props()["vst.context"]) == {
+        "kind": "gaussian",
+        "sigma_um": 120.0,
+        "radius_um": 250.0,
+    }
+    assert replace(props, context={"sigma_um": 120.0, "radius_um": 250.0}).context == context
+
+    old = save_model(
+        attach_metadata(mean_colour_graph(2, 16), replace(props, context=None).to_props()),
+        tmp_path / "old.onnx",
+    )
+    info = Predictor(old).info
+    assert info.context is None and "context" not in info.metadata
+    assert info.values_description == "per-tile"
 
 
 def test_a_model_whose_graph_disagrees_with_valid_metadata_is_refused(tmp_path: Path) -> None:

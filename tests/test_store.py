@@ -488,3 +488,86 @@ def test_an_alignment_saved_with_the_store_is_read_back(tmp_path: Path) -> None:
     written.write_text("{not json")
     with pytest.raises(AlignmentError, match="not a saved alignment transform"):
         again.load_transform()
+
+
+# -- spot context: per-tile values on disk, contextual values on reading ------------------------
+CONTEXT = {"kind": "gaussian", "sigma_um": 100.0, "radius_um": 150.0}
+
+
+def context_store(tmp_path: Path, grid: SpotGrid | None = None, **kwargs: Any) -> PredictionStore:
+    """A store whose model declares a Gaussian context reaching the next spot on the line."""
+    record = provenance()
+    record["model"]["metadata"] = {"name": "smooth", "context": CONTEXT}
+    return new_store(tmp_path, grid=grid or small_grid(), provenance=record, **kwargs)
+
+
+def test_a_context_model_stores_per_tile_values_and_reads_back_contextual_ones(
+    tmp_path: Path,
+) -> None:
+    from napari_virtual_st.context import SpotContext, apply_context, context_weights
+
+    store = context_store(tmp_path, with_variance=True)
+    tile = values(10)
+    for chunk in range(store.n_chunks):
+        part = store.chunk_slice(chunk)
+        store.write_chunk(chunk, tile[part], np.abs(tile[part]))
+    store = PredictionStore.open(store.path)
+    assert store.is_contextual and store.model.context == SpotContext(100.0, 150.0)
+    np.testing.assert_array_equal(store.expression(per_tile=True), tile)  # on disk: per-tile
+    weights = context_weights(store.xy_level0_px * 0.5, SpotContext(100.0, 150.0))
+    expected = apply_context(tile, weights)
+    np.testing.assert_array_equal(store.expression(), expected)
+    np.testing.assert_array_equal(store.gene_values("PTPRC"), expected[:, 1])
+    np.testing.assert_array_equal(store.expression(["COL1A1", "EPCAM"]), expected[:, [2, 0]])
+    np.testing.assert_array_equal(store.expression(spots=slice(3, 7)), expected[3:7])
+    np.testing.assert_array_equal(store.variance(), apply_context(np.abs(tile), weights))
+    # an interior spot is its neighbours' weighted mean; the spot at the end has one neighbour
+    w = np.exp(-0.5)
+    np.testing.assert_allclose(
+        store.expression()[4], (tile[4] + w * (tile[3] + tile[5])) / (1 + 2 * w), rtol=1e-6
+    )
+    np.testing.assert_allclose(store.expression()[9], (tile[9] + w * tile[8]) / (1 + w), rtol=1e-6)
+
+
+def test_contextual_values_use_only_spots_predicted_so_far(tmp_path: Path) -> None:
+    store = context_store(tmp_path)  # chunks of 4: spots 0-3, 4-7, 8-9
+    tile = values(10)
+    store.write_chunk(1, tile[4:8])
+    read = store.expression()
+    assert np.isnan(read[:4]).all() and np.isnan(read[8:]).all()
+    w = np.exp(-0.5)  # spot 4's neighbour 3 is not predicted: its weight is left out
+    np.testing.assert_allclose(read[4], (tile[4] + w * tile[5]) / (1 + w), rtol=1e-6)
+    store.write_chunk(0, tile[:4])
+    store.forget_chunks([0])  # found damaged: its stale values count for nothing
+    np.testing.assert_array_equal(store.expression(), read)
+
+
+def test_a_spot_without_neighbours_in_reach_keeps_its_own_value(tmp_path: Path) -> None:
+    xy = np.array([[100.0, 100.0], [300.0, 100.0], [5000.0, 100.0], [9000.0, 100.0]])
+    grid = SpotGrid.from_coordinates(xy, mpp=0.5, spot_diameter_um=55.0)
+    store = context_store(tmp_path, grid=grid, chunk_spots=2)
+    tile = values(4)
+    store.write_chunk(0, tile[:2])
+    store.write_chunk(1, tile[2:])
+    read = store.expression()
+    np.testing.assert_array_equal(read[2:], tile[2:])  # 2.4 mm and 2 mm from any other spot
+    w = np.exp(-0.5)
+    np.testing.assert_allclose(read[0], (tile[0] + w * tile[1]) / (1 + w), rtol=1e-6)
+
+
+def test_a_store_without_context_reads_its_stored_values(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    tile = values(10)
+    for chunk in range(store.n_chunks):
+        store.write_chunk(chunk, tile[store.chunk_slice(chunk)])
+    assert not store.is_contextual and store.context_weights is None
+    np.testing.assert_array_equal(store.expression(), tile)
+    np.testing.assert_array_equal(store.expression(per_tile=True), tile)
+
+
+def test_a_malformed_recorded_context_is_an_error_not_per_tile_values(tmp_path: Path) -> None:
+    record = provenance()
+    record["model"]["metadata"] = {"context": {"sigma_um": -1, "radius_um": 150}}
+    store = new_store(tmp_path, provenance=record)
+    with pytest.raises(StoreError, match=r"spot context it cannot use.*sigma_um"):
+        store.expression()

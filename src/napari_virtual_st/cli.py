@@ -326,6 +326,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
                 outputs=list(info.outputs),
                 metrics=info.metadata.get("metrics"),
                 license=info.metadata.get("license"),
+                values=info.values_description,
+                context=None if info.context is None else info.context.as_dict(),
             )
         rows.append(row)
     if args.json:
@@ -344,6 +346,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
             f"{row['name']}: {row['family']}, {row['genes']} genes, tiles {row['tile_px']} px / "
             f"{row['tile_um']:g} µm, outputs {', '.join(row['outputs'])}, target {row['target']}"
         )
+        print(f"    values: {row['values']}")
         metrics = row.get("metrics") or {}
         raw = metrics.get("raw", {}) if isinstance(metrics, dict) else {}
         if "PCC-ALL" in raw:
@@ -500,7 +503,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     spec = replace(spec, spots=spots, transform=transform)
     print(
         f"model {predictor.path.name}: {len(predictor.genes)} genes, tiles of "
-        f"{predictor.info.tile_um:g} µm at {predictor.info.tile_px} px; running on {predictor.providers[0]}",
+        f"{predictor.info.tile_um:g} µm at {predictor.info.tile_px} px, values "
+        f"{predictor.info.values_description}; running on {predictor.providers[0]}",
         file=sys.stderr,
     )
     bars: list[Any] = []  # created when the store is ready, after its checks passed
@@ -591,6 +595,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             )
     result = compare(store, measured, transform)
     summary = result.summary()
+    print(f"predicted values: {summary['values']}", file=sys.stderr)
     print(
         f"{summary['n_spots']} spots matched by {summary['spot_match']}, {summary['n_genes']} genes compared"
         + (
@@ -733,6 +738,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     values = store.gene_values(gene)
     print(
         f"{gene}: predicted {store.model.target} from {values.min():.2f} to {values.max():.2f} over {store.n_spots} spots"
+        + (f", {store.model.context.describe()}" if store.model.context else "")
     )
     print(f"store:   {store_path}")
     print(f"heatmap: {picture}")

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import spearmanr
 
+from napari_virtual_st.context import describe_values
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.frames import Transform
 from napari_virtual_st.grid import match_spots
@@ -57,6 +58,9 @@ class Comparison:
         Model genes the measured data lacks (reported, not fatal).
     spot_match
         ``"id"`` or ``"nearest"``.
+    values
+        What the predicted values are: ``per-tile`` or ``contextual (…)`` (the model's spot
+        context, :func:`napari_virtual_st.context.describe_values`).
     """
 
     genes: tuple[GeneScore, ...]
@@ -65,6 +69,7 @@ class Comparison:
     measured: NDArray[np.float32]
     missing_genes: tuple[str, ...]
     spot_match: str
+    values: str = "per-tile"
 
     def summary(self) -> dict[str, float | int | str]:
         """Overall figures: mean Pearson/Spearman/SSIM, share of genes with Pearson > 0."""
@@ -81,6 +86,7 @@ class Comparison:
             "mean_ssim": float(np.nanmean([g.ssim for g in self.genes])) if len(p) else math.nan,
             "frac_pearson_gt_0": float(np.mean(p > 0)) if len(p) else math.nan,
             "spot_match": self.spot_match,
+            "values": self.values,
         }
 
     def sorted_by(self, key: str = "pearson") -> list[GeneScore]:
@@ -88,13 +94,22 @@ class Comparison:
         return sorted(self.genes, key=lambda g: -np.nan_to_num(getattr(g, key), nan=-np.inf))
 
     def write_csv(self, path: str | Path) -> Path:
-        """Per-gene table (gene, pearson, spearman, ssim, means), written atomically."""
+        """Per-gene table (gene, pearson, spearman, ssim, means, which predicted values were
+        scored), written atomically."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
         with tmp.open("w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(
-                ["gene", "pearson", "spearman", "ssim", "mean_predicted", "mean_measured"]
+                [
+                    "gene",
+                    "pearson",
+                    "spearman",
+                    "ssim",
+                    "mean_predicted",
+                    "mean_measured",
+                    "predicted_values",
+                ]
             )
             for g in self.sorted_by():
                 writer.writerow(
@@ -105,6 +120,7 @@ class Comparison:
                         f"{g.ssim:.6f}",
                         f"{g.mean_predicted:.6f}",
                         f"{g.mean_measured:.6f}",
+                        self.values,
                     ]
                 )
         tmp.replace(path)
@@ -119,6 +135,9 @@ def compare(
     max_distance_px: float | None = None,
 ) -> Comparison:
     """Compare a finished prediction with measured data.
+
+    The predicted values are the store's (:meth:`PredictionStore.expression`): contextual
+    when the model declares a spot context.
 
     Parameters
     ----------
@@ -177,7 +196,10 @@ def compare(
         _gene_score(g, predicted_values[:, k], measured_values[:, k], rc)
         for k, g in enumerate(shared)
     )
-    return Comparison(scores, len(pairs), predicted_values, measured_values, missing, match)
+    values = describe_values(store.context)
+    return Comparison(
+        scores, len(pairs), predicted_values, measured_values, missing, match, values
+    )
 
 
 def _gene_score(

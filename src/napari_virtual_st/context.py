@@ -63,7 +63,12 @@ class SpotContext:
             )
         for key in ("sigma_um", "radius_um"):
             value = getattr(self, key)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
                 raise ModelError(f"vst.context: {key} must be a positive number, got {value!r}")
         if self.radius_um > MAX_RADIUS_UM:
             raise ModelError(
@@ -92,15 +97,23 @@ class SpotContext:
             kind=record.get("kind", "gaussian"),
         )
 
+    def as_dict(self) -> dict[str, Any]:
+        """The kernel as the JSON object of ``vst.context`` (what stores and exports record)."""
+        return {"kind": self.kind, "sigma_um": self.sigma_um, "radius_um": self.radius_um}
+
     def to_json(self) -> str:
         """The ``vst.context`` value for this kernel."""
-        return json.dumps(
-            {"kind": self.kind, "sigma_um": self.sigma_um, "radius_um": self.radius_um}
-        )
+        return json.dumps(self.as_dict())
 
     def describe(self) -> str:
         """One line for people, e.g. ``Gaussian context, σ 150 µm within 300 µm``."""
         return f"Gaussian context, σ {self.sigma_um:g} µm within {self.radius_um:g} µm"
+
+
+def describe_values(context: SpotContext | None) -> str:
+    """``"per-tile"`` or, with a spot context, e.g. ``contextual (Gaussian context, σ 150 µm
+    within 300 µm)``: the one wording the CLI, the exports and the viewer use."""
+    return "per-tile" if context is None else f"contextual ({context.describe()})"
 
 
 def context_weights(xy_um: NDArray[np.floating], context: SpotContext) -> sparse.csr_matrix:
@@ -123,11 +136,30 @@ def context_weights(xy_um: NDArray[np.floating], context: SpotContext) -> sparse
     if n == 0:
         return sparse.csr_matrix((0, 0), dtype=np.float64)
     pairs = cKDTree(xy).query_pairs(context.radius_um, output_type="ndarray")
-    rows = np.concatenate([np.arange(n), pairs[:, 0], pairs[:, 1]])
-    cols = np.concatenate([np.arange(n), pairs[:, 1], pairs[:, 0]])
-    d2 = np.sum((xy[rows] - xy[cols]) ** 2, axis=1)
-    weights = np.exp(-d2 / (2.0 * context.sigma_um**2))
+    a, b = pairs[:, 0], pairs[:, 1]
+    x, y = np.ascontiguousarray(xy[:, 0]), np.ascontiguousarray(xy[:, 1])
+    dx, dy = x[a] - x[b], y[a] - y[b]  # each pair once (1 s less on 100k spots)
+    w = np.exp(-(dx * dx + dy * dy) / (2.0 * context.sigma_um**2))
+    rows = np.concatenate([np.arange(n), a, b])
+    cols = np.concatenate([np.arange(n), b, a])
+    weights = np.concatenate([np.ones(n), w, w])
     return sparse.csr_matrix((weights, (rows, cols)), shape=(n, n))
+
+
+def spot_weights(
+    xy_level0_px: NDArray[np.floating], mpp: float, context: SpotContext
+) -> sparse.csr_matrix:
+    """:func:`context_weights` of spots given in level-0 pixels of a slide of ``mpp`` µm/px.
+
+    The store, its exports and the viewer all build a store's weights with this one call, so
+    their contextual values agree to the bit.
+    """
+    xy = np.asarray(xy_level0_px, dtype=np.float64).reshape(-1, 2)
+    return context_weights(xy * float(mpp), context)
+
+
+#: Genes computed at once by :func:`apply_context` (bounds its float64 working copy).
+_GENE_BLOCK = 64
 
 
 def apply_context(
@@ -145,28 +177,42 @@ def apply_context(
         :func:`context_weights` of the same spots.
     rows
         Which spots to compute (default all); a progressive run recomputes only the spots
-        near the ones that just arrived.
+        near the ones that just arrived. Only those spots' neighbours are read, and a spot's
+        value does not depend on which other rows are computed with it.
 
     Returns
     -------
     numpy.ndarray
         ``(len(rows), G)`` float32; NaN where the spot itself has no per-tile value.
     """
-    values = np.asarray(tile_values, dtype=np.float64)
-    if values.ndim != 2 or values.shape[0] != weights.shape[0]:
-        raise ValueError(
-            f"tile values {values.shape} do not match {weights.shape[0]} spots of the kernel"
+    values = np.asarray(tile_values)
+    n = weights.shape[0]
+    if values.ndim != 2 or values.shape[0] != n:
+        raise ValueError(f"tile values {values.shape} do not match {n} spots of the kernel")
+    own = np.arange(n) if rows is None else np.arange(n)[rows]
+    w = sparse.csr_matrix(weights if rows is None else weights[own])
+    if rows is not None:  # only the neighbours of these rows, relabelled in order
+        cols = np.unique(w.indices)
+        values = values[cols]
+        w = sparse.csr_matrix(
+            (w.data, np.searchsorted(cols, w.indices), w.indptr), shape=(len(own), len(cols))
         )
-    w = weights if rows is None else weights[rows]
     have = np.all(np.isfinite(values), axis=1)
-    filled = np.where(have[:, None], values, 0.0)
-    w_have = w.multiply(have[None, :].astype(np.float64)).tocsr()
+    if not have.any():  # (a new store: nothing to average)
+        return np.full((len(own), values.shape[1]), np.nan, np.float32)
+    # the same sparsity pattern, zero weight for neighbours without a value (keeps each
+    # row's order of summation, so a row's result never depends on the other rows)
+    w_have = sparse.csr_matrix((w.data * have[w.indices], w.indices, w.indptr), shape=w.shape)
     total = np.asarray(w_have.sum(axis=1)).ravel()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.asarray(w_have @ filled) / total[:, None]
-    own = np.arange(weights.shape[0])[rows if rows is not None else slice(None)]
-    out[~have[own]] = np.nan
-    return out.astype(np.float32)
+    out = np.empty((len(own), values.shape[1]), np.float32)
+    for start in range(0, values.shape[1], _GENE_BLOCK):
+        block = values[:, start : start + _GENE_BLOCK].astype(np.float64)
+        filled = np.where(have[:, None], block, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, start : start + _GENE_BLOCK] = np.asarray(w_have @ filled) / total[:, None]
+    own_have = np.all(np.isfinite(np.asarray(tile_values)[own]), axis=1)
+    out[~own_have] = np.nan
+    return out
 
 
 def spots_near(weights: sparse.csr_matrix, spots: NDArray[np.integer] | slice) -> NDArray[np.intp]:

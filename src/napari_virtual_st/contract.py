@@ -11,6 +11,10 @@ A model is one ``.onnx`` file: input ``image`` uint8 ``(N, tile_px, tile_px, 3)`
   parses each key with :meth:`ModelMetadata.from_props`, checks the graph against it with
   :func:`check_graph` and returns the :class:`ModelInfo` the engine uses.
 
+A model may declare spot context (``vst.context``, a fixed kernel: see
+:mod:`napari_virtual_st.context`): its spot values are then its per-tile outputs averaged over
+each spot's neighbours, which the engine does on reading (the graph itself stays per-tile).
+
 Every refusal is a :class:`~napari_virtual_st.errors.ModelError` naming the key or tensor at
 fault. This module knows nothing of providers, sessions or batching (``predictor.py`` does).
 """
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import onnx
 
+from napari_virtual_st.context import SpotContext, describe_values
 from napari_virtual_st.errors import ModelError
 
 if TYPE_CHECKING:
@@ -72,6 +77,8 @@ class ModelMetadata:
     extra_inputs
         Inputs besides ``image`` that the engine feeds, name → ``{"dtype", "shape": ["N",
         ...], "distribution", "seed"}``; empty when there are none.
+    context
+        The spot context its values use (``vst.context``); ``None``: per-tile values.
     other_keys
         Any other ``vst.`` keys (without the prefix), kept as written.
     """
@@ -88,6 +95,7 @@ class ModelMetadata:
     training: Any = None
     metrics: Any = None
     extra_inputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    context: SpotContext | None = None
     other_keys: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -96,6 +104,8 @@ class ModelMetadata:
         object.__setattr__(self, "outputs", tuple(self.outputs))
         object.__setattr__(self, "extra_inputs", dict(self.extra_inputs or {}))
         object.__setattr__(self, "other_keys", dict(self.other_keys))
+        if isinstance(self.context, (str, Mapping)):  # its JSON text or object
+            object.__setattr__(self, "context", _context(self.context))
 
     def to_props(self) -> dict[str, str]:
         """The ``vst.`` ``metadata_props`` strings; optional keys left out when not given."""
@@ -103,7 +113,7 @@ class ModelMetadata:
 
     def as_dict(self) -> dict[str, Any]:
         """Every key without its prefix, as values (JSON keys parsed), as ``ModelInfo`` keeps them."""
-        return {key: list(v) if isinstance(v, tuple) else v for key, v in self._items().items()}
+        return {key: _as_value(v) for key, v in self._items().items()}
 
     @classmethod
     def from_props(cls, props: Mapping[str, str]) -> ModelMetadata:
@@ -144,13 +154,24 @@ class ModelMetadata:
             "training": self.training,
             "metrics": self.metrics,
             "extra_inputs": self.extra_inputs or None,
+            "context": self.context,
         }
         items.update((k, v) for k, v in optional.items() if v is not None)
         items.update(self.other_keys)
         return items
 
 
+def _as_value(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, SpotContext):
+        return value.as_dict()
+    return value
+
+
 def _to_string(key: str, value: Any) -> str:
+    if isinstance(value, SpotContext):
+        return value.to_json()
     if key in _JSON_KEYS:
         return json.dumps(list(value) if isinstance(value, tuple) else value)
     if key == "tile_um":
@@ -288,6 +309,13 @@ def _is_batch_shape(shape: Any) -> bool:
     )
 
 
+def _context(raw: str | Mapping[str, Any]) -> SpotContext:
+    try:
+        return SpotContext.from_json(raw if isinstance(raw, str) else dict(raw))
+    except ModelError as exc:  # "vst.context: ..." → "metadata 'vst.context': ..."
+        raise ModelError(f"metadata 'vst.context'{str(exc).removeprefix('vst.context')}") from None
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -311,6 +339,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "training": _any_json("training"),
     "metrics": _any_json("metrics"),
     "extra_inputs": _extra_inputs,
+    "context": _context,
 }
 
 
@@ -436,6 +465,8 @@ class ModelInfo:
         Model family, meaning of the values, and the output tensors it provides.
     extra_inputs
         Declared inputs besides ``image`` (e.g. diffusion noise), name → spec.
+    context
+        The spot context the model's values use, ``None`` for per-tile values.
     metadata
         All ``vst.`` keys, parsed where they are JSON.
     sha256
@@ -451,6 +482,7 @@ class ModelInfo:
     extra_inputs: Mapping[str, Mapping[str, Any]]
     metadata: Mapping[str, Any]
     sha256: str
+    context: SpotContext | None = None
 
     @classmethod
     def from_metadata(cls, metadata: ModelMetadata, sha256: str = "") -> ModelInfo:
@@ -465,6 +497,7 @@ class ModelInfo:
             extra_inputs=metadata.extra_inputs,
             metadata=metadata.as_dict(),
             sha256=sha256,
+            context=metadata.context,
         )
 
     @property
@@ -476,6 +509,11 @@ class ModelInfo:
     def name(self) -> str:
         """Display name: ``vst.name`` if given, else the family."""
         return str(self.metadata.get("name", self.family))
+
+    @property
+    def values_description(self) -> str:
+        """What a spot's value is, for people: ``per-tile`` or the context's line."""
+        return describe_values(self.context)
 
 
 def read_model_info(session: ort.InferenceSession, sha256: str = "") -> ModelInfo:

@@ -17,6 +17,14 @@
 
 Every file is written atomically (:mod:`napari_virtual_st.atomic`).
 
+Values are the store's (:meth:`PredictionStore.expression`): contextual when the model
+declares a spot context, computed over every predicted spot of the slide (a spot at a
+region's edge keeps its neighbours outside the region). Each file says which: AnnData
+``uns['virtual_st']['values']`` (``per-tile`` or ``contextual (…)``, with
+``uns['virtual_st']['context']`` and the per-tile values in ``layers['per_tile']``); GeoJSON a
+``virtual_st`` member of the collection and, for contextual values, each detection's
+``metadata`` (QuPath keeps it with the object).
+
 SpatialData (zarr) is not written: ``spatialdata`` pins ``dask``/``distributed`` below the
 versions the cohort runner uses, so it cannot be installed beside this package cleanly.
 """
@@ -38,6 +46,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from napari_virtual_st.atomic import atomic_path
+from napari_virtual_st.context import describe_values
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.grid import match_spots
 from napari_virtual_st.regions import (
@@ -235,6 +244,8 @@ def _anndata_steps(
     adata.obsm["spatial"] = store.xy_level0_px[index].astype(np.float64)
     if store.has_variance:
         adata.layers["variance"] = store.variance()[index].astype(np.float32, copy=False)
+    if store.is_contextual:  # X is contextual: the model's own tile values beside it
+        adata.layers["per_tile"] = store.expression(per_tile=True)[index]
     yield "read the predicted values"
     library = library_id or Path(store.slide.name or "slide").stem
     adata.uns["spatial"] = {library: _spatial_entry(store, slide, hires_px, lowres_px)}
@@ -352,6 +363,8 @@ def _provenance(store: PredictionStore, selection: SpotSelection, library: str) 
         "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "software": f"napari-virtual-st {__version__}",
         "complete": bool(store.is_complete),
+        "values": describe_values(store.context),
+        "context": None if store.context is None else store.context.as_dict(),
         "model": {
             "file": model.file,
             "name": metadata.get("name"),
@@ -528,8 +541,11 @@ def _geojson_steps(
     features: list[dict[str, Any]] = []
     if include_regions and selection.regions:
         features.extend(regions_to_geojson(selection.regions)["features"])
+    described = describe_values(store.context)
     for k, i in enumerate(index):
         properties: dict[str, Any] = {"objectType": "detection", "name": str(ids[i])}
+        if store.is_contextual:
+            properties["metadata"] = {"virtual_st_values": described}
         if selection.regions:
             cls = selection.regions[selection.region_index[k]].classification
             if cls is not None:
@@ -552,7 +568,10 @@ def _geojson_steps(
         if (k + 1) % chunk == 0 and k + 1 < len(index):
             yield k + 1
     yield len(index)
-    return {"type": "FeatureCollection", "features": features}
+    record: dict[str, Any] = {"values": described, "model": store.model.display_name}
+    if store.context is not None:
+        record["context"] = store.context.as_dict()
+    return {"type": "FeatureCollection", "virtual_st": record, "features": features}
 
 
 def _spot_outlines(store: PredictionStore, index: NDArray[np.intp]) -> NDArray[np.float64]:

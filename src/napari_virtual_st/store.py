@@ -17,6 +17,14 @@ an older store lacks read as ``None``.
 
 A chunk's values are written before its ``done`` flags, and zarr writes each chunk file
 atomically, so a cancelled or killed run leaves a store that resumes exactly where it stopped.
+
+Spot context: the arrays always hold the model's *per-tile* outputs, so writing, resuming and
+damage repair never depend on a spot's neighbours. When the model declares a spot context
+(``vst.context``, recorded in the model record's metadata), :meth:`PredictionStore.expression`
+and :meth:`~PredictionStore.variance` return *contextual* values, computed on reading from
+the per-tile values of the done spots (:func:`napari_virtual_st.context.apply_context`);
+``per_tile=True`` reads the stored values themselves. Every reader (exports, evaluation,
+heatmaps, the viewer) goes through these two methods, so each gets the same values.
 """
 
 from __future__ import annotations
@@ -36,11 +44,14 @@ import zarr
 from numpy.typing import NDArray
 
 from napari_virtual_st.atomic import move_into_place, remove_path
-from napari_virtual_st.errors import ParameterError, StoreError, StoreMismatchError
+from napari_virtual_st.context import SpotContext, apply_context, spot_weights
+from napari_virtual_st.errors import ModelError, ParameterError, StoreError, StoreMismatchError
 from napari_virtual_st.grid import SpotGrid
 from napari_virtual_st.writer_lock import writer_lock
 
 if TYPE_CHECKING:
+    from scipy import sparse
+
     from napari_virtual_st.frames import Transform
 
 STORE_FORMAT = "napari-virtual-st/prediction-store"
@@ -71,6 +82,9 @@ class ModelRecord:
         The model's ``vst.`` metadata (name, license, ...).
     providers
         The ONNX Runtime execution providers that ran it.
+    context
+        The spot context the model declared (``metadata["context"]``); ``None``: its values
+        are per-tile.
     """
 
     file: str | None = None
@@ -81,10 +95,18 @@ class ModelRecord:
     target: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     providers: tuple[str, ...] | None = None
+    context: SpotContext | None = None
 
     @classmethod
     def from_attrs(cls, record: Any) -> ModelRecord:
-        """Read a store's ``attrs["model"]`` (missing or odd keys read as ``None``)."""
+        """Read a store's ``attrs["model"]`` (missing or odd keys read as ``None``).
+
+        Raises
+        ------
+        StoreError
+            If it records a spot context that is malformed (values would be wrong, not
+            merely undescribed).
+        """
         record = record if isinstance(record, Mapping) else {}
         metadata = record.get("metadata")
         providers = record.get("providers")
@@ -97,6 +119,7 @@ class ModelRecord:
             target=_text(record.get("target")),
             metadata=dict(metadata) if isinstance(metadata, Mapping) else {},
             providers=tuple(str(p) for p in providers) if isinstance(providers, list) else None,
+            context=_context(metadata.get("context") if isinstance(metadata, Mapping) else None),
         )
 
     @property
@@ -449,8 +472,35 @@ class PredictionStore:
         """Whether every spot has been predicted."""
         return bool(self.done.all())
 
+    @property
+    def context(self) -> SpotContext | None:
+        """The spot context of the model's values (``None``: per-tile values)."""
+        return self.model.context
+
+    @property
+    def is_contextual(self) -> bool:
+        """Whether :meth:`expression` gives contextual values (the model declares context)."""
+        return self.context is not None
+
+    @functools.cached_property
+    def context_weights(self) -> sparse.csr_matrix | None:
+        """The context kernel's weights between the store's spots (``None`` without context).
+
+        Spot centres in µm are the level-0 centres × the grid's µm per pixel; built once per
+        open store.
+        """
+        context = self.context
+        if context is None:
+            return None
+        grid = self.grid
+        return spot_weights(grid.xy_level0_px, grid.mpp, context)
+
     def expression(
-        self, genes: Sequence[str] | None = None, spots: slice | None = None
+        self,
+        genes: Sequence[str] | None = None,
+        spots: slice | None = None,
+        *,
+        per_tile: bool = False,
     ) -> NDArray[np.float32]:
         """``(n_spots, G)`` predicted values (NaN where not yet predicted).
 
@@ -459,21 +509,45 @@ class PredictionStore:
         genes
             Restrict to these genes, in this order.
         spots
-            Restrict to this range of spots (reads only the chunks it covers).
+            Restrict to this range of spots (per-tile: reads only the chunks it covers;
+            contextual: the neighbours are read too).
+        per_tile
+            The model's own value of each tile, as stored, even when the model declares a
+            spot context (default: the values the model declares, contextual or not).
         """
-        return self._read("expression", genes, spots)
+        return self._values("expression", genes, spots, per_tile)
 
     def variance(
-        self, genes: Sequence[str] | None = None, spots: slice | None = None
+        self,
+        genes: Sequence[str] | None = None,
+        spots: slice | None = None,
+        *,
+        per_tile: bool = False,
     ) -> NDArray[np.float32]:
-        """``(n_spots, G)`` predicted variance; raises if the model gave none."""
+        """``(n_spots, G)`` predicted variance; raises if the model gave none.
+
+        With a spot context it is the same weighted mean of the neighbours' variances as the
+        values are of their values: an upper bound of the variance of the contextual value,
+        whatever the correlation between neighbours (Jensen / Cauchy–Schwarz).
+        """
         if not self.has_variance:
             raise StoreError(f"{self.path.name} holds no variance (the model does not provide it)")
-        return self._read("variance", genes, spots)
+        return self._values("variance", genes, spots, per_tile)
 
-    def gene_values(self, gene: str) -> NDArray[np.float32]:
-        """``(n_spots,)`` predicted values of one gene."""
-        return self.expression([gene])[:, 0]
+    def gene_values(self, gene: str, *, per_tile: bool = False) -> NDArray[np.float32]:
+        """``(n_spots,)`` predicted values of one gene (see :meth:`expression`)."""
+        return self.expression([gene], per_tile=per_tile)[:, 0]
+
+    def _values(
+        self, name: str, genes: Sequence[str] | None, spots: slice | None, per_tile: bool
+    ) -> NDArray[np.float32]:
+        weights = None if per_tile else self.context_weights
+        if weights is None:
+            return self._read(name, genes, spots)
+        tile = self._read(name, genes)
+        tile[~self.done] = np.nan  # (a chunk forgotten for repair holds stale values)
+        rows = None if spots is None else slice(*spots.indices(self.n_spots))
+        return apply_context(tile, weights, rows)
 
     def _read(
         self, name: str, genes: Sequence[str] | None, spots: slice | None = None
@@ -673,6 +747,19 @@ def refuse_unless_replaceable(path: Path) -> None:
         f"will not replace {path}: it is {what}. Only a prediction store (.vst.zarr) is ever "
         "replaced; choose another output"
     )
+
+
+def _context(value: Any) -> SpotContext | None:
+    """The recorded spot context (a JSON object, or its text as an older run kept it)."""
+    if value is None:
+        return None
+    try:
+        return SpotContext.from_json(value if isinstance(value, str) else dict(value))
+    except (ModelError, TypeError, ValueError) as exc:
+        raise StoreError(
+            f"the store records a spot context it cannot use ({exc}); predict again with "
+            "--overwrite"
+        ) from None
 
 
 def _text(value: Any) -> str | None:

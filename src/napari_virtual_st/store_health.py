@@ -102,9 +102,8 @@ def check_store(store: PredictionStore) -> StoreHealth:
 
 def _chunk_is_whole(store: PredictionStore, name: str, spots: slice) -> bool:
     try:
-        values = (
-            store.expression(spots=spots) if name == "expression" else store.variance(spots=spots)
-        )
+        read = store.expression if name == "expression" else store.variance
+        values = read(spots=spots, per_tile=True)  # what is on disk, not a neighbourhood
     except Exception:  # a truncated or corrupt chunk: zarr and its codecs raise many types
         return False
     return bool(np.isfinite(values).all())

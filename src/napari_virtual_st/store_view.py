@@ -4,6 +4,12 @@ A finished store is read once when it is opened; during a run the view starts fr
 store's state when the run began and takes each batch's values as it lands, so the GUI
 never re-reads the store. No Qt and no napari here: views are built in worker threads and
 handed to the GUI thread, which alone changes them afterwards.
+
+A model with spot context (:mod:`napari_virtual_st.context`): the view keeps the per-tile
+values (what a run's batches carry and the store holds) beside the contextual ones it shows.
+When a batch lands, only the spots within the kernel's radius of it are recomputed
+(:func:`~napari_virtual_st.context.spots_near`), with the neighbours known so far; once every
+spot is in, the view holds exactly what :meth:`PredictionStore.expression` reads.
 """
 
 from __future__ import annotations
@@ -17,6 +23,13 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
+from napari_virtual_st.context import (
+    SpotContext,
+    apply_context,
+    describe_values,
+    spot_weights,
+    spots_near,
+)
 from napari_virtual_st.errors import ParameterError
 from napari_virtual_st.frames import xy_level0_px_to_yx_um
 from napari_virtual_st.grid import SpotGrid
@@ -39,8 +52,18 @@ class StoreView:
     spot_ids
         One name per spot.
     expression, variance
-        ``(n, G)`` values so far (NaN where not predicted); variance ``None`` when the model
-        gives none.
+        ``(n, G)`` *per-tile* values so far (NaN where not predicted), as the store holds
+        them; variance ``None`` when the model gives none.
+
+    Attributes
+    ----------
+    expression, variance
+        The values shown: contextual when the model declares a spot context, else the
+        per-tile values themselves (the same arrays).
+    tile_expression, tile_variance
+        The per-tile values (what :meth:`update` takes).
+    context
+        The model's spot context, ``None`` for per-tile values.
     """
 
     def __init__(
@@ -67,8 +90,19 @@ class StoreView:
         #: spot centres in the napari world frame, (row, col) µm
         self.yx_um = xy_level0_px_to_yx_um(self.xy_level0_px, self.mpp)
         self.spot_ids = list(spot_ids)
-        self.expression = np.asarray(expression, dtype=np.float32)
-        self.variance = None if variance is None else np.asarray(variance, dtype=np.float32)
+        self.tile_expression = np.asarray(expression, dtype=np.float32)
+        self.tile_variance = None if variance is None else np.asarray(variance, np.float32)
+        self.context: SpotContext | None = self.model.context
+        # built here (in the worker thread that makes the view), not in the GUI's first update
+        self._weights = (
+            None
+            if self.context is None
+            else spot_weights(self.xy_level0_px, self.mpp, self.context)
+        )
+        self.expression = self._contextual(self.tile_expression)
+        self.variance = (
+            None if self.tile_variance is None else self._contextual(self.tile_variance)
+        )
         self._gene_index = {g: i for i, g in enumerate(self.genes)}
         try:
             self.geometry: HeatmapGeometry | None = grid.heatmap_geometry()
@@ -77,19 +111,31 @@ class StoreView:
         self._index_image: NDArray[np.int64] | None = None
 
     # -- construction -----------------------------------------------------------------------
+    def _contextual(self, tile: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The values shown for per-tile values ``tile`` (``tile`` itself without context)."""
+        if self._weights is None:
+            return tile
+        return apply_context(tile, self._weights)
+
     @classmethod
     def from_store(cls, store: PredictionStore) -> StoreView:
         """Read everything the viewer needs from an open store.
 
-        Values are read only when some spot is done (a new store is all NaN).
+        Values are read only when some spot is done (a new store is all NaN); the per-tile
+        values of the done spots, from which the view computes what it shows.
         """
         n, g = store.n_spots, len(store.genes)
-        started = bool(store.done.any())
+        done = store.done
+        started = bool(done.any())
         empty = np.full((n, g), np.nan, np.float32)
-        expression = store.expression() if started else empty
+        expression = store.expression(per_tile=True) if started else empty
         variance = None
         if store.has_variance:
-            variance = store.variance() if started else empty.copy()
+            variance = store.variance(per_tile=True) if started else empty.copy()
+        if store.is_contextual and started and not done.all():  # as the store reads them
+            for values in (expression, variance):
+                if values is not None:
+                    values[~done] = np.nan
         return cls(
             store.path,
             dict(store.attrs),
@@ -161,6 +207,16 @@ class StoreView:
         return self.model.display_name
 
     @property
+    def is_contextual(self) -> bool:
+        """Whether the values shown are contextual (the model declares a spot context)."""
+        return self.context is not None
+
+    @property
+    def values_description(self) -> str:
+        """``per-tile`` or ``contextual (Gaussian context, σ … µm within … µm)``."""
+        return describe_values(self.context)
+
+    @property
     def target(self) -> str:
         """What a value means (e.g. ``log1p_cp10k``)."""
         return self.model.target or ""
@@ -198,10 +254,20 @@ class StoreView:
         expression: NDArray[np.float32],
         variance: NDArray[np.float32] | None = None,
     ) -> None:
-        """Take the values of a range of spots (one finished batch)."""
-        self.expression[spots] = expression
-        if self.variance is not None and variance is not None:
-            self.variance[spots] = variance
+        """Take the per-tile values of a range of spots (one finished batch).
+
+        With a spot context, the shown values of these spots and of their neighbours within
+        the kernel's radius are recomputed from what is known so far.
+        """
+        self.tile_expression[spots] = expression
+        if self.tile_variance is not None and variance is not None:
+            self.tile_variance[spots] = variance
+        if self._weights is None:
+            return
+        rows = spots_near(self._weights, spots)
+        self.expression[rows] = apply_context(self.tile_expression, self._weights, rows)
+        if self.variance is not None and self.tile_variance is not None:
+            self.variance[rows] = apply_context(self.tile_variance, self._weights, rows)
 
     def limits(self, gene: str, *, uncertainty: bool = False) -> tuple[float, float]:
         """Display limits (1st–99th percentile) of a gene's values or standard deviations."""

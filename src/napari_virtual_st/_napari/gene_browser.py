@@ -157,6 +157,7 @@ class GeneBrowser(Container):
                 info = (
                     f"{view.model_name}: {len(view.genes)} genes ({view.target}) on "
                     f"{view.n_spots:,} {grid}"
+                    + (f"; values {view.values_description}" if view.is_contextual else "")
                 )
             elif self.prediction.value is not None:
                 info = "Waiting for the run to lay out its spots…"

@@ -214,6 +214,8 @@ def summary_text(comparison: Comparison) -> str:
         f"mean Spearman {fmt(s['mean_spearman'])} · mean SSIM {fmt(s['mean_ssim'])} · "
         f"Pearson > 0 for {s['frac_pearson_gt_0']:.0%} of genes"
     )
+    if comparison.values != "per-tile":  # scored on the model's contextual values
+        text += f"\npredicted values: {comparison.values}"
     missing = comparison.missing_genes
     if missing:
         shown = ", ".join(missing[:5])

@@ -46,6 +46,8 @@ def model_summary(info: ModelInfo) -> str:
         parts.append(metric)
     if "variance" in info.outputs:
         parts.append("with uncertainty")
+    if info.context is not None:
+        parts.append(info.context.describe())
     return " · ".join(parts)
 
 

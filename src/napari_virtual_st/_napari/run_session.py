@@ -382,7 +382,7 @@ class RunSession:
         if view is None:  # (the store's first report always comes first)
             view = self.view = register_view(final) if final is not None else None
         elif final is not None:  # the whole store, as the worker read it back: same values
-            view.update(slice(None), final.expression, final.variance)
+            view.update(slice(None), final.tile_expression, final.tile_variance)
         if view is None:
             return
         seconds = time.perf_counter() - self._started

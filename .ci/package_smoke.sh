@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packaging smoke test: build the wheel and the sdist, then install the wheel as users do, into
 # fresh virtual environments one at a time (each removed before the next; pip's cache is
-# shared), and run the package in each:
+# shared; --no-compile: no .pyc for the thousands of files never imported here), and run
+# the package in each:
 #   headless  the wheel alone: napari, Qt, vispy, magicgui, matplotlib absent; CLI, demo, cohort
 #   plugin    napari first, then a plain `pip install <wheel>` (what napari's plugin manager runs)
 #   all       the wheel with the `all` extra (napari and its Qt binding come with it)
@@ -43,7 +44,7 @@ EOF
 
 step "headless: the wheel alone"
 fresh_venv headless
-"$venv/bin/pip" install -q "$wheel"
+"$venv/bin/pip" install -q --no-compile "$wheel"
 "$venv/bin/pip" check
 "$venv/bin/python" - <<'EOF'
 import importlib.metadata as md, importlib.util
@@ -67,8 +68,8 @@ EOF
 
 step "plugin: napari first, then a plain pip install of the wheel (the plugin manager's way)"
 fresh_venv plugin
-"$venv/bin/pip" install -q "napari[pyqt6]"
-"$venv/bin/pip" install -q "$wheel"
+"$venv/bin/pip" install -q --no-compile "napari[pyqt6]"
+"$venv/bin/pip" install -q --no-compile "$wheel"
 "$venv/bin/pip" check
 "$venv/bin/npe2" validate napari-virtual-st --imports
 "$venv/bin/python" -c "import importlib.util as u; assert u.find_spec('matplotlib') is None"
@@ -76,13 +77,13 @@ fresh_venv plugin
 
 step "all: the wheel with the all extra"
 fresh_venv all
-"$venv/bin/pip" install -q "$wheel[all]"
+"$venv/bin/pip" install -q --no-compile "$wheel[all]"
 "$venv/bin/pip" check
 "$venv/bin/npe2" validate napari-virtual-st --imports
 (cd "$work" && "$venv/bin/virtual-st" demo --out "$work/demo-all" --quiet)
 
 step "gpu: the gpu extra resolves beside the CPU runtime (dry run)"
-"$venv/bin/pip" install -q --dry-run --report "$work/gpu.json" "$wheel[all,gpu]"
+"$venv/bin/pip" install -q --no-compile --dry-run --report "$work/gpu.json" "$wheel[all,gpu]"
 "$venv/bin/python" - "$work/gpu.json" <<'EOF'
 import json, sys
 report = json.load(open(sys.argv[1]))

@@ -51,14 +51,14 @@ def bundled_models_dir() -> Path:
 
 def bundled_models() -> list[BundledModel]:
     """Every bundled model, validated, sorted by name."""
-    found = []
-    for path in sorted(bundled_models_dir().glob("*.onnx")):
-        try:
-            info = Predictor(path, providers=["cpu"]).info
-            found.append(BundledModel(path.stem, path, info))
-        except VirtualSTError as exc:
-            found.append(BundledModel(path.stem, path, None, str(exc)))
-    return found
+    return [_validated(path) for path in sorted(bundled_models_dir().glob("*.onnx"))]
+
+
+def _validated(path: Path) -> BundledModel:
+    try:
+        return BundledModel(path.stem, path, Predictor(path, providers=["cpu"]).info)
+    except VirtualSTError as exc:
+        return BundledModel(path.stem, path, None, str(exc))
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
@@ -148,10 +148,12 @@ def default_model() -> BundledModel:
     ModelError
         If no valid model is bundled.
     """
-    usable = [m for m in bundled_models() if m.info is not None]
-    for model in usable:
-        if model.name == DEFAULT_MODEL_NAME:
+    path = bundled_models_dir() / f"{DEFAULT_MODEL_NAME}.onnx"
+    if path.is_file():  # validate only this one: loading the others takes longer
+        model = _validated(path)
+        if model.info is not None:
             return model
+    usable = [m for m in bundled_models() if m.info is not None]
     if usable:
         return usable[0]
     raise ModelError(

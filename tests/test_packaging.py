@@ -110,14 +110,16 @@ def test_readme_links_work_on_pypi_and_say_the_model_terms() -> None:
     assert registry.BUNDLED_MODEL_TERMS in flat
 
 
-def test_napari_dev_extra_and_readme_test_command_agree() -> None:
+def test_ci_runs_the_readme_test_command_then_the_package_smoke_test() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     command = (
         'python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[dev,train]" '
         "&& python -m pytest"
     )
     assert command in readme
-    assert command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert command in ci
+    assert ci.index(command) < ci.index(".ci/package_smoke.sh")
 
 
 _BLOCKER = textwrap.dedent(

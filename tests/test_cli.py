@@ -300,3 +300,80 @@ def test_demo_with_a_gene_the_model_does_not_predict_is_a_clear_error(
 ) -> None:
     assert main(["demo", "--out", str(tmp_path), "--gene", "NOT_A_GENE", "--quiet"]) == 2
     assert "'NOT_A_GENE' is not predicted by this model" in capsys.readouterr().err
+
+
+def test_models_marks_the_one_default_with_its_reason_card_and_terms(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from napari_virtual_st.registry import (
+        BUNDLED_MODEL_TERMS,
+        DEFAULT_MODEL_NAME,
+        DEFAULT_MODEL_REASON,
+    )
+
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    defaults = [row for row in rows if row["default"] is True]
+    assert [row["name"] for row in defaults] == [DEFAULT_MODEL_NAME]
+    assert defaults[0]["default_reason"] == DEFAULT_MODEL_REASON
+    for row in rows:
+        assert row["terms"] == BUNDLED_MODEL_TERMS
+        card = Path(row["card"])
+        assert card.is_file(), row["name"]
+        assert card.read_text(encoding="utf-8").startswith("# Model card"), card
+        assert ("default_reason" in row) == row["default"]
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert f"{DEFAULT_MODEL_NAME} (default):" in text
+    assert text.count("(default)") == 1
+    assert DEFAULT_MODEL_REASON in text and BUNDLED_MODEL_TERMS in text
+    assert "model card: " in text
+
+
+def test_predict_without_model_runs_the_default_bundled_model(
+    cmu_small_svs: Path, tmp_path: Path
+) -> None:
+    from napari_virtual_st.registry import DEFAULT_MODEL_NAME
+
+    out = tmp_path / "default.vst.zarr"
+    assert main(["predict", str(cmu_small_svs), "--out", str(out), "--quiet"]) == 0
+    assert PredictionStore.open(out).attrs["model"]["file"] == f"{DEFAULT_MODEL_NAME}.onnx"
+
+
+def test_without_bundled_models_a_users_own_model_does_everything(
+    cmu_small_svs: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A package built without the HER2ST models: listing says so, a run without --model
+    says what to pass, and the user's own contract model predicts, exports and runs the demo."""
+    from napari_virtual_st import registry
+
+    empty = tmp_path / "no_models"
+    empty.mkdir()
+    monkeypatch.setattr(registry, "bundled_models_dir", lambda: empty)
+    assert main(["models", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["models"]) == 0
+    assert "No models are bundled" in capsys.readouterr().out
+
+    out = tmp_path / "own.vst.zarr"
+    assert main(["predict", str(cmu_small_svs), "--out", str(out), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        "virtual-st: error: no usable model is bundled with this installation; "
+        "pass an ONNX model with --model FILE.onnx"
+    )
+    assert not out.exists()
+
+    model = write_mean_colour_model(tmp_path / "own.onnx", tile_px=16, tile_um=110.0)
+    args = ["predict", str(cmu_small_svs), "--model", str(model), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    assert PredictionStore.open(out).attrs["model"]["file"] == "own.onnx"
+    h5ad = tmp_path / "own.h5ad"
+    assert main(["export", str(out), "--h5ad", str(h5ad), "--quiet"]) == 0
+    assert h5ad.is_file()
+    demo = tmp_path / "demo"
+    assert main(["demo", "--model", str(model), "--out", str(demo), "--quiet"]) == 0
+    assert list(demo.glob("*.png"))

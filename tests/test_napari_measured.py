@@ -221,7 +221,7 @@ def test_predict_at_measured_spots_and_compare_fill_the_table_like_compare(
     np.testing.assert_allclose(
         widget.scatter_xy(), np.column_stack([expected.measured[:, k], expected.predicted[:, k]])
     )
-    assert gene in widget.axes.get_title()
+    assert gene in widget.scatter.title()
     measured_layer = _role(viewer, "measured-values")
     assert vst_layers.vst_meta(measured_layer)["gene"] == gene
     values = measured_values(a1["measured"], gene, library_sizes(a1["measured"]))

@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="predict gene expression over a slide")
     predict.add_argument("slide", type=Path, help="slide file")
     predict.add_argument(
-        "--model", required=True, help="ONNX model file, or a bundled model's name"
+        "--model",
+        help="ONNX model file, or a bundled model's name "
+        "(default: the default bundled model, marked in `virtual-st models`)",
     )
     predict.add_argument(
         "--grid",
@@ -148,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("vst-demo"), help="output folder (default: ./vst-demo)"
     )
     demo.add_argument(
-        "--model", help="bundled model name or ONNX file (default: the bundled NSL model)"
+        "--model",
+        help="bundled model name or ONNX file (default: the default bundled model)",
     )
     demo.add_argument("--gene", help="gene to draw (default: the most variable predicted gene)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -241,8 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("store", type=Path, help="prediction store (.vst.zarr)")
 
-    models = sub.add_parser("models", help="list the bundled models")
+    models = sub.add_parser(
+        "models",
+        help="list the bundled models: the default, their metrics, cards and terms of use",
+    )
     models.add_argument("--json", action="store_true", help="print JSON")
+
+    sub.add_parser(
+        "runtime",
+        help="which ONNX Runtime build is installed, what it runs on, and how to use the GPU",
+    )
     return parser
 
 
@@ -259,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": _cmd_export,
         "cohort": _cmd_cohort,
         "check": _cmd_check,
+        "runtime": _cmd_runtime,
     }[args.command]
     try:
         return handler(args)
@@ -307,12 +319,24 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from napari_virtual_st.registry import bundled_models
+    from napari_virtual_st.registry import (
+        BUNDLED_MODEL_TERMS,
+        DEFAULT_MODEL_NAME,
+        DEFAULT_MODEL_REASON,
+        bundled_models,
+    )
 
-    models = bundled_models()
     rows: list[dict[str, Any]] = []
-    for model in models:
-        row: dict[str, Any] = {"name": model.name, "path": str(model.path)}
+    for model in bundled_models():
+        card = model.card
+        row: dict[str, Any] = {
+            "name": model.name,
+            "path": str(model.path),
+            "default": model.is_default,
+            "card": None if card is None else str(card),
+        }
+        if model.is_default:
+            row["default_reason"] = DEFAULT_MODEL_REASON
         if model.info is None:
             row["problem"] = model.problem
         else:
@@ -329,6 +353,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
                 values=info.values_description,
                 context=None if info.context is None else info.context.as_dict(),
             )
+        row["terms"] = BUNDLED_MODEL_TERMS
         rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -343,8 +368,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
             print(f"{row['name']}: unusable ({row['problem']})")
             continue
         print(
-            f"{row['name']}: {row['family']}, {row['genes']} genes, tiles {row['tile_px']} px / "
-            f"{row['tile_um']:g} µm, outputs {', '.join(row['outputs'])}, target {row['target']}"
+            f"{row['name']}{' (default)' if row['default'] else ''}: {row['family']}, "
+            f"{row['genes']} genes, tiles {row['tile_px']} px / {row['tile_um']:g} µm, "
+            f"outputs {', '.join(row['outputs'])}, target {row['target']}"
         )
         print(f"    values: {row['values']}")
         metrics = row.get("metrics") or {}
@@ -356,6 +382,21 @@ def _cmd_models(args: argparse.Namespace) -> int:
             )
         if row.get("license"):
             print(f"    licence: {row['license']}")
+        if row["card"]:
+            print(f"    model card: {row['card']}")
+    if any(row["default"] for row in rows):
+        print(
+            f"\nDefault ({DEFAULT_MODEL_NAME}, used when no --model is given): {DEFAULT_MODEL_REASON}."
+        )
+    print(f"\nTerms of use: {BUNDLED_MODEL_TERMS}")
+    return 0
+
+
+def _cmd_runtime(args: argparse.Namespace) -> int:
+    from napari_virtual_st.onnxruntime_build import describe_runtime
+
+    report = describe_runtime()
+    print(report.text())
     return 0
 
 
@@ -473,12 +514,17 @@ class _CtrlC:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from napari_virtual_st.registry import resolve_model
+    from napari_virtual_st.onnxruntime_build import gpu_advice
+    from napari_virtual_st.registry import default_model, resolve_model
     from napari_virtual_st.run import BatchEvent, RunEvent, RunSpec, StoreReadyEvent, run
     from napari_virtual_st.run.engine import load_predictor, open_slide
 
     providers = None if args.providers is None else tuple(args.providers)
-    model_path = resolve_model(args.model)
+    model_path = default_model().path if args.model is None else resolve_model(args.model)
+    if args.providers is None:
+        advice = gpu_advice()
+        if advice:
+            print(f"virtual-st: {advice}", file=sys.stderr)
     spots, transform = None, None
     spec = RunSpec(
         slide_path=args.slide,

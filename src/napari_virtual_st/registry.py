@@ -1,4 +1,5 @@
-"""The models that ship with the package, and turning a name or a path into a model file."""
+"""The models that ship with the package: which is the default and why, their model cards,
+the terms they may be used under, and turning a name or a path into a model file."""
 
 from __future__ import annotations
 
@@ -32,6 +33,16 @@ class BundledModel:
     info: ModelInfo | None
     problem: str | None = None
 
+    @property
+    def is_default(self) -> bool:
+        """Whether this is the model used when none is named (``DEFAULT_MODEL_NAME``)."""
+        return self.name == DEFAULT_MODEL_NAME
+
+    @property
+    def card(self) -> Path | None:
+        """Its model card (Markdown), or ``None`` if this installation has none."""
+        return model_card(self.name, None if self.info is None else self.info.family)
+
 
 def bundled_models_dir() -> Path:
     """Folder holding the bundled ``.onnx`` files."""
@@ -40,14 +51,14 @@ def bundled_models_dir() -> Path:
 
 def bundled_models() -> list[BundledModel]:
     """Every bundled model, validated, sorted by name."""
-    found = []
-    for path in sorted(bundled_models_dir().glob("*.onnx")):
-        try:
-            info = Predictor(path, providers=["cpu"]).info
-            found.append(BundledModel(path.stem, path, info))
-        except VirtualSTError as exc:
-            found.append(BundledModel(path.stem, path, None, str(exc)))
-    return found
+    return [_validated(path) for path in sorted(bundled_models_dir().glob("*.onnx"))]
+
+
+def _validated(path: Path) -> BundledModel:
+    try:
+        return BundledModel(path.stem, path, Predictor(path, providers=["cpu"]).info)
+    except VirtualSTError as exc:
+        return BundledModel(path.stem, path, None, str(exc))
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
@@ -78,9 +89,53 @@ def sample_slide_path() -> Path:
     )
 
 
-#: The bundled model used when none is named: the small, fast NSL model, so the demo and the
-#: plugin's first run take seconds on any CPU. Other bundled models are chosen by name.
+#: The bundled model used when no model is named (``virtual-st predict`` without ``--model``,
+#: ``virtual-st demo``, the plugin's choosers); ``DEFAULT_MODEL_REASON`` says why, in one
+#: sentence that ``virtual-st models`` prints.
 DEFAULT_MODEL_NAME = "nsl_her2st"
+DEFAULT_MODEL_REASON = (
+    "the smallest and fastest bundled model (15 weights per gene, under 1 ms a tile on two CPU "
+    "cores), so the demo and a first run take seconds on any computer"
+)
+
+#: What may and may not be done with the bundled models' weights (``virtual-st models`` prints
+#: it, in text and JSON; the README says the same).
+BUNDLED_MODEL_TERMS = (
+    "The bundled models' weights are not covered by the package's BSD-3-Clause licence: they "
+    "were trained on HER2ST (Andersson et al. 2021, github.com/almaan/her2st), whose data "
+    "licence is unknown. Use them for research and to try the software; do not use them for "
+    "diagnosis or any clinical decision; do not redistribute them, or anything derived from "
+    "them, outside this package, nor use them commercially, unless the HER2ST authors allow "
+    "it. The package needs none of them: any ONNX model that follows the contract runs with "
+    "--model FILE.onnx."
+)
+
+#: Where the model cards are inside an installed package (the wheel copies each bundled
+#: model's ``models/<family>/README.md`` here as ``<name>.md``; see pyproject.toml).
+_CARDS = "cards"
+
+
+def model_card(name: str, family: str | None = None) -> Path | None:
+    """The model card of a bundled model, or ``None`` if this installation has none.
+
+    Parameters
+    ----------
+    name
+        The bundled model's name (file stem).
+    family
+        Its family (``vst.family``): in a source checkout, where the wheel's copy does not
+        exist, the card is the repository's ``models/<family>/README.md``.
+    """
+    installed = bundled_models_dir() / _CARDS / f"{name}.md"
+    if installed.is_file():
+        return installed
+    if family is None:
+        return None
+    repository = Path(__file__).resolve().parents[2]
+    in_checkout = repository / "models" / family / "README.md"
+    if (repository / "pyproject.toml").is_file() and in_checkout.is_file():
+        return in_checkout
+    return None
 
 
 def default_model() -> BundledModel:
@@ -93,10 +148,14 @@ def default_model() -> BundledModel:
     ModelError
         If no valid model is bundled.
     """
-    usable = [m for m in bundled_models() if m.info is not None]
-    for model in usable:
-        if model.name == DEFAULT_MODEL_NAME:
+    path = bundled_models_dir() / f"{DEFAULT_MODEL_NAME}.onnx"
+    if path.is_file():  # validate only this one: loading the others takes longer
+        model = _validated(path)
+        if model.info is not None:
             return model
+    usable = [m for m in bundled_models() if m.info is not None]
     if usable:
         return usable[0]
-    raise ModelError("no usable model is bundled with this installation; pass --model FILE.onnx")
+    raise ModelError(
+        "no usable model is bundled with this installation; pass an ONNX model with --model FILE.onnx"
+    )

@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
@@ -19,6 +17,7 @@ from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari import measured_layers as ml
 from napari_virtual_st._napari.measured_panel import MeasuredPanel, MeasuredSession
+from napari_virtual_st._napari.scatter_plot import ScatterPlot
 from napari_virtual_st.align import Transform
 from napari_virtual_st.compare import Comparison
 from napari_virtual_st.errors import VirtualSTError
@@ -83,13 +82,9 @@ class GeneView(MeasuredPanel):
         self.side_by_side = CheckBox(text="Measured values beside the predicted", value=True)
         self.append(self.side_by_side)
         self.table = _table()
-        self.figure = Figure(figsize=(3.4, 2.8), layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(240)
-        self.axes = self.figure.add_subplot()
-        self._scatter: Any = None
+        self.scatter = ScatterPlot()
         self.native.layout().addWidget(self.table)
-        self.native.layout().addWidget(self.canvas)
+        self.native.layout().addWidget(self.scatter)
         self.side_by_side.changed.connect(self._on_side_by_side)
         self.table.itemSelectionChanged.connect(self._on_table_selection)
 
@@ -160,20 +155,17 @@ class GeneView(MeasuredPanel):
     def _draw_scatter(
         self, gene: str, measured: np.ndarray, predicted: np.ndarray, pearson: float
     ) -> None:
-        ax = self.axes
-        ax.clear()
-        self._scatter = ax.scatter(measured, predicted, s=7, alpha=0.6, color="#1f77b4")
-        ax.set_xlabel("measured (log1p CP10k)")
-        ax.set_ylabel("predicted")
-        ax.set_title(f"{gene}: Pearson {fmt(pearson, 2)}, {len(measured)} spots", fontsize=9)
-        ax.tick_params(labelsize=8)
-        self.canvas.draw_idle()
+        self.scatter.set_points(
+            measured,
+            predicted,
+            title=f"{gene}: Pearson {fmt(pearson, 2)}, {len(measured)} spots",
+            x_label="measured (log1p CP10k)",
+            y_label="predicted",
+        )
 
     def scatter_xy(self) -> np.ndarray:
         """``(n, 2)`` the scatter plot's points (measured, predicted)."""
-        return (
-            np.empty((0, 2)) if self._scatter is None else np.asarray(self._scatter.get_offsets())
-        )
+        return self.scatter.points()
 
     def _show_maps(
         self, gene: str, store_path: Path, measured: MeasuredST, transform: Transform

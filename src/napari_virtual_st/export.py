@@ -721,12 +721,7 @@ def export_steps(
     ExportResult
         The value of the ``StopIteration`` that ends the generator.
     """
-    if h5ad is None and geojson is None:
-        raise ExportError("say what to write: an .h5ad file, a GeoJSON file, or both")
-    h5ad_path = None if h5ad is None else _check_output(h5ad)
-    geojson_path = None if geojson is None else _check_output(geojson)
-    if h5ad_path is not None and h5ad_path == geojson_path:
-        raise ExportError(f"the .h5ad and the GeoJSON cannot both be written to {h5ad_path}")
+    h5ad_path, geojson_path = _check_outputs(h5ad, geojson)
     if not isinstance(store, PredictionStore):
         store = PredictionStore.open(store)
     selection = select_spots(store, regions)
@@ -754,26 +749,16 @@ def export_steps(
                 transform=transform,
                 library_id=library_id,
             )
-            while True:
-                try:
-                    phase = next(adata_steps)
-                except StopIteration as stop:
-                    adata = stop.value
-                    break
-                yield step(f".h5ad: {phase}")
+            adata = yield from _relay(adata_steps, lambda phase: step(f".h5ad: {phase}"))
             tmp = files.enter_context(_export_file(h5ad_path))
             _write_h5ad(adata, tmp)
             del adata
             yield step(f"wrote {h5ad_path.name}")
         if geojson_path is not None:
-            geojson_steps = _geojson_steps(store, selection)
-            while True:
-                try:
-                    n = next(geojson_steps)
-                except StopIteration as stop:
-                    document = stop.value
-                    break
-                yield step(f"GeoJSON: {n:,} of {len(selection):,} spots")
+            document = yield from _relay(
+                _geojson_steps(store, selection),
+                lambda n: step(f"GeoJSON: {n:,} of {len(selection):,} spots"),
+            )
             tmp = files.enter_context(_export_file(geojson_path))
             _dump_geojson(document, tmp)
             del document
@@ -781,6 +766,31 @@ def export_steps(
         if cancel is not None and cancel():
             raise ExportCancelled("export cancelled: nothing was written")
     return ExportResult(len(selection), counts, h5ad_path, geojson_path)
+
+
+def _check_outputs(
+    h5ad: str | Path | None, geojson: str | Path | None
+) -> tuple[Path | None, Path | None]:
+    """The export's output paths, checked (at least one, writable, not the same file)."""
+    if h5ad is None and geojson is None:
+        raise ExportError("say what to write: an .h5ad file, a GeoJSON file, or both")
+    h5ad_path = None if h5ad is None else _check_output(h5ad)
+    geojson_path = None if geojson is None else _check_output(geojson)
+    if h5ad_path is not None and h5ad_path == geojson_path:
+        raise ExportError(f"the .h5ad and the GeoJSON cannot both be written to {h5ad_path}")
+    return h5ad_path, geojson_path
+
+
+def _relay(
+    steps: Generator[Any, None, _T], progress: Callable[[Any], ExportProgress]
+) -> Generator[ExportProgress, None, _T]:
+    """Yield ``progress(x)`` for each ``x`` that ``steps`` yields; return what it returns."""
+    while True:
+        try:
+            item = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        yield progress(item)
 
 
 @contextlib.contextmanager

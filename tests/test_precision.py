@@ -20,7 +20,9 @@ from synthetic_models import write_mean_colour_model
 TILE_PX = 16
 
 
-def write_conv_model(path: Path, n_genes: int = 6, seed: int = 0, flip_gene: int | None = None) -> Path:
+def write_conv_model(
+    path: Path, n_genes: int = 6, seed: int = 0, flip_gene: int | None = None
+) -> Path:
     """A small convolutional contract model: three 3×3 convolutions, mean pool, a linear head.
 
     ``flip_gene`` negates one gene's head weights (a model that disagrees on that gene).
@@ -191,7 +193,11 @@ def test_a_model_without_convolution_or_matrix_product_is_not_quantised(tmp_path
                 helper.make_node("ReduceMean", ["f", "axes"], ["expression"], keepdims=0),
             ],
             "plain",
-            [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", TILE_PX, TILE_PX, 3])],
+            [
+                helper.make_tensor_value_info(
+                    "image", TensorProto.UINT8, ["N", TILE_PX, TILE_PX, 3]
+                )
+            ],
             [helper.make_tensor_value_info("expression", TensorProto.FLOAT, ["N", 3])],
             [numpy_helper.from_array(np.array([1, 2], np.int64), "axes")],
         ),
@@ -201,12 +207,16 @@ def test_a_model_without_convolution_or_matrix_product_is_not_quantised(tmp_path
     attach_metadata(
         model,
         ModelMetadata(
-            genes=["R", "G", "B"], tile_px=TILE_PX, tile_um=55.0, family="baseline",
-            target="synthetic", outputs=("expression",),
+            genes=["R", "G", "B"],
+            tile_px=TILE_PX,
+            tile_um=55.0,
+            family="baseline",
+            target="synthetic",
+            outputs=("expression",),
         ).to_props(),
     )
     save_model(model, path)
-    with pytest.raises(ModelError, match="nothing|no convolution"):
+    with pytest.raises(ModelError, match="no convolution or matrix product"):
         precision.quantize_int8(path, tmp_path / "x.onnx", tissue_like_tiles(32))
 
 
@@ -260,7 +270,9 @@ def test_fp16_stored_weights_are_folded_before_quantising(tmp_path: Path) -> Non
     half = tmp_path / "half.onnx"
     store_weights_fp16(fp32, half, check_tiles=tissue_like_tiles(8), min_elements=16)
     folded = precision.fold_weight_casts(onnx.load(str(half)))
-    assert not [n for n in folded.graph.node if n.op_type == "Cast" and n.input[0].endswith("__fp16")]
+    assert not [
+        n for n in folded.graph.node if n.op_type == "Cast" and n.input[0].endswith("__fp16")
+    ]
     out = precision.quantize_int8(half, tmp_path / "half_int8.onnx", tissue_like_tiles(32))
     assert any(
         n.op_type == "DequantizeLinear" and n.input[0].startswith("w2")
@@ -280,3 +292,78 @@ def test_a_shipped_variant_of_another_file_of_the_same_name_is_not_used(
     # a shipped variant is looked up by file name and must have been made from this file
     model = write_mean_colour_model(tmp_path / "nsl_her2st.onnx")
     assert choose_model(model, "auto").precision == "fp32"
+
+
+# -- the faces: RunSpec, CLI, cohort; the store's record ----------------------------------------
+def test_a_run_spec_refuses_an_unknown_precision(tmp_path: Path) -> None:
+    from napari_virtual_st.run import RunSpec
+
+    where = {"slide_path": tmp_path / "s.svs", "model_path": "m", "store_path": tmp_path / "o"}
+    with pytest.raises(
+        ParameterError, match="precision must be one of fp32, int8, auto; got 'fp16'"
+    ):
+        RunSpec(**where, precision="fp16")
+    spec = RunSpec(**where, precision="auto")
+    assert (spec.precision, spec.read_threads, spec.intra_op_threads) == ("auto", None, None)
+
+
+def test_a_cohort_refuses_an_unknown_precision_before_any_slide(
+    tmp_path: Path, cmu_small_svs: Path, synthetic_model: Path
+) -> None:
+    from napari_virtual_st.cohort import run_cohort
+
+    with pytest.raises(ParameterError, match="precision must be one of"):
+        run_cohort([cmu_small_svs], synthetic_model, tmp_path / "out", precision="half")
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_int8_records_the_precision_and_a_resume_in_fp32_is_refused(
+    tmp_path: Path, cmu_small_svs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from napari_virtual_st.cli import EXIT_USER_ERROR, main
+    from napari_virtual_st.store import PredictionStore
+
+    model = write_conv_model(tmp_path / "conv.onnx")
+    store = tmp_path / "cmu.vst.zarr"
+    args = ["predict", str(cmu_small_svs), "--model", str(model), "--out", str(store), "--quiet"]
+    assert main([*args, "--precision", "int8"]) == 0
+    err = capsys.readouterr().err
+    assert "int8 as asked (quantised now" in err
+    record = PredictionStore.open(store).attrs["model"]
+    assert record["precision"] == "int8"
+    assert record["fp32_sha256"] == precision.file_sha256(model)
+    assert record["sha256"] != record["fp32_sha256"]
+    assert main([*args, "--precision", "fp32"]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "holds int8 predictions and this run uses fp32" in err
+    assert "--precision int8" in err
+    assert main([*args, "--precision", "int8"]) == 0  # the same precision resumes (done)
+    assert main([*args, "--precision", "auto"]) == EXIT_USER_ERROR  # no gate: auto means fp32 here
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--precision", "bf16"])
+    assert exit_info.value.code == 2
+
+
+def test_an_fp32_store_records_fp32(
+    tmp_path: Path, cmu_small_svs: Path, synthetic_model: Path
+) -> None:
+    from napari_virtual_st.cli import main
+    from napari_virtual_st.store import PredictionStore
+
+    store = tmp_path / "cmu.vst.zarr"
+    assert (
+        main(
+            [
+                "predict",
+                str(cmu_small_svs),
+                "--model",
+                str(synthetic_model),
+                "--out",
+                str(store),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    record = PredictionStore.open(store).attrs["model"]
+    assert record["precision"] == "fp32" and "fp32_sha256" not in record

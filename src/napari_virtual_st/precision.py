@@ -608,7 +608,7 @@ def _variant_for(path: Path, fp32_sha256: str) -> tuple[Path, PrecisionGate | No
             continue
         try:
             meta = read_metadata(onnx.load(str(candidate), load_external_data=False)).as_dict()
-        except (ModelError, OSError, onnx.onnx_cpp2py_export.checker.ValidationError):
+        except Exception:  # a damaged cache file is passed over (and made again)
             continue
         if meta.get(META_INT8_OF.removeprefix("vst.")) != fp32_sha256:
             continue
@@ -642,16 +642,14 @@ def choose_model(
     """
     wanted = check_precision(requested)
     path = Path(model_path)
-    from napari_virtual_st.contract import read_metadata
-
-    meta = read_metadata(onnx.load(str(path), load_external_data=False)).as_dict()
-    if precision_of(meta) == "int8":
-        return ModelChoice(
-            path, "int8", wanted, f"{path.name} is an int8 model", recorded_gate(meta)
-        )
-    if wanted == "fp32":
+    if wanted == "fp32":  # the file as it is (the Predictor refuses a broken one)
         return ModelChoice(path, "fp32", wanted, "fp32 as asked")
-    sha = file_sha256(path)
+    info = Predictor(path, providers=["cpu"]).info  # a broken model: its ModelError
+    if precision_of(info.metadata) == "int8":
+        return ModelChoice(
+            path, "int8", wanted, f"{path.name} is an int8 model", recorded_gate(info.metadata)
+        )
+    sha = info.sha256
     found = _variant_for(path, sha)
     if wanted == "auto":
         if found is None:
@@ -687,7 +685,6 @@ def choose_model(
         where = "shipped" if variant.parent == shipped_int8_dir() else "cached"
         return ModelChoice(variant, "int8", wanted, f"int8 as asked ({where} variant)", gate)
     target = cached_int8_path(sha)
-    info = Predictor(path, providers=["cpu"]).info
     tiles = (
         sample_calibration_tiles(info.tile_px, info.tile_um)
         if calibration_tiles is None

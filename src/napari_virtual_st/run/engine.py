@@ -160,7 +160,11 @@ def prepare_model(
     providers = resolve_providers(spec.providers)
     on_gpu = providers[0] in GPU_PROVIDERS
     tile_px = _tile_px(choice.path)
-    plan = plan_threads(usable_cores(), on_gpu=on_gpu, read_share=0.5 if tile_px <= 32 else 0.05)
+    plan = plan_threads(
+        usable_cores(),
+        on_gpu=on_gpu,
+        read_share=0.5 if tile_px is not None and tile_px <= 32 else 0.05,
+    )
     plan = ThreadPlan(
         spec.read_threads or plan.read_threads, spec.intra_op_threads or plan.model_threads
     )
@@ -170,13 +174,17 @@ def prepare_model(
     return predictor, started, choice, plan
 
 
-def _tile_px(path: Path) -> int:
-    """The model's tile side (from its metadata, without a session)."""
+def _tile_px(path: Path) -> int | None:
+    """The model's tile side from its metadata, without a session (``None`` for a file
+    that is not a contract model: the Predictor then refuses it with the reason)."""
     import onnx
 
     from napari_virtual_st.contract import read_metadata
 
-    return int(read_metadata(onnx.load(str(path), load_external_data=False)).tile_px)
+    try:
+        return int(read_metadata(onnx.load(str(path), load_external_data=False)).tile_px)
+    except Exception:  # onnx raises protobuf's and its own errors for a broken file
+        return None
 
 
 def check_resolution(slide_mpp: float, predictor: Predictor) -> None:

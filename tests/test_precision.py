@@ -367,3 +367,12 @@ def test_an_fp32_store_records_fp32(
     )
     record = PredictionStore.open(store).attrs["model"]
     assert record["precision"] == "fp32" and "fp32_sha256" not in record
+
+
+def test_a_damaged_cached_int8_model_is_made_again(tmp_path: Path) -> None:
+    fp32 = write_conv_model(tmp_path / "conv.onnx")
+    cached = choose_model(fp32, "int8", calibration_tiles=tissue_like_tiles(32)).path
+    cached.write_bytes(b"truncated")
+    again = choose_model(fp32, "int8", calibration_tiles=tissue_like_tiles(32))
+    assert again.path == cached and "quantised now" in again.reason
+    assert Predictor(cached, providers=["cpu"]).precision == "int8"

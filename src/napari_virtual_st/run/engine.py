@@ -157,6 +157,8 @@ def prepare_model(
     if spec.precision != "fp32" and stage is not None:
         stage(f"finding the {spec.precision} model")
     choice = choose_model(path, spec.precision)
+    if spec.precision != "fp32" and stage is not None:
+        stage(choice.reason)
     providers = resolve_providers(spec.providers)
     on_gpu = providers[0] in GPU_PROVIDERS
     tile_px = _tile_px(choice.path)

@@ -210,7 +210,8 @@ def predict_slide(
     read_threads
         Threads reading tiles.
     prefetch
-        Batches of tiles read ahead of the one the model is working on (bounds memory).
+        Batches of tiles read ahead of the one the model is working on (bounds memory); at
+        least ``read_threads``, since each reader reads a whole batch.
     progress
         Called after every batch with a :class:`Progress`.
     should_cancel
@@ -260,7 +261,7 @@ def predict_slide(
             store_path,
             batch_size=batch_size,
             read_threads=read_threads,
-            prefetch=prefetch,
+            prefetch=max(prefetch, read_threads),  # each reader reads a whole batch
             progress=progress,
             should_cancel=should_cancel,
             overwrite=overwrite,

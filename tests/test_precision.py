@@ -376,3 +376,17 @@ def test_a_damaged_cached_int8_model_is_made_again(tmp_path: Path) -> None:
     again = choose_model(fp32, "int8", calibration_tiles=tissue_like_tiles(32))
     assert again.path == cached and "quantised now" in again.reason
     assert Predictor(cached, providers=["cpu"]).precision == "int8"
+
+
+def test_unnamed_nodes_are_named_so_only_the_sensitive_ones_stay_float(tmp_path: Path) -> None:
+    fp32 = write_conv_model(tmp_path / "conv.onnx")
+    model = onnx.load(str(fp32))
+    for node in model.graph.node:
+        node.name = ""  # as onnx.helper graphs built without names have them
+    unnamed = save_model(model, tmp_path / "unnamed.onnx")
+    out = precision.quantize_int8(unnamed, tmp_path / "unnamed_int8.onnx", tissue_like_tiles(32))
+    weights = {
+        n.input[0] for n in onnx.load(str(out)).graph.node if n.op_type == "DequantizeLinear"
+    }
+    assert any(name.startswith("w2") for name in weights)
+    assert not any(name.startswith(("w1", "head")) for name in weights)

@@ -389,6 +389,9 @@ def quantize_int8(
             f"{tiles.dtype} {tiles.shape}"
         )
     source = fold_weight_casts(onnx.load(str(fp32_path)))
+    for index, node in enumerate(source.graph.node):  # exclusions go by name: none unnamed
+        if not node.name:
+            node.name = f"vst_{node.op_type}_{index}"
     if not any(n.op_type in QUANTISED_OPS for n in source.graph.node):
         raise ModelError(
             f"{fp32_path.name} has no convolution or matrix product to quantise: int8 would "

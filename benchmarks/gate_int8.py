@@ -143,6 +143,22 @@ def gate_model(path: Path, workdir: Path, ship_dir: Path | None) -> dict:
     return record
 
 
+def write_gates_index(results: list[dict]) -> Path:
+    """Every model's gate, passed or not, beside the shipped variants (what the engine
+    reads to refuse int8 for a model that failed it, instead of quantising it again)."""
+    index = {
+        r["model"]: {k: r[k] for k in ("gate", "cannot", "float_leading") if k in r}
+        for r in results
+        if "gate" in r
+    }
+    path = precision.shipped_int8_dir() / precision.GATES_INDEX
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -152,7 +168,15 @@ def main() -> int:
         "--ship", action="store_true", help="write passing variants to the package"
     )
     parser.add_argument("--models", nargs="*", help="bundled model names (default: all)")
+    parser.add_argument(
+        "--index-from",
+        type=Path,
+        help="only (re)write bundled_models/int8/gates.json from an earlier --json result",
+    )
     args = parser.parse_args()
+    if args.index_from:
+        print(write_gates_index(json.loads(args.index_from.read_text())["models"]))
+        return 0
     logging.disable(logging.WARNING)  # the quantiser's per-tensor chatter
     paths = sorted(bundled_models_dir().glob("*.onnx"))
     if args.models:
@@ -175,6 +199,8 @@ def main() -> int:
                 )
             else:
                 print(f"{path.stem}: {record.get('cannot')}", flush=True)
+    if args.ship:
+        write_gates_index(results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {

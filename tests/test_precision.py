@@ -390,3 +390,36 @@ def test_unnamed_nodes_are_named_so_only_the_sensitive_ones_stay_float(tmp_path:
     }
     assert any(name.startswith("w2") for name in weights)
     assert not any(name.startswith(("w1", "head")) for name in weights)
+
+
+def test_a_recorded_failed_gate_refuses_int8_and_auto_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fp32 = write_conv_model(tmp_path / "conv.onnx")
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setattr(precision, "shipped_int8_dir", lambda: shipped)
+    failed = passing_gate(precision.file_sha256(fp32), median_gene_r=0.49)
+    entry = {"gate": json.loads(failed.to_json()), "cannot": "no recipe agrees"}
+    (shipped / precision.GATES_INDEX).write_text(json.dumps({"conv.onnx": entry}))
+    with pytest.raises(ModelError, match=r"cannot run in int8.*median per-gene r.*0\.4900"):
+        choose_model(fp32, "int8")
+    auto = choose_model(fp32, "auto")
+    assert auto.precision == "fp32" and "failed its accuracy gate" in auto.reason
+    # another file of the same name (retrained): the record does not apply
+    other = write_conv_model(tmp_path / "conv.onnx", seed=4)
+    assert choose_model(other, "int8", calibration_tiles=tissue_like_tiles(32)).precision == "int8"
+
+
+def test_the_bundled_models_precision_as_their_gates_recorded() -> None:
+    from napari_virtual_st.registry import resolve_model
+
+    nsl = resolve_model("nsl_her2st")
+    assert choose_model(nsl, "auto").precision == "fp32"
+    with pytest.raises(ModelError, match=r"nsl_her2st\.onnx cannot run in int8"):
+        choose_model(nsl, "int8")
+    for name in ("stem_her2st", "dkan_her2st"):
+        chosen = choose_model(resolve_model(name), "auto")
+        assert chosen.precision == "int8", chosen.reason
+        assert chosen.gate is not None and chosen.gate.passed
+        assert chosen.gate.fp32_sha256 == precision.file_sha256(resolve_model(name))

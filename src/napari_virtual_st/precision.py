@@ -528,6 +528,30 @@ def shipped_int8_dir() -> Path:
     return bundled_models_dir() / "int8"
 
 
+#: Beside the shipped variants: every bundled model's gate, passed or not, by file name
+#: (``{"nsl_her2st.onnx": {"gate": {...}, "cannot": "why"}}``), so a model whose int8 failed is
+#: not quantised again on a user's machine only to fail the same way.
+GATES_INDEX = "gates.json"
+
+
+def recorded_failure(path: Path, fp32_sha256: str) -> PrecisionGate | None:
+    """The failed gate recorded for this exact bundled model file, if any."""
+    index = shipped_int8_dir() / GATES_INDEX
+    try:
+        entry = json.loads(index.read_text()).get(path.name) if index.is_file() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("gate"), dict):
+        return None
+    try:
+        gate = PrecisionGate.from_json(json.dumps(entry["gate"]))
+    except ModelError:
+        return None
+    if gate.fp32_sha256 != fp32_sha256 or gate.passed:
+        return None
+    return gate
+
+
 def int8_cache_dir() -> Path:
     """Where int8 variants made on this machine are kept: ``$VST_CACHE_DIR/int8``, else
     ``$XDG_CACHE_HOME/napari-virtual-st/int8``, else ``~/.cache/napari-virtual-st/int8``."""
@@ -632,7 +656,8 @@ def choose_model(
 
     ``fp32``: the model as it is. ``int8``: its shipped int8 variant, else a cached one,
     else one quantised now (calibrated on ``calibration_tiles``, by default tiles of the
-    sample slide) and cached under the model file's hash. ``auto``: the int8 variant only
+    sample slide) and cached under the model file's hash, unless a failed gate is recorded
+    for this very file (:data:`GATES_INDEX`: refused). ``auto``: the int8 variant only
     when its recorded gate passed for this very file, else fp32 (the reason says why).
     A model file that is itself int8 runs as it is.
 
@@ -641,7 +666,8 @@ def choose_model(
     ParameterError
         For an unknown precision.
     ModelError
-        When ``int8`` is asked for a model that cannot be quantised.
+        When ``int8`` is asked for a model that cannot be quantised, or whose int8 variant
+        is recorded to have failed its gate.
     """
     wanted = check_precision(requested)
     path = Path(model_path)
@@ -654,6 +680,17 @@ def choose_model(
         )
     sha = info.sha256
     found = _variant_for(path, sha)
+    failed = recorded_failure(path, sha) if found is None else None
+    if failed is not None:
+        why = "; ".join(failed.failures)
+        if wanted == "auto":
+            return ModelChoice(
+                path, "fp32", wanted, f"fp32: int8 failed its accuracy gate ({why})", failed
+            )
+        raise ModelError(
+            f"{path.name} cannot run in int8: its int8 variant failed the accuracy gate on "
+            f"held-out tiles ({why}); use --precision fp32 or auto"
+        )
     if wanted == "auto":
         if found is None:
             return ModelChoice(

@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from make_large_tiff import cached_large_tiff
-    from napari_virtual_st.pipeline import plan_threads, usable_cores
+    from napari_virtual_st.pipeline import plan_threads, read_share_for, usable_cores
     from napari_virtual_st.precision import choose_model
 
     if args.network == "torch":
@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         model = _model_meta(model_path)
         if model not in models:
             models.append(model)
-        plan = plan_threads(cores, read_share=0.5 if model["tile_px"] <= 32 else 0.05)
+        plan = plan_threads(cores, read_share=read_share_for(model["tile_px"]))
         threads = {
             "read_threads": args.read_threads or plan.read_threads,
             "intra_op_threads": args.intra_op_threads or plan.model_threads,

@@ -140,3 +140,9 @@ def test_probing_a_provider_this_build_lacks_prints_nothing(
     assert resolve_providers(None)[-1] == "CPUExecutionProvider"
     captured = capfd.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_small_tile_models_count_reading_as_half_their_cost() -> None:
+    from napari_virtual_st.pipeline import read_share_for
+
+    assert read_share_for(16) == 0.5 and read_share_for(224) < 0.1 and read_share_for(None) < 0.1

@@ -49,6 +49,13 @@ READ_SHARE_CPU = 0.05
 MAX_GPU_READERS = 16
 
 
+def read_share_for(tile_px: int | None) -> float:
+    """The share of a tile's CPU time reading takes, guessed from the model's tile side: a
+    model of tiles up to 32 px (NSL, Stem: a few CPU-ms per tile) costs about what reading
+    and resizing its 110 µm tile costs; a larger one (a CNN at 224 px) is ~20× dearer."""
+    return 0.5 if tile_px is not None and tile_px <= 32 else READ_SHARE_CPU
+
+
 @dataclass(frozen=True)
 class ThreadPlan:
     """How many threads read tiles and how many the model's CPU pool gets."""

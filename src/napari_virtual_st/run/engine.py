@@ -27,6 +27,7 @@ from napari_virtual_st.pipeline import (
     build_grid,
     plan_threads,
     predict_slide,
+    read_share_for,
     usable_cores,
 )
 from napari_virtual_st.precision import ModelChoice, choose_model
@@ -165,7 +166,7 @@ def prepare_model(
     plan = plan_threads(
         usable_cores(),
         on_gpu=on_gpu,
-        read_share=0.5 if tile_px is not None and tile_px <= 32 else 0.05,
+        read_share=read_share_for(tile_px),
     )
     plan = ThreadPlan(
         spec.read_threads or plan.read_threads, spec.intra_op_threads or plan.model_threads

@@ -554,3 +554,16 @@ def test_gui_steps_run_in_order_a_turn_each_and_a_due_step_runs_once(qtbot) -> N
     assert [name for name, _ in ran] == ["redraw", "a", "b", "c"]  # (due first)
     gaps = np.diff([t for _, t in ran])
     assert (gaps >= STEP_MS / 1000 * 0.9).all()  # never two in one turn
+
+
+def test_the_precision_chosen_in_the_form_goes_into_the_run(
+    make_napari_viewer, qtbot, tmp_path: Path
+) -> None:
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "cmu1_small_region")
+    widget = _widget(viewer, qtbot)
+    widget.output.value = tmp_path / "p.vst.zarr"
+    assert widget.precision.value == "fp32"
+    assert widget.request().precision == "fp32"
+    widget.precision.value = "auto"
+    assert widget.request().precision == "auto"

@@ -175,6 +175,11 @@ def test_the_predictor_reports_the_providers_it_uses(synthetic_model: Path) -> N
 
 
 def test_gpu_providers_are_preferred_when_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    import napari_virtual_st.predictor as predictor_module
+
+    # listed and (as a quiet probe found) able to run
+    runs = {"CUDAExecutionProvider": None, "TensorrtExecutionProvider": None}
+    monkeypatch.setattr(predictor_module, "_PROBED", runs)
     all_three = ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: all_three)
     assert resolve_providers() == [

@@ -100,7 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlap-um", type=float, default=0.0, help="overlap of dense tiles in µm (default: 0)"
     )
     predict.add_argument(
-        "--read-threads", type=_positive_int, default=2, help="threads reading tiles (default: 2)"
+        "--read-threads",
+        type=_positive_int,
+        help="threads reading tiles (default: sized with the model's threads to the cores)",
+    )
+    predict.add_argument(
+        "--precision",
+        choices=("fp32", "int8", "auto"),
+        default="fp32",
+        help="fp32 (default); int8: the model's int8 variant (shipped, cached, or quantised "
+        "on first use), faster on most CPUs; auto: int8 only where it passed its recorded "
+        "accuracy gate against fp32, else fp32",
     )
     predict.add_argument(
         "--overwrite", action="store_true", help="replace an existing store instead of resuming it"
@@ -210,8 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument(
         "--read-threads",
         type=_positive_int,
-        default=2,
-        help="threads reading tiles per slide (default: 2)",
+        help="threads reading tiles per slide (default: sized with the model's threads)",
+    )
+    cohort.add_argument(
+        "--precision",
+        choices=("fp32", "int8", "auto"),
+        default="fp32",
+        help="fp32 (default); int8: the model's int8 variant (shipped, cached, or quantised "
+        "on first use), faster on most CPUs; auto: int8 only where it passed its recorded "
+        "accuracy gate against fp32, else fp32",
     )
     cohort.add_argument(
         "--providers",
@@ -454,6 +471,7 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
                 min_tissue=args.min_tissue,
                 batch_size=args.batch_size,
                 read_threads=args.read_threads,
+                precision=args.precision,
                 providers=args.providers,
                 retries=args.retries,
                 mpp=args.mpp,
@@ -517,7 +535,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from napari_virtual_st.onnxruntime_build import gpu_advice
     from napari_virtual_st.registry import default_model, resolve_model
     from napari_virtual_st.run import BatchEvent, RunEvent, RunSpec, StoreReadyEvent, run
-    from napari_virtual_st.run.engine import load_predictor, open_slide
+    from napari_virtual_st.run.engine import open_slide, prepare_model
 
     providers = None if args.providers is None else tuple(args.providers)
     model_path = default_model().path if args.model is None else resolve_model(args.model)
@@ -537,10 +555,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         providers=providers,
         batch_size=args.batch_size,
         read_threads=args.read_threads,
+        precision=args.precision,
         overwrite=args.overwrite,
         allow_non_brightfield=args.allow_non_brightfield,
     )
-    predictor, _ = load_predictor(model_path, providers)  # (the run reuses this session)
+    predictor, _, choice, plan = prepare_model(spec)  # (the run reuses this session)
     with open_slide(spec) as slide:
         mpp = slide.mpp  # the clear message first, when the resolution is unknown
         if getattr(args, "measured", None) is not None:
@@ -550,7 +569,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     print(
         f"model {predictor.path.name}: {len(predictor.genes)} genes, tiles of "
         f"{predictor.info.tile_um:g} µm at {predictor.info.tile_px} px, values "
-        f"{predictor.info.values_description}; running on {predictor.providers[0]}",
+        f"{predictor.info.values_description}; running on {predictor.runs_on}, "
+        f"{plan.read_threads} reading"
+        + ("" if args.precision == "fp32" else f" ({choice.reason})"),
         file=sys.stderr,
     )
     bars: list[Any] = []  # created when the store is ready, after its checks passed
@@ -765,7 +786,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             providers=None,
             min_tissue=0.5,
             overlap_um=0.0,
-            read_threads=2,
+            read_threads=None,
+            precision="fp32",
             overwrite=False,
             allow_non_brightfield=False,
             quiet=args.quiet,

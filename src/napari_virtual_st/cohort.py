@@ -40,6 +40,7 @@ from napari_virtual_st.errors import (
     VirtualSTError,
 )
 from napari_virtual_st.pipeline import GridChoice, Progress
+from napari_virtual_st.precision import check_precision, choose_model
 from napari_virtual_st.predictor import GPU_PROVIDERS, Predictor, resolve_providers
 from napari_virtual_st.registry import resolve_model
 from napari_virtual_st.run import BatchEvent, RunEvent, RunSpec, StoreReadyEvent, run
@@ -350,7 +351,8 @@ def run_cohort(
     grid: GridChoice = "visium",
     min_tissue: float = 0.5,
     batch_size: int = 32,
-    read_threads: int = 2,
+    read_threads: int | None = None,
+    precision: str = "fp32",
     providers: Sequence[str] | None = None,
     retries: int = 2,
     mpp: float | None = None,
@@ -389,7 +391,12 @@ def run_cohort(
         Spot layout and the tissue fraction a spot needs (see
         :func:`~napari_virtual_st.pipeline.build_grid`).
     batch_size, read_threads
-        Passed to :func:`~napari_virtual_st.pipeline.predict_slide` for each slide.
+        Passed to :func:`~napari_virtual_st.pipeline.predict_slide` for each slide
+        (``read_threads`` ``None``: sized with the model's threads).
+    precision
+        ``"fp32"``, ``"int8"`` or ``"auto"`` (see :mod:`napari_virtual_st.precision`); an
+        int8 model is found or made once, here, before any slide, and every worker runs
+        that file.
     providers
         Execution providers (``None``: each worker uses its GPU when it has one, else CPU).
     retries
@@ -431,7 +438,7 @@ def run_cohort(
         raise ParameterError(f"workers must be at least 1; got {workers}")
     if threads_per_worker is not None and threads_per_worker < 1:
         raise ParameterError(f"threads per worker must be at least 1; got {threads_per_worker}")
-    if batch_size < 1 or read_threads < 1:
+    if batch_size < 1 or (read_threads is not None and read_threads < 1):
         raise ParameterError("batch size and read threads must each be at least 1")
     if grid not in ("visium", "st", "dense"):
         raise ParameterError(f"grid must be visium, st or dense; got {grid!r}")
@@ -439,8 +446,10 @@ def run_cohort(
         raise ParameterError(f"min tissue must be between 0 and 1; got {min_tissue}")
     if mpp is not None and not mpp > 0:
         raise ParameterError(f"µm/px must be a positive number; got {mpp}")
+    check_precision(precision)
     model_path = resolve_model(model).absolute()
     Predictor(model_path, providers=["cpu"])  # refuse a broken model before any slide
+    model_path = choose_model(model_path, precision).path.absolute()  # made once, not per worker
     if scheduler is None and providers:
         resolve_providers(providers)  # local workers have this machine's providers
     out = Path(out_dir).absolute()
@@ -471,6 +480,7 @@ def run_cohort(
                 min_tissue_fraction=min_tissue,
                 batch_size=batch_size,
                 read_threads=read_threads,
+                precision=precision,
                 providers=tuple(providers) if providers else None,
                 intra_op_threads=threads,
                 overwrite=overwrite,

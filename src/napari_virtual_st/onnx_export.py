@@ -303,7 +303,8 @@ def quantize_int8(
     check_tiles: NDArray[np.uint8] | None = None,
     batch_size: int = 32,
 ) -> QuantizationReport:
-    """Write an int8 (QDQ, per-channel) variant of a contract model, calibrated on real tiles.
+    """Write an int8 (QDQ, per-channel) variant of a contract model, calibrated on real tiles,
+    with :func:`napari_virtual_st.precision.quantize_int8`, and compare it with fp32.
 
     Parameters
     ----------
@@ -318,46 +319,14 @@ def quantize_int8(
     batch_size
         Batch size of the speed measurement.
     """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from napari_virtual_st.precision import quantize_int8 as quantise
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     reference = Predictor(fp32_path, providers=["cpu"])
     tiles = np.ascontiguousarray(calibration_tiles)
     if tiles.ndim != 4 or tiles.shape[1:] != (reference.info.tile_px, reference.info.tile_px, 3):
         raise ParameterError("calibration tiles must match the model's tile size")
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = iter([{"image": tiles[i : i + 8]} for i in range(0, len(tiles), 8)])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._batches, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        raw = Path(tmp) / "int8.onnx"
-        quantize_static(
-            str(pre),
-            str(raw),
-            _Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
-        model = onnx.load(str(raw))
-    meta = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
-    meta["vst.name"] = f"{meta.get('vst.name', fp32_path.stem)} (int8)"
-    del model.metadata_props[:]
-    attach_metadata(model, meta)
-    save_model(model, out_path)
+    quantise(fp32_path, out_path, tiles)  # the engine's recipe (stem, head, depthwise float)
     quantised = Predictor(out_path, providers=["cpu"])
     check = tiles if check_tiles is None else np.ascontiguousarray(check_tiles)
     a = reference.predict(check).expression

@@ -11,8 +11,10 @@ bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import collections
+import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,13 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import ArrayLike, NDArray
 
-from napari_virtual_st.errors import CancelledError, ModelError, ParameterError, VirtualSTError
+from napari_virtual_st.errors import (
+    CancelledError,
+    ModelError,
+    ParameterError,
+    StoreMismatchError,
+    VirtualSTError,
+)
 from napari_virtual_st.grid import SpotGrid
 from napari_virtual_st.predictor import Predictor
 from napari_virtual_st.slide import Slide
@@ -32,6 +40,67 @@ from napari_virtual_st.tissue import TissueMask, detect_tissue
 from napari_virtual_st.writer_lock import writer_lock
 
 GridChoice = Literal["visium", "st", "dense"]
+
+#: Share of the CPU time per tile that reading takes beside a CPU model, for sizing the
+#: reader pool: a ResNet-18-sized model costs ~50 CPU-ms per 224 px tile, reading and
+#: decoding one JPEG-tiled tile ~1–3 ms (benchmarks/README.md).
+READ_SHARE_CPU = 0.05
+#: Readers that feed a GPU: decoding is then the limit, so most cores read.
+MAX_GPU_READERS = 16
+
+
+def read_share_for(tile_px: int | None) -> float:
+    """The share of a tile's CPU time reading takes, guessed from the model's tile side: a
+    model of tiles up to 32 px (NSL, Stem: a few CPU-ms per tile) costs about what reading
+    and resizing its 110 µm tile costs; a larger one (a CNN at 224 px) is ~20× dearer."""
+    return 0.5 if tile_px is not None and tile_px <= 32 else READ_SHARE_CPU
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How many threads read tiles and how many the model's CPU pool gets."""
+
+    read_threads: int
+    model_threads: int
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity, e.g. under ``taskset``), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def plan_threads(
+    cores: int, *, on_gpu: bool = False, read_share: float = READ_SHARE_CPU
+) -> ThreadPlan:
+    """Size the reader pool and the model's thread pool together, for ``cores`` cores.
+
+    On the CPU the model needs nearly all the time: one reader per ``1 / read_share``
+    cores (at least one), and the model gets the rest; but where that would leave the model
+    fewer than 3 threads (1–3 cores) it gets every core, since a reader that needs a few
+    percent of one core would otherwise idle a whole one (it takes its small share beside
+    the model's threads). On a GPU the CPU's work is reading: every core but one reads (at
+    most :data:`MAX_GPU_READERS`) and the model keeps one CPU thread for the operators the
+    GPU provider leaves to the CPU.
+
+    Parameters
+    ----------
+    cores
+        Cores available (:func:`usable_cores`).
+    on_gpu
+        Whether the model runs on a GPU execution provider.
+    read_share
+        Share of a tile's CPU time that reading takes (0–1).
+    """
+    cores = max(1, int(cores))
+    if on_gpu:
+        return ThreadPlan(max(1, min(cores - 1, MAX_GPU_READERS)), 1)
+    share = min(max(read_share, 0.0), 1.0)
+    readers = max(1, math.ceil(cores * share))
+    model = cores - readers
+    return ThreadPlan(readers, model if model >= 3 else cores)
 
 
 @dataclass(frozen=True)
@@ -148,7 +217,8 @@ def predict_slide(
     read_threads
         Threads reading tiles.
     prefetch
-        Batches of tiles read ahead of the one the model is working on (bounds memory).
+        Batches of tiles read ahead of the one the model is working on (bounds memory); at
+        least ``read_threads``, since each reader reads a whole batch.
     progress
         Called after every batch with a :class:`Progress`.
     should_cancel
@@ -198,7 +268,7 @@ def predict_slide(
             store_path,
             batch_size=batch_size,
             read_threads=read_threads,
-            prefetch=prefetch,
+            prefetch=max(prefetch, read_threads),  # each reader reads a whole batch
             progress=progress,
             should_cancel=should_cancel,
             overwrite=overwrite,
@@ -340,6 +410,7 @@ def _open_or_create(
         )
         return store, 0
     store = PredictionStore.open(store_path, mode="r+")
+    check_precision_matches(store, predictor)
     store.check_matches(
         slide_fingerprint=slide.fingerprint,
         model_sha256=info.sha256,
@@ -350,6 +421,25 @@ def _open_or_create(
     health = check_store(store)
     store.forget_chunks(health.damaged_chunks)
     return store, sum(s.stop - s.start for s in health.damaged_spots)
+
+
+def check_precision_matches(store: PredictionStore, predictor: Predictor) -> None:
+    """Refuse to resume a store in another precision than it was started in (int8 and fp32
+    values differ slightly; one store holds one model's values).
+
+    Raises
+    ------
+    StoreMismatchError
+        Saying which precision the store holds and how to go on.
+    """
+    record = store.attrs.get("model")
+    recorded = record.get("precision", "fp32") if isinstance(record, Mapping) else "fp32"
+    if recorded != predictor.precision:
+        raise StoreMismatchError(
+            f"{store.path.name} holds {recorded} predictions and this run uses "
+            f"{predictor.precision}: resume it with --precision {recorded}, or choose "
+            "another output or overwrite it"
+        )
 
 
 def refuse_non_finite(
@@ -407,6 +497,12 @@ def _provenance(slide: Slide, predictor: Predictor) -> dict[str, Any]:
             "target": info.target,
             "metadata": dict(info.metadata),
             "providers": predictor.providers,
+            "precision": predictor.precision,
+            **(
+                {"fp32_sha256": info.metadata.get("int8_of_sha256")}
+                if predictor.precision == "int8"
+                else {}
+            ),
         },
         "software": {"napari_virtual_st": __version__, "onnxruntime": ort.__version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

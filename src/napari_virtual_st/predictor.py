@@ -13,6 +13,7 @@ or tensor at fault, before any slide is read.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,10 @@ __all__ = [
     "ModelInfo",
     "Prediction",
     "Predictor",
+    "cache_dir",
     "extra_input_values",
+    "probe_provider",
+    "provider_options",
     "read_model_info",
     "resolve_providers",
 ]
@@ -91,38 +95,111 @@ class Prediction:
     variance: NDArray[np.float32] | None = None
 
 
+def _probe_model() -> bytes:
+    """A one-operator float model (Relu over (1, 8)) to try an execution provider on."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+_PROBED: dict[str, str | None] = {}
+
+
+def probe_provider(name: str) -> str | None:
+    """Whether execution provider ``name`` really runs here, tried quietly once per process.
+
+    ``onnxruntime-gpu`` lists CUDA and TensorRT as available even where their libraries
+    (CUDA, cuDNN, TensorRT) are missing; using them then prints an error banner and falls
+    back to the CPU. This builds a one-operator session on ``name`` alone with ONNX
+    Runtime's logging silenced and its fallback off.
+
+    Returns
+    -------
+    str or None
+        ``None`` when it runs, else why not (one line).
+    """
+    if name == "CPUExecutionProvider":
+        return None
+    if name in _PROBED:
+        return _PROBED[name]
+    if name not in ort.get_available_providers():
+        _PROBED[name] = "not in this onnxruntime build"
+        return _PROBED[name]
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    problem: str | None = None
+    ort.set_default_logger_severity(4)  # the provider bridge logs load failures globally
+    try:
+        session = ort.InferenceSession(
+            _probe_model(),
+            sess_options=options,
+            providers=[name],
+            enable_fallback=0,
+        )
+        if session.get_providers()[0] != name:
+            problem = "its libraries did not load"
+        else:
+            session.run(None, {"x": np.zeros((1, 8), np.float32)})
+    except Exception as exc:  # onnxruntime raises several private exception types
+        text = str(exc).strip().splitlines()
+        problem = text[0][:200] if text else type(exc).__name__
+    finally:
+        ort.set_default_logger_severity(2)
+    _PROBED[name] = problem
+    return problem
+
+
 def resolve_providers(requested: Sequence[str] | None = None) -> list[str]:
     """Execution providers to use, most preferred first.
+
+    GPU providers are probed quietly (:func:`probe_provider`): one that is listed but cannot
+    load its libraries is skipped by default, and refused with the reason when asked for.
+    TensorRT is always followed by CUDA (where it runs) and the CPU, CUDA by the CPU: an
+    operator a GPU provider cannot take runs on the next one.
 
     Parameters
     ----------
     requested
         Provider names (``"CUDAExecutionProvider"`` or short aliases ``cuda``, ``cpu``,
-        ``tensorrt``...). ``None`` picks TensorRT/CUDA when available, then CPU.
+        ``tensorrt``...). ``None`` picks TensorRT/CUDA when they run here, then CPU.
 
     Raises
     ------
     ModelError
-        If a requested provider is not available in this installation.
+        If a requested provider is not available, or does not run, in this installation.
     """
     available = ort.get_available_providers()
     if not requested:
-        chosen = [p for p in PREFERRED_PROVIDERS if p in available]
-        return chosen or list(available)
+        chosen = [p for p in PREFERRED_PROVIDERS if p in available and probe_provider(p) is None]
+        return chosen or ["CPUExecutionProvider"]
     chosen = []
     for name in requested:
         full = _PROVIDER_ALIASES.get(name.lower(), name)
+        gpu_hint = "CUDA" in full or "Tensorrt" in full
         if full not in available:
-            hint = (
-                " (install the 'gpu' extra: onnxruntime-gpu)"
-                if "CUDA" in full or "Tensorrt" in full
-                else ""
-            )
+            hint = " (install the 'gpu' extra: onnxruntime-gpu)" if gpu_hint else ""
             raise ModelError(
                 f"execution provider {name!r} is not available here{hint}; available: {', '.join(available)}"
             )
+        problem = probe_provider(full)
+        if problem is not None:
+            raise ModelError(f"execution provider {name!r} does not run here: {problem}")
         if full not in chosen:
             chosen.append(full)
+    fallbacks = {"TensorrtExecutionProvider": "CUDAExecutionProvider"}
+    for gpu, fallback in fallbacks.items():
+        if (
+            gpu in chosen
+            and fallback not in chosen
+            and fallback in available
+            and probe_provider(fallback) is None
+        ):
+            chosen.insert(chosen.index(gpu) + 1, fallback)
     if "CPUExecutionProvider" not in chosen and "CPUExecutionProvider" in available:
         chosen.append("CPUExecutionProvider")
     return chosen
@@ -175,13 +252,14 @@ class Predictor:
             if intra_op_threads < 1:
                 raise ParameterError(f"thread count must be at least 1; got {intra_op_threads}")
             options.intra_op_num_threads = intra_op_threads
+        self._intra_op_threads = intra_op_threads
         if not spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         model_bytes = self.path.read_bytes()
         try:
             self._session = ort.InferenceSession(
-                model_bytes, sess_options=options, providers=_provider_options(wanted)
+                model_bytes, sess_options=options, providers=provider_options(wanted)
             )
         except Exception as exc:  # onnxruntime raises several private exception types
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -195,6 +273,19 @@ class Predictor:
     def genes(self) -> tuple[str, ...]:
         """Gene names in output order."""
         return self.info.genes
+
+    @property
+    def precision(self) -> str:
+        """``"int8"`` for an int8 variant (``vst.precision``), else ``"fp32"``."""
+        return "int8" if self.info.metadata.get("precision") == "int8" else "fp32"
+
+    @property
+    def runs_on(self) -> str:
+        """One line saying what runs: provider, CPU threads, precision."""
+        first = self.providers[0].removesuffix("ExecutionProvider")
+        threads = self._intra_op_threads
+        where = f"{first} ({threads} threads)" if first == "CPU" and threads else first
+        return f"{where}, {self.precision}"
 
     @property
     def on_gpu(self) -> bool:
@@ -323,21 +414,49 @@ def extra_input_values(spec: Mapping[str, Any], spot_ids: ArrayLike) -> np.ndarr
     return out
 
 
-def _provider_options(providers: list[str]) -> list[Any]:
+def cache_dir(kind: str) -> Path:
+    """A folder for files this package makes once and reuses (``tensorrt`` engines, ``int8``
+    models): ``$VST_CACHE_DIR/<kind>``, else ``$XDG_CACHE_HOME/napari-virtual-st/<kind>``,
+    else ``~/.cache/napari-virtual-st/<kind>`` (not created here)."""
+    root = os.environ.get("VST_CACHE_DIR")
+    if root:
+        return Path(root) / kind
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "napari-virtual-st" / kind
+
+
+def provider_options(
+    providers: Sequence[str], *, fp16: bool = True, engine_cache: Path | None = None
+) -> list[Any]:
+    """ONNX Runtime's ``providers`` argument for these execution providers, in order.
+
+    TensorRT gets an engine cache (built engines are reused across runs and processes; the
+    first run of a model and batch size builds one, which takes minutes), fp16 kernels
+    where ``fp16`` (the GPU's tensor cores; outputs then differ from fp32 in the third
+    digit), and timing-cache reuse; CUDA gets its default arena and exhaustive cuDNN search
+    once per shape; other providers their defaults. The fallbacks after a GPU provider are
+    :func:`resolve_providers`'s choice.
+    """
+    names = list(dict.fromkeys(providers))
+    cache = engine_cache if engine_cache is not None else cache_dir("tensorrt")
     options: list[Any] = []
-    for name in providers:
+    for name in names:
         if name == "TensorrtExecutionProvider":
-            cache = Path.home() / ".cache" / "napari-virtual-st" / "tensorrt"
             options.append(
                 (
                     name,
                     {
                         "trt_engine_cache_enable": True,
                         "trt_engine_cache_path": str(cache),
-                        "trt_fp16_enable": True,
+                        "trt_timing_cache_enable": True,
+                        "trt_timing_cache_path": str(cache),
+                        "trt_fp16_enable": fp16,
                     },
                 )
             )
+        elif name == "CUDAExecutionProvider":
+            options.append((name, {"cudnn_conv_algo_search": "EXHAUSTIVE"}))
         else:
             options.append(name)
     return options

@@ -134,6 +134,15 @@ class PredictWidget(Container):
             label="Save to", mode=FileDialogMode.OPTIONAL_FILE, filter="*.vst.zarr"
         )
         self.overwrite = CheckBox(text="Replace earlier results in this file", value=False)
+        self.precision = ComboBox(
+            label="Precision",
+            choices=[
+                ("fp32", "fp32"),
+                ("int8 (faster; quantised model)", "int8"),
+                ("auto (int8 where it passed its accuracy gate)", "auto"),
+            ],
+            value="fp32",
+        )
         self.provider = Label(value=f"Runs on: {provider_label(resolve_providers(None))}")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -156,6 +165,7 @@ class PredictWidget(Container):
                 self.min_tissue,
                 self.output,
                 self.overwrite,
+                self.precision,
                 self.provider,
                 buttons,
                 self.progress_bar,
@@ -310,6 +320,7 @@ class PredictWidget(Container):
             mpp=mpp,
             batch_size=self.batch_size,
             overwrite=bool(self.overwrite.value),
+            precision=str(self.precision.value),
             visible_xy_level0_px=self.visible_region(),
             preview=True,
             report_values=True,

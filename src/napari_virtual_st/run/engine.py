@@ -21,8 +21,17 @@ from numpy.typing import NDArray
 
 from napari_virtual_st.errors import CancelledError, ParameterError
 from napari_virtual_st.grid import SpotGrid
-from napari_virtual_st.pipeline import Progress, build_grid, predict_slide
-from napari_virtual_st.predictor import Predictor
+from napari_virtual_st.pipeline import (
+    Progress,
+    ThreadPlan,
+    build_grid,
+    plan_threads,
+    predict_slide,
+    read_share_for,
+    usable_cores,
+)
+from napari_virtual_st.precision import ModelChoice, choose_model
+from napari_virtual_st.predictor import GPU_PROVIDERS, Predictor, resolve_providers
 from napari_virtual_st.registry import resolve_model
 from napari_virtual_st.run import priority
 from napari_virtual_st.run.events import (
@@ -102,12 +111,7 @@ def run(
         if not spec.allow_non_brightfield:
             check_brightfield(slide, FULL_MASK_UM_PER_PX)
         stage("loading the model")
-        predictor, started = load_predictor(
-            resolve_model(spec.model_path),
-            spec.providers,
-            spec.intra_op_threads,
-            spin=not spec.yield_cpu,
-        )
+        predictor, started, _, plan = prepare_model(spec, stage)
         model_threads.update(started if spec.yield_cpu else ())
         check_resolution(mpp, predictor)
         grid = _spots(spec, slide, predictor, stage, emit, cancelled)
@@ -128,7 +132,7 @@ def run(
             grid,
             spec.store_path,
             batch_size=spec.batch_size,
-            read_threads=spec.read_threads,
+            read_threads=plan.read_threads,
             progress=report,
             should_cancel=cancelled,
             overwrite=spec.overwrite,
@@ -138,6 +142,52 @@ def run(
     if spec.transform is not None:  # `evaluate` and the Measured ST widget find it there
         store.save_transform(spec.transform)
     return PredictionStore.open(store.path)
+
+
+def prepare_model(
+    spec: RunSpec, stage: Callable[[str], None] | None = None
+) -> tuple[Predictor, frozenset[int], ModelChoice, ThreadPlan]:
+    """The run's model session at the asked precision, with its threads sized together
+    with the tile readers (:func:`~napari_virtual_st.pipeline.plan_threads`; explicit
+    ``spec.read_threads`` / ``spec.intra_op_threads`` win).
+
+    Returns the predictor, the native ids of the threads its session started (see
+    :func:`load_predictor`), the precision choice (file, precision, reason) and the plan.
+    """
+    path = resolve_model(spec.model_path)
+    if spec.precision != "fp32" and stage is not None:
+        stage(f"finding the {spec.precision} model")
+    choice = choose_model(path, spec.precision)
+    if spec.precision != "fp32" and stage is not None:
+        stage(choice.reason)
+    providers = resolve_providers(spec.providers)
+    on_gpu = providers[0] in GPU_PROVIDERS
+    tile_px = _tile_px(choice.path)
+    plan = plan_threads(
+        usable_cores(),
+        on_gpu=on_gpu,
+        read_share=read_share_for(tile_px),
+    )
+    plan = ThreadPlan(
+        spec.read_threads or plan.read_threads, spec.intra_op_threads or plan.model_threads
+    )
+    predictor, started = load_predictor(
+        choice.path, spec.providers, plan.model_threads, spin=not spec.yield_cpu
+    )
+    return predictor, started, choice, plan
+
+
+def _tile_px(path: Path) -> int | None:
+    """The model's tile side from its metadata, without a session (``None`` for a file
+    that is not a contract model: the Predictor then refuses it with the reason)."""
+    import onnx
+
+    from napari_virtual_st.contract import read_metadata
+
+    try:
+        return int(read_metadata(onnx.load(str(path), load_external_data=False)).tile_px)
+    except Exception:  # onnx raises protobuf's and its own errors for a broken file
+        return None
 
 
 def check_resolution(slide_mpp: float, predictor: Predictor) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from napari_virtual_st.errors import ParameterError
 from napari_virtual_st.pipeline import GridChoice
+from napari_virtual_st.precision import PRECISIONS
 
 if TYPE_CHECKING:
     from napari_virtual_st.frames import Transform
@@ -51,10 +52,15 @@ class RunSpec:
         Overlap between dense tiles.
     providers
         ONNX Runtime execution providers (``None``: the best available).
-    batch_size, read_threads
-        Tiles per model call (one store chunk, new stores only), and tile-reading threads.
-    intra_op_threads
-        ONNX Runtime's CPU threads (``None``: its default).
+    batch_size
+        Tiles per model call (one store chunk, new stores only).
+    read_threads, intra_op_threads
+        Tile-reading threads and ONNX Runtime's CPU threads; ``None`` sizes them together
+        to the cores this process may use (:func:`~napari_virtual_st.pipeline.plan_threads`).
+    precision
+        ``"fp32"``, ``"int8"`` (the model's int8 variant: shipped, cached, or quantised on
+        first use) or ``"auto"`` (int8 only where its recorded accuracy gate passed); see
+        :mod:`napari_virtual_st.precision`. A store keeps the precision it was started in.
     overwrite
         Replace an existing prediction store instead of resuming it (never anything else).
     visible_xy_level0_px
@@ -88,8 +94,9 @@ class RunSpec:
     overlap_um: float = 0.0
     providers: tuple[str, ...] | None = None
     batch_size: int = 32
-    read_threads: int = 2
+    read_threads: int | None = None
     intra_op_threads: int | None = None
+    precision: str = "fp32"
     overwrite: bool = False
     visible_xy_level0_px: Region | None = None
     preview: bool = False
@@ -107,8 +114,12 @@ class RunSpec:
             raise ParameterError(
                 f"the minimum tissue fraction must be between 0 and 1; got {self.min_tissue_fraction}"
             )
-        if self.batch_size < 1 or self.read_threads < 1:
+        if self.batch_size < 1 or (self.read_threads is not None and self.read_threads < 1):
             raise ParameterError("batch size and read threads must each be at least 1")
+        if self.precision not in PRECISIONS:
+            raise ParameterError(
+                f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}"
+            )
         if self.intra_op_threads is not None and self.intra_op_threads < 1:
             raise ParameterError(f"model threads must be at least 1; got {self.intra_op_threads}")
         for name in ("mpp", "fallback_mpp"):

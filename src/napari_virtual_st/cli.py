@@ -56,7 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in (
+        _add_info,
+        _add_predict,
+        _add_evaluate,
+        _add_export,
+        _add_demo,
+        _add_cohort,
+        _add_check,
+        _add_models,
+        _add_runtime,
+    ):
+        add_command(sub)
+    return parser
 
+
+def _add_info(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     info = sub.add_parser("info", help="describe a slide (format, levels, µm/px)")
     info.add_argument("slide", type=Path, help="slide file")
     info.add_argument(
@@ -64,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--json", action="store_true", help="print JSON")
 
+
+def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     predict = sub.add_parser("predict", help="predict gene expression over a slide")
     predict.add_argument("slide", type=Path, help="slide file")
     predict.add_argument(
@@ -72,39 +89,43 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the default bundled model, marked in `virtual-st models`)",
     )
     predict.add_argument(
+        "--mpp", type=_positive_float, help="µm per level-0 pixel, if the file lacks it"
+    )
+    predict.add_argument("--out", type=Path, help="output store (default: <slide>.vst.zarr here)")
+    predict.add_argument(
+        "--overlap-um", type=float, default=0.0, help="overlap of dense tiles in µm (default: 0)"
+    )
+    _add_run_arguments(predict, cohort=False)
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_measured_arguments(
+        predict, "predict at the measured spots of this data instead of a grid"
+    )
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, *, cohort: bool) -> None:
+    """The options of a prediction run that ``predict`` and ``cohort`` share."""
+    per = " per slide" if cohort else ""
+    parser.add_argument(
         "--grid",
         choices=("visium", "st", "dense"),
         default="visium",
         help="spot layout (default: visium)",
     )
-    predict.add_argument(
-        "--mpp", type=_positive_float, help="µm per level-0 pixel, if the file lacks it"
-    )
-    predict.add_argument("--out", type=Path, help="output store (default: <slide>.vst.zarr here)")
-    predict.add_argument(
-        "--batch-size", type=_positive_int, default=32, help="tiles per model call (default: 32)"
-    )
-    predict.add_argument(
-        "--providers",
-        nargs="+",
-        metavar="P",
-        help="execution providers, e.g. cuda cpu (default: GPU if available)",
-    )
-    predict.add_argument(
+    parser.add_argument(
         "--min-tissue",
         type=_fraction,
         default=0.5,
         help="drop spots with less tissue than this (default: 0.5)",
     )
-    predict.add_argument(
-        "--overlap-um", type=float, default=0.0, help="overlap of dense tiles in µm (default: 0)"
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=32, help="tiles per model call (default: 32)"
     )
-    predict.add_argument(
+    parser.add_argument(
         "--read-threads",
         type=_positive_int,
-        help="threads reading tiles (default: sized with the model's threads to the cores)",
+        help=f"threads reading tiles{per} (default: sized with the model's threads to the cores)",
     )
-    predict.add_argument(
+    parser.add_argument(
         "--precision",
         choices=("fp32", "int8", "auto"),
         default="fp32",
@@ -112,25 +133,36 @@ def build_parser() -> argparse.ArgumentParser:
         "on first use), faster on most CPUs; auto: int8 only where it passed its recorded "
         "accuracy gate against fp32, else fp32",
     )
-    predict.add_argument(
-        "--overwrite", action="store_true", help="replace an existing store instead of resuming it"
+    parser.add_argument(
+        "--providers",
+        nargs="+",
+        metavar="P",
+        help="execution providers, e.g. cuda cpu (default: "
+        + ("each worker's GPU if it has one)" if cohort else "GPU if available)"),
     )
-    predict.add_argument(
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing stores instead of skipping them"
+        if cohort
+        else "replace an existing store instead of resuming it",
+    )
+    parser.add_argument(
         "--allow-non-brightfield",
         action="store_true",
         help="predict even where a slide does not look like bright-field H&E (e.g. fluorescence)",
     )
-    predict.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_measured_arguments(
-        predict, "predict at the measured spots of this data instead of a grid"
-    )
 
+
+def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     evaluate = sub.add_parser("evaluate", help="compare a prediction store with measured ST")
     evaluate.add_argument("store", type=Path, help="prediction store (.vst.zarr)")
     _add_measured_arguments(evaluate, "measured data to compare with", required=True)
     evaluate.add_argument("--csv", type=Path, help="write the per-gene table here")
     evaluate.add_argument("--top", type=int, default=10, help="genes to list (default: 10)")
 
+
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     export = sub.add_parser(
         "export",
         help="export predictions to .h5ad (scanpy/squidpy) and/or GeoJSON (QuPath)",
@@ -153,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measured_arguments(export, "add the measured values as layers['measured']")
     export.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser(
         "demo", help="run the whole job on the bundled real slide with a bundled model"
     )
@@ -166,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--gene", help="gene to draw (default: the most variable predicted gene)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_cohort(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cohort = sub.add_parser(
         "cohort",
         help="predict many slides on a Dask cluster (local, or a scheduler address)",
@@ -200,58 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="model threads per worker (default: cores / workers locally)",
     )
     cohort.add_argument(
-        "--grid",
-        choices=("visium", "st", "dense"),
-        default="visium",
-        help="spot layout (default: visium)",
-    )
-    cohort.add_argument(
         "--mpp", type=_positive_float, help="µm per level-0 pixel for slides whose files lack it"
     )
-    cohort.add_argument(
-        "--min-tissue",
-        type=_fraction,
-        default=0.5,
-        help="drop spots with less tissue than this (default: 0.5)",
-    )
-    cohort.add_argument(
-        "--batch-size", type=_positive_int, default=32, help="tiles per model call (default: 32)"
-    )
-    cohort.add_argument(
-        "--read-threads",
-        type=_positive_int,
-        help="threads reading tiles per slide (default: sized with the model's threads)",
-    )
-    cohort.add_argument(
-        "--precision",
-        choices=("fp32", "int8", "auto"),
-        default="fp32",
-        help="fp32 (default); int8: the model's int8 variant (shipped, cached, or quantised "
-        "on first use), faster on most CPUs; auto: int8 only where it passed its recorded "
-        "accuracy gate against fp32, else fp32",
-    )
-    cohort.add_argument(
-        "--providers",
-        nargs="+",
-        metavar="P",
-        help="execution providers, e.g. cuda cpu (default: each worker's GPU if it has one)",
-    )
+    _add_run_arguments(cohort, cohort=True)
     cohort.add_argument(
         "--retries",
         type=int,
         default=2,
         help="extra attempts after an unexpected failure or a lost worker (default: 2)",
     )
-    cohort.add_argument(
-        "--overwrite", action="store_true", help="replace existing stores instead of skipping"
-    )
-    cohort.add_argument(
-        "--allow-non-brightfield",
-        action="store_true",
-        help="predict even where a slide does not look like bright-field H&E (e.g. fluorescence)",
-    )
     cohort.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check = sub.add_parser(
         "check",
         help="say whether a prediction store is whole (every spot predicted, no value lost)",
@@ -261,17 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("store", type=Path, help="prediction store (.vst.zarr)")
 
+
+def _add_models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     models = sub.add_parser(
         "models",
         help="list the bundled models: the default, their metrics, cards and terms of use",
     )
     models.add_argument("--json", action="store_true", help="print JSON")
 
+
+def _add_runtime(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sub.add_parser(
         "runtime",
         help="which ONNX Runtime build is installed, what it runs on, and how to use the GPU",
     )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

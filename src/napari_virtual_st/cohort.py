@@ -40,7 +40,7 @@ from napari_virtual_st.errors import (
     VirtualSTError,
 )
 from napari_virtual_st.pipeline import GridChoice, Progress
-from napari_virtual_st.precision import check_precision, choose_model
+from napari_virtual_st.precision import choose_model
 from napari_virtual_st.predictor import GPU_PROVIDERS, Predictor, resolve_providers
 from napari_virtual_st.registry import resolve_model
 from napari_virtual_st.run import BatchEvent, RunEvent, RunSpec, StoreReadyEvent, run
@@ -432,21 +432,23 @@ def run_cohort(
     cohort = _distinct(_as_cohort_slide(s) for s in slides)
     if not cohort:
         raise ParameterError("no slides to run")
-    if retries < 0:
-        raise ParameterError(f"retries must be 0 or more; got {retries}")
-    if workers is not None and workers < 1:
-        raise ParameterError(f"workers must be at least 1; got {workers}")
-    if threads_per_worker is not None and threads_per_worker < 1:
-        raise ParameterError(f"threads per worker must be at least 1; got {threads_per_worker}")
-    if batch_size < 1 or (read_threads is not None and read_threads < 1):
-        raise ParameterError("batch size and read threads must each be at least 1")
+    _check_cluster_options(retries, workers, threads_per_worker)
     if grid not in ("visium", "st", "dense"):
         raise ParameterError(f"grid must be visium, st or dense; got {grid!r}")
-    if not 0.0 <= min_tissue <= 1.0:
-        raise ParameterError(f"min tissue must be between 0 and 1; got {min_tissue}")
-    if mpp is not None and not mpp > 0:
-        raise ParameterError(f"µm/px must be a positive number; got {mpp}")
-    check_precision(precision)
+    template = RunSpec(  # every slide's run, checked once here (its constructor refuses)
+        slide_path=cohort[0].path,
+        model_path=Path(model),
+        store_path=Path(out_dir),
+        grid_kind=grid,
+        fallback_mpp=mpp,
+        min_tissue_fraction=min_tissue,
+        batch_size=batch_size,
+        read_threads=read_threads,
+        precision=precision,
+        providers=tuple(providers) if providers else None,
+        overwrite=overwrite,
+        allow_non_brightfield=allow_non_brightfield,
+    )
     model_path = resolve_model(model).absolute()
     Predictor(model_path, providers=["cpu"])  # refuse a broken model before any slide
     model_path = choose_model(model_path, precision).path.absolute()  # made once, not per worker
@@ -464,30 +466,15 @@ def run_cohort(
         threads = threads_per_worker or max(1, _available_cores() // n_workers)
     else:
         n_workers, threads = 0, threads_per_worker
+    template = replace(template, model_path=model_path, intra_op_threads=threads)
     run_id = uuid.uuid4().hex[:12]
-    names = store_names(cohort)
     jobs = [
         _Job(
             index=i,
             run_id=run_id,
-            spec=RunSpec(
-                slide_path=s.path.absolute(),
-                model_path=model_path,
-                store_path=out / name,
-                grid_kind=grid,
-                mpp=s.mpp,
-                fallback_mpp=mpp,
-                min_tissue_fraction=min_tissue,
-                batch_size=batch_size,
-                read_threads=read_threads,
-                precision=precision,
-                providers=tuple(providers) if providers else None,
-                intra_op_threads=threads,
-                overwrite=overwrite,
-                allow_non_brightfield=allow_non_brightfield,
-            ),
+            spec=replace(template, slide_path=s.path.absolute(), store_path=out / name, mpp=s.mpp),
         )
-        for i, (s, name) in enumerate(zip(cohort, names, strict=True))
+        for i, (s, name) in enumerate(zip(cohort, store_names(cohort), strict=True))
     ]
     results = [
         SlideResult(slide=job.slide, store=job.store, status="pending", attempts=0) for job in jobs
@@ -499,6 +486,18 @@ def run_cohort(
     finally:
         write_summary(results, summary)
     return results
+
+
+def _check_cluster_options(
+    retries: int, workers: int | None, threads_per_worker: int | None
+) -> None:
+    """Refuse retry and cluster-size options out of range, naming them."""
+    if retries < 0:
+        raise ParameterError(f"retries must be 0 or more; got {retries}")
+    if workers is not None and workers < 1:
+        raise ParameterError(f"workers must be at least 1; got {workers}")
+    if threads_per_worker is not None and threads_per_worker < 1:
+        raise ParameterError(f"threads per worker must be at least 1; got {threads_per_worker}")
 
 
 def _as_cohort_slide(item: CohortSlide | str | Path) -> CohortSlide:
@@ -559,94 +558,121 @@ def _drive(
     should_cancel: Callable[[], bool] | None,
 ) -> None:
     """Submit the jobs, retry unexpected failures, fill ``results`` as slides finish."""
-    from distributed import Event, KilledWorker
+    _CohortDriver(client, jobs, results, retries, summary, progress).run(should_cancel)
 
-    lock = threading.Lock()
-    live: dict[int, tuple[int, int]] = {}  # job index -> (spots done, spots total)
 
-    def on_event(event: tuple[float, dict[str, int]]) -> None:
+class _CohortDriver:
+    """The client's side of one cohort run: submits, retries, collects and reports."""
+
+    def __init__(
+        self,
+        client: Any,
+        jobs: list[_Job],
+        results: list[SlideResult],
+        retries: int,
+        summary: Path,
+        progress: CohortProgressCallback | None,
+    ) -> None:
+        from distributed import Event
+
+        self.client, self.jobs, self.results = client, jobs, results
+        self.retries, self.summary, self.progress = retries, summary, progress
+        self.lock = threading.Lock()
+        self.live: dict[int, tuple[int, int]] = {}  # job index -> (spots done, spots total)
+        self.pending: dict[Any, tuple[_Job, int]] = {}
+        self.cancel = Event(jobs[0].cancel_event, client=client)
+        self.cancelled = False
+        self.last_report: tuple[int, int] | None = None
+        self.n_done = self.n_failed = 0
+
+    def run(self, should_cancel: Callable[[], bool] | None) -> None:
+        topic = self.jobs[0].topic
+        self.client.subscribe_topic(topic, self._on_event)
+        try:
+            for job in self.jobs:
+                self._submit(job, 1)
+            self._report()
+            while self.pending:
+                if not self.cancelled and should_cancel is not None and should_cancel():
+                    self.cancelled = True
+                    self.cancel.set()
+                finished = [f for f in self.pending if f.done()]
+                if not finished:
+                    time.sleep(_CLIENT_POLL_S)
+                    self._report()
+                for future in finished:
+                    self._settle(future)
+        finally:
+            self.client.unsubscribe_topic(topic)
+            with contextlib.suppress(Exception):
+                if self.pending:  # aborted (a second Ctrl-C, an error): stop running slides
+                    self.cancel.set()  # on a remote cluster (left set: the workers poll it)
+                else:
+                    self.cancel.clear()  # nothing left on the scheduler
+            for future in self.pending:
+                future.release()
+
+    def _on_event(self, event: tuple[float, dict[str, int]]) -> None:
         msg = event[1]
-        with lock:
-            if results[msg["index"]].status == "pending":
-                live[msg["index"]] = (int(msg["done"]), int(msg["total"]))
+        with self.lock:
+            if self.results[msg["index"]].status == "pending":
+                self.live[msg["index"]] = (int(msg["done"]), int(msg["total"]))
 
-    topic, cancel_name = jobs[0].topic, jobs[0].cancel_event
-    client.subscribe_topic(topic, on_event)
-    cancel = Event(cancel_name, client=client)
-
-    def submit(job: _Job, attempt: int) -> Any:
-        return client.submit(
+    def _submit(self, job: _Job, attempt: int) -> None:
+        future = self.client.submit(
             _run_slide,
             job,
             attempt,
             key=f"vst-slide-{job.run_id}-{job.index}-{attempt}",
             pure=False,
         )
+        self.pending[future] = (job, attempt)
 
-    pending = {submit(job, 1): (job, 1) for job in jobs}
-    cancelled = False
-    last_report: tuple[int, int] | None = None
-    n_done = n_failed = 0
+    def _settle(self, future: Any) -> None:
+        """Take one finished task: its result, or a retry, or a failure."""
+        from distributed import KilledWorker
 
-    def report(result: SlideResult | None = None) -> None:
-        nonlocal last_report
-        if progress is None:
-            return
-        with lock:
-            spots_done = sum(d for d, _ in live.values())
-            spots_total = sum(t for _, t in live.values())
-        if result is None and (spots_done, spots_total) == last_report:
-            return
-        last_report = (spots_done, spots_total)
-        progress(CohortProgress(n_done, len(jobs), n_failed, spots_done, spots_total, result))
-
-    try:
-        report()
-        while pending:
-            if not cancelled and should_cancel is not None and should_cancel():
-                cancelled = True
-                cancel.set()
-            finished = [f for f in pending if f.done()]
-            if not finished:
-                time.sleep(_CLIENT_POLL_S)
-                report()
-                continue
-            for future in finished:
-                job, attempt = pending.pop(future)
-                if future.status == "finished":
-                    result = future.result()
-                else:
-                    exc = future.exception() if future.status == "error" else None
-                    if attempt <= retries and not cancelled:
-                        pending[submit(job, attempt + 1)] = (job, attempt + 1)
-                        future.release()
-                        continue
-                    result = replace(
-                        results[job.index],
-                        status="cancelled" if cancelled else "failed",
-                        error=_describe_failure(exc, KilledWorker),
-                        attempts=attempt,
-                    )
+        job, attempt = self.pending.pop(future)
+        if future.status == "finished":
+            result = future.result()
+        else:
+            exc = future.exception() if future.status == "error" else None
+            if attempt <= self.retries and not self.cancelled:
+                self._submit(job, attempt + 1)
                 future.release()
-                with lock:
-                    results[job.index] = result
-                    if result.ok:
-                        live[job.index] = (result.spots, result.spots)
-                    elif result.status == "failed":  # out of the spot count
-                        live.pop(job.index, None)
-                n_done += 1
-                n_failed += result.status == "failed"
-                write_summary(results, summary)
-                report(result)
-    finally:
-        client.unsubscribe_topic(topic)
-        with contextlib.suppress(Exception):
-            if pending:  # aborted (a second Ctrl-C, an error): stop the slides still running
-                cancel.set()  # on a remote cluster (left set: the workers poll it)
-            else:
-                cancel.clear()  # nothing left on the scheduler
-        for future in pending:
-            future.release()
+                return
+            result = replace(
+                self.results[job.index],
+                status="cancelled" if self.cancelled else "failed",
+                error=_describe_failure(exc, KilledWorker),
+                attempts=attempt,
+            )
+        future.release()
+        with self.lock:
+            self.results[job.index] = result
+            if result.ok:
+                self.live[job.index] = (result.spots, result.spots)
+            elif result.status == "failed":  # out of the spot count
+                self.live.pop(job.index, None)
+        self.n_done += 1
+        self.n_failed += result.status == "failed"
+        write_summary(self.results, self.summary)
+        self._report(result)
+
+    def _report(self, result: SlideResult | None = None) -> None:
+        if self.progress is None:
+            return
+        with self.lock:
+            spots_done = sum(d for d, _ in self.live.values())
+            spots_total = sum(t for _, t in self.live.values())
+        if result is None and (spots_done, spots_total) == self.last_report:
+            return
+        self.last_report = (spots_done, spots_total)
+        self.progress(
+            CohortProgress(
+                self.n_done, len(self.jobs), self.n_failed, spots_done, spots_total, result
+            )
+        )
 
 
 def _describe_failure(exc: BaseException | None, killed_worker: type[BaseException]) -> str:

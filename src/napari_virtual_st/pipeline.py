@@ -11,10 +11,12 @@ bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import collections
+import contextlib
+import itertools
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,7 @@ from napari_virtual_st.errors import (
     VirtualSTError,
 )
 from napari_virtual_st.grid import SpotGrid
-from napari_virtual_st.predictor import Predictor
+from napari_virtual_st.predictor import Prediction, Predictor
 from napari_virtual_st.slide import Slide
 from napari_virtual_st.store import PredictionStore, store_location
 from napari_virtual_st.store_health import check_store
@@ -135,6 +137,30 @@ class Progress:
     def fraction(self) -> float:
         """Share of spots done, 0..1."""
         return self.spots_done / self.spots_total if self.spots_total else 1.0
+
+    @classmethod
+    def of_batch(
+        cls,
+        spots_done: int,
+        spots_total: int,
+        chunk: int,
+        spots: slice,
+        elapsed_s: float,
+        new_spots: int,
+        result: Prediction,
+    ) -> Progress:
+        """The report after a batch: ``new_spots`` predicted in this run so far, and the
+        batch's values."""
+        return cls(
+            spots_done,
+            spots_total,
+            chunk,
+            spots,
+            elapsed_s,
+            new_spots / max(elapsed_s, 1e-9),
+            np.asarray(result.expression, np.float32),
+            None if result.variance is None else np.asarray(result.variance, np.float32),
+        )
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -320,29 +346,25 @@ def _predict_locked(
             tiles[i] = slide.read_tile((x, y), tile_px, tile_um)
         return tiles
 
+    def check_cancel() -> None:
+        if should_cancel is not None and should_cancel():
+            raise CancelledError(
+                f"cancelled: {done_spots} of {total} spots are saved in {store_path.name}; "
+                "run again to resume"
+            )
+
     store.set_status("running")
     new_spots = 0
-    queue: collections.deque[tuple[int, Future[NDArray[np.uint8]]]] = collections.deque()
-    todo = iter(pending)
-    with ThreadPoolExecutor(
-        max_workers=read_threads, thread_name_prefix="vst-read", initializer=read_thread_init
-    ) as pool:
+    with (
+        ThreadPoolExecutor(
+            max_workers=read_threads, thread_name_prefix="vst-read", initializer=read_thread_init
+        ) as pool,
+        contextlib.closing(
+            _read_ahead(pool, pending, read_chunk, prefetch, check_cancel)
+        ) as reads,
+    ):
         try:
-            for chunk in todo:
-                queue.append((chunk, pool.submit(read_chunk, chunk)))
-                if len(queue) >= prefetch:
-                    break
-            while queue:
-                if should_cancel is not None and should_cancel():
-                    raise CancelledError(
-                        f"cancelled: {done_spots} of {total} spots are saved in {store_path.name}; "
-                        "run again to resume"
-                    )
-                chunk, future = queue.popleft()
-                tiles = future.result()
-                nxt = next(todo, None)
-                if nxt is not None:
-                    queue.append((nxt, pool.submit(read_chunk, nxt)))
+            for chunk, tiles in reads:
                 sl = store.chunk_slice(chunk)
                 result = predictor.predict(tiles, spot_index=np.arange(sl.start, sl.stop))
                 refuse_non_finite(predictor, result.expression, result.variance, sl)
@@ -352,29 +374,11 @@ def _predict_locked(
                 if progress is not None:
                     elapsed = time.perf_counter() - start
                     progress(
-                        Progress(
-                            done_spots,
-                            total,
-                            chunk,
-                            sl,
-                            elapsed,
-                            new_spots / max(elapsed, 1e-9),
-                            np.asarray(result.expression, np.float32),
-                            None
-                            if result.variance is None
-                            else np.asarray(result.variance, np.float32),
-                        )
+                        Progress.of_batch(done_spots, total, chunk, sl, elapsed, new_spots, result)
                     )
         except BaseException as exc:
-            for _, future in queue:
-                future.cancel()
-            status = (
-                "cancelled" if isinstance(exc, (CancelledError, KeyboardInterrupt)) else "failed"
-            )
-            message = (
-                str(exc) if isinstance(exc, VirtualSTError) else f"{type(exc).__name__}: {exc}"
-            )
-            store.set_status(status, error=message, spots_done=done_spots)
+            reads.close()  # (cancels the reads not started)
+            _record_stop(store, exc, done_spots)
             raise
     elapsed = time.perf_counter() - start
     store.set_status(
@@ -385,6 +389,44 @@ def _predict_locked(
         last_run_tiles_per_s=round(new_spots / max(elapsed, 1e-9), 2),
     )
     return store
+
+
+def _read_ahead(
+    pool: ThreadPoolExecutor,
+    chunks: Sequence[int],
+    read_chunk: Callable[[int], NDArray[np.uint8]],
+    prefetch: int,
+    before_wait: Callable[[], None],
+) -> Generator[tuple[int, NDArray[np.uint8]], None, None]:
+    """The tiles of each chunk in order, read ``prefetch`` chunks ahead on ``pool``.
+
+    ``before_wait`` is called before waiting for each chunk (a cancel check); the next read
+    is submitted as soon as a chunk's tiles are in, so reading overlaps the model. Closing
+    the generator cancels the reads not started.
+    """
+    queue: collections.deque[tuple[int, Future[NDArray[np.uint8]]]] = collections.deque()
+    todo = iter(chunks)
+    try:
+        for chunk in itertools.islice(todo, prefetch):
+            queue.append((chunk, pool.submit(read_chunk, chunk)))
+        while queue:
+            before_wait()
+            chunk, future = queue.popleft()
+            tiles = future.result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                queue.append((nxt, pool.submit(read_chunk, nxt)))
+            yield chunk, tiles
+    finally:
+        for _, future in queue:
+            future.cancel()
+
+
+def _record_stop(store: PredictionStore, exc: BaseException, done_spots: int) -> None:
+    """Mark a run that stopped early as ``cancelled`` or ``failed``, with its message."""
+    status = "cancelled" if isinstance(exc, (CancelledError, KeyboardInterrupt)) else "failed"
+    message = str(exc) if isinstance(exc, VirtualSTError) else f"{type(exc).__name__}: {exc}"
+    store.set_status(status, error=message, spots_done=done_spots)
 
 
 def _open_or_create(

@@ -354,11 +354,21 @@ def test_the_widget_is_in_the_plugin_menu(make_napari_viewer) -> None:
     assert isinstance(widget, MeasuredWidget)
     assert widget.slide.value is None  # no slide open yet
     assert not widget.predict_button.enabled and not widget.compare_button.enabled
-    # three panels over one session; the widget's names reach into them
-    assert [w for w in widget if w is not widget.status] == [
-        widget.data,
-        widget.alignment,
-        widget.compare,
+    # three panels over one session, one step a tab (the genes in a fourth); the widget's
+    # names reach into them
+    tabs = widget.tabs
+    assert [tabs.tabText(i) for i in range(tabs.count())] == [
+        "1 Data",
+        "2 Align",
+        "3 Predict",
+        "4 Genes",
+    ]
+    pages = [tabs.widget(i).widget() for i in range(tabs.count())]  # (each in a scroll area)
+    assert pages == [
+        widget.data.native,
+        widget.alignment.native,
+        widget.compare.native,
+        widget.compare.gene_view.native,
     ]
     assert widget.load == widget.data.load and widget.fit == widget.alignment.fit
     assert widget.table is widget.compare.gene_view.table

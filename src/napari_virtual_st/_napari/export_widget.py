@@ -36,6 +36,7 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 
 from napari_virtual_st._napari import layers as vst_layers
+from napari_virtual_st._napari.dock import scroll_form
 from napari_virtual_st._napari.predict_widget import file_edit_path
 from napari_virtual_st._napari.shapes_regions import regions_from_layers, shapes_layer_data
 from napari_virtual_st.errors import VirtualSTError
@@ -138,7 +139,7 @@ class ExportWidget(Container):
         )
         self.export_button = PushButton(text="Export")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.progress_bar = ProgressBar(label="Progress", value=0, min=0, max=1)
+        self.progress_bar = ProgressBar(value=0, min=0, max=1)
         self.status = Label(value="")
         self.summary = Label(value="")
         for label in (self.info, self.status, self.summary):
@@ -156,13 +157,13 @@ class ExportWidget(Container):
                 self.h5ad_path,
                 self.want_geojson,
                 self.geojson_path,
-                self.export_button,
-                self.cancel_button,
-                self.progress_bar,
-                self.status,
-                self.summary,
             ]
         )
+        buttons = Container(
+            widgets=[self.export_button, self.cancel_button], layout="horizontal", labels=False
+        )
+        # the form scrolls on a small screen; Export, the progress and the outcome stay in sight
+        scroll_form(self, pinned=[buttons, self.progress_bar, self.status, self.summary])
 
     def _connect(self, napari_viewer: napari.Viewer) -> None:
         """Fields to actions, and the viewer's layer list to the choices."""

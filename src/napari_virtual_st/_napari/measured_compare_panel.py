@@ -37,9 +37,16 @@ class ComparePanel(MeasuredPanel):
         Called on the GUI thread when another store is chosen (to take its alignment).
     """
 
-    def __init__(self, session: MeasuredSession, on_store_changed: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        session: MeasuredSession,
+        on_store_changed: Callable[[], None],
+        on_compared: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(session)
         self._on_store_changed_callback = on_store_changed
+        self._on_compared_callback = on_compared
+        #: the per-gene table, scatter plot and maps (the dock shows them in a tab of their own)
         self.model = ComboBox(label="Model", choices=_model_choices)
         self.overwrite = CheckBox(text="Replace earlier results in this store", value=False)
         self.predict_button = PushButton(text="Predict at measured spots")
@@ -63,7 +70,6 @@ class ComparePanel(MeasuredPanel):
                 self.save_button,
                 self.compare_button,
                 self.summary,
-                self.gene_view,
             ]
         )
         self.predict_button.changed.connect(self.predict)
@@ -203,6 +209,8 @@ class ComparePanel(MeasuredPanel):
             "Click a gene to see its scatter plot and maps; click a header to sort."
         )
         self.gene_view.show_comparison(comparison)
+        if self._on_compared_callback is not None:
+            self._on_compared_callback()
 
 
 def summary_text(comparison: Comparison) -> str:

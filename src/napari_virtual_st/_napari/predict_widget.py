@@ -32,6 +32,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
 from napari_virtual_st._napari import layers as vst_layers
+from napari_virtual_st._napari.dock import scroll_form
 from napari_virtual_st._napari.labels import keep_height, set_text
 from napari_virtual_st._napari.model_choices import (
     model_summary,
@@ -140,7 +141,7 @@ class PredictWidget(Container):
         buttons = Container(
             widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
         )
-        self.progress_bar = ProgressBar(label="Progress", value=0, min=0, max=1)
+        self.progress_bar = ProgressBar(value=0, min=0, max=1)
         self.status = Label(value="Open a slide, choose a model, press Run.")
         for label in (self.model_info, self.mpp_hint):
             label.native.setWordWrap(True)
@@ -157,11 +158,10 @@ class PredictWidget(Container):
                 self.output,
                 self.overwrite,
                 self.provider,
-                buttons,
-                self.progress_bar,
-                self.status,
             ]
         )
+        # the form scrolls on a small screen; Run, the progress and the status stay in sight
+        scroll_form(self, pinned=[buttons, self.progress_bar, self.status])
 
     def _prewarm(self) -> None:
         if self.in_process and not self._closed:

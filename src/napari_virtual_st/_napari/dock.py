@@ -1,0 +1,115 @@
+"""Dock widgets that fit a laptop screen: forms that scroll, key controls that stay in sight.
+
+napari stacks the plugin's docks in one column on the right of the window, and a dock cannot
+be shorter than its widget's minimum height; four full forms needed a 2,755 px tall window.
+:func:`scroll_form` puts a panel's form in a scroll area (its minimum height is a few lines)
+and keeps the controls a user must always reach (Run, the colour bar, a status line) pinned
+below it, outside the scroll. :func:`tabbed` lays long workflows out as tabs, one step each.
+
+napari docks a magicgui widget's ``native`` QWidget, so the scroll area goes *inside* it:
+the form's layout moves to a new inner widget (Qt's ``setLayout`` takes a layout over from
+the widget that had it, with its widgets), and magicgui keeps adding to that same layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFrame, QScrollArea, QTabWidget, QVBoxLayout, QWidget
+
+#: A panel's scrolling form is never shorter than this (a few fields stay in view).
+MIN_FORM_PX = 72
+
+
+def _native(widget: Any) -> QWidget:
+    native = getattr(widget, "native", widget)
+    assert isinstance(native, QWidget)
+    return native
+
+
+def scroll_area(inner: QWidget, *, min_height: int = MIN_FORM_PX) -> QScrollArea:
+    """A frameless vertical scroll area around ``inner`` (no horizontal scrolling: it is
+    as wide as its widget needs)."""
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setWidget(inner)
+    scroll_bar = scroll.verticalScrollBar()
+    bar = scroll_bar.sizeHint().width() if scroll_bar is not None else 16
+    scroll.setMinimumWidth(inner.minimumSizeHint().width() + bar)
+    scroll.setMinimumHeight(min_height)
+    return scroll
+
+
+def scroll_form(container: Any, pinned: Sequence[Any] = ()) -> QScrollArea:
+    """Make a magicgui container's form scroll inside its own widget (what napari docks).
+
+    Parameters
+    ----------
+    container
+        A magicgui ``Container`` whose fields are already added (later ones go into the
+        scrolling form too).
+    pinned
+        Widgets (magicgui or Qt, not in ``container``) shown below the form, always in sight.
+
+    Returns
+    -------
+    QScrollArea
+        The scroll area holding the form.
+    """
+    outer = _native(container)
+    form = QWidget()
+    form.setObjectName("vst-form")
+    form.setLayout(outer.layout())  # (takes the layout and its widgets over)
+    scroll = scroll_area(form)
+    layout = QVBoxLayout()
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.setSpacing(4)
+    layout.addWidget(scroll, 1)
+    if pinned:
+        layout.addWidget(_pinned_box(pinned))
+    outer.setLayout(layout)
+    return scroll
+
+
+def _pinned_box(pinned: Sequence[Any]) -> QWidget:
+    """The always-visible widgets under a form, with the form's side margins."""
+    box = QWidget()
+    box.setObjectName("vst-pinned")
+    layout = QVBoxLayout(box)
+    layout.setContentsMargins(9, 2, 9, 6)
+    layout.setSpacing(4)
+    for widget in pinned:
+        layout.addWidget(_native(widget))
+    return box
+
+
+def tabbed(
+    container: Any, pages: Sequence[tuple[str, Any]], pinned: Sequence[Any] = ()
+) -> QTabWidget:
+    """Lay a magicgui container out as tabs, one scrolling page per step.
+
+    Parameters
+    ----------
+    container
+        The magicgui ``Container`` napari docks (its own fields, if any, are not shown).
+    pages
+        ``(title, widget)`` per tab, in order.
+    pinned
+        Widgets shown below the tabs, always in sight.
+    """
+    outer = _native(container)
+    tabs = QTabWidget()
+    tabs.setDocumentMode(True)
+    for title, page in pages:
+        tabs.addTab(scroll_area(_native(page)), title)
+    layout = outer.layout()
+    if not isinstance(layout, QVBoxLayout):
+        raise TypeError("tabbed() needs a vertical container")
+    layout.addWidget(tabs, 1)
+    if pinned:
+        layout.addWidget(_pinned_box(pinned))
+    return tabs

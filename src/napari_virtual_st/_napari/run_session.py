@@ -210,11 +210,17 @@ class RunSession:
 
     # -- the run's layers, made beforehand --------------------------------------------------
     def _genes_to_show(self) -> list[str]:
-        """Genes already shown for this store (a resumed or repeated run), else the first."""
+        """Genes already shown for this store (a resumed or repeated run), else the gene of
+        the heatmap being looked at (another model's, when this model predicts it too), else
+        the first."""
         shown = [
             vst_layers.vst_meta(layer)["gene"]
             for layer in vst_layers.find_layers(self._viewer, self.spec.store_path, "heatmap")
         ]
+        active = self._viewer.layers.selection.active
+        meta = vst_layers.vst_meta(active) if active is not None else {}
+        if not shown and meta.get("role") == "heatmap":
+            shown = [meta.get("gene")]
         return [g for g in shown if g in self._info.genes] or [self._info.genes[0]]
 
     def _layers_ready(self) -> None:

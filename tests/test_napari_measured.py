@@ -375,3 +375,21 @@ def test_the_widget_is_in_the_plugin_menu(make_napari_viewer) -> None:
     assert widget.slide is widget.data.session.slide is widget.compare.session.slide
     widget.store.value = "somewhere/a1"
     assert widget.session.store_path().name == "a1.vst.zarr"  # the suffix is added
+
+
+def test_the_store_field_starts_with_a_suggestion_like_the_predict_panels(
+    make_napari_viewer, tmp_path: Path
+) -> None:
+    from napari_virtual_st._napari.predict_widget import default_output_dir
+    from napari_virtual_st.registry import sample_slide_path
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-virtual-st", "cmu1_small_region")
+    widget = MeasuredWidget(viewer)
+    slide = sample_slide_path()
+    model = widget.model.value
+    expected = default_output_dir(slide) / f"{slide.stem}.{model.stem}.measured.vst.zarr"
+    assert widget.session.store_path() == expected
+    widget.store.value = tmp_path / "mine.vst.zarr"  # the user's choice is kept
+    widget.model.value = widget.model.choices[-1]
+    assert widget.session.store_path() == tmp_path / "mine.vst.zarr"

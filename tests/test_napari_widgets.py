@@ -473,8 +473,9 @@ def test_gene_browser_colour_bar_follows_the_active_heatmap_and_its_limits(
     assert ratio >= 1
     np.testing.assert_allclose([left.red(), left.green(), left.blue()], low_rgb, atol=12)
     np.testing.assert_allclose([right.red(), right.green(), right.blue()], high_rgb, atol=12)
-    # the spots layer active: the bar shows the spots' colours and the gene they show
+    # the spots layer shown and active: the bar shows the spots' colours and gene
     (spots,) = find_layers(viewer, view.path, "spots")
+    spots.visible = True
     viewer.layers.selection.active = spots
     assert bar.layer is spots and bar.title == spots.name
     browser.colour_spots_by("SYNTH3")

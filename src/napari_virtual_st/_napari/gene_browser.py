@@ -14,6 +14,7 @@ values' range; values the model's target cannot take are drawn clamped, with a n
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,6 +37,24 @@ MAX_HEATMAPS = 12
 COLORMAPS = ("viridis", "magma", "inferno", "plasma", "turbo", "gray")
 #: Genes the cursor read-out lists as standing out at a spot.
 TOP_K = 3
+PLUGIN = "napari-virtual-st"
+#: Gene browsers open now (one per viewer is enough).
+_OPEN: weakref.WeakSet[GeneBrowser] = weakref.WeakSet()
+
+
+def dock_gene_browser(viewer: napari.Viewer) -> None:
+    """Dock the Gene browser in ``viewer``'s window unless one is open there already (the
+    heatmaps' colour bar and legend live in it). Nothing happens where napari does not know
+    the plugin (a widget made in a test) or the viewer has no window."""
+    if any(browser.viewer is viewer and not browser.closed for browser in _OPEN):
+        return
+    window = getattr(viewer, "window", None)
+    if window is None:
+        return
+    try:
+        window.add_plugin_dock_widget(PLUGIN, "Gene browser")
+    except Exception:  # the plugin may not be registered, or the window gone
+        return
 
 
 class GeneBrowser(Container):
@@ -56,6 +75,7 @@ class GeneBrowser(Container):
         self._closed = False
         #: stores whose layers the browser has seen (a new one is browsed when it appears)
         self._seen_stores: set[str] = set(vst_layers.stores_in_viewer(napari_viewer))
+        _OPEN.add(self)
 
         self.prediction = ComboBox(label="Prediction", choices=self._store_choices, nullable=True)
         self.info = Label(value="")
@@ -127,6 +147,16 @@ class GeneBrowser(Container):
         self.native.destroyed.connect(self._on_destroyed)
         on_register(self._on_view_registered)
         self._on_layers_changed()
+
+    @property
+    def viewer(self) -> napari.Viewer:
+        """The viewer browsed."""
+        return self._viewer
+
+    @property
+    def closed(self) -> bool:
+        """Whether the panel has closed."""
+        return self._closed
 
     # -- which prediction ---------------------------------------------------------------------
     def _store_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
@@ -243,7 +273,8 @@ class GeneBrowser(Container):
         ):
             self.prediction.value = store  # (the browser follows the active prediction)
             return
-        if active is not None and meta.get("role") in ("heatmap", "uncertainty", "spots"):
+        role = meta.get("role")
+        if role in ("heatmap", "uncertainty") or (role == "spots" and active.visible):
             self.colour_bar.show_layer(active)
         else:
             view = self.view

@@ -28,21 +28,24 @@ from magicgui.widgets import (
 )
 from napari.layers import Layer
 from napari.qt.threading import GeneratorWorker
-from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
 from napari_virtual_st._napari import layers as vst_layers
+from napari_virtual_st._napari import notify
 from napari_virtual_st._napari.dock import scroll_form
+from napari_virtual_st._napari.gene_browser import dock_gene_browser
 from napari_virtual_st._napari.labels import keep_height, set_text
 from napari_virtual_st._napari.model_choices import (
     model_summary,
     provider_label,
+    sample_note,
     usable_bundled_models,
 )
 from napari_virtual_st._napari.run_session import RunSession
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.frames import yx_um_to_xy_level0_px
 from napari_virtual_st.predictor import ModelInfo, Predictor, resolve_providers
+from napari_virtual_st.registry import sample_slide_path
 from napari_virtual_st.run import Region, RunOutcome, RunSpec, process
 
 if TYPE_CHECKING:
@@ -127,6 +130,7 @@ class PredictWidget(Container):
         )
         self.model = ComboBox(label="Model", choices=self._model_choices)
         self.model_info = Label(value="")
+        self.sample_note = Label(value="", visible=False)
         self.grid = ComboBox(label="Spots", choices=GRID_CHOICES, value="visium")
         self.min_tissue = FloatSlider(
             label="Tissue per spot ≥", value=0.5, min=0.0, max=1.0, step=0.05
@@ -143,7 +147,7 @@ class PredictWidget(Container):
         )
         self.progress_bar = ProgressBar(value=0, min=0, max=1)
         self.status = Label(value="Open a slide, choose a model, press Run.")
-        for label in (self.model_info, self.mpp_hint):
+        for label in (self.model_info, self.mpp_hint, self.sample_note):
             label.native.setWordWrap(True)
         keep_height(self.status, 4)  # it changes all through a run: no relayout each time
         self.extend(
@@ -153,6 +157,7 @@ class PredictWidget(Container):
                 self.mpp,
                 self.model,
                 self.model_info,
+                self.sample_note,
                 self.grid,
                 self.min_tissue,
                 self.output,
@@ -220,6 +225,17 @@ class PredictWidget(Container):
         self.mpp_hint.visible = needs_mpp
         self.run_button.enabled = layer is not None and self.worker is None
         self._update_default_output()
+        self._update_sample_note()
+
+    def _update_sample_note(self) -> None:
+        """A word when a model of another tissue runs on the bundled sample slide."""
+        layer = self.slide.value
+        info = self._model_info.get(self.model.value) if layer is not None else None
+        path = vst_layers.slide_path_of(layer) if layer is not None else None
+        on_sample = path is not None and path.resolve() == sample_slide_path().resolve()
+        note = sample_note(info) if on_sample and info is not None else ""
+        self.sample_note.value = note
+        self.sample_note.visible = bool(note)
 
     def _on_model_changed(self, _value: Any = None) -> None:
         value = self.model.value
@@ -229,6 +245,7 @@ class PredictWidget(Container):
         info = self._model_info.get(value) if value is not None else None
         self.model_info.value = model_summary(info) if info is not None else ""
         self._update_default_output()
+        self._update_sample_note()
 
     def _browse_model(self) -> None:
         from qtpy.QtWidgets import QFileDialog
@@ -241,7 +258,7 @@ class PredictWidget(Container):
                 self.add_model(filename)
                 return
             except VirtualSTError as exc:
-                show_error(str(exc))
+                notify.error(str(exc), "This model file cannot be used.", status=self.status)
         choices = [c for c in self.model.choices if c != BROWSE]
         self.model.value = choices[0] if choices else None
 
@@ -350,7 +367,7 @@ class PredictWidget(Container):
         try:
             spec = self.request()
         except VirtualSTError as exc:
-            show_error(str(exc))
+            notify.error(str(exc), "The run cannot start yet.", status=self.status)
             return None
         assert isinstance(spec.model_path, Path)  # request() names the model's file
         self.last_outcome = None
@@ -407,10 +424,5 @@ class PredictWidget(Container):
 
     def _open_gene_browser(self) -> None:
         """Dock the gene browser beside this widget, once (when napari knows the plugin)."""
-        window = getattr(self._viewer, "window", None)
-        if window is None or self._closed:
-            return
-        try:
-            window.add_plugin_dock_widget("napari-virtual-st", "Gene browser")
-        except Exception:  # the plugin may not be registered (e.g. a widget made in a test)
-            return
+        if not self._closed:
+            dock_gene_browser(self._viewer)

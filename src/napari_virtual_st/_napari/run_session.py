@@ -29,6 +29,7 @@ from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 
 from napari_virtual_st._napari import layers as vst_layers
+from napari_virtual_st._napari import notify
 from napari_virtual_st._napari.gui_steps import STEP_MS, GuiSteps
 from napari_virtual_st._napari.layer_views import LayerViews
 from napari_virtual_st._napari.run_layers import RunLayers
@@ -379,7 +380,7 @@ class RunSession:
             if self.view is not None:
                 self._later_colorbars(self.view.path)
         else:
-            show_error(str(outcome.error))
+            show_error(notify.toast_message("The prediction stopped.", str(outcome.error)))
             self._panel.show_status(f"stopped: {outcome.error}")
 
     def _on_complete(self, spots: Layer | None, final: StoreView | None) -> None:

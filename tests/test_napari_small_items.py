@@ -101,3 +101,36 @@ def test_the_guide_names_every_plugins_menu_entry() -> None:
     assert "four entries" in text
     for name in names:
         assert f"*{name}*" in text, name
+
+
+def test_a_slides_resolution_is_given_once_and_every_panel_uses_it_at_once(
+    make_napari_viewer, tmp_path: Path
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from napari_virtual_st._napari.measured_widget import MeasuredWidget
+
+    png = tmp_path / "scan.png"
+    rgb = np.zeros((800, 1000, 3), np.uint8)  # tissue on a black background
+    rgb[200:600, 200:800] = (180, 90, 160)
+    Image.fromarray(rgb).save(png)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(png, plugin=PLUGIN)
+    predict = PredictWidget(viewer)
+    viewer.window.add_dock_widget(predict)
+    measured = MeasuredWidget(viewer)
+    viewer.window.add_dock_widget(measured)
+    assert not predict.mpp.native.isHidden() and not measured.data.slide_mpp.native.isHidden()
+    # given in the Predict panel: the slide is placed in µm at once, the view follows
+    predict.mpp.value = 0.5
+    np.testing.assert_allclose(layer.scale, (0.5, 0.5))
+    assert tuple(layer.units) == ("micrometer", "micrometer") or str(layer.units[0]) == "um"
+    centre = np.asarray(viewer.scene.camera.center[-2:])
+    np.testing.assert_allclose(centre, (400 * 0.5, 500 * 0.5), rtol=0.05)
+    # ... and the Measured ST panel has it without being told again
+    assert measured.session.mpp() == 0.5 and measured.data.slide_mpp.value == 0.5
+    # corrected in the Measured ST panel: the slide and the Predict panel follow
+    measured.data.slide_mpp.value = 1.0
+    np.testing.assert_allclose(layer.scale, (1.0, 1.0))
+    assert predict.mpp.value == 1.0 and predict.request().mpp == 1.0

@@ -130,13 +130,38 @@ def slide_layer_data(slide: Slide, *, name: str | None = None) -> LayerDataTuple
     return (levels if len(levels) > 1 else levels[0], kwargs, "image")
 
 
-def place_slide_layer(layer: Layer, mpp: float) -> None:
-    """Give a slide layer its µm/px (``scale``, units µm), e.g. when the user supplies it."""
-    layer.scale = (mpp, mpp)
-    layer.units = ("um", "um")
+def place_slide_layer(layer: Layer, mpp: float, *, given: bool = False) -> None:
+    """Give a slide layer its µm/px (``scale``, units µm), e.g. when the user supplies it
+    (``given``: the file does not record it; the panels keep offering to correct it)."""
     meta = dict(layer.metadata.get("vst", {}))
     meta["mpp"] = mpp
+    if given:
+        meta["mpp_given"] = True
+    # (metadata first: widgets that follow the scale read the new µm/px from it)
     layer.metadata = {**layer.metadata, "vst": meta}
+    layer.units = ("um", "um")
+    layer.scale = (mpp, mpp)
+
+
+def set_slide_mpp(viewer: napari.Viewer, layer: Layer, mpp: float) -> None:
+    """The user's µm/px of a slide whose file does not record it, set once for every panel:
+    the layer is placed in µm at once (so are the heatmaps over it) and the view is reset
+    onto the rescaled slide."""
+    if float(mpp) <= 0:
+        raise VirtualSTError(f"µm per pixel must be positive; got {mpp}")
+    if vst_meta(layer).get("mpp") == float(mpp):
+        return
+    place_slide_layer(layer, float(mpp), given=True)
+    viewer.reset_view()
+
+
+def resolution_is_given(layer: Layer) -> bool:
+    """Whether a slide layer's µm/px is the user's (its file does not record one), or not
+    known yet: the panels then show a field for it."""
+    meta = vst_meta(layer)
+    if meta.get("role") == "slide":
+        return meta.get("mpp") is None or bool(meta.get("mpp_given"))
+    return slide_mpp_of(layer) is None
 
 
 # -- predictions --------------------------------------------------------------------------

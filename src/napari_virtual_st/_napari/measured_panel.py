@@ -123,7 +123,7 @@ class MeasuredSession:
         mpp = vst_layers.slide_mpp_of(layer)
         if mpp is None:
             raise VirtualSTError(
-                "the slide does not record its µm per pixel: give it in the Predict widget first"
+                "the slide does not record its µm per pixel: give it in the field under Slide"
             )
         return mpp
 

@@ -101,7 +101,9 @@ class PredictWidget(Container):
         self.in_process = True
         self.last_outcome: RunOutcome | None = None
         self._add_fields()
+        self._followed: Layer | None = None
         self.slide.changed.connect(self._on_slide_changed)
+        self.mpp.changed.connect(self._on_mpp_edited)
         self.model.changed.connect(self._on_model_changed)
         self.grid.changed.connect(self._update_default_output)
         self.output.changed.connect(self._on_output_edited)
@@ -122,10 +124,14 @@ class PredictWidget(Container):
         """The form's fields, buttons and progress, top to bottom."""
         self.slide = ComboBox(label="Slide", choices=self._slide_choices)
         self.mpp = FloatSpinBox(
-            label="µm per pixel", value=0.5, min=0.01, max=20.0, step=0.001, visible=False
+            label="µm per pixel", value=0.0, min=0.0, max=20.0, step=0.001, visible=False
         )
+        self.mpp.native.setSpecialValueText("not given")  # (0: nothing given yet)
         self.mpp_hint = Label(
-            value="This slide does not record its resolution: give it (0.25 at 40×, 0.5 at 20×).",
+            value=(
+                "This slide does not record its resolution: give it (0.25 at 40×, 0.5 at 20×). "
+                "Every panel uses it."
+            ),
             visible=False,
         )
         self.model = ComboBox(label="Model", choices=self._model_choices)
@@ -177,6 +183,8 @@ class PredictWidget(Container):
         self._closed = True
         if self._session is not None:
             self._session.close()
+        if self._followed is not None:
+            self._followed.events.scale.disconnect(self._show_mpp)
 
     # -- choices ----------------------------------------------------------------------------
     def _slide_choices(self, _widget: Any = None) -> list[tuple[str, Layer]]:
@@ -220,9 +228,10 @@ class PredictWidget(Container):
 
     def _on_slide_changed(self, _value: Any = None) -> None:
         layer = self.slide.value
-        needs_mpp = layer is not None and vst_layers.slide_mpp_of(layer) is None
+        needs_mpp = layer is not None and vst_layers.resolution_is_given(layer)
         self.mpp.visible = needs_mpp
         self.mpp_hint.visible = needs_mpp
+        self._follow_scale(layer)
         self.run_button.enabled = layer is not None and self.worker is None
         self._update_default_output()
         self._update_sample_note()
@@ -236,6 +245,29 @@ class PredictWidget(Container):
         note = sample_note(info) if on_sample and info is not None else ""
         self.sample_note.value = note
         self.sample_note.visible = bool(note)
+
+    def _follow_scale(self, layer: Layer | None) -> None:
+        """Show the chosen slide's µm/px in the field, now and when any panel changes it."""
+        if self._followed is not layer:
+            if self._followed is not None:
+                self._followed.events.scale.disconnect(self._show_mpp)
+            if layer is not None:
+                layer.events.scale.connect(self._show_mpp)
+            self._followed = layer
+        self._show_mpp()
+
+    def _show_mpp(self, _event: Any = None) -> None:
+        layer = self.slide.value
+        mpp = vst_layers.slide_mpp_of(layer) if layer is not None else None
+        if mpp is not None and mpp != self.mpp.value:
+            with self.mpp.changed.blocked():
+                self.mpp.value = mpp
+
+    def _on_mpp_edited(self, value: float) -> None:
+        """The user gave the slide's µm/px: the slide (and every panel) takes it at once."""
+        layer = self.slide.value
+        if layer is not None and vst_layers.resolution_is_given(layer) and value > 0:
+            vst_layers.set_slide_mpp(self._viewer, layer, float(value))
 
     def _on_model_changed(self, _value: Any = None) -> None:
         value = self.model.value
@@ -315,6 +347,11 @@ class PredictWidget(Container):
         mpp = vst_layers.slide_mpp_of(layer)
         if mpp is None:
             mpp = float(self.mpp.value)
+        if mpp <= 0:
+            raise VirtualSTError(
+                "this slide does not record its µm per pixel: give it in the field above "
+                "(about 0.25 for a 40× scan, 0.5 for 20×)"
+            )
         output = file_edit_path(self.output)
         if not output.name.endswith(".vst.zarr"):
             output = output.with_name(output.name + ".vst.zarr")

@@ -71,3 +71,7 @@ def test_top_genes_are_those_a_spot_stands_out_in() -> None:
     top = top_genes(row, means, sds, genes, k=2)
     assert [g for g, _, _ in top] == ["B", "A"]
     assert top[0][1:] == (2.5, pytest.approx(3.0))
+
+
+def test_layer_names_keep_the_models_short_name() -> None:
+    assert layer_name("ERBB2", "NSL (HER2ST, cross-patient fold)") == "ERBB2 · NSL"

@@ -14,6 +14,7 @@ import pytest
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari.gene_browser import TOP_K, GeneBrowser
 from napari_virtual_st._napari.layers import find_layers, vst_meta
+from napari_virtual_st.display import short_model_name
 from napari_virtual_st.run import RunSpec, run_events
 from napari_virtual_st.store_view import get_view
 
@@ -61,7 +62,7 @@ def test_clicking_genes_switches_one_heatmap_layer_and_ctrl_adds_one(
         browser.show_genes([gene])  # a click: the same layer shows the gene
         (same,) = find_layers(viewer, store, "heatmap")
         assert same is layer and vst_meta(layer)["gene"] == gene
-        assert layer.name == f"{gene} · {view.model_name}"
+        assert layer.name == f"{gene} · {short_model_name(view.model_name)}"
         np.testing.assert_array_equal(layer.data, view.heatmap(gene))
         assert tuple(layer.contrast_limits) == pytest.approx(vst_layers.display_limits(view, gene))
     browser.show_genes(["SYNTH3", "SYNTH5"])  # ctrl-click: a second gene, its own layer

@@ -155,7 +155,7 @@ def contrast_limits(
 def layer_name(
     gene: str, model: str, *, what: str = "", taken: Sequence[str] = (), store: str = ""
 ) -> str:
-    """A heatmap layer's name: its gene and model (``"ERBB2 · NSL (HER2ST)"``), unique.
+    """A heatmap layer's name: its gene and model (``"ERBB2 · NSL"``), unique.
 
     Parameters
     ----------
@@ -169,10 +169,17 @@ def layer_name(
         The prediction store's short name (see ``taken``).
     """
     base = f"{gene} {what}".strip()
+    model = short_model_name(model)
     name = f"{base} · {model}" if model else base
     if name in taken and store:
         name = f"{name} · {store}"
     return name
+
+
+def short_model_name(name: str) -> str:
+    """A model's name as a layer list has room for: its display name without the
+    parenthesised details (``"NSL (HER2ST, cross-patient fold)"`` → ``"NSL"``)."""
+    return name.split(" (")[0].strip() or name
 
 
 def top_genes(

@@ -16,11 +16,57 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFrame, QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDockWidget,
+    QFrame,
+    QLabel,
+    QMainWindow,
+    QScrollArea,
+    QSizePolicy,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 #: A panel's scrolling form is never shorter than this (a few fields stay in view).
 MIN_FORM_PX = 72
+#: Characters a chooser shows at least; longer names (models, stores) are elided, so that
+#: a long name does not make the dock, and the window, wider than a laptop screen.
+MIN_CHOOSER_CHARS = 16
+
+
+def narrow_choosers(widget: QWidget) -> None:
+    """Let every chooser under ``widget`` be narrower than its longest entry (a dock's
+    minimum width is that of its widest row); wrapped texts start at the top left."""
+    for combo in widget.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(MIN_CHOOSER_CHARS)
+    for label in widget.findChildren(QLabel):
+        if label.wordWrap():
+            label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+            # (magicgui makes labels Fixed: as wide as their text on one line, at least)
+            policy = label.sizePolicy()
+            if policy.horizontalPolicy() == QSizePolicy.Policy.Fixed:
+                policy.setHorizontalPolicy(QSizePolicy.Policy.Preferred)
+                label.setSizePolicy(policy)
+                label.installEventFilter(_WRAP_HEIGHT)  # (as tall as its lines at its width)
+
+
+class _WrapHeight(QObject):
+    """Keeps a word-wrapped label as tall as its text at the width it was given (a form's
+    rows are laid out by their size hints, which assume a much wider label)."""
+
+    def eventFilter(self, obj: QObject | None, event: QEvent | None) -> bool:
+        if isinstance(obj, QLabel) and event is not None and event.type() == QEvent.Type.Resize:
+            height = obj.heightForWidth(obj.width())
+            if height > 0 and obj.minimumHeight() != height:
+                obj.setMinimumHeight(height)
+        return False
+
+
+_WRAP_HEIGHT = _WrapHeight()
 
 
 def _native(widget: Any) -> QWidget:
@@ -32,6 +78,7 @@ def _native(widget: Any) -> QWidget:
 def scroll_area(inner: QWidget, *, min_height: int = MIN_FORM_PX) -> QScrollArea:
     """A frameless vertical scroll area around ``inner`` (no horizontal scrolling: it is
     as wide as its widget needs)."""
+    narrow_choosers(inner)
     scroll = QScrollArea()
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
@@ -75,6 +122,17 @@ def scroll_form(container: Any, pinned: Sequence[Any] = ()) -> QScrollArea:
     return scroll
 
 
+def share_height(docks: Sequence[QDockWidget], shares: Sequence[float]) -> None:
+    """Share the height of docks stacked in one column of their main window (``shares`` of
+    the column, in order); nothing when they are not in one window."""
+    window = docks[0].parentWidget() if docks else None
+    if not isinstance(window, QMainWindow) or any(d.parentWidget() is not window for d in docks):
+        return
+    total = sum(d.height() for d in docks)
+    sizes = [max(1, int(total * share)) for share in shares]
+    window.resizeDocks(list(docks), sizes, Qt.Orientation.Vertical)
+
+
 def _pinned_box(pinned: Sequence[Any]) -> QWidget:
     """The always-visible widgets under a form, with the form's side margins."""
     box = QWidget()
@@ -84,6 +142,7 @@ def _pinned_box(pinned: Sequence[Any]) -> QWidget:
     layout.setSpacing(4)
     for widget in pinned:
         layout.addWidget(_native(widget))
+    narrow_choosers(box)
     return box
 
 

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, LineEdit, Select
 from napari.utils.notifications import show_warning
+from qtpy.QtWidgets import QDockWidget
 
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari.colour_bar import ColourBar
-from napari_virtual_st._napari.dock import scroll_form
+from napari_virtual_st._napari.dock import scroll_form, share_height
 from napari_virtual_st._napari.labels import keep_height, set_text
 from napari_virtual_st.display import CONTRAST_MODES, clamp_note, target_unit, top_genes
 from napari_virtual_st.store_view import StoreView, lookup_view, on_register
@@ -38,6 +39,8 @@ COLORMAPS = ("viridis", "magma", "inferno", "plasma", "turbo", "gray")
 #: Genes the cursor read-out lists as standing out at a spot.
 TOP_K = 3
 PLUGIN = "napari-virtual-st"
+#: Names napari gives the Predict panel's dock.
+_PREDICT_DOCKS = ("Predict expression (napari-virtual-st)", "Predict expression")
 #: Gene browsers open now (one per viewer is enough).
 _OPEN: weakref.WeakSet[GeneBrowser] = weakref.WeakSet()
 
@@ -52,9 +55,17 @@ def dock_gene_browser(viewer: napari.Viewer) -> None:
     if window is None:
         return
     try:
-        window.add_plugin_dock_widget(PLUGIN, "Gene browser")
+        dock, _ = window.add_plugin_dock_widget(PLUGIN, "Gene browser")
     except Exception:  # the plugin may not be registered, or the window gone
         return
+    # the gene list gets most of the column the Predict panel shares with it
+    above = [
+        d for d in (window.dock_widgets.get(name) for name in _PREDICT_DOCKS) if d is not None
+    ]
+    docks = [w.native.parentWidget() for w in above]
+    docks = [d for d in docks if isinstance(d, QDockWidget)]
+    if docks and isinstance(dock, QDockWidget):
+        share_height([docks[0], dock], [0.4, 0.6])
 
 
 class GeneBrowser(Container):
@@ -111,7 +122,7 @@ class GeneBrowser(Container):
         self.legend = Label(value="")
         self.cursor = Label(value="")
         keep_height(self.info, 2)
-        keep_height(self.legend, 2)
+        keep_height(self.legend, 3)
         keep_height(self.cursor, 3)  # it changes with every mouse move
         self._stats: tuple[int, int, np.ndarray, np.ndarray] | None = None
         self.extend(
@@ -220,10 +231,7 @@ class GeneBrowser(Container):
                 grid = {"visium": "Visium spots", "st": "legacy ST spots", "dense": "tiles"}.get(
                     view.kind, "spots"
                 )
-                info = (
-                    f"{view.model_name}: {len(view.genes)} genes ({view.target}) on "
-                    f"{view.n_spots:,} {grid}"
-                )
+                info = f"{view.model_name}: {len(view.genes)} genes on {view.n_spots:,} {grid}"
             elif self.prediction.value is not None:
                 info = "Waiting for the run to lay out its spots…"
             else:

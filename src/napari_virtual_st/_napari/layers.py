@@ -295,12 +295,14 @@ def empty_heatmap_layer_data(
     return (np.full((1, 1), np.nan, np.float32), kwargs, "image")
 
 
-def spots_layer_data(view: StoreView, colour_by: str, *, visible: bool = True) -> LayerDataTuple:
+def spots_layer_data(
+    view: StoreView, colour_by: str, *, visible: bool = True, taken: list[str] | None = None
+) -> LayerDataTuple:
     """A points layer of the spots (µm) coloured by ``colour_by``: its features are the
     spot's name and that gene's value (what napari's status bar shows under the cursor; the
     Gene browser recolours the layer by another gene without a re-run)."""
     kwargs: dict[str, Any] = {
-        "name": f"spots · {view.model_name} · {view.name}",
+        "name": display.layer_name("spots", view.model_name, taken=taken or [], store=view.name),
         "features": spot_features(view, colour_by),
         "size": view.spot_diameter_um,
         "face_color": colour_by,
@@ -548,7 +550,8 @@ def show_spots(
     if existing:
         colour_spots(existing[0], view, colour_by)
         return existing[0]
-    return add_layer(viewer, spots_layer_data(view, colour_by, visible=visible))
+    taken = [layer.name for layer in viewer.layers]
+    return add_layer(viewer, spots_layer_data(view, colour_by, visible=visible, taken=taken))
 
 
 def colour_spots(layer: Layer, view: StoreView, gene: str) -> None:

@@ -33,6 +33,7 @@ from napari_virtual_st._napari import notify
 from napari_virtual_st._napari.gui_steps import STEP_MS, GuiSteps
 from napari_virtual_st._napari.layer_views import LayerViews
 from napari_virtual_st._napari.run_layers import RunLayers
+from napari_virtual_st.display import layer_name
 from napari_virtual_st.pipeline import Progress
 from napari_virtual_st.predictor import ModelInfo
 from napari_virtual_st.run import (
@@ -408,6 +409,11 @@ class RunSession:
         # the status bar shows the values of the active layer under the cursor: a heatmap
         # (selected already) where there is one, else the spots
         shown = vst_layers.find_layers(self._viewer, store_path, "heatmap")
+        taken = [layer.name for layer in self._viewer.layers]
+        if spots.layer.name in taken and self.view is not None:  # (another store's spots)
+            spots.layer.name = layer_name(
+                "spots", self.view.model_name, taken=taken, store=self.view.name
+            )
         vst_layers.add_layer(self._viewer, spots.layer, select=not shown, views=spots)
 
     def _later_colorbars(self, store_path: Path) -> None:

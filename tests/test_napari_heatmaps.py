@@ -132,8 +132,7 @@ def test_colour_bar_legend_contrast_modes_and_clamped_values(
     text = browser.values_at(view.yx_um[0])
     assert text.startswith(f"spot {view.spot_ids[0]}: SYNTH1 0 (model gave -0.84")
     high = text.split("high here: ")[1] if "high here: " in text else ""
-    assert high.count("SD)") <= TOP_K
-    assert all(g not in text for g in ("SYNTH10", "SYNTH11")) or high
+    assert high.count(" SD") <= TOP_K and len(text.splitlines()) <= 2  # not every gene
     # contrast modes: min-max of the gene; one range for every gene
     browser.contrast.value = "minmax"
     values = view.values("SYNTH1")

@@ -106,7 +106,11 @@ class ColourBar(QWidget):
                 pixels.tobytes(), N_COLOURS, 1, 4 * N_COLOURS, QImage.Format.Format_RGBA8888
             ).copy()  # (the QImage must not keep pointing into the bytes buffer)
             lo, hi = (float(v) for v in limits)
-            self.title = layer.name
+            meta = layer.metadata.get("vst", {}) if isinstance(layer.metadata, dict) else {}
+            gene = meta.get("gene") if isinstance(meta, dict) else None
+            # (a spots layer's name does not say the gene its colours show)
+            spots = hasattr(layer, "face_colormap") and gene and gene not in layer.name
+            self.title = f"{gene} · {layer.name}" if spots else layer.name
             self.low, self.high = limits_text(lo), limits_text(hi)
         self.setToolTip(
             "" if layer is None else f"{self.title}: colours from {self.low} to {self.high}"

@@ -462,9 +462,10 @@ class ExportWidget(Container):
             f"{result.n_spots:,} spots" + (f" — {per_region}" if per_region else "") + "\n"
         ) + "\n".join(written + ([note] if note else []))
         self.status.value = "Done."
+        # (a first line that fits the toast, the files after it)
         show_info(
-            f"Exported {result.n_spots:,} spots to "
-            + " and ".join(Path(p).name for p in written)
+            f"Exported {result.n_spots:,} spots.\n"
+            + " and ".join(written)
             + (f". {note}" if note else "")
         )
         self._advance_defaults()

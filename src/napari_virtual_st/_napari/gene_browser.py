@@ -509,9 +509,7 @@ class GeneBrowser(Container):
         means, sds = self._gene_stats(view)
         top = top_genes(view.expression[spot], means, sds, view.genes, TOP_K)
         if top:
-            text += "\nhigh here: " + ", ".join(
-                f"{g} {v:.3g} (+{z:.1f} SD)" for g, v, z in top if z > 0
-            )
+            text += "\nhigh here: " + ", ".join(f"{g} +{z:.1f} SD" for g, _, z in top if z > 0)
         return text.removesuffix("\nhigh here: ")
 
     def _gene_stats(self, view: StoreView) -> tuple[np.ndarray, np.ndarray]:

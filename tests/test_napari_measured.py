@@ -218,10 +218,15 @@ def test_predict_at_measured_spots_and_compare_fill_the_table_like_compare(
     row = next(i for i, r in enumerate(widget.table_rows()) if r[0] == gene)
     widget.table.selectRow(row)
     k = [g.gene for g in expected.genes].index(gene)
+    drawn = np.maximum(expected.predicted[:, k], 0)  # (a log1p value is never below 0)
     np.testing.assert_allclose(
-        widget.scatter_xy(), np.column_stack([expected.measured[:, k], expected.predicted[:, k]])
+        widget.scatter_xy(), np.column_stack([expected.measured[:, k], drawn])
     )
     assert gene in widget.axes.get_title()
+    below = int((expected.predicted[:, k] < 0).sum())
+    assert (f"{below} predicted values below 0 drawn at 0" in widget.axes.get_title()) == bool(
+        below
+    )
     measured_layer = _role(viewer, "measured-values")
     assert vst_layers.vst_meta(measured_layer)["gene"] == gene
     values = measured_values(a1["measured"], gene, library_sizes(a1["measured"]))

@@ -10,6 +10,7 @@ when none is. The canvas colour bars stay available from the Gene browser (for f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -54,6 +55,8 @@ class ColourBar(QWidget):
         self.title = ""
         self.low = ""
         self.high = ""
+        #: called after each change of what the bar shows (e.g. a legend that follows it)
+        self.on_update: Callable[[], None] | None = None
         self.setMinimumHeight(BAR_PX + 2 * self.fontMetrics().height() + 8)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
 
@@ -116,6 +119,8 @@ class ColourBar(QWidget):
             "" if layer is None else f"{self.title}: colours from {self.low} to {self.high}"
         )
         self.update()
+        if self.on_update is not None:
+            self.on_update()
 
     def paintEvent(self, _event: Any) -> None:  # (Qt names it)
         if self._image is None:

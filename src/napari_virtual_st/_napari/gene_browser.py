@@ -119,6 +119,7 @@ class GeneBrowser(Container):
             "the active heatmap's scale"
         )
         self.colour_bar = ColourBar()
+        self.colour_bar.on_update = self._update_legend  # (its range follows a run's values)
         self.legend = Label(value="")
         self.cursor = Label(value="")
         keep_height(self.info, 2)

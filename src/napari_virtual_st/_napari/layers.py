@@ -48,6 +48,8 @@ _CANVAS_COLOUR_BARS = [False]
 #: How heatmap colours are stretched (a :data:`~napari_virtual_st.display.CONTRAST_MODES` key,
 #: chosen in the Gene browser, the same for every prediction of the session).
 _CONTRAST_MODE = ["percentile"]
+#: The last ``fixed`` limits, with the (view, spots done) they were computed for.
+_FIXED_LIMITS: dict[str, Any] = {}
 
 
 # -- the slide ----------------------------------------------------------------------------
@@ -202,12 +204,15 @@ def display_limits(
         values = view.sd(gene)
         return display.contrast_limits(values if values is not None else [], "percentile")
     mode = contrast_mode()
-    return display.contrast_limits(
-        view.values(gene),
-        mode,
-        all_values=view.expression if mode == "fixed" else None,
-        target=view.target,
-    )
+    if mode == "fixed":  # (every gene's values: once per prediction and state, not per gene)
+        key = (id(view), view.spots_done)
+        if _FIXED_LIMITS.get("key") != key:
+            _FIXED_LIMITS["key"] = key
+            _FIXED_LIMITS["limits"] = display.contrast_limits(
+                [], "fixed", all_values=view.expression, target=view.target
+            )
+        return _FIXED_LIMITS["limits"]
+    return display.contrast_limits(view.values(gene), mode, target=view.target)
 
 
 def drawn_values(view: StoreView, gene: str) -> tuple[NDArray[np.float32], int]:

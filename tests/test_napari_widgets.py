@@ -477,8 +477,9 @@ def test_gene_browser_colour_bar_follows_the_active_heatmap_and_its_limits(
     (spots,) = find_layers(viewer, view.path, "spots")
     spots.visible = True
     viewer.layers.selection.active = spots
-    assert bar.layer is spots and bar.title == spots.name
+    assert bar.layer is spots and bar.title == f"{vst_meta(spots)['gene']} · {spots.name}"
     browser.colour_spots_by("SYNTH3")
+    assert bar.title == f"SYNTH3 · {spots.name}"
     lo, hi = spots.face_contrast_limits
     assert (bar.low, bar.high) == (f"{lo:.3g}", f"{hi:.3g}")
     # another layer active: the bar keeps showing the prediction's last heatmap

@@ -84,10 +84,7 @@ def clamp_note(n_clamped: int, n_values: int, target: str) -> str:
     if not n_clamped:
         return ""
     floor = target_floor(target)
-    return (
-        f"{n_clamped:,} of {n_values:,} values below {floor:g} drawn as {floor:g} "
-        f"({target_unit(target)} cannot be negative)"
-    )
+    return f"{n_clamped:,} of {n_values:,} values below {floor:g} drawn as {floor:g} (impossible)"
 
 
 def _finite(values: ArrayLike) -> NDArray[np.float64]:

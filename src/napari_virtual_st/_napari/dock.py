@@ -18,6 +18,7 @@ from typing import Any
 
 from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import (
+    QBoxLayout,
     QComboBox,
     QDockWidget,
     QFrame,
@@ -30,6 +31,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+#: Qt's largest widget size (a maximum height below it means a fixed height).
+QWIDGETSIZE_MAX = (1 << 24) - 1
 #: A panel's scrolling form is never shorter than this (a few fields stay in view).
 MIN_FORM_PX = 72
 #: Characters a chooser shows at least; longer names (models, stores) are elided, so that
@@ -47,11 +50,13 @@ def narrow_choosers(widget: QWidget) -> None:
         if label.wordWrap():
             label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
             # (magicgui makes labels Fixed: as wide as their text on one line, at least)
+            if label.maximumHeight() < QWIDGETSIZE_MAX:
+                continue  # (a label of fixed height: its text is in its tooltip)
+            # (magicgui makes labels Fixed: at least as wide as their text on one line)
             policy = label.sizePolicy()
-            if policy.horizontalPolicy() == QSizePolicy.Policy.Fixed:
-                policy.setHorizontalPolicy(QSizePolicy.Policy.Preferred)
-                label.setSizePolicy(policy)
-                label.installEventFilter(_WRAP_HEIGHT)  # (as tall as its lines at its width)
+            policy.setHorizontalPolicy(QSizePolicy.Policy.Expanding)
+            label.setSizePolicy(policy)
+            label.installEventFilter(_WRAP_HEIGHT)  # (as tall as its lines at its width)
 
 
 class _WrapHeight(QObject):
@@ -75,10 +80,16 @@ def _native(widget: Any) -> QWidget:
     return native
 
 
-def scroll_area(inner: QWidget, *, min_height: int = MIN_FORM_PX) -> QScrollArea:
+def scroll_area(
+    inner: QWidget, *, min_height: int = MIN_FORM_PX, stretch: bool = True
+) -> QScrollArea:
     """A frameless vertical scroll area around ``inner`` (no horizontal scrolling: it is
-    as wide as its widget needs)."""
+    as wide as its widget needs). ``stretch``: the rows keep their heights at the top when
+    the area is taller than them (else the extra height goes to rows that can grow)."""
     narrow_choosers(inner)
+    layout = inner.layout()
+    if stretch and isinstance(layout, QBoxLayout):
+        layout.addStretch(1)
     scroll = QScrollArea()
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
@@ -91,7 +102,9 @@ def scroll_area(inner: QWidget, *, min_height: int = MIN_FORM_PX) -> QScrollArea
     return scroll
 
 
-def scroll_form(container: Any, pinned: Sequence[Any] = ()) -> QScrollArea:
+def scroll_form(
+    container: Any, pinned: Sequence[Any] = (), *, stretch: bool = True
+) -> QScrollArea:
     """Make a magicgui container's form scroll inside its own widget (what napari docks).
 
     Parameters
@@ -101,6 +114,9 @@ def scroll_form(container: Any, pinned: Sequence[Any] = ()) -> QScrollArea:
         scrolling form too).
     pinned
         Widgets (magicgui or Qt, not in ``container``) shown below the form, always in sight.
+    stretch
+        Keep the rows at the top of a taller dock (``False``: a row that can grow, such as
+        a list, takes the extra height).
 
     Returns
     -------
@@ -111,7 +127,7 @@ def scroll_form(container: Any, pinned: Sequence[Any] = ()) -> QScrollArea:
     form = QWidget()
     form.setObjectName("vst-form")
     form.setLayout(outer.layout())  # (takes the layout and its widgets over)
-    scroll = scroll_area(form)
+    scroll = scroll_area(form, stretch=stretch)
     layout = QVBoxLayout()
     layout.setContentsMargins(0, 0, 0, 0)
     layout.setSpacing(4)

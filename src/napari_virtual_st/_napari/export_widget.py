@@ -350,7 +350,9 @@ class ExportWidget(Container):
         layer = vst_layers.add_layer(self._viewer, data)
         self.source.value = FROM_SHAPES
         self.shapes.value = [layer]
-        show_info(f"{len(regions)} regions from {path.name} added as the layer {layer.name!r}")
+        show_info(
+            f"{len(regions)} regions imported.\nFrom {path.name}, as the layer {layer.name!r}"
+        )
         return layer
 
     # -- export ---------------------------------------------------------------------------------

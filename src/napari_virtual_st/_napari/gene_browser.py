@@ -142,7 +142,7 @@ class GeneBrowser(Container):
         )
         # the form scrolls on a small screen; the values under the cursor and the colour bar
         # stay in sight
-        scroll_form(self, pinned=[self.cursor, self.colour_bar, self.legend])
+        scroll_form(self, pinned=[self.cursor, self.colour_bar, self.legend], stretch=False)
         self.prediction.changed.connect(self._on_prediction_changed)
         self.search.changed.connect(self._apply_filter)
         self.genes.changed.connect(self._on_genes_changed)

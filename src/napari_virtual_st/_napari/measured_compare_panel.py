@@ -204,7 +204,7 @@ class ComparePanel(MeasuredPanel):
         self.session.set_status(
             f"Predicted at the measured spots; saved with the alignment to {store_path}."
         )
-        show_info(f"predicted at the measured spots: {store_path.name}")
+        show_info(f"Predicted at the measured spots.\nSaved as {store_path.name}")
 
     # -- comparison --------------------------------------------------------------------------
     def run_compare(self, _value: Any = None) -> Worker | None:

@@ -164,3 +164,29 @@ def test_the_spots_status_bar_lists_the_shown_gene_not_every_gene(
     status, _ = viewer._calc_status_from_cursor()
     text = str(status)
     assert "SYNTH6" in text and "SYNTH7" not in text
+
+
+def test_the_uncertainty_map_is_a_toggle_shown_in_place_of_the_values(
+    make_napari_viewer, cmu_small_svs: Path, tmp_path: Path
+) -> None:
+    from synthetic_models import write_mean_colour_model
+
+    model = write_mean_colour_model(tmp_path / "var.onnx", n_genes=8, with_variance=True)
+    spec = RunSpec(cmu_small_svs, model, tmp_path / "var.vst.zarr", batch_size=64)
+    for _ in run_events(spec):
+        pass
+    viewer = make_napari_viewer()
+    viewer.open(spec.store_path, plugin=PLUGIN)
+    browser = _browser(viewer)
+    assert browser.uncertainty.enabled and not browser.uncertainty.value
+    browser.show_genes(["SYNTH2"])
+    (values,) = find_layers(viewer, spec.store_path, "heatmap")
+    (sd,) = find_layers(viewer, spec.store_path, "uncertainty")
+    assert values.visible and not sd.visible and vst_meta(sd)["gene"] == "SYNTH2"
+    browser.uncertainty.value = True  # one map at a time, its own colour bar and legend
+    assert sd.visible and not values.visible
+    assert browser.colour_bar.layer is sd and "standard deviation" in browser.legend.value
+    browser.show_genes(["SYNTH4"])  # the gene switches in both; the uncertainty stays shown
+    assert vst_meta(sd)["gene"] == "SYNTH4" and sd.visible and not values.visible
+    browser.uncertainty.value = False
+    assert values.visible and not sd.visible and browser.colour_bar.layer is values

@@ -110,7 +110,11 @@ class GeneBrowser(Container):
             "not wash out the map), its lowest to highest value, or one range for every gene "
             "(a gene that hardly varies then looks flat, as it is)"
         )
-        self.uncertainty = CheckBox(text="Uncertainty layers (models with variance)", value=True)
+        self.uncertainty = CheckBox(text="Show the uncertainty (SD) instead", value=False)
+        self.uncertainty.tooltip = (
+            "For models that give an uncertainty: the map of each predicted value's standard "
+            "deviation, in magma colours (brighter: less certain), in place of the values"
+        )
         self.canvas_colour_bars = CheckBox(
             text="Colour bars on the canvas too", value=vst_layers.canvas_colour_bars()
         )
@@ -150,7 +154,7 @@ class GeneBrowser(Container):
         self.colormap.changed.connect(self._on_style_changed)
         self.opacity.changed.connect(self._on_style_changed)
         self.contrast.changed.connect(self._on_contrast_changed)
-        self.uncertainty.changed.connect(self._on_genes_changed)
+        self.uncertainty.changed.connect(self._on_uncertainty_toggled)
         self.canvas_colour_bars.changed.connect(self._on_canvas_colour_bars)
         napari_viewer.layers.selection.events.active.connect(self._follow_colour_bar)
         napari_viewer.layers.events.inserted.connect(self._on_layers_changed)
@@ -301,7 +305,11 @@ class GeneBrowser(Container):
             set_text(self.legend, "")
             return
         if meta.get("role") == "uncertainty":
-            set_text(self.legend, f"standard deviation, {target_unit(view.target)}")
+            set_text(
+                self.legend,
+                f"uncertainty: standard deviation of the prediction, {target_unit(view.target)}"
+                " · brighter = less certain",
+            )
             return
         values = view.values(str(gene))
         finite = values[np.isfinite(values)]
@@ -395,7 +403,7 @@ class GeneBrowser(Container):
                 f"{len(wanted)} genes selected: showing the first {MAX_HEATMAPS} as heatmaps"
             )
             wanted = wanted[:MAX_HEATMAPS]
-        with_uncertainty = view.has_variance and bool(self.uncertainty.value)
+        with_uncertainty = view.has_variance
         self._syncing = True
         try:
             shown: Layer | None = None
@@ -405,7 +413,8 @@ class GeneBrowser(Container):
                         self._viewer.layers.remove(layer)
                     continue
                 layer = self._show_genes_in(view, role, wanted)
-                shown = layer if role == "heatmap" else shown
+                if (role == "uncertainty") == self._shows_uncertainty(view):
+                    shown = layer  # (the map on screen: its colour bar is the one to see)
             if shown is not None:
                 self._viewer.layers.selection.active = shown
         finally:
@@ -413,6 +422,29 @@ class GeneBrowser(Container):
         if wanted and wanted[-1] != self.colour_by.value:
             self.colour_by.value = wanted[-1]
         self._follow_colour_bar()
+
+    def _on_uncertainty_toggled(self, show: bool) -> None:
+        """Show (and select, for its colour bar) or hide the prediction's uncertainty maps."""
+        view = self.view
+        if view is None:
+            return
+        layers = vst_layers.find_layers(self._viewer, view.path, "uncertainty")
+        if show and not layers:  # (none made yet: the selected genes' are made now)
+            self._on_genes_changed()
+            layers = vst_layers.find_layers(self._viewer, view.path, "uncertainty")
+        show = self._shows_uncertainty(view)
+        for layer in layers:
+            layer.visible = show
+        for layer in vst_layers.find_layers(self._viewer, view.path, "heatmap"):
+            layer.visible = not show  # (one map at a time: colours never mix)
+        role = "uncertainty" if show else "heatmap"
+        target = vst_layers.find_layers(self._viewer, view.path, role)
+        if target:
+            self._viewer.layers.selection.active = target[-1]
+
+    def _shows_uncertainty(self, view: StoreView) -> bool:
+        """Whether the uncertainty map is shown in place of the values."""
+        return view.has_variance and bool(self.uncertainty.value)
 
     def _show_genes_in(self, view: StoreView, role: str, wanted: list[str]) -> Layer | None:
         """Heatmap (or uncertainty) layers of ``view`` for exactly the ``wanted`` genes;
@@ -429,9 +461,11 @@ class GeneBrowser(Container):
             if layer is None and free:
                 layer = free.pop(0)
                 vst_layers.switch_gene(self._viewer, layer, view, gene)
-                layer.visible = not uncertainty
+                layer.visible = self._shows_uncertainty(view) == uncertainty
             elif layer is None:
                 layer = vst_layers.show_heatmap(self._viewer, view, gene, uncertainty=uncertainty)
+                if layer is not None:
+                    layer.visible = self._shows_uncertainty(view) == uncertainty
                 if layer is not None and not uncertainty:
                     layer.colormap = self.colormap.value
                     layer.opacity = float(self.opacity.value)

@@ -77,7 +77,9 @@ def main() -> None:
     widget.pixel_scale.value = PIXEL_SCALE
     widget.load()
     _wait(widget)
+    widget.tabs.setCurrentIndex(0)  # (the panel moved on to its Align tab)
     save_window(viewer, args.out, "measured-load.png")
+    widget.tabs.setCurrentIndex(1)
 
     # 2. landmarks: 5 points on the slide, the same 5 on the measured image (jittered)
     rng = np.random.default_rng(5)

@@ -382,3 +382,40 @@ def test_closing_the_panel_mid_export_stops_it_and_writes_nothing(
     qtbot.waitUntil(lambda: bool(finished), timeout=EXPORT_TIMEOUT_MS)
     assert widget.last_outcome is not None and widget.last_outcome.cancelled
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_export_never_silently_replaces_the_first(
+    make_napari_viewer, qtbot, prediction: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    store = tmp_path / "cmu.vst.zarr"
+    shutil.copytree(prediction, store)
+    viewer = make_napari_viewer()
+    viewer.open(store, plugin=PLUGIN)
+    widget = ExportWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Export")
+    widget.prediction.value = str(store)
+    assert Path(widget.h5ad_path.value) == tmp_path / "cmu.h5ad"  # the suggested name
+    assert _export(widget, qtbot).error is None
+    first = (tmp_path / "cmu.h5ad").read_bytes()
+    # the suggestion moves on to a free name: a second Export writes beside the first
+    assert Path(widget.h5ad_path.value) == tmp_path / "cmu-2.h5ad"
+    assert _export(widget, qtbot).error is None
+    assert (tmp_path / "cmu.h5ad").read_bytes() == first
+    assert (tmp_path / "cmu-2.h5ad").is_file() and "Replaced" not in widget.summary.value
+    # a file the user chose on purpose is replaced, and the panel says so
+    widget.h5ad_path.value = tmp_path / "cmu.h5ad"
+    before = len(notification_manager.records)
+    assert _export(widget, qtbot).error is None
+    assert "Replaced the earlier cmu.h5ad." in widget.summary.value
+    assert any("Replaced the earlier cmu.h5ad" in m for m in _messages("info", before))
+    # a suggested name taken since it was suggested moves on before the export
+    other = ExportWidget(viewer)
+    viewer.window.add_dock_widget(other, name="Export again")
+    other.prediction.value = str(store)
+    assert Path(other.h5ad_path.value) == tmp_path / "cmu-3.h5ad"
+    (tmp_path / "cmu-3.h5ad").write_bytes(b"someone else's")
+    assert _export(other, qtbot).error is None
+    assert (tmp_path / "cmu-3.h5ad").read_bytes() == b"someone else's"
+    assert (tmp_path / "cmu-4.h5ad").is_file()

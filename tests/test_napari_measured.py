@@ -218,10 +218,13 @@ def test_predict_at_measured_spots_and_compare_fill_the_table_like_compare(
     row = next(i for i, r in enumerate(widget.table_rows()) if r[0] == gene)
     widget.table.selectRow(row)
     k = [g.gene for g in expected.genes].index(gene)
+    drawn = np.maximum(expected.predicted[:, k], 0)  # (a log1p value is never below 0)
     np.testing.assert_allclose(
-        widget.scatter_xy(), np.column_stack([expected.measured[:, k], expected.predicted[:, k]])
+        widget.scatter_xy(), np.column_stack([expected.measured[:, k], drawn])
     )
     assert gene in widget.scatter.title()
+    below = int((expected.predicted[:, k] < 0).sum())
+    assert (f"{below} predicted below 0 drawn at 0" in widget.scatter.title()) == bool(below)
     measured_layer = _role(viewer, "measured-values")
     assert vst_layers.vst_meta(measured_layer)["gene"] == gene
     values = measured_values(a1["measured"], gene, library_sizes(a1["measured"]))
@@ -354,14 +357,42 @@ def test_the_widget_is_in_the_plugin_menu(make_napari_viewer) -> None:
     assert isinstance(widget, MeasuredWidget)
     assert widget.slide.value is None  # no slide open yet
     assert not widget.predict_button.enabled and not widget.compare_button.enabled
-    # three panels over one session; the widget's names reach into them
-    assert [w for w in widget if w is not widget.status] == [
-        widget.data,
-        widget.alignment,
-        widget.compare,
+    # three panels over one session, one step a tab (the genes in a fourth); the widget's
+    # names reach into them
+    tabs = widget.tabs
+    assert [tabs.tabText(i) for i in range(tabs.count())] == [
+        "1 Data",
+        "2 Align",
+        "3 Predict",
+        "4 Genes",
+    ]
+    pages = [tabs.widget(i).widget() for i in range(tabs.count())]  # (each in a scroll area)
+    assert pages == [
+        widget.data.native,
+        widget.alignment.native,
+        widget.compare.native,
+        widget.compare.gene_view.native,
     ]
     assert widget.load == widget.data.load and widget.fit == widget.alignment.fit
     assert widget.table is widget.compare.gene_view.table
     assert widget.slide is widget.data.session.slide is widget.compare.session.slide
     widget.store.value = "somewhere/a1"
     assert widget.session.store_path().name == "a1.vst.zarr"  # the suffix is added
+
+
+def test_the_store_field_starts_with_a_suggestion_like_the_predict_panels(
+    make_napari_viewer, tmp_path: Path
+) -> None:
+    from napari_virtual_st._napari.predict_widget import default_output_dir
+    from napari_virtual_st.registry import sample_slide_path
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-virtual-st", "cmu1_small_region")
+    widget = MeasuredWidget(viewer)
+    slide = sample_slide_path()
+    model = widget.model.value
+    expected = default_output_dir(slide) / f"{slide.stem}.{model.stem}.measured.vst.zarr"
+    assert widget.session.store_path() == expected
+    widget.store.value = tmp_path / "mine.vst.zarr"  # the user's choice is kept
+    widget.model.value = widget.model.choices[-1]
+    assert widget.session.store_path() == tmp_path / "mine.vst.zarr"

@@ -89,8 +89,9 @@ def test_run_on_the_bundled_slide_fills_heatmaps_progressively(
     gene = vst_meta(heatmap)["gene"]
     assert gene == store.genes[0]
     drawn = np.unique(heatmap.data[np.isfinite(heatmap.data)])
-    np.testing.assert_array_equal(drawn, np.unique(store.gene_values(gene)))
-    assert list(spots.features.columns) == ["spot", *store.genes]
+    # (the bundled model predicts log1p values: a negative one would be drawn as 0)
+    np.testing.assert_array_equal(drawn, np.unique(np.maximum(store.gene_values(gene), 0)))
+    assert list(spots.features.columns) == ["spot", gene]
     # batches landed in several redraws while the run went on, then the whole map
     drawn_counts = [c for c in finite_counts if c]  # the layer exists, empty, from Run on
     assert len(drawn_counts) >= 2 and drawn_counts[0] < drawn_counts[-1]
@@ -472,9 +473,17 @@ def test_gene_browser_colour_bar_follows_the_active_heatmap_and_its_limits(
     assert ratio >= 1
     np.testing.assert_allclose([left.red(), left.green(), left.blue()], low_rgb, atol=12)
     np.testing.assert_allclose([right.red(), right.green(), right.blue()], high_rgb, atol=12)
-    # another layer active: the bar keeps showing the prediction's last heatmap
+    # the spots layer shown and active: the bar shows the spots' colours and gene
     (spots,) = find_layers(viewer, view.path, "spots")
+    spots.visible = True
     viewer.layers.selection.active = spots
+    assert bar.layer is spots and bar.title == f"{vst_meta(spots)['gene']} · {spots.name}"
+    browser.colour_spots_by("SYNTH3")
+    assert bar.title == f"SYNTH3 · {spots.name}"
+    lo, hi = spots.face_contrast_limits
+    assert (bar.low, bar.high) == (f"{lo:.3g}", f"{hi:.3g}")
+    # another layer active: the bar keeps showing the prediction's last heatmap
+    viewer.layers.selection.active = viewer.layers[0]
     assert bar.layer is last
     # removing the heatmaps empties it
     browser.show_genes([])

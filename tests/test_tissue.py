@@ -69,6 +69,19 @@ def test_blank_glass_has_no_tissue(method: str) -> None:
     assert not tissue_mask_from_rgb(white, method=method).any()  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("method", ["saturation", "optical_density", "combined"])
+def test_a_black_background_is_not_tissue(method: str) -> None:
+    # the HER2ST viewer's images: tissue on a black (masked or transparent) background
+    image, blob = synthetic_he()
+    outside = ~disc(*blob.shape, (150, 220), 110)
+    image[outside] = 0
+    mask = tissue_mask_from_rgb(image, method=method)  # type: ignore[arg-type]
+    assert not (mask & outside).any()
+    assert _iou(mask, blob) > 0.95
+    black = np.zeros((64, 64, 3), np.uint8)
+    assert not tissue_mask_from_rgb(black, method=method).any()  # type: ignore[arg-type]
+
+
 def test_dust_specks_are_removed_and_small_holes_filled() -> None:
     image, blob = synthetic_he()
     image[blob] = EOSIN_PINK  # no nuclei: holes below are the only gaps

@@ -28,6 +28,11 @@ _OD_LUT = (-np.log10(np.maximum(np.arange(256), 1) / 255.0)).astype(np.float32)
 
 TissueMethod = Literal["saturation", "optical_density", "combined"]
 _METHODS = ("saturation", "optical_density", "combined")
+#: Pixels whose brightest channel is below this let no light through: a black (or
+#: transparent, composited on black) background, as around the HER2ST viewer's images. They
+#: are read as empty glass (white), never as tissue: even the darkest stained nucleus lets
+#: some light through, and their huge optical density made them "tissue".
+NO_LIGHT_LEVEL = 30
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,10 @@ def tissue_mask_from_rgb(
     if img.dtype != np.uint8:
         img = np.clip(img, 0, 255).astype(np.uint8)
     mask = np.zeros(img.shape[:2], bool)
+    dark = img.max(axis=-1) < NO_LIGHT_LEVEL
+    if dark.any():
+        img = img.copy()
+        img[dark] = 255  # (no light: read as empty glass)
     if method in ("saturation", "combined"):
         mx = img.max(axis=-1)
         mn = img.min(axis=-1)

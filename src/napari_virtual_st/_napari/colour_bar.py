@@ -1,4 +1,5 @@
-"""A colour bar drawn by Qt in the Gene browser: the active heatmap's colours and limits.
+"""A colour bar drawn by Qt in the Gene browser: the active heatmap's (or spots') colours
+and limits.
 
 napari's own colour bar is drawn on the canvas; its first appearance costs the canvas a font
 atlas and a new visual (about half a second in software OpenGL), long enough to freeze the
@@ -9,6 +10,7 @@ when none is. The canvas colour bars stay available from the Gene browser (for f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +24,19 @@ if TYPE_CHECKING:
 #: Colours sampled along the bar.
 N_COLOURS = 256
 BAR_PX = 14
+#: Layer events the bar follows (those a layer type lacks are skipped).
+_EVENTS = ("colormap", "contrast_limits", "name", "face_color", "current_face_color")
+
+
+def _scale_of(layer: Layer) -> tuple[Any, tuple[float, float]]:
+    """A layer's colour map and its limits: an image's, or a points layer's face colours."""
+    if hasattr(layer, "face_colormap"):
+        return layer.face_colormap, tuple(layer.face_contrast_limits)
+    return layer.colormap, tuple(layer.contrast_limits)
+
+
+def _emitters(layer: Layer) -> list[Any]:
+    return [e for e in (getattr(layer.events, n, None) for n in _EVENTS) if e is not None]
 
 
 def limits_text(value: float) -> str:
@@ -40,6 +55,8 @@ class ColourBar(QWidget):
         self.title = ""
         self.low = ""
         self.high = ""
+        #: called after each change of what the bar shows (e.g. a legend that follows it)
+        self.on_update: Callable[[], None] | None = None
         self.setMinimumHeight(BAR_PX + 2 * self.fontMetrics().height() + 8)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
 
@@ -53,19 +70,23 @@ class ColourBar(QWidget):
         if layer is self._layer:
             return
         if self._layer is not None:
-            for name in ("colormap", "contrast_limits", "name"):
-                getattr(self._layer.events, name).disconnect(self._update)
+            for emitter in _emitters(self._layer):
+                emitter.disconnect(self._update)
         self._layer = layer
         if layer is not None:
-            for name in ("colormap", "contrast_limits", "name"):
-                getattr(layer.events, name).connect(self._update)
+            for emitter in _emitters(layer):
+                emitter.connect(self._update)
+        self._update()
+
+    def refresh(self) -> None:
+        """Draw the layer's colours and limits again (e.g. after a change with no event)."""
         self._update()
 
     def release(self) -> None:
         """Stop following the layer (the widget is going away)."""
         if self._layer is not None:
-            for name in ("colormap", "contrast_limits", "name"):
-                getattr(self._layer.events, name).disconnect(self._update)
+            for emitter in _emitters(self._layer):
+                emitter.disconnect(self._update)
         self._layer = None
 
     def colours(self) -> np.ndarray | None:
@@ -78,7 +99,8 @@ class ColourBar(QWidget):
             self._rgba = self._image = None
             self.title = self.low = self.high = ""
         else:
-            rgba = np.asarray(layer.colormap.map(np.linspace(0.0, 1.0, N_COLOURS)), np.float32)
+            colormap, limits = _scale_of(layer)
+            rgba = np.asarray(colormap.map(np.linspace(0.0, 1.0, N_COLOURS)), np.float32)
             self._rgba = rgba
             pixels = np.ascontiguousarray(
                 (np.clip(rgba, 0.0, 1.0) * 255).round().astype(np.uint8)[None, :, :]
@@ -86,13 +108,19 @@ class ColourBar(QWidget):
             self._image = QImage(
                 pixels.tobytes(), N_COLOURS, 1, 4 * N_COLOURS, QImage.Format.Format_RGBA8888
             ).copy()  # (the QImage must not keep pointing into the bytes buffer)
-            lo, hi = (float(v) for v in layer.contrast_limits)
-            self.title = layer.name
+            lo, hi = (float(v) for v in limits)
+            meta = layer.metadata.get("vst", {}) if isinstance(layer.metadata, dict) else {}
+            gene = meta.get("gene") if isinstance(meta, dict) else None
+            # (a spots layer's name does not say the gene its colours show)
+            spots = hasattr(layer, "face_colormap") and gene and gene not in layer.name
+            self.title = f"{gene} · {layer.name}" if spots else layer.name
             self.low, self.high = limits_text(lo), limits_text(hi)
         self.setToolTip(
             "" if layer is None else f"{self.title}: colours from {self.low} to {self.high}"
         )
         self.update()
+        if self.on_update is not None:
+            self.on_update()
 
     def paintEvent(self, _event: Any) -> None:  # (Qt names it)
         if self._image is None:

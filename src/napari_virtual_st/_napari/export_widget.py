@@ -13,6 +13,7 @@ button; files appear under their names only when complete.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 
 from napari_virtual_st._napari import layers as vst_layers
+from napari_virtual_st._napari import notify
+from napari_virtual_st._napari.dock import scroll_form
 from napari_virtual_st._napari.predict_widget import file_edit_path
 from napari_virtual_st._napari.shapes_regions import regions_from_layers, shapes_layer_data
 from napari_virtual_st.errors import VirtualSTError
@@ -88,6 +91,20 @@ def run_export(
 
 
 # -- the widget ----------------------------------------------------------------------------------
+def free_path(path: Path) -> Path:
+    """``path`` if no file has that name, else the first free ``<stem>-2<suffix>``,
+    ``<stem>-3<suffix>``, … beside it (``<stem>`` without a ``-<n>`` it ends in)."""
+    if not path.exists():
+        return path
+    suffix = ".vst.zarr" if path.name.endswith(".vst.zarr") else path.suffix
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    stem = re.sub(r"-\d+$", "", stem)  # (a name this gave before: counted on from its stem)
+    n = 2
+    while (candidate := path.with_name(f"{stem}-{n}{suffix}")).exists():
+        n += 1
+    return candidate
+
+
 class ExportWidget(Container):
     """Export a prediction (all spots, or those inside regions) to ``.h5ad`` and GeoJSON.
 
@@ -108,6 +125,7 @@ class ExportWidget(Container):
         #: how the last export ended (``None`` before the first, and while one runs)
         self.last_outcome: ExportOutcome | None = None
         self._closed = False
+        self._replacing: list[Path] = []
         self._build_form()
         self._connect(napari_viewer)
         self.native.destroyed.connect(self._on_destroyed)
@@ -138,7 +156,7 @@ class ExportWidget(Container):
         )
         self.export_button = PushButton(text="Export")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.progress_bar = ProgressBar(label="Progress", value=0, min=0, max=1)
+        self.progress_bar = ProgressBar(value=0, min=0, max=1)
         self.status = Label(value="")
         self.summary = Label(value="")
         for label in (self.info, self.status, self.summary):
@@ -156,13 +174,13 @@ class ExportWidget(Container):
                 self.h5ad_path,
                 self.want_geojson,
                 self.geojson_path,
-                self.export_button,
-                self.cancel_button,
-                self.progress_bar,
-                self.status,
-                self.summary,
             ]
         )
+        buttons = Container(
+            widgets=[self.export_button, self.cancel_button], layout="horizontal", labels=False
+        )
+        # the form scrolls on a small screen; Export, the progress and the outcome stay in sight
+        scroll_form(self, pinned=[buttons, self.progress_bar, self.status, self.summary])
 
     def _connect(self, napari_viewer: napari.Viewer) -> None:
         """Fields to actions, and the viewer's layer list to the choices."""
@@ -260,12 +278,21 @@ class ExportWidget(Container):
         self._update_export_enabled()
 
     def _set_default(self, field: FileEdit, path: Path) -> None:
-        """Suggest an output path, unless the user typed one of their own."""
+        """Suggest an output path (never an existing file: the next free name), unless the
+        user typed one of their own."""
         current = str(field.value)
         key = field.label
         if current in ("", ".") or current == self._defaults.get(key):
-            field.value = path
+            field.value = free_path(path)
             self._defaults[key] = str(field.value)
+
+    def _advance_defaults(self) -> None:
+        """Suggested paths that now exist (an export wrote them) move to the next free name,
+        so that a second export never replaces the first."""
+        for field in (self.h5ad_path, self.geojson_path):
+            current = str(field.value)
+            if current == self._defaults.get(field.label) and Path(current).exists():
+                self._set_default(field, Path(current))
 
     def _on_source_changed(self, _value: Any = None) -> None:
         source = self.source.value
@@ -323,7 +350,9 @@ class ExportWidget(Container):
         layer = vst_layers.add_layer(self._viewer, data)
         self.source.value = FROM_SHAPES
         self.shapes.value = [layer]
-        show_info(f"{len(regions)} regions from {path.name} added as the layer {layer.name!r}")
+        show_info(
+            f"{len(regions)} regions imported.\nFrom {path.name}, as the layer {layer.name!r}"
+        )
         return layer
 
     # -- export ---------------------------------------------------------------------------------
@@ -368,14 +397,17 @@ class ExportWidget(Container):
         if self.running:
             return None
         store = self.store_path
+        self._advance_defaults()  # (a suggested name may have been taken since)
         try:
             if store is None:
                 raise ExportError("choose a prediction to export (or open a .vst.zarr)")
             regions = self.regions()
             h5ad, geojson = self.outputs()
         except VirtualSTError as exc:
-            show_error(str(exc))
+            notify.error(str(exc), "Nothing exported.", status=self.status)
             return None
+        #: files the user chose that exist: replaced (safely), and said so when done
+        self._replacing = [p for p in (h5ad, geojson) if p is not None and p.exists()]
         self._cancel = threading.Event()
         self.last_outcome = None
         worker = create_worker(
@@ -418,7 +450,7 @@ class ExportWidget(Container):
             if outcome.cancelled:
                 show_info(str(outcome.error))
             else:
-                show_error(str(outcome.error))
+                show_error(notify.toast_message("The export stopped.", str(outcome.error)))
             self.status.value = str(outcome.error)
             self.progress_bar.value = 0
             return
@@ -426,11 +458,19 @@ class ExportWidget(Container):
         assert result is not None
         written = [str(p) for p in (result.h5ad, result.geojson) if p is not None]
         per_region = "; ".join(f"{label}: {n:,}" for label, n in result.region_counts.items())
+        replaced = [p.name for p in self._replacing]
+        note = f"Replaced the earlier {' and '.join(replaced)}." if replaced else ""
         self.summary.value = (
             f"{result.n_spots:,} spots" + (f" — {per_region}" if per_region else "") + "\n"
-        ) + "\n".join(written)
+        ) + "\n".join(written + ([note] if note else []))
         self.status.value = "Done."
-        show_info(f"Exported {result.n_spots:,} spots to " + " and ".join(written))
+        # (a first line that fits the toast, the files after it)
+        show_info(
+            f"Exported {result.n_spots:,} spots.\n"
+            + " and ".join(written)
+            + (f". {note}" if note else "")
+        )
+        self._advance_defaults()
 
     def _on_finished(self) -> None:
         self._worker = None

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
+import pandas as pd
 from numpy.typing import NDArray
 
+from napari_virtual_st import display
 from napari_virtual_st._napari.layer_views import LayerViews, handing_over, unproxied
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.slide import LevelArray, Slide
-from napari_virtual_st.store_view import StoreView
+from napari_virtual_st.store_view import StoreView, lookup_view
 
 if TYPE_CHECKING:
     import napari
@@ -43,6 +45,11 @@ COLORMAP = "viridis"
 #: napari's canvas colour bars for heatmaps: the first one drawn costs the canvas a font atlas
 #: and a new visual (≈0.5 s in software OpenGL), so they are opt-in (Gene browser checkbox).
 _CANVAS_COLOUR_BARS = [False]
+#: How heatmap colours are stretched (a :data:`~napari_virtual_st.display.CONTRAST_MODES` key,
+#: chosen in the Gene browser, the same for every prediction of the session).
+_CONTRAST_MODE = ["percentile"]
+#: The last ``fixed`` limits, with the (view, spots done) they were computed for.
+_FIXED_LIMITS: dict[str, Any] = {}
 
 
 # -- the slide ----------------------------------------------------------------------------
@@ -125,33 +132,136 @@ def slide_layer_data(slide: Slide, *, name: str | None = None) -> LayerDataTuple
     return (levels if len(levels) > 1 else levels[0], kwargs, "image")
 
 
-def place_slide_layer(layer: Layer, mpp: float) -> None:
-    """Give a slide layer its µm/px (``scale``, units µm), e.g. when the user supplies it."""
-    layer.scale = (mpp, mpp)
-    layer.units = ("um", "um")
+def place_slide_layer(layer: Layer, mpp: float, *, given: bool = False) -> None:
+    """Give a slide layer its µm/px (``scale``, units µm), e.g. when the user supplies it
+    (``given``: the file does not record it; the panels keep offering to correct it)."""
     meta = dict(layer.metadata.get("vst", {}))
     meta["mpp"] = mpp
+    if given:
+        meta["mpp_given"] = True
+    # (metadata first: widgets that follow the scale read the new µm/px from it)
     layer.metadata = {**layer.metadata, "vst": meta}
+    layer.units = ("um", "um")
+    layer.scale = (mpp, mpp)
+
+
+def set_slide_mpp(viewer: napari.Viewer, layer: Layer, mpp: float) -> None:
+    """The user's µm/px of a slide whose file does not record it, set once for every panel:
+    the layer is placed in µm at once (so are the heatmaps over it) and the view is reset
+    onto the rescaled slide."""
+    if float(mpp) <= 0:
+        raise VirtualSTError(f"µm per pixel must be positive; got {mpp}")
+    if vst_meta(layer).get("mpp") == float(mpp):
+        return
+    place_slide_layer(layer, float(mpp), given=True)
+    viewer.reset_view()
+
+
+def resolution_is_given(layer: Layer) -> bool:
+    """Whether a slide layer's µm/px is the user's (its file does not record one), or not
+    known yet: the panels then show a field for it."""
+    meta = vst_meta(layer)
+    if meta.get("role") == "slide":
+        return meta.get("mpp") is None or bool(meta.get("mpp_given"))
+    return slide_mpp_of(layer) is None
 
 
 # -- predictions --------------------------------------------------------------------------
+def contrast_mode() -> str:
+    """How heatmap colours are stretched now (see :func:`set_contrast_mode`)."""
+    return _CONTRAST_MODE[0]
+
+
+def set_contrast_mode(viewer: napari.Viewer | None, mode: str) -> None:
+    """Stretch heatmap (and spot) colours by ``mode`` (a
+    :data:`~napari_virtual_st.display.CONTRAST_MODES` key): now, in ``viewer``, and later."""
+    if mode not in display.CONTRAST_MODES:
+        raise ValueError(f"unknown contrast mode {mode!r}")
+    _CONTRAST_MODE[0] = mode
+    if viewer is None:
+        return
+    for layer in find_layers(viewer):
+        meta = vst_meta(layer)
+        role, gene = meta.get("role"), meta.get("gene")
+        view = lookup_view(meta.get("store", "")) if meta.get("store") else None
+        if view is None or gene not in view.genes:
+            continue
+        if role in ("heatmap", "uncertainty"):
+            lo, hi = display_limits(view, str(gene), uncertainty=role == "uncertainty")
+            layer.contrast_limits_range = (lo, hi)
+            layer.contrast_limits = (lo, hi)
+        elif role == "spots":
+            layer.face_contrast_limits = display_limits(view, str(gene))
+            layer.refresh_colors()
+
+
+def display_limits(
+    view: StoreView, gene: str, *, uncertainty: bool = False
+) -> tuple[float, float]:
+    """Colour-map limits of a gene's values (or SDs) in the current contrast mode; values
+    the model's target cannot take are left out (they are drawn clamped)."""
+    if uncertainty:
+        values = view.sd(gene)
+        return display.contrast_limits(values if values is not None else [], "percentile")
+    mode = contrast_mode()
+    if mode == "fixed":  # (every gene's values: once per prediction and state, not per gene)
+        key = (id(view), view.spots_done)
+        if _FIXED_LIMITS.get("key") != key:
+            _FIXED_LIMITS["key"] = key
+            _FIXED_LIMITS["limits"] = display.contrast_limits(
+                [], "fixed", all_values=view.expression, target=view.target
+            )
+        return _FIXED_LIMITS["limits"]
+    return display.contrast_limits(view.values(gene), mode, target=view.target)
+
+
+def drawn_values(view: StoreView, gene: str) -> tuple[NDArray[np.float32], int]:
+    """A gene's values as drawn: clamped to what the target can take, and how many were."""
+    return display.clamp_to_target(view.values(gene), view.target)
+
+
+def heatmap_image(view: StoreView, gene: str, *, uncertainty: bool = False) -> NDArray[np.float32]:
+    """The heatmap image of a gene's drawn values (clamped, see :func:`drawn_values`) or SDs."""
+    if uncertainty or view.geometry is None:
+        return view.heatmap(gene, uncertainty=uncertainty)
+    return view.geometry.rasterise(drawn_values(view, gene)[0])
+
+
+def heatmap_name(
+    view: StoreView, gene: str, *, uncertainty: bool = False, viewer: napari.Viewer | None = None
+) -> str:
+    """A heatmap layer's name: gene and model, with the store's name when another layer of
+    ``viewer`` has that name already."""
+    taken = [] if viewer is None else [layer.name for layer in viewer.layers]
+    return display.layer_name(
+        gene, view.model_name, what="SD" if uncertainty else "", taken=taken, store=view.name
+    )
+
+
 def heatmap_layer_data(
-    view: StoreView, gene: str, *, uncertainty: bool = False, visible: bool = True
+    view: StoreView,
+    gene: str,
+    *,
+    uncertainty: bool = False,
+    visible: bool = True,
+    name: str | None = None,
 ) -> LayerDataTuple:
-    """A heatmap image layer of one gene's values (or standard deviations) over its spots."""
+    """A heatmap image layer of one gene's values (or standard deviations) over its spots.
+
+    Values the model's target cannot take (a negative log1p) are drawn clamped to its floor.
+    """
     if view.geometry is None:
         raise ValueError(f"{view.path.name} has no lattice; show its spots instead")
     geometry = view.geometry
-    image = view.heatmap(gene, uncertainty=uncertainty)
+    image = heatmap_image(view, gene, uncertainty=uncertainty)
     role = "uncertainty" if uncertainty else "heatmap"
-    what = "uncertainty (SD)" if uncertainty else "predicted"
     kwargs: dict[str, Any] = {
-        "name": f"{gene} {what}",
+        "name": name or heatmap_name(view, gene, uncertainty=uncertainty),
         "scale": geometry.scale_um,
         "translate": geometry.translate_um,
         "units": "um",
         "colormap": "magma" if uncertainty else COLORMAP,
-        "contrast_limits": view.limits(gene, uncertainty=uncertainty),
+        "contrast_limits": display_limits(view, gene, uncertainty=uncertainty),
         "opacity": HEATMAP_OPACITY,
         "blending": "translucent",
         "interpolation2d": "nearest",
@@ -162,13 +272,22 @@ def heatmap_layer_data(
 
 
 def empty_heatmap_layer_data(
-    store: str | Path, gene: str, *, uncertainty: bool = False
+    store: str | Path,
+    gene: str,
+    *,
+    uncertainty: bool = False,
+    model: str = "",
+    taken: list[str] | None = None,
 ) -> LayerDataTuple:
-    """A heatmap layer with no values yet (one NaN pixel), placed when its store exists."""
+    """A heatmap layer with no values yet (one NaN pixel), placed when its store exists;
+    named after the gene and ``model`` (and the store when ``taken`` has that name)."""
     role = "uncertainty" if uncertainty else "heatmap"
-    what = "uncertainty (SD)" if uncertainty else "predicted"
+    store_name = Path(store).name.removesuffix(".vst.zarr")
+    name = display.layer_name(
+        gene, model, what="SD" if uncertainty else "", taken=taken or [], store=store_name
+    )
     kwargs: dict[str, Any] = {
-        "name": f"{gene} {what}",
+        "name": name,
         "units": "um",
         "colormap": "magma" if uncertainty else COLORMAP,
         "contrast_limits": (0.0, 1.0),
@@ -181,21 +300,30 @@ def empty_heatmap_layer_data(
     return (np.full((1, 1), np.nan, np.float32), kwargs, "image")
 
 
-def spots_layer_data(view: StoreView, colour_by: str, *, visible: bool = True) -> LayerDataTuple:
-    """A points layer of the spots (µm), every gene a feature, coloured by ``colour_by``."""
+def spots_layer_data(
+    view: StoreView, colour_by: str, *, visible: bool = True, taken: list[str] | None = None
+) -> LayerDataTuple:
+    """A points layer of the spots (µm) coloured by ``colour_by``: its features are the
+    spot's name and that gene's value (what napari's status bar shows under the cursor; the
+    Gene browser recolours the layer by another gene without a re-run)."""
     kwargs: dict[str, Any] = {
-        "name": f"{view.name} spots",
-        "features": view.features(),
+        "name": display.layer_name("spots", view.model_name, taken=taken or [], store=view.name),
+        "features": spot_features(view, colour_by),
         "size": view.spot_diameter_um,
         "face_color": colour_by,
         "face_colormap": COLORMAP,
-        "face_contrast_limits": view.limits(colour_by),
+        "face_contrast_limits": display_limits(view, colour_by),
         "border_width": 0,
         "units": "um",
         "visible": visible,
         "metadata": {"vst": {"role": "spots", "store": str(view.path), "gene": colour_by}},
     }
     return (view.yx_um.copy(), kwargs, "points")
+
+
+def spot_features(view: StoreView, gene: str) -> pd.DataFrame:
+    """The spots layer's features: each spot's name and ``gene``'s drawn value."""
+    return pd.DataFrame({"spot": view.spot_ids, gene: drawn_values(view, gene)[0]})
 
 
 def store_layer_data(
@@ -319,11 +447,31 @@ def show_heatmap(
     existing = find_layers(viewer, view.path, role, gene)
     if existing:
         return existing[0]
-    layer = add_layer(
-        viewer, heatmap_layer_data(view, gene, uncertainty=uncertainty, visible=not uncertainty)
+    name = heatmap_name(view, gene, uncertainty=uncertainty, viewer=viewer)
+    data = heatmap_layer_data(
+        view, gene, uncertainty=uncertainty, visible=not uncertainty, name=name
     )
+    layer = add_layer(viewer, data)
     show_colorbar(layer)
     return layer
+
+
+def switch_gene(viewer: napari.Viewer, layer: Layer, view: StoreView, gene: str) -> None:
+    """Show another gene in a heatmap (or uncertainty) layer: its values, limits, name and
+    metadata change; the layer, its place in the list, colours and opacity stay."""
+    meta = vst_meta(layer)
+    if meta.get("gene") == gene or view.geometry is None:
+        return
+    uncertainty = meta.get("role") == "uncertainty"
+    others = [other.name for other in viewer.layers if other is not layer]
+    lo, hi = display_limits(view, gene, uncertainty=uncertainty)
+    layer.metadata = {**layer.metadata, "vst": {**meta, "gene": gene}}
+    _set_image(layer, heatmap_image(view, gene, uncertainty=uncertainty))
+    layer.contrast_limits_range = (lo, hi)
+    layer.contrast_limits = (lo, hi)
+    layer.name = display.layer_name(
+        gene, view.model_name, what="SD" if uncertainty else "", taken=others, store=view.name
+    )
 
 
 def canvas_colour_bars() -> bool:
@@ -370,12 +518,12 @@ def refresh_heatmaps(viewer: napari.Viewer, view: StoreView) -> None:
             continue
         uncertainty = role == "uncertainty"
         gene = str(meta["gene"])
-        lo, hi = view.limits(gene, uncertainty=uncertainty)
+        lo, hi = display_limits(view, gene, uncertainty=uncertainty)
         if tuple(layer.scale[-2:]) != geometry.scale_um:
             layer.scale = geometry.scale_um
         if tuple(layer.translate[-2:]) != geometry.translate_um:
             layer.translate = geometry.translate_um
-        _set_image(layer, view.heatmap(gene, uncertainty=uncertainty))
+        _set_image(layer, heatmap_image(view, gene, uncertainty=uncertainty))
         old_lo, old_hi = layer.contrast_limits
         span = max(hi - lo, old_hi - old_lo, 1e-12)
         if max(abs(lo - old_lo), abs(hi - old_hi)) > LIMITS_TOLERANCE * span:
@@ -407,16 +555,26 @@ def show_spots(
     if existing:
         colour_spots(existing[0], view, colour_by)
         return existing[0]
-    return add_layer(viewer, spots_layer_data(view, colour_by, visible=visible))
+    taken = [layer.name for layer in viewer.layers]
+    return add_layer(viewer, spots_layer_data(view, colour_by, visible=visible, taken=taken))
 
 
 def colour_spots(layer: Layer, view: StoreView, gene: str) -> None:
     """Colour a spots layer by one gene's predicted values (no re-run, no re-read)."""
     meta = vst_meta(layer)
-    if meta.get("gene") == gene:
+    if meta.get("gene") == gene and gene in layer.features.columns:
         return
+    features = spot_features(view, gene)
+    old = meta.get("gene")
+    if old in layer.features.columns and old != gene:
+        # (the column colouring the spots goes only once they are coloured by the new one)
+        layer.features = features.assign(**{str(old): layer.features[old].to_numpy()})
+    else:
+        layer.features = features
     layer.face_color = gene
-    layer.face_contrast_limits = view.limits(gene)
+    layer.face_contrast_limits = display_limits(view, gene)
+    if len(layer.features.columns) > len(features.columns):
+        layer.features = features
     layer.metadata = {**layer.metadata, "vst": {**meta, "gene": gene}}
 
 

@@ -16,7 +16,7 @@ from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari import measured_layers as ml
 from napari_virtual_st._napari.measured_gene_view import GeneView, fmt
 from napari_virtual_st._napari.measured_panel import MeasuredPanel, MeasuredSession, Worker
-from napari_virtual_st._napari.predict_widget import usable_bundled_models
+from napari_virtual_st._napari.predict_widget import default_output_dir, usable_bundled_models
 from napari_virtual_st.align import Transform
 from napari_virtual_st.compare import Comparison
 from napari_virtual_st.errors import VirtualSTError
@@ -37,9 +37,16 @@ class ComparePanel(MeasuredPanel):
         Called on the GUI thread when another store is chosen (to take its alignment).
     """
 
-    def __init__(self, session: MeasuredSession, on_store_changed: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        session: MeasuredSession,
+        on_store_changed: Callable[[], None],
+        on_compared: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(session)
         self._on_store_changed_callback = on_store_changed
+        self._on_compared_callback = on_compared
+        #: the per-gene table, scatter plot and maps (the dock shows them in a tab of their own)
         self.model = ComboBox(label="Model", choices=_model_choices)
         self.overwrite = CheckBox(text="Replace earlier results in this store", value=False)
         self.predict_button = PushButton(text="Predict at measured spots")
@@ -63,14 +70,18 @@ class ComparePanel(MeasuredPanel):
                 self.save_button,
                 self.compare_button,
                 self.summary,
-                self.gene_view,
             ]
         )
+        self._store_is_default = True
+        self._setting_store = False
+        session.slide.changed.connect(self._update_default_store)
+        self.model.changed.connect(self._update_default_store)
         self.predict_button.changed.connect(self.predict)
         self.cancel_button.changed.connect(self.cancel)
         self.compare_button.changed.connect(self.run_compare)
         self.save_button.changed.connect(self.save_transform)
         session.store.changed.connect(self._on_store_changed)
+        self._update_default_store()
 
     def update_buttons(self) -> None:
         """Predicting and comparing need aligned data; Cancel stops a running worker."""
@@ -83,7 +94,27 @@ class ComparePanel(MeasuredPanel):
         self.cancel_button.enabled = not idle
 
     # -- the store ---------------------------------------------------------------------------
+    def _update_default_store(self, _value: Any = None) -> None:
+        """Suggest a store, as the Predict panel does: beside the slide (or in
+        ``~/napari-virtual-st`` when that folder cannot be written), named after the slide
+        and the model; never over a path the user chose."""
+        layer = self.session.slide.value
+        model = self.model.value
+        if not self._store_is_default or layer is None or not isinstance(model, Path):
+            return
+        slide_path = vst_layers.slide_path_of(layer)
+        if slide_path is None:
+            return
+        name = f"{slide_path.stem}.{model.stem}.measured.vst.zarr"
+        self._setting_store = True
+        try:
+            self.session.store.value = default_output_dir(slide_path) / name
+        finally:
+            self._setting_store = False
+
     def _on_store_changed(self, _value: Any = None) -> None:
+        if not self._setting_store:
+            self._store_is_default = False
         self._on_store_changed_callback()
         self.session.refresh()
 
@@ -173,7 +204,7 @@ class ComparePanel(MeasuredPanel):
         self.session.set_status(
             f"Predicted at the measured spots; saved with the alignment to {store_path}."
         )
-        show_info(f"predicted at the measured spots: {store_path.name}")
+        show_info(f"Predicted at the measured spots.\nSaved as {store_path.name}")
 
     # -- comparison --------------------------------------------------------------------------
     def run_compare(self, _value: Any = None) -> Worker | None:
@@ -203,6 +234,8 @@ class ComparePanel(MeasuredPanel):
             "Click a gene to see its scatter plot and maps; click a header to sort."
         )
         self.gene_view.show_comparison(comparison)
+        if self._on_compared_callback is not None:
+            self._on_compared_callback()
 
 
 def summary_text(comparison: Comparison) -> str:

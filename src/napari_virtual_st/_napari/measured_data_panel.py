@@ -14,6 +14,7 @@ from magicgui.types import FileDialogMode
 from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, Label, PushButton
 from napari.utils.notifications import show_error
 
+from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari import measured_layers as ml
 from napari_virtual_st._napari.measured_panel import MeasuredPanel, MeasuredSession, Worker
 from napari_virtual_st._napari.predict_widget import file_edit_path
@@ -51,12 +52,21 @@ class DataPanel(MeasuredPanel):
         self.pixel_scale = FloatSpinBox(
             label="Spot px → image px", value=1.0, min=1e-6, max=100.0, step=1e-6
         )
+        self.slide_mpp = FloatSpinBox(
+            label="µm per pixel", value=0.0, min=0.0, max=20.0, step=0.001, visible=False
+        )
+        self.slide_mpp.native.setSpecialValueText("not given")  # (0: nothing given yet)
+        self.slide_mpp.tooltip = (
+            "The slide does not record its resolution: give it here or in the Predict panel "
+            "(0.25 at 40×, 0.5 at 20×); every panel uses it"
+        )
         self.load_button = PushButton(text="Load measured data")
         self.data_info = Label(value="")
         self.wrap(self.data_info)
         self.extend(
             [
                 session.slide,
+                self.slide_mpp,
                 self.kind,
                 self.data_path,
                 self.spots_path,
@@ -67,8 +77,37 @@ class DataPanel(MeasuredPanel):
             ]
         )
         self.kind.changed.connect(self._on_kind_changed)
+        self._followed: Any = None
+        session.slide.changed.connect(self._on_slide_changed)
+        self.slide_mpp.changed.connect(self._on_mpp_edited)
+        self._on_slide_changed()
         self.load_button.changed.connect(self.load)
         self._on_kind_changed()
+
+    # -- the slide's resolution (shared with every panel through the slide layer) ------------
+    def _on_slide_changed(self, _value: Any = None) -> None:
+        layer = self.session.slide.value
+        self.slide_mpp.visible = layer is not None and vst_layers.resolution_is_given(layer)
+        if self._followed is not layer:
+            if self._followed is not None:
+                self._followed.events.scale.disconnect(self._show_mpp)
+            if layer is not None:
+                layer.events.scale.connect(self._show_mpp)
+            self._followed = layer
+        self._show_mpp()
+
+    def _show_mpp(self, _event: Any = None) -> None:
+        layer = self.session.slide.value
+        mpp = vst_layers.slide_mpp_of(layer) if layer is not None else None
+        if mpp is not None and mpp != self.slide_mpp.value:
+            with self.slide_mpp.changed.blocked():
+                self.slide_mpp.value = mpp
+
+    def _on_mpp_edited(self, value: float) -> None:
+        layer = self.session.slide.value
+        if layer is not None and vst_layers.resolution_is_given(layer) and value > 0:
+            vst_layers.set_slide_mpp(self.session.viewer, layer, float(value))
+            self.session.refresh()
 
     def _on_kind_changed(self, _value: Any = None) -> None:
         legacy = self.kind.value == "legacy"

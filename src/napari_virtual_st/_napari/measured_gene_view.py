@@ -20,6 +20,7 @@ from napari_virtual_st._napari.measured_panel import MeasuredPanel, MeasuredSess
 from napari_virtual_st._napari.scatter_plot import ScatterPlot
 from napari_virtual_st.align import Transform
 from napari_virtual_st.compare import Comparison
+from napari_virtual_st.display import clamp_to_target
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.measured import MeasuredST
 from napari_virtual_st.store_view import StoreView
@@ -144,21 +145,32 @@ class GeneView(MeasuredPanel):
         self._gene = gene
         k = names.index(gene)
         score = comparison.genes[k]
-        self._draw_scatter(
-            gene, comparison.measured[:, k], comparison.predicted[:, k], score.pearson
+        # values the model's target cannot take (a negative log1p) are drawn at its floor;
+        # the scores are of the model's own values
+        predicted, clamped = clamp_to_target(
+            comparison.predicted[:, k], _view_of(store_path).target
         )
+        self._draw_scatter(gene, comparison.measured[:, k], predicted, score.pearson, clamped)
         try:
             self._show_maps(gene, store_path, measured, transform)
         except VirtualSTError as exc:
             show_error(str(exc))
 
     def _draw_scatter(
-        self, gene: str, measured: np.ndarray, predicted: np.ndarray, pearson: float
+        self,
+        gene: str,
+        measured: np.ndarray,
+        predicted: np.ndarray,
+        pearson: float,
+        clamped: int = 0,
     ) -> None:
+        title = f"{gene}: Pearson {fmt(pearson, 2)}, {len(measured)} spots"
+        if clamped:
+            title += f"; {clamped} predicted below 0 drawn at 0"
         self.scatter.set_points(
             measured,
             predicted,
-            title=f"{gene}: Pearson {fmt(pearson, 2)}, {len(measured)} spots",
+            title=title,
             x_label="measured (log1p CP10k)",
             y_label="predicted",
         )

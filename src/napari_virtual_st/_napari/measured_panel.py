@@ -22,6 +22,7 @@ from napari.qt.threading import FunctionWorker, GeneratorWorker, create_worker
 from napari.utils.notifications import show_error
 
 from napari_virtual_st._napari import layers as vst_layers
+from napari_virtual_st._napari import notify
 from napari_virtual_st._napari.predict_widget import file_edit_path
 from napari_virtual_st.align import Transform
 from napari_virtual_st.compare import Comparison
@@ -122,7 +123,7 @@ class MeasuredSession:
         mpp = vst_layers.slide_mpp_of(layer)
         if mpp is None:
             raise VirtualSTError(
-                "the slide does not record its µm per pixel: give it in the Predict widget first"
+                "the slide does not record its µm per pixel: give it in the field under Slide"
             )
         return mpp
 
@@ -194,7 +195,7 @@ class MeasuredSession:
 
         def returned(result: Any) -> None:
             if isinstance(result, _Failed):
-                show_error(str(result.error))
+                show_error(notify.toast_message("Measured ST: stopped.", str(result.error)))
                 self.set_status(f"stopped: {result.error}")
             elif not self.closed:
                 on_done(result)

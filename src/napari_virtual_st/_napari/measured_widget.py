@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container
 
+from napari_virtual_st._napari.dock import tabbed
 from napari_virtual_st._napari.measured_alignment_panel import AlignmentPanel
 from napari_virtual_st._napari.measured_compare_panel import ComparePanel
 from napari_virtual_st._napari.measured_data_panel import DataPanel
@@ -30,6 +31,9 @@ from napari_virtual_st.measured import MeasuredST
 
 if TYPE_CHECKING:
     import napari
+
+#: The tabs shown after loading (alignment) and after comparing (the genes).
+TAB_ALIGN, TAB_GENES = 1, 3
 
 
 def _forward(path: str, name: str) -> Any:
@@ -61,11 +65,31 @@ class MeasuredWidget(Container):
         super().__init__(labels=False)
         self.session = MeasuredSession(napari_viewer)
         self.alignment = AlignmentPanel(self.session)
-        self.data = DataPanel(self.session, on_loaded=self.alignment.place_loaded)
-        self.compare = ComparePanel(self.session, on_store_changed=self.alignment.use_saved)
-        self.extend([self.data, self.alignment, self.compare, self.session.status])
+        self.data = DataPanel(self.session, on_loaded=self._on_loaded)
+        self.compare = ComparePanel(
+            self.session,
+            on_store_changed=self.alignment.use_saved,
+            on_compared=lambda: self.tabs.setCurrentIndex(TAB_GENES),
+        )
+        # one step per tab, each scrolling: the dock fits a laptop screen; the status line
+        # stays in sight whichever tab is open
+        self.tabs = tabbed(
+            self,
+            [
+                ("1 Data", self.data),
+                ("2 Align", self.alignment),
+                ("3 Predict", self.compare),
+                ("4 Genes", self.compare.gene_view),
+            ],
+            pinned=[self.session.status],
+        )
         self.native.destroyed.connect(self._on_destroyed)
         self.session.refresh()
+
+    def _on_loaded(self) -> None:
+        """Measured data loaded: place them, and show the alignment step."""
+        self.alignment.place_loaded()
+        self.tabs.setCurrentIndex(TAB_ALIGN)
 
     def _on_destroyed(self, *_: Any) -> None:
         self.session.close()

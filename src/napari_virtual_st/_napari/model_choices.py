@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from napari_virtual_st.display import target_unit
 from napari_virtual_st.predictor import ModelInfo
 from napari_virtual_st.registry import DEFAULT_MODEL_NAME, BundledModel, bundled_models
 
@@ -34,35 +35,74 @@ def provider_label(providers: list[str] | tuple[str, ...]) -> str:
     return _PROVIDER_NAMES.get(providers[0], providers[0].removesuffix("ExecutionProvider"))
 
 
+#: What a held-out correlation key means, in words.
+_METRIC_WORDS = {
+    "PCC-ALL": "all genes",
+    "PCC-HEG50": "the 50 most expressed genes",
+    "PCC-HVG50": "the 50 most variable genes",
+}
+#: Training data sets whose tissue is known: name in the model's ``training.data`` → tissue.
+_TISSUES = {"HER2ST": "HER2+ breast cancer", "STNET": "breast cancer"}
+
+
 def model_summary(info: ModelInfo) -> str:
-    """One line about a model: genes, tile size, what values mean, held-out metric."""
-    parts = [
-        f"{len(info.genes)} genes",
-        f"{info.tile_px} px tiles of {info.tile_um:g} µm",
-        info.target,
+    """A few plain lines about a model: genes, how much tissue one value sees, what a value
+    means, what it learnt from and how well it did on a patient it never saw."""
+    lines = [
+        f"{len(info.genes)} genes, each from the {info.tile_um:g} µm square of tissue around a "
+        f"spot; values are {target_unit(info.target)}."
     ]
+    tissue = trained_on(info)
+    if tissue:
+        lines.append(f"Learnt from {tissue}.")
     metric = metric_summary(info.metadata.get("metrics"))
     if metric:
-        parts.append(metric)
+        lines.append(metric)
     if "variance" in info.outputs:
-        parts.append("with uncertainty")
+        lines.append("Gives an uncertainty for each value.")
     if info.context is not None:
-        parts.append(info.context.describe())
-    return " · ".join(parts)
+        lines.append(f"Each spot's value also uses its neighbours ({info.context.describe()}).")
+    return " ".join(lines)
+
+
+def trained_on(info: ModelInfo) -> str:
+    """The tissue a model learnt from, when its training data say ("" when unknown)."""
+    training = info.metadata.get("training")
+    data = str(training.get("data", "")) if isinstance(training, dict) else ""
+    for name, tissue in _TISSUES.items():
+        if name.lower() in data.lower():
+            return f"{tissue} ({name})"
+    return ""
 
 
 def metric_summary(metrics: Any) -> str:
-    """The headline held-out correlations of a model's ``vst.metrics`` (PCC-* entries)."""
+    """The model's held-out correlations (``vst.metrics`` PCC-* entries) in words."""
     if not isinstance(metrics, dict):
         return ""
     raw = metrics.get("raw")
     source = raw if isinstance(raw, dict) else metrics
     pcc = [
-        f"{key} {value:.2f}"
+        (str(key), float(value))
         for key, value in source.items()
         if str(key).upper().startswith("PCC") and isinstance(value, (int, float))
     ]
     if not pcc:
         return ""
-    where = metrics.get("test_section")
-    return "held-out " + ", ".join(pcc[:3]) + (f" (test section {where})" if where else "")
+    parts = [f"{value:.2f} over {_METRIC_WORDS.get(key.upper(), key)}" for key, value in pcc[:3]]
+    return (
+        "On a patient it never saw, predicted and measured values correlated at "
+        + ", ".join(parts)
+        + " (1 = perfect, 0 = none)."
+    )
+
+
+def sample_note(info: ModelInfo) -> str:
+    """What to say when a model runs on the bundled sample slide (CMU-1, not the tissue the
+    bundled models learnt from)."""
+    tissue = trained_on(info)
+    if not tissue:
+        return ""
+    return (
+        f"The sample slide is not {tissue.split(' (')[0]}, the tissue this model learnt from: "
+        "on it, the maps show the software working, not the slide's biology."
+    )

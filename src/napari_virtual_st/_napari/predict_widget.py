@@ -28,20 +28,24 @@ from magicgui.widgets import (
 )
 from napari.layers import Layer
 from napari.qt.threading import GeneratorWorker
-from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
 from napari_virtual_st._napari import layers as vst_layers
+from napari_virtual_st._napari import notify
+from napari_virtual_st._napari.dock import scroll_form
+from napari_virtual_st._napari.gene_browser import dock_gene_browser
 from napari_virtual_st._napari.labels import keep_height, set_text
 from napari_virtual_st._napari.model_choices import (
     model_summary,
     provider_label,
+    sample_note,
     usable_bundled_models,
 )
 from napari_virtual_st._napari.run_session import RunSession
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.frames import yx_um_to_xy_level0_px
 from napari_virtual_st.predictor import ModelInfo, Predictor, resolve_providers
+from napari_virtual_st.registry import sample_slide_path
 from napari_virtual_st.run import Region, RunOutcome, RunSpec, process
 
 if TYPE_CHECKING:
@@ -97,7 +101,9 @@ class PredictWidget(Container):
         self.in_process = True
         self.last_outcome: RunOutcome | None = None
         self._add_fields()
+        self._followed: Layer | None = None
         self.slide.changed.connect(self._on_slide_changed)
+        self.mpp.changed.connect(self._on_mpp_edited)
         self.model.changed.connect(self._on_model_changed)
         self.grid.changed.connect(self._update_default_output)
         self.output.changed.connect(self._on_output_edited)
@@ -118,14 +124,19 @@ class PredictWidget(Container):
         """The form's fields, buttons and progress, top to bottom."""
         self.slide = ComboBox(label="Slide", choices=self._slide_choices)
         self.mpp = FloatSpinBox(
-            label="µm per pixel", value=0.5, min=0.01, max=20.0, step=0.001, visible=False
+            label="µm per pixel", value=0.0, min=0.0, max=20.0, step=0.001, visible=False
         )
+        self.mpp.native.setSpecialValueText("not given")  # (0: nothing given yet)
         self.mpp_hint = Label(
-            value="This slide does not record its resolution: give it (0.25 at 40×, 0.5 at 20×).",
+            value=(
+                "This slide does not record its resolution: give it (0.25 at 40×, 0.5 at 20×). "
+                "Every panel uses it."
+            ),
             visible=False,
         )
         self.model = ComboBox(label="Model", choices=self._model_choices)
         self.model_info = Label(value="")
+        self.sample_note = Label(value="", visible=False)
         self.grid = ComboBox(label="Spots", choices=GRID_CHOICES, value="visium")
         self.min_tissue = FloatSlider(
             label="Tissue per spot ≥", value=0.5, min=0.0, max=1.0, step=0.05
@@ -149,9 +160,9 @@ class PredictWidget(Container):
         buttons = Container(
             widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
         )
-        self.progress_bar = ProgressBar(label="Progress", value=0, min=0, max=1)
+        self.progress_bar = ProgressBar(value=0, min=0, max=1)
         self.status = Label(value="Open a slide, choose a model, press Run.")
-        for label in (self.model_info, self.mpp_hint):
+        for label in (self.model_info, self.mpp_hint, self.sample_note):
             label.native.setWordWrap(True)
         keep_height(self.status, 4)  # it changes all through a run: no relayout each time
         self.extend(
@@ -161,17 +172,17 @@ class PredictWidget(Container):
                 self.mpp,
                 self.model,
                 self.model_info,
+                self.sample_note,
                 self.grid,
                 self.min_tissue,
                 self.output,
                 self.overwrite,
                 self.precision,
                 self.provider,
-                buttons,
-                self.progress_bar,
-                self.status,
             ]
         )
+        # the form scrolls on a small screen; Run, the progress and the status stay in sight
+        scroll_form(self, pinned=[buttons, self.progress_bar, self.status])
 
     def _prewarm(self) -> None:
         if self.in_process and not self._closed:
@@ -182,6 +193,8 @@ class PredictWidget(Container):
         self._closed = True
         if self._session is not None:
             self._session.close()
+        if self._followed is not None:
+            self._followed.events.scale.disconnect(self._show_mpp)
 
     # -- choices ----------------------------------------------------------------------------
     def _slide_choices(self, _widget: Any = None) -> list[tuple[str, Layer]]:
@@ -225,11 +238,46 @@ class PredictWidget(Container):
 
     def _on_slide_changed(self, _value: Any = None) -> None:
         layer = self.slide.value
-        needs_mpp = layer is not None and vst_layers.slide_mpp_of(layer) is None
+        needs_mpp = layer is not None and vst_layers.resolution_is_given(layer)
         self.mpp.visible = needs_mpp
         self.mpp_hint.visible = needs_mpp
+        self._follow_scale(layer)
         self.run_button.enabled = layer is not None and self.worker is None
         self._update_default_output()
+        self._update_sample_note()
+
+    def _update_sample_note(self) -> None:
+        """A word when a model of another tissue runs on the bundled sample slide."""
+        layer = self.slide.value
+        info = self._model_info.get(self.model.value) if layer is not None else None
+        path = vst_layers.slide_path_of(layer) if layer is not None else None
+        on_sample = path is not None and path.resolve() == sample_slide_path().resolve()
+        note = sample_note(info) if on_sample and info is not None else ""
+        self.sample_note.value = note
+        self.sample_note.visible = bool(note)
+
+    def _follow_scale(self, layer: Layer | None) -> None:
+        """Show the chosen slide's µm/px in the field, now and when any panel changes it."""
+        if self._followed is not layer:
+            if self._followed is not None:
+                self._followed.events.scale.disconnect(self._show_mpp)
+            if layer is not None:
+                layer.events.scale.connect(self._show_mpp)
+            self._followed = layer
+        self._show_mpp()
+
+    def _show_mpp(self, _event: Any = None) -> None:
+        layer = self.slide.value
+        mpp = vst_layers.slide_mpp_of(layer) if layer is not None else None
+        if mpp is not None and mpp != self.mpp.value:
+            with self.mpp.changed.blocked():
+                self.mpp.value = mpp
+
+    def _on_mpp_edited(self, value: float) -> None:
+        """The user gave the slide's µm/px: the slide (and every panel) takes it at once."""
+        layer = self.slide.value
+        if layer is not None and vst_layers.resolution_is_given(layer) and value > 0:
+            vst_layers.set_slide_mpp(self._viewer, layer, float(value))
 
     def _on_model_changed(self, _value: Any = None) -> None:
         value = self.model.value
@@ -239,6 +287,7 @@ class PredictWidget(Container):
         info = self._model_info.get(value) if value is not None else None
         self.model_info.value = model_summary(info) if info is not None else ""
         self._update_default_output()
+        self._update_sample_note()
 
     def _browse_model(self) -> None:
         from qtpy.QtWidgets import QFileDialog
@@ -251,7 +300,7 @@ class PredictWidget(Container):
                 self.add_model(filename)
                 return
             except VirtualSTError as exc:
-                show_error(str(exc))
+                notify.error(str(exc), "This model file cannot be used.", status=self.status)
         choices = [c for c in self.model.choices if c != BROWSE]
         self.model.value = choices[0] if choices else None
 
@@ -308,6 +357,11 @@ class PredictWidget(Container):
         mpp = vst_layers.slide_mpp_of(layer)
         if mpp is None:
             mpp = float(self.mpp.value)
+        if mpp <= 0:
+            raise VirtualSTError(
+                "this slide does not record its µm per pixel: give it in the field above "
+                "(about 0.25 for a 40× scan, 0.5 for 20×)"
+            )
         output = file_edit_path(self.output)
         if not output.name.endswith(".vst.zarr"):
             output = output.with_name(output.name + ".vst.zarr")
@@ -361,7 +415,7 @@ class PredictWidget(Container):
         try:
             spec = self.request()
         except VirtualSTError as exc:
-            show_error(str(exc))
+            notify.error(str(exc), "The run cannot start yet.", status=self.status)
             return None
         assert isinstance(spec.model_path, Path)  # request() names the model's file
         self.last_outcome = None
@@ -418,10 +472,5 @@ class PredictWidget(Container):
 
     def _open_gene_browser(self) -> None:
         """Dock the gene browser beside this widget, once (when napari knows the plugin)."""
-        window = getattr(self._viewer, "window", None)
-        if window is None or self._closed:
-            return
-        try:
-            window.add_plugin_dock_widget("napari-virtual-st", "Gene browser")
-        except Exception:  # the plugin may not be registered (e.g. a widget made in a test)
-            return
+        if not self._closed:
+            dock_gene_browser(self._viewer)

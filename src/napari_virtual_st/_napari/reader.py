@@ -7,6 +7,7 @@ as its slide (when the file is still where the store says), heatmaps and spots, 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -62,7 +63,22 @@ def read_store(path: str | Path) -> list[LayerDataTuple]:
     """A finished (or partial) prediction store: its slide, the most variable gene's
     heatmap (and uncertainty, when the model gives it) and the spots with every gene."""
     view = register_view(StoreView.open(path))
+    _dock_gene_browser_soon()
     return store_layer_data(view)
+
+
+def _dock_gene_browser_soon() -> None:
+    """Dock the Gene browser (the heatmaps' colour bar and legend) in the current viewer,
+    once the store's layers are in: a reader is not given the viewer, napari's current one
+    is the one opening the store."""
+    import napari
+    from qtpy.QtCore import QTimer
+
+    from napari_virtual_st._napari.gene_browser import dock_gene_browser
+
+    viewer = napari.current_viewer()
+    if viewer is not None:
+        QTimer.singleShot(0, functools.partial(dock_gene_browser, viewer))
 
 
 def _is_store(path: Path) -> bool:

@@ -76,7 +76,13 @@ class RunLayers:
         store_path = self.store_path
         role = "uncertainty" if uncertainty else "heatmap"
         if not vst_layers.find_layers(self._viewer, store_path, role, gene):
-            data = vst_layers.empty_heatmap_layer_data(store_path, gene, uncertainty=uncertainty)
+            data = vst_layers.empty_heatmap_layer_data(
+                store_path,
+                gene,
+                uncertainty=uncertainty,
+                model=self._info.name,
+                taken=[layer.name for layer in self._viewer.layers],
+            )
             data[1]["visible"] = False
             self._made[(gene, uncertainty)] = LayerViews(self._viewer, Layer.create(*data))
 

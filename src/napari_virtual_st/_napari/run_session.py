@@ -29,9 +29,11 @@ from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 
 from napari_virtual_st._napari import layers as vst_layers
+from napari_virtual_st._napari import notify
 from napari_virtual_st._napari.gui_steps import STEP_MS, GuiSteps
 from napari_virtual_st._napari.layer_views import LayerViews
 from napari_virtual_st._napari.run_layers import RunLayers
+from napari_virtual_st.display import layer_name
 from napari_virtual_st.pipeline import Progress
 from napari_virtual_st.predictor import ModelInfo
 from napari_virtual_st.run import (
@@ -210,11 +212,17 @@ class RunSession:
 
     # -- the run's layers, made beforehand --------------------------------------------------
     def _genes_to_show(self) -> list[str]:
-        """Genes already shown for this store (a resumed or repeated run), else the first."""
+        """Genes already shown for this store (a resumed or repeated run), else the gene of
+        the heatmap being looked at (another model's, when this model predicts it too), else
+        the first."""
         shown = [
             vst_layers.vst_meta(layer)["gene"]
             for layer in vst_layers.find_layers(self._viewer, self.spec.store_path, "heatmap")
         ]
+        active = self._viewer.layers.selection.active
+        meta = vst_layers.vst_meta(active) if active is not None else {}
+        if not shown and meta.get("role") == "heatmap":
+            shown = [meta.get("gene")]
         return [g for g in shown if g in self._info.genes] or [self._info.genes[0]]
 
     def _layers_ready(self) -> None:
@@ -373,7 +381,7 @@ class RunSession:
             if self.view is not None:
                 self._later_colorbars(self.view.path)
         else:
-            show_error(str(outcome.error))
+            show_error(notify.toast_message("The prediction stopped.", str(outcome.error)))
             self._panel.show_status(f"stopped: {outcome.error}")
 
     def _on_complete(self, spots: Layer | None, final: StoreView | None) -> None:
@@ -401,6 +409,11 @@ class RunSession:
         # the status bar shows the values of the active layer under the cursor: a heatmap
         # (selected already) where there is one, else the spots
         shown = vst_layers.find_layers(self._viewer, store_path, "heatmap")
+        taken = [layer.name for layer in self._viewer.layers]
+        if spots.layer.name in taken and self.view is not None:  # (another store's spots)
+            spots.layer.name = layer_name(
+                "spots", self.view.model_name, taken=taken, store=self.view.name
+            )
         vst_layers.add_layer(self._viewer, spots.layer, select=not shown, views=spots)
 
     def _later_colorbars(self, store_path: Path) -> None:

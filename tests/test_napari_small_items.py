@@ -1,0 +1,136 @@
+"""The small dead ends of issue 21: a reopened store's colour bar, the model line, the sample
+slide's note, toasts cut mid-sentence, the Plugins menu entries the guide names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from napari.utils.notifications import notification_manager
+
+from napari_virtual_st._napari import notify
+from napari_virtual_st._napari.gene_browser import GeneBrowser
+from napari_virtual_st._napari.layers import find_layers
+from napari_virtual_st._napari.model_choices import model_summary
+from napari_virtual_st._napari.predict_widget import PredictWidget
+from napari_virtual_st.registry import default_model
+
+PLUGIN = "napari-virtual-st"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "napari.md"
+
+
+@pytest.fixture
+def store(cmu_small_svs: Path, tmp_path: Path) -> Path:
+    from napari_virtual_st.run import RunSpec, run_events
+    from synthetic_models import write_mean_colour_model
+
+    model = write_mean_colour_model(tmp_path / "m.onnx", n_genes=6)
+    spec = RunSpec(cmu_small_svs, model, tmp_path / "m.vst.zarr", batch_size=64)
+    for _ in run_events(spec):
+        pass
+    return spec.store_path
+
+
+def _browsers(viewer) -> list[GeneBrowser]:
+    return [w for w in viewer.window.dock_widgets.values() if isinstance(w, GeneBrowser)]
+
+
+def test_a_store_opened_from_disk_brings_the_gene_browser_and_its_colour_bar(
+    make_napari_viewer, qtbot, store: Path
+) -> None:
+    viewer = make_napari_viewer()
+    viewer.open(store, plugin=PLUGIN)
+    qtbot.waitUntil(lambda: bool(_browsers(viewer)), timeout=10_000)
+    (browser,) = _browsers(viewer)
+    (heatmap,) = find_layers(viewer, store, "heatmap")
+    assert browser.colour_bar.layer is heatmap and browser.legend.value
+    viewer.open(store, plugin=PLUGIN)  # a second store (or the same again): one browser
+    qtbot.wait(100)
+    assert len(_browsers(viewer)) == 1
+
+
+def test_the_model_line_is_plain_words() -> None:
+    line = model_summary(default_model().info)
+    assert line.startswith("250 genes, each from the 110 µm square of tissue around a spot")
+    assert "log(1 + counts per 10,000)" in line and "HER2+ breast cancer" in line
+    assert "On a patient it never saw" in line and "50 most variable genes" in line
+    for jargon in ("PCC-", "px tiles", "log1p_cp10k", "HEG50"):
+        assert jargon not in line
+
+
+def test_the_sample_slide_says_it_is_not_the_tissue_the_model_learnt_from(
+    make_napari_viewer, cmu_small_svs: Path
+) -> None:
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "cmu1_small_region")
+    widget = PredictWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert not widget.sample_note.native.isHidden()
+    assert "not HER2+ breast cancer" in widget.sample_note.value
+    viewer.layers.clear()
+    viewer.open(cmu_small_svs, plugin=PLUGIN)  # a copy of the user's: no such note
+    assert widget.slide.value is not None and widget.sample_note.native.isHidden()
+
+
+def test_an_error_toast_starts_with_a_whole_sentence_and_the_panel_has_it_all(
+    make_napari_viewer,
+) -> None:
+    long = "the slide does not record its µm per pixel: give it in the field above first"
+    message = notify.toast_message("The run cannot start yet.", long)
+    assert message.splitlines() == ["The run cannot start yet.", long]
+    assert notify.toast_message("Nothing exported.", "no file") == "no file"
+    viewer = make_napari_viewer()
+    widget = PredictWidget(viewer)  # no slide open
+    viewer.window.add_dock_widget(widget)
+    before = len(notification_manager.records)
+    assert widget.run() is None
+    (shown,) = [str(n.message) for n in notification_manager.records[before:]]
+    first, rest = shown.split("\n", 1)
+    assert first == "The run cannot start yet." and len(first) <= notify.TOAST_CHARS
+    assert rest.startswith("open a slide first") and widget.status.value == rest
+
+
+def test_the_guide_names_every_plugins_menu_entry() -> None:
+    import yaml
+
+    manifest = Path(__file__).resolve().parents[1] / "src/napari_virtual_st/napari.yaml"
+    widgets = yaml.safe_load(manifest.read_text())["contributions"]["widgets"]
+    names = [w["display_name"] for w in widgets]
+    assert len(names) == 4
+    text = DOCS.read_text(encoding="utf-8")
+    assert "four entries" in text
+    for name in names:
+        assert f"*{name}*" in text, name
+
+
+def test_a_slides_resolution_is_given_once_and_every_panel_uses_it_at_once(
+    make_napari_viewer, tmp_path: Path
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from napari_virtual_st._napari.measured_widget import MeasuredWidget
+
+    png = tmp_path / "scan.png"
+    rgb = np.zeros((800, 1000, 3), np.uint8)  # tissue on a black background
+    rgb[200:600, 200:800] = (180, 90, 160)
+    Image.fromarray(rgb).save(png)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(png, plugin=PLUGIN)
+    predict = PredictWidget(viewer)
+    viewer.window.add_dock_widget(predict)
+    measured = MeasuredWidget(viewer)
+    viewer.window.add_dock_widget(measured)
+    assert not predict.mpp.native.isHidden() and not measured.data.slide_mpp.native.isHidden()
+    # given in the Predict panel: the slide is placed in µm at once, the view follows
+    predict.mpp.value = 0.5
+    np.testing.assert_allclose(layer.scale, (0.5, 0.5))
+    assert tuple(layer.units) == ("micrometer", "micrometer") or str(layer.units[0]) == "um"
+    centre = np.asarray(viewer.scene.camera.center[-2:])
+    np.testing.assert_allclose(centre, (400 * 0.5, 500 * 0.5), rtol=0.05)
+    # ... and the Measured ST panel has it without being told again
+    assert measured.session.mpp() == 0.5 and measured.data.slide_mpp.value == 0.5
+    # corrected in the Measured ST panel: the slide and the Predict panel follow
+    measured.data.slide_mpp.value = 1.0
+    np.testing.assert_allclose(layer.scale, (1.0, 1.0))
+    assert predict.mpp.value == 1.0 and predict.request().mpp == 1.0

@@ -146,3 +146,27 @@ def test_small_tile_models_count_reading_as_half_their_cost() -> None:
     from napari_virtual_st.pipeline import read_share_for
 
     assert read_share_for(16) == 0.5 and read_share_for(224) < 0.1 and read_share_for(None) < 0.1
+
+
+def test_the_predict_panel_names_a_listed_gpu_without_trying_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import onnxruntime
+
+    from napari_virtual_st import predictor
+    from napari_virtual_st._napari import model_choices
+
+    def no_probe(name: str) -> str | None:
+        raise AssertionError(f"probed {name} while the panel opened")
+
+    monkeypatch.setattr(predictor, "probe_provider", no_probe)
+    monkeypatch.setattr(
+        onnxruntime,
+        "get_available_providers",
+        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    assert model_choices.first_provider_label() == (
+        "CUDA (NVIDIA GPU) if it works here, else CPU (checked at Run)"
+    )
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert model_choices.first_provider_label() == "CPU"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import onnxruntime as ort
+
 from napari_virtual_st.display import target_unit
 from napari_virtual_st.predictor import ModelInfo
 from napari_virtual_st.registry import DEFAULT_MODEL_NAME, BundledModel, bundled_models
@@ -33,6 +35,20 @@ def provider_label(providers: list[str] | tuple[str, ...]) -> str:
     if not providers:
         return "unknown"
     return _PROVIDER_NAMES.get(providers[0], providers[0].removesuffix("ExecutionProvider"))
+
+
+def first_provider_label() -> str:
+    """What a run will likely run on, without trying a GPU here (a GPU provider is tried
+    quietly when the run starts, in the run's process: loading CUDA/TensorRT libraries
+    takes seconds and must not stall the panel as it opens)."""
+    gpus = [
+        p
+        for p in ort.get_available_providers()
+        if p in _PROVIDER_NAMES and p != "CPUExecutionProvider"
+    ]
+    if not gpus:
+        return "CPU"
+    return f"{provider_label(gpus)} if it works here, else CPU (checked at Run)"
 
 
 #: What a held-out correlation key means, in words.

@@ -36,6 +36,7 @@ from napari_virtual_st._napari.dock import scroll_form
 from napari_virtual_st._napari.gene_browser import dock_gene_browser
 from napari_virtual_st._napari.labels import keep_height, set_text
 from napari_virtual_st._napari.model_choices import (
+    first_provider_label,
     model_summary,
     provider_label,
     sample_note,
@@ -44,7 +45,7 @@ from napari_virtual_st._napari.model_choices import (
 from napari_virtual_st._napari.run_session import RunSession
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.frames import yx_um_to_xy_level0_px
-from napari_virtual_st.predictor import ModelInfo, Predictor, resolve_providers
+from napari_virtual_st.predictor import ModelInfo, Predictor
 from napari_virtual_st.registry import sample_slide_path
 from napari_virtual_st.run import Region, RunOutcome, RunSpec, process
 
@@ -154,7 +155,7 @@ class PredictWidget(Container):
             ],
             value="fp32",
         )
-        self.provider = Label(value=f"Runs on: {provider_label(resolve_providers(None))}")
+        self.provider = Label(value=f"Runs on: {first_provider_label()}")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         buttons = Container(

@@ -110,3 +110,22 @@ def test_slide_levels_of_a_slide_without_pyramid_stay_lazy(tmp_path: Path) -> No
         assert max(levels[-1].shape[:2]) <= 256
         assert len(levels) > slide.level_count
         np.testing.assert_array_equal(np.asarray(levels[-1][:4, :4]), 90)
+
+
+def test_opening_a_slide_starts_the_prediction_process_ahead_of_a_run(
+    monkeypatch: pytest.MonkeyPatch, cmu_small_svs: Path
+) -> None:
+    from napari_virtual_st._napari import reader
+
+    started: list[bool] = []
+    monkeypatch.setattr(reader, "prewarm", lambda: started.append(True))
+    reader_function = get_reader(str(cmu_small_svs))
+    assert reader_function is not None
+    (layer,) = reader_function(str(cmu_small_svs))
+    assert vst_meta_of(layer)["role"] == "slide"
+    assert started == [True]
+
+
+def vst_meta_of(layer_data: tuple) -> dict:
+    """The plugin's metadata in a reader's layer-data tuple."""
+    return layer_data[1]["metadata"]["vst"]

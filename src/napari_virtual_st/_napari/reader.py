@@ -14,6 +14,7 @@ from pathlib import Path
 from napari_virtual_st._backends import image_backend
 from napari_virtual_st._napari.layers import LayerDataTuple, slide_layer_data, store_layer_data
 from napari_virtual_st.errors import SlideError, VirtualSTError
+from napari_virtual_st.run.process import prewarm
 from napari_virtual_st.slide import Slide
 from napari_virtual_st.store import STORE_FORMAT
 from napari_virtual_st.store_view import StoreView, register_view
@@ -56,6 +57,7 @@ def read(path: str | Sequence[str]) -> list[LayerDataTuple]:
 def read_slide(path: str | Path, *, mpp: float | None = None) -> list[LayerDataTuple]:
     """One lazy multiscale RGB layer of a slide (``scale`` = µm/px when known)."""
     slide = Slide(path, mpp=mpp)  # kept open by the layer's lazy arrays
+    prewarm()  # a prediction is likely next: its process imports while the user docks Predict
     return [slide_layer_data(slide)]
 
 

@@ -21,7 +21,7 @@ Pearson over the 250-gene panel of the fold, log1p CP10k, raw and 3×3-smoothed 
   expression of the same genes. The gene lists (:data:`TUMOUR_GENES`, :data:`STROMA_GENES`) were
   fixed before any score was seen; only those in the panel are used.
 - **Context**: each model's per-spot predictions averaged over neighbours with the Gaussian kernel
-  of ``napari_virtual_st.context`` (σ ∈ :data:`SIGMAS_UM`, radius 2σ, or none), in µm from the spot
+  of ``napari_virtual_st.context`` (σ ∈ :data:`SIGMAS_UM`, radius 2.5σ, or none), in µm from the spot
   centres' pixel coordinates × the section's µm/px (itself from the 200 µm ST pitch). σ is chosen by
   nested leave-one-section-out within C: for held-out section k, the σ with the best mean raw
   PCC-ALL over the other four sections' LOSO predictions; section k's labels are never used to
@@ -59,10 +59,14 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "src" / "napari_virtual_st" / "bundled_models"
 LABELS_A1 = HER2ST / "ST-pat" / "lbl" / "A1_labeled_coordinates.tsv"
 
-N_BOOT = 2000
+N_BOOT = 1000
 SEED = 19
-#: Kernel widths tried (µm); each with radius 2σ. ``None`` (per-tile values) is always a candidate.
+#: Kernel widths tried (µm). ``None`` (per-tile values) is always a candidate.
 SIGMAS_UM = (50.0, 100.0, 150.0, 200.0, 300.0)
+#: Radius = 2.5 σ (125, 250, 375, 500, 750 µm): no radius falls on a distance of the 200 µm
+#: lattice (200, 283, 400, 447, 566, 600, 721 µm), where pixel rounding of the spot centres would
+#: include some neighbours at that distance and not others.
+RADIUS_FACTOR = 2.5
 #: Tumour / epithelial markers: the HER2 amplicon and luminal keratins, epithelial adhesion.
 TUMOUR_GENES = (
     "ERBB2", "GRB7", "STARD3", "PGAP3", "KRT8", "KRT18", "KRT19", "KRT7", "EPCAM", "CDH1",
@@ -245,7 +249,7 @@ def marker_score(values: NDArray[np.floating], genes: Sequence[str]) -> NDArray[
 def contextual(pred: NDArray, fold: Fold, sigma: float | None) -> NDArray:
     if sigma is None:
         return pred
-    weights = context_weights(fold.xy_um, SpotContext(sigma, 2 * sigma))
+    weights = context_weights(fold.xy_um, SpotContext(sigma, RADIUS_FACTOR * sigma))
     return apply_context(pred, weights)
 
 
@@ -253,13 +257,14 @@ def pcc_all(pred: NDArray, true: NDArray) -> float:
     return float(pearson_per_gene(pred, true).mean())
 
 
-def loso_scores(
+def section_scores(
     preds: dict[str, NDArray], folds: dict[str, Fold], kind: str
 ) -> tuple[float, NDArray[np.float64]]:
-    """Mean over the C folds of PCC-ALL, and its bootstrap distribution."""
-    points = [pcc_all(preds[k], folds[k].labels(kind)) for k in C_SECTIONS]
+    """Mean over the sections in ``preds`` of PCC-ALL, and its bootstrap distribution (each
+    section resampled on its own fixed seed, so two methods on the same sections are paired)."""
+    points = [pcc_all(preds[k], folds[k].labels(kind)) for k in preds]
     boots = np.mean(
-        [weighted_pcc_all(preds[k], folds[k].labels(kind), folds[k].counts) for k in C_SECTIONS],
+        [weighted_pcc_all(preds[k], folds[k].labels(kind), folds[k].counts) for k in preds],
         axis=0,
     )
     return float(np.mean(points)), boots
@@ -268,7 +273,10 @@ def loso_scores(
 def choose_sigma(
     preds: dict[str, NDArray], folds: dict[str, Fold], sections: Sequence[str]
 ) -> float | None:
-    """The candidate kernel with the best mean raw PCC-ALL over ``sections``."""
+    """The candidate kernel with the best mean raw PCC-ALL over ``sections`` (none without
+    sections to choose on)."""
+    if not sections:
+        return None
     candidates: list[float | None] = [None, *SIGMAS_UM]
     means = [
         np.mean([pcc_all(contextual(preds[k], folds[k], s), folds[k].raw) for k in sections])
@@ -277,38 +285,45 @@ def choose_sigma(
     return candidates[int(np.argmax(means))]
 
 
+#: Settings of the protocol: held-out predictions of a method, by section.
+SETTINGS = ("loso", "loso_lowres", "loso_ctx", "a1", "a1_ctx")
+
+
 @dataclass
 class Predictions:
-    """Every method's held-out predictions: LOSO-C (full and degraded tiles) and A1."""
+    """Held-out predictions: ``by[setting][method][section]`` (settings: :data:`SETTINGS`)."""
 
     folds: dict[str, Fold]
-    loso: dict[str, dict[str, NDArray]]
-    loso_low: dict[str, dict[str, NDArray]]
-    a1: dict[str, NDArray]
+    by: dict[str, dict[str, dict[str, NDArray]]]
+
+    def get(self, setting: str, method: str) -> dict[str, NDArray] | None:
+        return self.by[setting].get(method)
 
 
 def load_predictions(sections: dict[str, SectionData], n_boot: int) -> Predictions:
-    """Fold runs (``models/folds.py``) for LOSO-C; shipped files and fitted baselines for A1."""
+    """Fold runs (``models/folds.py``) for LOSO-C (the C sections each method has fold runs
+    for); the shipped files and the baselines fitted on C2–C6 for A1."""
     folds: dict[str, Fold] = {}
-    loso: dict[str, dict[str, NDArray]] = {}
-    loso_low: dict[str, dict[str, NDArray]] = {}
-    a1: dict[str, NDArray] = {}
+    by: dict[str, dict[str, dict[str, NDArray]]] = {s: {} for s in SETTINGS}
+
+    def add(setting: str, m: Method, section: str, genes: list[str], pred: NDArray) -> None:
+        index = (*C_SECTIONS, TEST_SECTION).index(section)
+        folds.setdefault(section, make_fold(sections[section], genes, index, n_boot))
+        if genes != folds[section].genes:
+            raise ValueError(f"{m.name} {section}: gene panel differs from the other methods'")
+        by[setting].setdefault(m.name, {})[section] = pred
+
     for m in METHODS:
-        loso[m.name], loso_low[m.name] = {}, {}
-        for i, k in enumerate(C_SECTIONS):
-            genes, loso[m.name][k] = load_fold_prediction(m, k)
-            _, loso_low[m.name][k] = load_fold_prediction(m, k, low=True)
-            folds.setdefault(k, make_fold(sections[k], genes, i, n_boot))
-            if genes != folds[k].genes:
-                raise ValueError(f"{m.name} {k}: gene panel differs from the other methods'")
+        for k in C_SECTIONS:
+            if fold_path(m.fold_method, k).is_file():
+                add("loso", m, k, *load_fold_prediction(m, k))
+                add("loso_lowres", m, k, *load_fold_prediction(m, k, low=True))
         test = sections[TEST_SECTION]
-        genes, a1[m.name] = (
-            shipped_prediction(m, test) if m.onnx else load_fold_prediction(m, TEST_SECTION)
-        )
-        folds.setdefault(TEST_SECTION, make_fold(test, genes, len(C_SECTIONS), n_boot))
-        if genes != folds[TEST_SECTION].genes:
-            raise ValueError(f"{m.name} A1: gene panel differs from the other methods'")
-    return Predictions(folds, loso, loso_low, a1)
+        if m.onnx:
+            add("a1", m, TEST_SECTION, *shipped_prediction(m, test))
+        else:
+            add("a1", m, TEST_SECTION, *load_fold_prediction(m, TEST_SECTION))
+    return Predictions(folds, by)
 
 
 class Pathologist:
@@ -320,7 +335,7 @@ class Pathologist:
         self.keep = np.isin(labels, POSITIVE + NEGATIVE)
         self.positive = np.isin(labels[self.keep], POSITIVE)
         counts = bootstrap_counts(int(self.keep.sum()), 99, n_boot).astype(int)
-        # resamples holding both classes (all of them in practice: 284 vs 36 spots)
+        # resamples holding both classes (all of them in practice: 282 vs 36 spots)
         draws = [np.repeat(np.arange(len(c)), c) for c in counts]
         self.draws = [d for d in draws if 0 < self.positive[d].sum() < len(d)]
 
@@ -338,40 +353,41 @@ class Pathologist:
         return auc(score, self.positive), boots
 
 
-Scores = dict[tuple[str, str, str], tuple[float, NDArray[np.float64]]]
-
-
-def score_method(m: Method, p: Predictions, scores: Scores) -> dict[str, Any]:
-    """LOSO-C, the resolution check and C → A1 of one method (points and resamples kept in
-    ``scores`` for the paired differences)."""
+def score_method(m: Method, p: Predictions) -> dict[str, Any]:
+    """LOSO-C, the resolution check and C → A1 of one method."""
     rec: dict[str, Any] = {"label": m.label, "shipped_file": m.onnx}
-    fa1 = p.folds[TEST_SECTION]
+    loso, low, a1 = p.get("loso", m.name), p.get("loso_lowres", m.name), p.get("a1", m.name)
+    rec["loso_folds"] = sorted(loso) if loso else []
     for kind in LABEL_KINDS:
-        point, boots = loso_scores(p.loso[m.name], p.folds, kind)
-        scores["loso", m.name, kind] = point, boots
+        if a1 is not None:
+            rec[f"a1_{kind}"] = summarise(*section_scores(a1, p.folds, kind))
+        if loso is None or low is None:
+            rec[f"loso_C_{kind}"] = None  # no fold runs
+            continue
+        point, boots = section_scores(loso, p.folds, kind)
         rec[f"loso_C_{kind}"] = summarise(point, boots)
         rec[f"loso_C_{kind}_per_fold"] = {
-            k: round(pcc_all(p.loso[m.name][k], p.folds[k].labels(kind)), 4) for k in C_SECTIONS
+            k: round(pcc_all(pred, p.folds[k].labels(kind)), 4) for k, pred in loso.items()
         }
-        low, low_boots = loso_scores(p.loso_low[m.name], p.folds, kind)
-        rec[f"lowres_C_{kind}"] = summarise(low, low_boots)
-        rec[f"lowres_minus_full_{kind}"] = difference(low, boots=low_boots, other=(point, boots))
-        scores["a1", m.name, kind] = a1_score(p.a1[m.name], fa1, kind)
-        rec[f"a1_{kind}"] = summarise(*scores["a1", m.name, kind])
+        low_point, low_boots = section_scores(low, p.folds, kind)
+        rec[f"lowres_C_{kind}"] = summarise(low_point, low_boots)
+        rec[f"lowres_minus_full_{kind}"] = difference(
+            low_point, boots=low_boots, other=(point, boots)
+        )
     return rec
 
 
-def a1_score(pred: NDArray, fold: Fold, kind: str) -> tuple[float, NDArray[np.float64]]:
-    labels = fold.labels(kind)
-    return pcc_all(pred, labels), weighted_pcc_all(pred, labels, fold.counts)
-
-
-def context_method(m: Method, p: Predictions, scores: Scores) -> dict[str, Any]:
-    """The kernel chosen by nested LOSO within C, its gain on LOSO-C and on A1."""
-    preds, folds = p.loso[m.name], p.folds
-    chosen = {k: choose_sigma(preds, folds, [j for j in C_SECTIONS if j != k]) for k in C_SECTIONS}
-    ctx = {k: contextual(preds[k], folds[k], chosen[k]) for k in C_SECTIONS}
-    final = choose_sigma(preds, folds, C_SECTIONS)
+def context_method(m: Method, p: Predictions) -> dict[str, Any]:
+    """The kernel chosen by nested LOSO within C, its gain on LOSO-C and on A1 (the contextual
+    predictions are added to ``p`` as ``loso_ctx`` / ``a1_ctx``)."""
+    preds, folds = p.by["loso"][m.name], p.folds
+    sections = list(preds)
+    chosen = {k: choose_sigma(preds, folds, [j for j in sections if j != k]) for k in sections}
+    final = choose_sigma(preds, folds, sections)
+    p.by["loso_ctx"][m.name] = {k: contextual(preds[k], folds[k], chosen[k]) for k in sections}
+    p.by["a1_ctx"][m.name] = {
+        k: contextual(v, folds[k], final) for k, v in p.by["a1"][m.name].items()
+    }
     grid = {
         str(s): {
             kind: round(
@@ -379,7 +395,7 @@ def context_method(m: Method, p: Predictions, scores: Scores) -> dict[str, Any]:
                     np.mean(
                         [
                             pcc_all(contextual(preds[k], folds[k], s), folds[k].labels(kind))
-                            for k in C_SECTIONS
+                            for k in sections
                         ]
                     )
                 ),
@@ -392,26 +408,30 @@ def context_method(m: Method, p: Predictions, scores: Scores) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "sigma_chosen_per_outer_fold": chosen,
         "sigma_chosen_on_all_C": final,
-        "radius_um": None if final is None else 2 * final,
+        "radius_um": None if final is None else RADIUS_FACTOR * final,
         "loso_C_mean_pcc_all_by_sigma (every sigma, for reading; not a held-out choice)": grid,
     }
-    fa1 = folds[TEST_SECTION]
-    a1_ctx = contextual(p.a1[m.name], fa1, final)
     for kind in LABEL_KINDS:
-        point, boots = loso_scores(ctx, folds, kind)
-        scores["loso_ctx", m.name, kind] = point, boots
-        rec[f"loso_C_{kind}"] = summarise(point, boots)
-        rec[f"loso_C_gain_{kind}"] = difference(
-            point, boots=boots, other=scores["loso", m.name, kind]
-        )
-        scores["a1_ctx", m.name, kind] = a1_score(a1_ctx, fa1, kind)
-        rec[f"a1_{kind}"] = summarise(*scores["a1_ctx", m.name, kind])
-        rec[f"a1_gain_{kind}"] = difference(
-            scores["a1_ctx", m.name, kind][0],
-            boots=scores["a1_ctx", m.name, kind][1],
-            other=scores["a1", m.name, kind],
-        )
+        for setting, base, name in (("loso_ctx", "loso", "loso_C"), ("a1_ctx", "a1", "a1")):
+            point, boots = section_scores(p.by[setting][m.name], folds, kind)
+            rec[f"{name}_{kind}"] = summarise(point, boots)
+            rec[f"{name}_gain_{kind}"] = difference(
+                point, boots=boots, other=section_scores(p.by[base][m.name], folds, kind)
+            )
     return rec
+
+
+def paired(p: Predictions, setting: str, kind: str, a: str, b: str) -> dict[str, Any] | None:
+    """a − b on the sections both have predictions for (paired resamples), or None."""
+    pa, pb = p.get(setting, a), p.get(setting, b)
+    if pa is None or pb is None:
+        return None
+    common = [k for k in pa if k in pb]
+    if not common:
+        return None
+    sa = section_scores({k: pa[k] for k in common}, p.folds, kind)
+    sb = section_scores({k: pb[k] for k in common}, p.folds, kind)
+    return {**difference(sa[0], boots=sa[1], other=sb), "sections": common}
 
 
 def run(n_boot: int = N_BOOT, log: Any = print) -> dict[str, Any]:
@@ -420,7 +440,7 @@ def run(n_boot: int = N_BOOT, log: Any = print) -> dict[str, Any]:
     p = load_predictions(sections, n_boot)
     fa1 = p.folds[TEST_SECTION]
     pathologist = Pathologist(sections[TEST_SECTION], fa1.genes, n_boot)
-    measured_auc, measured_boots = pathologist.auc(fa1.raw)
+    measured = pathologist.auc(fa1.raw)
     out: dict[str, Any] = {
         "n_boot": n_boot,
         "seed": SEED,
@@ -430,96 +450,119 @@ def run(n_boot: int = N_BOOT, log: Any = print) -> dict[str, Any]:
         "sigmas_um": list(SIGMAS_UM),
         "pathologist": {
             **pathologist.record(),
-            "measured": summarise(measured_auc, measured_boots),
+            "measured": summarise(*measured),
+            "measured_smoothed_3x3": summarise(*pathologist.auc(fa1.smoothed)),
         },
         "methods": {},
     }
-    scores: Scores = {}
     for m in METHODS:
         log(f"scoring {m.name}")
-        rec = score_method(m, p, scores)
-        point, boots = pathologist.auc(p.a1[m.name])
+        rec = score_method(m, p)
+        point, boots = pathologist.auc(p.by["a1"][m.name][TEST_SECTION])
         rec["auc_invasive_vs_stroma"] = summarise(point, boots)
-        rec["auc_minus_measured"] = difference(
-            point, boots=boots, other=(measured_auc, measured_boots)
-        )
-        rec["context"] = context_method(m, p, scores)
+        rec["auc_minus_measured"] = difference(point, boots=boots, other=measured)
+        if m.name in p.by["loso"]:
+            rec["context"] = context_method(m, p)
         out["methods"][m.name] = rec
     names = [m.name for m in METHODS]
-    out["paired_differences"] = {
-        f"{setting}/{kind}/{a}-{b}": difference(
-            scores[setting, a, kind][0],
-            boots=scores[setting, a, kind][1],
-            other=scores[setting, b, kind],
-        )
+    pairs = {
+        f"{setting}/{kind}/{a}-{b}": paired(p, setting, kind, a, b)
         for setting in ("loso", "a1", "loso_ctx", "a1_ctx")
         for kind in LABEL_KINDS
         for i, a in enumerate(names)
         for b in names[i + 1 :]
     }
+    out["paired_differences"] = {k: v for k, v in pairs.items() if v is not None}
     out["default"] = recommend(out)
     return out
 
 
 def recommend(result: dict[str, Any]) -> dict[str, Any]:
-    """The shipped model with the best LOSO-C raw PCC-ALL with its chosen context (C only),
-    and which other shipped models it ties with."""
-    shipped = [n for n, r in result["methods"].items() if r["shipped_file"]]
-    key = "loso_ctx/raw"
-    best = max(shipped, key=lambda n: result["methods"][n]["context"]["loso_C_raw"]["value"])
-    ties = []
-    for other in shipped:
-        if other == best:
-            continue
-        pair = (
-            result["paired_differences"].get(f"{key}/{best}-{other}")
-            or result["paired_differences"][f"{key}/{other}-{best}"]
-        )
-        if pair["verdict"] == "tie":
-            ties.append(other)
+    """The shipped model that beats the others on LOSO-C raw PCC-ALL with its context kernel
+    (paired, on the C sections both have; A1 not used), and which it ties with."""
+    shipped = [n for n, r in result["methods"].items() if r["shipped_file"] and "context" in r]
+    pairs = result["paired_differences"]
+
+    def versus(a: str, b: str) -> dict[str, Any]:
+        if f"loso_ctx/raw/{a}-{b}" in pairs:
+            return pairs[f"loso_ctx/raw/{a}-{b}"]
+        d = pairs[f"loso_ctx/raw/{b}-{a}"]
+        lo, hi = d["ci95"]
+        flip = {"a": "b", "b": "a", "tie": "tie"}[d["verdict"]]
+        return {**d, "difference": -d["difference"], "ci95": [-hi, -lo], "verdict": flip}
+
+    def wins(n: str) -> tuple[int, float]:
+        diffs = [versus(n, o)["difference"] for o in shipped if o != n]
+        return sum(d > 0 for d in diffs), float(np.sum(diffs))
+
+    best = max(shipped, key=wins)
     return {
         "model": best,
-        "criterion": "best LOSO-C raw PCC-ALL with the context kernel chosen on inner C folds",
-        "ties_with": ties,
+        "criterion": "LOSO-C raw PCC-ALL with the context kernel chosen on inner C folds, "
+        "paired against each other shipped model on the C sections both were run on",
+        "versus": {o: versus(best, o) for o in shipped if o != best},
+        "ties_with": [o for o in shipped if o != best and versus(best, o)["verdict"] == "tie"],
         "context": result["methods"][best]["context"]["sigma_chosen_on_all_C"],
     }
 
 
 def markdown(result: dict[str, Any]) -> str:
-    def cell(rec: dict[str, Any]) -> str:
+    """The protocol's tables (headline, context, paired differences) in markdown."""
+
+    def cell(rec: dict[str, Any] | None) -> str:
+        if rec is None:
+            return "not run"
         lo, hi = rec["ci95"]
         return f"{rec['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
+    folds = "; ".join(
+        f"{n}: {', '.join(r['loso_folds']) or 'none'}" for n, r in result["methods"].items()
+    )
     lines = [
-        "| method | LOSO-C raw | LOSO-C smoothed | C→A1 raw | C→A1 smoothed | LOSO-C raw, tiles at A1's µm/px | AUC invasive vs stroma (A1) |",
+        f"LOSO-C held-out sections run, per method: {folds}.",
+        f"95 % spot-bootstrap intervals ({result['n_boot']} resamples).",
+        "",
+        "| method | LOSO-C raw | LOSO-C smoothed | C→A1 raw | C→A1 smoothed "
+        "| LOSO-C raw, tiles at A1's µm/px | AUC invasive vs stroma (A1) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in result["methods"].values():
         lines.append(
             f"| {r['label']} | {cell(r['loso_C_raw'])} | {cell(r['loso_C_smoothed_3x3'])} | "
-            f"{cell(r['a1_raw'])} | {cell(r['a1_smoothed_3x3'])} | {cell(r['lowres_C_raw'])} | "
-            f"{cell(r['auc_invasive_vs_stroma'])} |"
+            f"{cell(r['a1_raw'])} | {cell(r['a1_smoothed_3x3'])} | "
+            f"{cell(r.get('lowres_C_raw'))} | {cell(r['auc_invasive_vs_stroma'])} |"
         )
-    lines.append(f"| measured expression | | | | | | {cell(result['pathologist']['measured'])} |")
+    path = result["pathologist"]
+    lines.append(
+        f"| measured expression (raw / 3×3-smoothed) | | | | | | {cell(path['measured'])} / "
+        f"{cell(path['measured_smoothed_3x3'])} |"
+    )
     lines += [
         "",
-        "| method | σ chosen on C (per outer fold) | LOSO-C raw with context | gain raw | gain smoothed | C→A1 raw with context | gain raw | gain smoothed |",
+        "| method | σ µm chosen on C (per outer fold) | LOSO-C raw with context | gain raw "
+        "| gain smoothed | C→A1 raw with context | gain raw | gain smoothed |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["methods"].values():
-        c = result_ctx = r["context"]
-        per_fold = ", ".join(str(v) for v in result_ctx["sigma_chosen_per_outer_fold"].values())
+        c = r.get("context")
+        if c is None:
+            lines.append(f"| {r['label']} | not run (no fold runs) | | | | | | |")
+            continue
+        per_fold = ", ".join(str(v) for v in c["sigma_chosen_per_outer_fold"].values())
         lines.append(
-            f"| {r['label']} | {c['sigma_chosen_on_all_C']} ({per_fold}) | {cell(c['loso_C_raw'])} | "
-            f"{_diff(c['loso_C_gain_raw'])} | {_diff(c['loso_C_gain_smoothed_3x3'])} | "
-            f"{cell(c['a1_raw'])} | {_diff(c['a1_gain_raw'])} | {_diff(c['a1_gain_smoothed_3x3'])} |"
+            f"| {r['label']} | {c['sigma_chosen_on_all_C']} ({per_fold}) | "
+            f"{cell(c['loso_C_raw'])} | {_diff(c['loso_C_gain_raw'])} | "
+            f"{_diff(c['loso_C_gain_smoothed_3x3'])} | {cell(c['a1_raw'])} | "
+            f"{_diff(c['a1_gain_raw'])} | {_diff(c['a1_gain_smoothed_3x3'])} |"
         )
     lines += ["", "| paired difference | a − b | 95 % interval | verdict |", "|---|---|---|---|"]
     for key, d in result["paired_differences"].items():
         if "mean" in key.split("/")[-1].split("-"):
             continue
+        lo, hi = d["ci95"]
+        on = ",".join(d["sections"])
         lines.append(
-            f"| {key} | {d['difference']:+.3f} | [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | {d['verdict']} |"
+            f"| {key} ({on}) | {d['difference']:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {d['verdict']} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -29,7 +29,7 @@ from typing import Any
 import onnx
 
 from models.evaluate import evaluate_onnx
-from models.protocol import BUNDLED
+from models.protocol import BUNDLED, RADIUS_FACTOR
 from models.workshop.provenance import write_metrics_json
 from napari_virtual_st.context import SpotContext
 from napari_virtual_st.contract import attach_metadata, read_metadata, save_model
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         context = None
         if args.context and default and default["model"] == family and default["context"]:
             sigma = float(default["context"])
-            context = SpotContext(sigma, 2 * sigma)
+            context = SpotContext(sigma, RADIUS_FACTOR * sigma)
         metrics = ship(BUNDLED / name, protocol, context)
         print(name, json.dumps({k: metrics[k]["PCC-ALL"] for k in ("raw", "smoothed_3x3")}))
     return 0

@@ -455,9 +455,19 @@ def run(n_boot: int = N_BOOT, log: Any = print) -> dict[str, Any]:
         },
         "methods": {},
     }
+    runs = [set(v) for v in p.by["loso"].values()]
+    common = [k for k in C_SECTIONS if runs and all(k in r for r in runs)]
+    out["loso_common_sections"] = common
     for m in METHODS:
         log(f"scoring {m.name}")
         rec = score_method(m, p)
+        loso = p.get("loso", m.name)
+        for kind in LABEL_KINDS:
+            rec[f"loso_common_{kind}"] = (
+                summarise(*section_scores({k: loso[k] for k in common}, p.folds, kind))
+                if loso and common
+                else None
+            )
         point, boots = pathologist.auc(p.by["a1"][m.name][TEST_SECTION])
         rec["auc_invasive_vs_stroma"] = summarise(point, boots)
         rec["auc_minus_measured"] = difference(point, boots=boots, other=measured)
@@ -518,23 +528,26 @@ def markdown(result: dict[str, Any]) -> str:
     folds = "; ".join(
         f"{n}: {', '.join(r['loso_folds']) or 'none'}" for n, r in result["methods"].items()
     )
+    common = "+".join(result["loso_common_sections"])
     lines = [
         f"LOSO-C held-out sections run, per method: {folds}.",
         f"95 % spot-bootstrap intervals ({result['n_boot']} resamples).",
         "",
-        "| method | LOSO-C raw | LOSO-C smoothed | C→A1 raw | C→A1 smoothed "
+        "| method | LOSO-C raw (its sections) | LOSO-C smoothed (its sections) "
+        f"| LOSO-C raw on {common} | LOSO-C smoothed on {common} | C→A1 raw | C→A1 smoothed "
         "| LOSO-C raw, tiles at A1's µm/px | AUC invasive vs stroma (A1) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["methods"].values():
         lines.append(
             f"| {r['label']} | {cell(r['loso_C_raw'])} | {cell(r['loso_C_smoothed_3x3'])} | "
+            f"{cell(r['loso_common_raw'])} | {cell(r['loso_common_smoothed_3x3'])} | "
             f"{cell(r['a1_raw'])} | {cell(r['a1_smoothed_3x3'])} | "
             f"{cell(r.get('lowres_C_raw'))} | {cell(r['auc_invasive_vs_stroma'])} |"
         )
     path = result["pathologist"]
     lines.append(
-        f"| measured expression (raw / 3×3-smoothed) | | | | | | {cell(path['measured'])} / "
+        f"| measured expression (raw / 3×3-smoothed) | | | | | | | | {cell(path['measured'])} / "
         f"{cell(path['measured_smoothed_3x3'])} |"
     )
     lines += [

@@ -68,12 +68,14 @@ def splits(
 
 def make_method(name: str) -> Any:
     """A fresh method object with ``fit(train, genes)`` and ``predict(tiles)``."""
-    from models.workshop.baselines import MeanPredictor, RidgeColour
+    from models.workshop.baselines import MeanPredictor, RidgeColour, colour_statistics, per_slide
 
     if name == "mean":
         return MeanPredictor()
     if name == "ridge_colour":
         return RidgeColour()
+    if name == "ridge_colour_per_slide":  # issue 19 item 4: per-slide feature standardisation
+        return RidgeColour(per_slide(colour_statistics))
     if name.startswith("nsl"):
         from models.nsl.train import NSLMethod, NSLSettings
 

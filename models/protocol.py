@@ -94,6 +94,11 @@ class Method:
 METHODS = (
     Method("mean", "mean (baseline)", "mean"),
     Method("ridge_colour", "ridge on colour statistics (baseline)", "ridge_colour"),
+    Method(
+        "ridge_colour_per_slide",
+        "ridge on colour statistics standardised per section (issue 19 item 4, on/off)",
+        "ridge_colour_per_slide",
+    ),
     Method("nsl", "NSL (`nsl_her2st`)", "nsl_light_ridgehead", "nsl_her2st.onnx"),
     Method("dkan", "DKAN-style (`dkan_her2st`)", "dkan", "dkan_her2st.onnx"),
     Method("stem", "Stem-style (`stem_her2st`)", "stem", "stem_her2st.onnx"),

@@ -11,6 +11,11 @@ measured in every training section and in the test section. Metrics (see
 ``workshop/metrics.py``): PCC-ALL, PCC-HEG50, PCC-HVG50, MSE, MAE and the share of genes with
 PCC > 0, each against raw labels and against 3×3-neighbourhood-smoothed labels.
 
+The protocol that tells the models apart (issue 19) builds on this harness: per-spot
+predictions of every fold (``models/folds.py``), then spot-bootstrap intervals, paired
+differences, the resolution check, the pathologist-label AUC and the spot-context kernel chosen
+on inner folds of C (``models/protocol.py``; results in ``models/results/protocol.json``).
+
 Usage::
 
     python -m models.evaluate --methods mean ridge_colour nsl --json OUT.json --markdown OUT.md
@@ -28,7 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from models.workshop.data import SectionData, gene_panel, load_her2st
+from models.workshop.data import (
+    SectionData,
+    gene_panel,
+    her2st_sections,
+    load_her2st,
+    load_section,
+)
 from models.workshop.metrics import evaluate_predictions, gene_sets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,12 +68,14 @@ def splits(
 
 def make_method(name: str) -> Any:
     """A fresh method object with ``fit(train, genes)`` and ``predict(tiles)``."""
-    from models.workshop.baselines import MeanPredictor, RidgeColour
+    from models.workshop.baselines import MeanPredictor, RidgeColour, colour_statistics, per_slide
 
     if name == "mean":
         return MeanPredictor()
     if name == "ridge_colour":
         return RidgeColour()
+    if name == "ridge_colour_per_slide":  # issue 19 item 4: per-slide feature standardisation
+        return RidgeColour(per_slide(colour_statistics))
     if name.startswith("nsl"):
         from models.nsl.train import NSLMethod, NSLSettings
 
@@ -156,7 +169,12 @@ def evaluate_onnx(
     model_path: Path, sections: dict[str, SectionData] | None = None
 ) -> dict[str, Any]:
     """Score a contract ONNX model on the cross-patient test section (A1), through the engine's
-    own Predictor, with the gene sets chosen on the C sections."""
+    own Predictor, with the gene sets chosen on the C sections.
+
+    A model that declares spot context (``vst.context``) is scored on its contextual values,
+    computed as the engine computes them (:mod:`napari_virtual_st.context`, spot centres in µm
+    from the section's µm/px); its per-tile scores are returned under ``per_tile`` too."""
+    from napari_virtual_st.context import SpotContext, apply_context, context_weights
     from napari_virtual_st.predictor import Predictor
 
     predictor = Predictor(model_path, providers=["cpu"])
@@ -166,9 +184,26 @@ def evaluate_onnx(
     train = [sections[n] for n in C_SECTIONS]
     test = sections[TEST_SECTION]
     genes = list(info.genes)
+    if predictor.info.tile_px != test.tile_px or predictor.info.tile_um != test.tile_um:
+        test = load_section(
+            next(s for s in her2st_sections() if s.name == TEST_SECTION),
+            predictor.info.tile_px,
+            predictor.info.tile_um,
+        )
     pred = predict_onnx(predictor, test.tiles)
     sets = gene_sets(np.concatenate([s.targets(genes) for s in train]), genes)
-    return evaluate_predictions(pred, test.targets(genes), test.array_rc, sets)
+    scores = evaluate_predictions(pred, test.targets(genes), test.array_rc, sets)
+    declared = predictor.info.metadata.get("context")
+    if declared is None:
+        return scores
+    context = SpotContext.from_json(declared)
+    weights = context_weights(test.measured.xy_fullres_px * test.mpp, context)
+    contextual = apply_context(pred, weights)
+    return {
+        **evaluate_predictions(contextual, test.targets(genes), test.array_rc, sets),
+        "context": context.to_json(),
+        "per_tile": scores,
+    }
 
 
 def predict_onnx(predictor: Any, tiles: np.ndarray, batch: int = 64) -> np.ndarray:

@@ -89,6 +89,36 @@ def test_variance_output_is_exported_and_returned(tmp_path: Path) -> None:
     assert (out.variance >= 0).all()
 
 
+def test_a_log1p_model_is_exported_clamped_at_zero_and_a_synthetic_one_is_not(
+    tmp_path: Path,
+) -> None:
+    from napari_virtual_st.onnx_export import CLAMP_NODE
+
+    module = TinyCNN()
+    tiles = np.random.default_rng(2).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        raw = module(torch.from_numpy(tiles)).numpy()
+    assert raw.min() < 0  # the check below means something
+    paths = {}
+    for target in ("log1p_cp10k", "synthetic"):
+        metadata = ModelMetadata(
+            genes=_genes(7), tile_px=32, tile_um=55.0, family="baseline", target=target
+        )
+        report = export_torch_model(
+            module, tmp_path / f"{target}.onnx", metadata, check_tiles=tiles
+        )
+        assert report.max_abs_diff <= 1e-4
+        paths[target] = report.path
+    clamped = Predictor(paths["log1p_cp10k"]).predict(tiles).expression
+    np.testing.assert_allclose(clamped, np.maximum(raw, 0), atol=1e-4)
+    np.testing.assert_allclose(
+        Predictor(paths["synthetic"]).predict(tiles).expression, raw, atol=1e-4
+    )
+    import onnx
+
+    assert any(n.name == CLAMP_NODE for n in onnx.load(str(paths["log1p_cp10k"])).graph.node)
+
+
 class NoisyMean(torch.nn.Module):
     """Synthetic sampler-like module: mean and variance over K noisy copies of a linear map."""
 

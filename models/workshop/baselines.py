@@ -23,6 +23,22 @@ def colour_statistics(tiles: NDArray[np.uint8]) -> NDArray[np.float64]:
     )
 
 
+def per_slide(
+    features: Callable[[NDArray[np.uint8]], NDArray[np.float64]],
+) -> Callable[[NDArray[np.uint8]], NDArray[np.float64]]:
+    """``features`` standardised over the tiles of one call (one section: the harness passes a
+    whole section's tiles to ``fit`` per section and to ``predict``): the HESCAPE per-slide
+    standardisation against batch effects. At prediction time it needs every tile of the
+    slide first, which the engine's per-tile contract does not allow yet."""
+
+    def standardised(tiles: NDArray[np.uint8]) -> NDArray[np.float64]:
+        x = features(tiles)
+        sd = x.std(axis=0)
+        return np.divide(x - x.mean(axis=0), sd, out=np.zeros_like(x), where=sd > 1e-12)
+
+    return standardised
+
+
 class MeanPredictor:
     """Predicts every spot as the training mean of each gene."""
 

@@ -7,6 +7,9 @@ that :class:`~napari_virtual_st.contract.ModelMetadata`, validated by
 :class:`~napari_virtual_st.predictor.Predictor` and checked against torch on random tiles.
 ``record_metrics`` and ``store_weights_fp16`` rewrite a finished contract model.
 
+``clamp_non_negative`` appends ``Relu`` to the expression output of a model whose target cannot
+be negative (``log1p_cp10k``, counts); ``export_torch_model`` applies it to such targets.
+
 ``quantize_int8`` writes an int8 variant calibrated on real tissue tiles (ONNX Runtime static
 quantisation, QDQ format) and reports its agreement with fp32 and the speed of both.
 
@@ -97,6 +100,9 @@ def export_torch_model(
     module = module.eval()
     model = _torch_to_onnx(module, metadata, opset)
     strip_build_paths(model)
+    clamped = metadata.target in NON_NEGATIVE_TARGETS
+    if clamped:
+        clamp_non_negative(model)
     attach_metadata(model, props)
     save_model(model, path)
     predictor = Predictor(path, providers=["cpu"])  # validates the contract
@@ -107,7 +113,7 @@ def export_torch_model(
             0, 256, (4, metadata.tile_px, metadata.tile_px, 3), dtype=np.uint8
         )
     )
-    diff = _torch_difference(module, predictor, tiles)
+    diff = _torch_difference(module, predictor, tiles, clamp_expression=clamped)
     if not diff <= tolerance:
         path.unlink(missing_ok=True)
         raise ModelError(
@@ -151,9 +157,12 @@ def _torch_to_onnx(module: Any, metadata: ModelMetadata, opset: int) -> onnx.Mod
         return onnx.load(str(raw))
 
 
-def _torch_difference(module: Any, predictor: Predictor, tiles: NDArray[np.uint8]) -> float:
+def _torch_difference(
+    module: Any, predictor: Predictor, tiles: NDArray[np.uint8], *, clamp_expression: bool = False
+) -> float:
     """Largest absolute difference between torch and the Predictor on ``tiles``, both fed
-    the same per-spot extra inputs (spot ids ``0..n-1``)."""
+    the same per-spot extra inputs (spot ids ``0..n-1``); torch's expression clamped at 0 when
+    the graph's is (:func:`clamp_non_negative`)."""
     import torch
 
     ids = np.arange(len(tiles))
@@ -164,11 +173,60 @@ def _torch_difference(module: Any, predictor: Predictor, tiles: NDArray[np.uint8
             *(torch.from_numpy(extra_input_values(spec, ids)) for spec in extras.values()),
         )
     expected_list = list(expected) if isinstance(expected, (tuple, list)) else [expected]
+    if clamp_expression:
+        expected_list[0] = torch.clamp(expected_list[0], min=0.0)
     got = predictor.predict(tiles, spot_index=ids)
     got_list = [got.expression] + ([got.variance] if got.variance is not None else [])
     return max(
         float(np.max(np.abs(e.numpy() - g))) for e, g in zip(expected_list, got_list, strict=True)
     )
+
+
+#: Targets whose values cannot be negative: their expression output is clamped at 0.
+NON_NEGATIVE_TARGETS = ("log1p_cp10k", "counts")
+#: Name of the node :func:`clamp_non_negative` appends (so a second call does nothing).
+CLAMP_NODE = "vst_clamp_expression_non_negative"
+
+
+def clamp_non_negative(model: onnx.ModelProto, output: str = "expression") -> onnx.ModelProto:
+    """Clamp a graph output at 0 in place (``Relu`` appended; other outputs unchanged).
+
+    The tensor ``output`` is renamed ``<output>__unclamped`` wherever the graph (and any
+    subgraph) produces or reads it, so nodes that read it — e.g. a variance computed around
+    the mean — see the same values as before; only the graph output is clamped. Calling it on
+    an already clamped model does nothing.
+
+    Raises
+    ------
+    ModelError
+        If the graph has no output ``output``.
+    """
+    graph = model.graph
+    if any(node.name == CLAMP_NODE for node in graph.node):
+        return model
+    if output not in [o.name for o in graph.output]:
+        raise ModelError(f"the graph has no output {output!r} to clamp")
+    inner = f"{output}__unclamped"
+
+    def rename(g: onnx.GraphProto) -> None:
+        for node in g.node:
+            for names in (node.input, node.output):
+                for i, name in enumerate(names):
+                    if name == output:
+                        names[i] = inner
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    rename(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for sub in attr.graphs:
+                        rename(sub)
+        for info in g.value_info:
+            if info.name == output:
+                info.name = inner
+
+    rename(graph)
+    graph.node.append(helper.make_node("Relu", [inner], [output], name=CLAMP_NODE))
+    return model
 
 
 def strip_build_paths(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -94,8 +94,10 @@ def sample_slide_path() -> Path:
 #: sentence that ``virtual-st models`` prints.
 DEFAULT_MODEL_NAME = "nsl_her2st"
 DEFAULT_MODEL_REASON = (
-    "the smallest and fastest bundled model (15 weights per gene, under 1 ms a tile on two CPU "
-    "cores), so the demo and a first run take seconds on any computer"
+    "best of the bundled models under the evaluation protocol (models/results/summary.md: "
+    "leave-one-section-out within patient C, with spot context; ahead of DKAN- and Stem-style, "
+    "a tie with the colour baseline), and the fastest; a blind test on a third patient ranked "
+    "DKAN-style higher, so treat the choice as provisional"
 )
 
 #: What may and may not be done with the bundled models' weights (``virtual-st models`` prints

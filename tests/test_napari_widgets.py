@@ -576,3 +576,24 @@ def test_the_precision_chosen_in_the_form_goes_into_the_run(
     assert widget.request().precision == "fp32"
     widget.precision.value = "auto"
     assert widget.request().precision == "auto"
+
+
+def test_a_fluorescence_slide_is_refused_and_the_panel_then_offers_the_override(
+    make_napari_viewer, qtbot, ndpi_dapi: Path, synthetic_model: Path, tmp_path: Path
+) -> None:
+    viewer = make_napari_viewer()
+    viewer.open(ndpi_dapi, plugin=PLUGIN)
+    widget = _widget(viewer, qtbot)
+    widget.add_model(synthetic_model)
+    widget.output.value = tmp_path / "dapi.vst.zarr"
+    override = widget.allow_non_brightfield.native
+    assert override.isHidden()  # nothing to override yet
+    _run(widget, qtbot)
+    assert widget.last_outcome.error is not None
+    assert any("bright-field" in m for m in _messages("error"))
+    assert not (tmp_path / "dapi.vst.zarr").exists()
+    assert not override.isHidden() and not widget.allow_non_brightfield.value
+    widget.allow_non_brightfield.value = True
+    _run(widget, qtbot)
+    assert widget.last_outcome.error is None
+    assert PredictionStore.open(tmp_path / "dapi.vst.zarr").is_complete

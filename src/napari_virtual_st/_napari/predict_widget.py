@@ -48,6 +48,7 @@ from napari_virtual_st.frames import yx_um_to_xy_level0_px
 from napari_virtual_st.predictor import ModelInfo, Predictor
 from napari_virtual_st.registry import sample_slide_path
 from napari_virtual_st.run import Region, RunOutcome, RunSpec, process
+from napari_virtual_st.tissue import NotBrightfieldError
 
 if TYPE_CHECKING:
     import napari
@@ -146,6 +147,12 @@ class PredictWidget(Container):
             label="Save to", mode=FileDialogMode.OPTIONAL_FILE, filter="*.vst.zarr"
         )
         self.overwrite = CheckBox(text="Replace earlier results in this file", value=False)
+        # shown once a run refused the slide as not bright-field H&E (e.g. fluorescence)
+        self.allow_non_brightfield = CheckBox(
+            text="Predict anyway: this slide does not look like bright-field H&E",
+            value=False,
+            visible=False,
+        )
         self.precision = ComboBox(
             label="Precision",
             choices=[
@@ -178,6 +185,7 @@ class PredictWidget(Container):
                 self.min_tissue,
                 self.output,
                 self.overwrite,
+                self.allow_non_brightfield,
                 self.precision,
                 self.provider,
             ]
@@ -238,6 +246,8 @@ class PredictWidget(Container):
         self._on_slide_changed()
 
     def _on_slide_changed(self, _value: Any = None) -> None:
+        self.allow_non_brightfield.value = False  # an override is for the slide it was given
+        self.allow_non_brightfield.visible = False
         layer = self.slide.value
         needs_mpp = layer is not None and vst_layers.resolution_is_given(layer)
         self.mpp.visible = needs_mpp
@@ -375,6 +385,7 @@ class PredictWidget(Container):
             mpp=mpp,
             batch_size=self.batch_size,
             overwrite=bool(self.overwrite.value),
+            allow_non_brightfield=bool(self.allow_non_brightfield.value),
             precision=str(self.precision.value),
             visible_xy_level0_px=self.visible_region(),
             preview=True,
@@ -458,8 +469,11 @@ class PredictWidget(Container):
         self.provider.value = f"Runs on: {provider_label(tuple(providers))}"
 
     def run_ended(self, outcome: RunOutcome) -> None:
-        """Keep the run's outcome (``last_outcome``)."""
+        """Keep the run's outcome (``last_outcome``); after a bright-field refusal, offer the
+        override."""
         self.last_outcome = outcome
+        if isinstance(outcome.error, NotBrightfieldError):
+            self.allow_non_brightfield.visible = True
 
     def worker_finished(self) -> None:
         """The worker has gone: another run may start."""

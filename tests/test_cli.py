@@ -287,6 +287,8 @@ def test_demo_predicts_the_bundled_slide_and_writes_a_heatmap_png(
     assert store.attrs["model"]["family"] == "nsl"
     pngs = list(tmp_path.glob("CMU-1-Small-Region_*.png"))
     assert len(pngs) == 1 and str(pngs[0]) in out
+    # the breast-cancer model on a slide that is not breast tissue is said, not left implied
+    assert "note:    The sample slide is not HER2+ breast cancer" in out
     picture = np.asarray(Image.open(pngs[0]).convert("RGB"))
     assert picture.shape[0] > 500
     # viridis-coloured spots were drawn over the H&E thumbnail

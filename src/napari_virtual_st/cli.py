@@ -764,7 +764,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from napari_virtual_st.overlay import most_variable_gene, save_gene_overlay
-    from napari_virtual_st.registry import default_model, resolve_model, sample_slide_path
+    from napari_virtual_st.predictor import Predictor
+    from napari_virtual_st.registry import (
+        default_model,
+        resolve_model,
+        sample_note,
+        sample_slide_path,
+    )
     from napari_virtual_st.slide import Slide
     from napari_virtual_st.store import PredictionStore
 
@@ -810,6 +816,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     print(f"store:   {store_path}")
     print(f"heatmap: {picture}")
+    note = sample_note(Predictor(model_path, providers=["cpu"]).info)
+    if note:
+        print(f"note:    {note}")
     return 0
 
 

@@ -161,3 +161,29 @@ def default_model() -> BundledModel:
     raise ModelError(
         "no usable model is bundled with this installation; pass an ONNX model with --model FILE.onnx"
     )
+
+
+#: Training data sets whose tissue is known: name in the model's ``training.data`` → tissue.
+_TISSUES = {"HER2ST": "HER2+ breast cancer", "STNET": "breast cancer"}
+
+
+def trained_on(info: ModelInfo) -> str:
+    """The tissue a model learnt from, when its training data say ("" when unknown)."""
+    training = info.metadata.get("training")
+    data = str(training.get("data", "")) if isinstance(training, dict) else ""
+    for name, tissue in _TISSUES.items():
+        if name.lower() in data.lower():
+            return f"{tissue} ({name})"
+    return ""
+
+
+def sample_note(info: ModelInfo) -> str:
+    """What to say when a model runs on the bundled sample slide (CMU-1, not the tissue the
+    bundled models learnt from)."""
+    tissue = trained_on(info)
+    if not tissue:
+        return ""
+    return (
+        f"The sample slide is not {tissue.split(' (')[0]}, the tissue this model learnt from: "
+        "on it, the maps show the software working, not the slide's biology."
+    )

@@ -13,7 +13,12 @@ import onnxruntime as ort
 
 from napari_virtual_st.display import target_unit
 from napari_virtual_st.predictor import ModelInfo
-from napari_virtual_st.registry import DEFAULT_MODEL_NAME, BundledModel, bundled_models
+from napari_virtual_st.registry import (
+    DEFAULT_MODEL_NAME,
+    BundledModel,
+    bundled_models,
+    trained_on,
+)
 
 _PROVIDER_NAMES = {
     "TensorrtExecutionProvider": "TensorRT (NVIDIA GPU)",
@@ -57,8 +62,6 @@ _METRIC_WORDS = {
     "PCC-HEG50": "the 50 most expressed genes",
     "PCC-HVG50": "the 50 most variable genes",
 }
-#: Training data sets whose tissue is known: name in the model's ``training.data`` → tissue.
-_TISSUES = {"HER2ST": "HER2+ breast cancer", "STNET": "breast cancer"}
 
 
 def model_summary(info: ModelInfo) -> str:
@@ -81,16 +84,6 @@ def model_summary(info: ModelInfo) -> str:
     return " ".join(lines)
 
 
-def trained_on(info: ModelInfo) -> str:
-    """The tissue a model learnt from, when its training data say ("" when unknown)."""
-    training = info.metadata.get("training")
-    data = str(training.get("data", "")) if isinstance(training, dict) else ""
-    for name, tissue in _TISSUES.items():
-        if name.lower() in data.lower():
-            return f"{tissue} ({name})"
-    return ""
-
-
 def metric_summary(metrics: Any) -> str:
     """The model's held-out correlations (``vst.metrics`` PCC-* entries) in words."""
     if not isinstance(metrics, dict):
@@ -109,16 +102,4 @@ def metric_summary(metrics: Any) -> str:
         "On a patient it never saw, predicted and measured values correlated at "
         + ", ".join(parts)
         + " (1 = perfect, 0 = none)."
-    )
-
-
-def sample_note(info: ModelInfo) -> str:
-    """What to say when a model runs on the bundled sample slide (CMU-1, not the tissue the
-    bundled models learnt from)."""
-    tissue = trained_on(info)
-    if not tissue:
-        return ""
-    return (
-        f"The sample slide is not {tissue.split(' (')[0]}, the tissue this model learnt from: "
-        "on it, the maps show the software working, not the slide's biology."
     )

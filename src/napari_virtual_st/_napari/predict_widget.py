@@ -39,14 +39,13 @@ from napari_virtual_st._napari.model_choices import (
     first_provider_label,
     model_summary,
     provider_label,
-    sample_note,
     usable_bundled_models,
 )
 from napari_virtual_st._napari.run_session import RunSession
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.frames import yx_um_to_xy_level0_px
 from napari_virtual_st.predictor import ModelInfo, Predictor
-from napari_virtual_st.registry import sample_slide_path
+from napari_virtual_st.registry import sample_note, sample_slide_path
 from napari_virtual_st.run import Region, RunOutcome, RunSpec, process
 from napari_virtual_st.tissue import NotBrightfieldError
 

@@ -64,3 +64,7 @@ def test_a_contextual_run_fills_its_heatmap_progressively_with_contextual_values
     browser = GeneBrowser(viewer)
     viewer.window.add_dock_widget(browser, name="Gene browser")
     assert "values contextual (Gaussian context, σ 100 µm within 250 µm)" in browser.info.value
+    browser.show_genes([view.genes[0]])  # the legend under the colour bar says it too
+    assert "with its neighbours' (Gaussian context, σ 100 µm within 250 µm)" in (
+        browser.legend.value
+    )

@@ -318,6 +318,12 @@ class GeneBrowser(Container):
         parts = [target_unit(view.target), CONTRAST_MODES[vst_layers.contrast_mode()]]
         if finite.size:
             parts.append(f"values {finite.min():.3g} to {finite.max():.3g}")
+        # whether a spot's value is its own tile's or uses its neighbours (the model says)
+        parts.append(
+            f"each spot's value with its neighbours' ({view.context.describe()})"
+            if view.context is not None
+            else "each spot's value from its own tile"
+        )
         _, clamped = vst_layers.drawn_values(view, str(gene))
         note = clamp_note(clamped, int(finite.size), view.target)
         set_text(self.legend, " · ".join(parts) + (f". {note}" if note else ""))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -592,6 +593,30 @@ def slide_path_of(layer: Layer) -> Path | None:
     if source and layer.rgb and Path(source).is_file():
         return Path(source)
     return None
+
+
+class ScaleFollower:
+    """Calls ``on_change`` whenever the scale of the followed slide layer changes (a µm/px
+    typed in any panel), so every panel shows the same resolution."""
+
+    def __init__(self, on_change: Callable[..., None]) -> None:
+        self._on_change = on_change
+        self.layer: Layer | None = None
+
+    def follow(self, layer: Layer | None) -> None:
+        """Follow ``layer`` (``None``: none) instead of the one before, and call back now."""
+        if self.layer is not layer:
+            self.stop()
+            if layer is not None:
+                layer.events.scale.connect(self._on_change)
+            self.layer = layer
+        self._on_change()
+
+    def stop(self) -> None:
+        """Stop following (the panel is closing)."""
+        if self.layer is not None:
+            self.layer.events.scale.disconnect(self._on_change)
+            self.layer = None
 
 
 def slide_mpp_of(layer: Layer) -> float | None:

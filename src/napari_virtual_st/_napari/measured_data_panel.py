@@ -77,7 +77,7 @@ class DataPanel(MeasuredPanel):
             ]
         )
         self.kind.changed.connect(self._on_kind_changed)
-        self._followed: Any = None
+        self._scale = vst_layers.ScaleFollower(self._show_mpp)
         session.slide.changed.connect(self._on_slide_changed)
         self.slide_mpp.changed.connect(self._on_mpp_edited)
         self._on_slide_changed()
@@ -88,13 +88,7 @@ class DataPanel(MeasuredPanel):
     def _on_slide_changed(self, _value: Any = None) -> None:
         layer = self.session.slide.value
         self.slide_mpp.visible = layer is not None and vst_layers.resolution_is_given(layer)
-        if self._followed is not layer:
-            if self._followed is not None:
-                self._followed.events.scale.disconnect(self._show_mpp)
-            if layer is not None:
-                layer.events.scale.connect(self._show_mpp)
-            self._followed = layer
-        self._show_mpp()
+        self._scale.follow(layer)
 
     def _show_mpp(self, _event: Any = None) -> None:
         layer = self.session.slide.value

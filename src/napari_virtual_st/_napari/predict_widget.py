@@ -102,7 +102,7 @@ class PredictWidget(Container):
         self.in_process = True
         self.last_outcome: RunOutcome | None = None
         self._add_fields()
-        self._followed: Layer | None = None
+        self._scale = vst_layers.ScaleFollower(self._show_mpp)
         self.slide.changed.connect(self._on_slide_changed)
         self.mpp.changed.connect(self._on_mpp_edited)
         self.model.changed.connect(self._on_model_changed)
@@ -201,8 +201,7 @@ class PredictWidget(Container):
         self._closed = True
         if self._session is not None:
             self._session.close()
-        if self._followed is not None:
-            self._followed.events.scale.disconnect(self._show_mpp)
+        self._scale.stop()
 
     # -- choices ----------------------------------------------------------------------------
     def _slide_choices(self, _widget: Any = None) -> list[tuple[str, Layer]]:
@@ -268,13 +267,7 @@ class PredictWidget(Container):
 
     def _follow_scale(self, layer: Layer | None) -> None:
         """Show the chosen slide's µm/px in the field, now and when any panel changes it."""
-        if self._followed is not layer:
-            if self._followed is not None:
-                self._followed.events.scale.disconnect(self._show_mpp)
-            if layer is not None:
-                layer.events.scale.connect(self._show_mpp)
-            self._followed = layer
-        self._show_mpp()
+        self._scale.follow(layer)
 
     def _show_mpp(self, _event: Any = None) -> None:
         layer = self.slide.value

@@ -65,3 +65,87 @@ def test_runtime_command_reports_this_installation(capsys: pytest.CaptureFixture
 
     assert f"onnxruntime {installed_builds()['onnxruntime']}" in out.splitlines()[0]
     assert ", ".join(onnxruntime.get_available_providers()) in out
+
+
+def test_the_report_says_which_gpu_provider_runs_and_why_another_does_not() -> None:
+    builds = {"onnxruntime": "1.31.1", "onnxruntime-gpu": "1.31.1"}
+    runs = RuntimeReport(builds, GPU, None, {"CUDAExecutionProvider": None})
+    assert "CUDAExecutionProvider: runs here" in runs.text()
+    assert runs.text().splitlines()[-1] == "GPU build in place: predictions run on the GPU"
+    missing = "libcudnn.so.9: cannot open shared object file"
+    fails = RuntimeReport(
+        builds,
+        GPU,
+        None,
+        {
+            "TensorrtExecutionProvider": "libnvinfer.so.10 missing",
+            "CUDAExecutionProvider": missing,
+        },
+    )
+    text = fails.text()
+    assert f"CUDAExecutionProvider: does not run here: {missing}" in text
+    assert text.splitlines()[-1].endswith('pip install "napari-virtual-st[gpu-cuda]"')
+
+
+def _fresh_preload(monkeypatch: pytest.MonkeyPatch) -> None:
+    from napari_virtual_st import onnxruntime_build
+
+    monkeypatch.setattr(onnxruntime_build, "_PRELOADED", [])
+    monkeypatch.setattr(onnxruntime_build, "available_providers", lambda: GPU)
+
+
+def test_nvidia_wheels_are_preloaded_once_quietly_before_a_gpu_provider_is_tried(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnxruntime
+
+    from napari_virtual_st import onnxruntime_build
+
+    _fresh_preload(monkeypatch)
+    monkeypatch.setattr(onnxruntime_build, "nvidia_wheels_installed", lambda: True)
+    calls: list[object] = []
+
+    def preload_dlls(directory: object = None) -> None:  # what ONNX Runtime's does on failure
+        calls.append(directory)
+        print("Failed to load libcudnn.so.9: cannot open shared object file")
+
+    monkeypatch.setattr(onnxruntime, "preload_dlls", preload_dlls, raising=False)
+    said = onnxruntime_build.preload_nvidia_libraries()
+    assert onnxruntime_build.preload_nvidia_libraries() == said  # once per process
+    assert calls == [""]  # the nvidia wheels first
+    assert said == "Failed to load libcudnn.so.9: cannot open shared object file"
+    assert capsys.readouterr().out == ""  # kept, not printed
+
+
+def test_without_nvidia_wheels_nothing_is_preloaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime
+
+    from napari_virtual_st import onnxruntime_build
+
+    _fresh_preload(monkeypatch)
+    monkeypatch.setattr(onnxruntime_build, "nvidia_wheels_installed", lambda: False)
+    monkeypatch.setattr(
+        onnxruntime, "preload_dlls", lambda **_: pytest.fail("preloaded"), raising=False
+    )
+    assert onnxruntime_build.preload_nvidia_libraries() is None
+
+
+def test_probing_a_gpu_provider_preloads_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    from napari_virtual_st import onnxruntime_build, predictor
+
+    order: list[str] = []
+    monkeypatch.setattr(predictor, "_PROBED", {})
+    monkeypatch.setattr(predictor.ort, "get_available_providers", lambda: GPU)
+    monkeypatch.setattr(
+        onnxruntime_build, "preload_nvidia_libraries", lambda: order.append("preload")
+    )
+
+    def session(*args: object, **kwargs: object) -> None:
+        order.append("session")
+        raise RuntimeError("CUDA driver version is insufficient")
+
+    monkeypatch.setattr(predictor.ort, "InferenceSession", session)
+    assert predictor.probe_provider("CUDAExecutionProvider") == (
+        "CUDA driver version is insufficient"
+    )
+    assert order == ["preload", "session"]

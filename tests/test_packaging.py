@@ -65,6 +65,8 @@ def test_the_gui_stack_is_no_hard_dependency_and_comes_with_the_extras() -> None
     assert any(r.startswith("napari[all]") for r in extras["all"])
     assert "pyqt6" in {_requirement_name(r) for r in extras["dev"]}  # CI's widget tests
     assert {_requirement_name(r) for r in extras["gpu"]} == {"onnxruntime-gpu"}
+    # CUDA/cuDNN as NVIDIA's wheels, which the engine preloads (preload_nvidia_libraries)
+    assert [r.split(">=")[0] for r in extras["gpu-cuda"]] == ["onnxruntime-gpu[cuda,cudnn]"]
 
 
 def test_one_version_source_and_the_licence() -> None:

@@ -7,12 +7,21 @@
 ones on disk. pip cannot express "one or the other", so whichever of the two it installs last
 wins, and a later ``pip install`` that reinstalls the CPU distribution silently puts the CPU
 files back. This module notices that (``onnxruntime-gpu`` installed, CUDA not offered) and
-says the exact command that restores the GPU build; ``virtual-st runtime`` prints the report.
+says the exact command that restores the GPU build; ``virtual-st runtime`` prints the report,
+including whether each GPU provider really runs here and, when not, why.
+
+CUDA and cuDNN themselves come either from the system (a CUDA toolkit on the loader's path) or
+from NVIDIA's pip wheels (``nvidia-*``, the ``gpu-cuda`` extra: ``onnxruntime-gpu[cuda,cudnn]``).
+The loader does not look inside those wheels, so :func:`preload_nvidia_libraries` loads them
+(ONNX Runtime's own ``preload_dlls``) before a GPU provider is first tried.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import importlib.util
+import io
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +49,52 @@ def available_providers() -> list[str]:
     import onnxruntime
 
     return list(onnxruntime.get_available_providers())
+
+
+_PRELOADED: list[str | None] = []
+
+
+def nvidia_wheels_installed() -> bool:
+    """Whether NVIDIA's CUDA/cuDNN pip wheels (the ``nvidia`` namespace package) are installed."""
+    try:
+        return importlib.util.find_spec("nvidia") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def preload_nvidia_libraries() -> str | None:
+    """Load CUDA and cuDNN from NVIDIA's pip wheels, once per process, before a GPU provider runs.
+
+    Does nothing (returns ``None``) without those wheels, or with an ONNX Runtime that cannot
+    preload (older than 1.21, or the CPU build): the system's libraries are then found by the
+    loader as before. ONNX Runtime's ``preload_dlls`` prints what fails to load; that text is
+    kept (returned) instead of reaching the terminal, so a machine without CUDA stays quiet.
+
+    Returns
+    -------
+    str or None
+        What the preload said (empty when all loaded), or ``None`` when it was not attempted.
+    """
+    if _PRELOADED:
+        return _PRELOADED[0]
+    said: str | None = None
+    import onnxruntime
+
+    preload = getattr(onnxruntime, "preload_dlls", None)
+    if (
+        preload is not None
+        and CUDA_PROVIDER in available_providers()
+        and nvidia_wheels_installed()
+    ):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            try:
+                preload(directory="")  # "": the nvidia wheels first, then the loader's paths
+            except Exception as exc:  # a broken wheel must not stop the CPU fallback
+                print(f"preload failed: {exc}")
+        said = out.getvalue().strip()
+    _PRELOADED.append(said)
+    return said
 
 
 def nvidia_gpu_present() -> bool:
@@ -116,6 +171,8 @@ class RuntimeReport:
     builds: dict[str, str]
     providers: list[str]
     advice: str | None
+    #: GPU provider → ``None`` when it runs here, else why not (one line).
+    gpu_status: dict[str, str | None] | None = None
 
     def text(self) -> str:
         """The report as lines for a terminal."""
@@ -124,13 +181,20 @@ class RuntimeReport:
             f"ONNX Runtime: {builds or 'not installed'}",
             f"providers:    {', '.join(self.providers) or 'none'}",
         ]
+        for name, problem in (self.gpu_status or {}).items():
+            state = "runs here" if problem is None else f"does not run here: {problem}"
+            lines.append(f"{name}: {state}")
         if self.advice:
             lines.append(f"to do:        {self.advice}")
         elif CUDA_PROVIDER in self.providers:
-            lines.append(
-                "GPU build in place: CUDA (and TensorRT where offered) run when their NVIDIA "
-                "libraries load, else the CPU does"
-            )
+            if any(problem is None for problem in (self.gpu_status or {}).values()):
+                lines.append("GPU build in place: predictions run on the GPU")
+            else:
+                lines.append(
+                    "GPU build in place, but no GPU provider runs: the CPU does. CUDA and "
+                    "cuDNN must be on the loader's path, or installed as pip wheels: "
+                    'pip install "napari-virtual-st[gpu-cuda]"'
+                )
         else:
             lines.append(f"CPU build; for an NVIDIA GPU run: {install_gpu_command(self.builds)}")
         return "\n".join(lines)
@@ -138,6 +202,9 @@ class RuntimeReport:
 
 def describe_runtime() -> RuntimeReport:
     """The installed ONNX Runtime builds, their providers, and advice (``virtual-st runtime``)."""
+    from napari_virtual_st.predictor import GPU_PROVIDERS, probe_provider
+
     builds = installed_builds()
     providers = available_providers()
-    return RuntimeReport(builds, providers, gpu_advice(builds, providers))
+    status = {name: probe_provider(name) for name in providers if name in GPU_PROVIDERS}
+    return RuntimeReport(builds, providers, gpu_advice(builds, providers), status)

@@ -130,6 +130,10 @@ def probe_provider(name: str) -> str | None:
     if name not in ort.get_available_providers():
         _PROBED[name] = "not in this onnxruntime build"
         return _PROBED[name]
+    if name in GPU_PROVIDERS:
+        from napari_virtual_st.onnxruntime_build import preload_nvidia_libraries
+
+        preload_nvidia_libraries()  # CUDA/cuDNN from NVIDIA's pip wheels, where installed
     options = ort.SessionOptions()
     options.log_severity_level = 4
     problem: str | None = None

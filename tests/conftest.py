@@ -26,6 +26,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     collected after their QApplication, and native thread pools of ONNX Runtime/torch) has
     been seen to crash (SIGSEGV) after all tests passed and the summary was printed, which
     would turn a green run red. Every result is reported by then, so skip that teardown.
+    What users meet (one viewer, a run, the viewer closed, a normal exit) is checked without
+    this shortcut by ``test_napari_exit.py``.
     """
     if _EXIT_STATUS and os.environ.get("VST_PYTEST_NORMAL_EXIT") != "1":
         sys.stdout.flush()

@@ -107,6 +107,10 @@ def make_method(name: str) -> Any:
             "nsl_light_relu_ridgehead": NSLSettings(pool_light=True, head="ridge"),
         }
         return NSLMethod(variants[name])
+    if name.endswith("_aux250"):  # issue 19 item 4: Auxiliary Gene Learning, 250 extra genes
+        from models.workshop.auxiliary import AuxiliaryGenes
+
+        return AuxiliaryGenes(make_method(name.removesuffix("_aux250")), 250)
     if name.startswith("stem"):
         from models.stem.train import StemMethod, StemSettings
 

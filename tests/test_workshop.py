@@ -230,3 +230,26 @@ def test_every_shipped_model_records_the_protocol_its_scores_and_the_baselines_t
     assert record["baselines_same_split"] == {"ridge_colour": {"raw": {"PCC-ALL": 0.079}}}
     assert "baselines_same_split" not in held_out_record(held_out, "A1", 346)
     assert json.loads(json.dumps(record)) == record
+
+
+def test_auxiliary_genes_are_the_next_by_mean_and_only_the_panel_is_predicted() -> None:
+    """Auxiliary Gene Learning (issue 19.4): extra targets in training, the panel out; on the
+    colour ridge (no parameter shared between genes) the panel's predictions cannot change."""
+    from models.evaluate import make_method
+    from models.workshop.auxiliary import AuxiliaryGenes, auxiliary_genes
+
+    data = _her2st()
+    sections = data.load_her2st(16, 110.0, names=["C2", "C3", "C4"])
+    train, test = [sections["C2"], sections["C3"]], sections["C4"]
+    genes = data.gene_panel(train, 20)
+    aux = auxiliary_genes(train, genes, 15)
+    assert len(aux) == 15 and not set(aux) & set(genes)
+    assert [*genes, *aux] == data.gene_panel(train, 35)  # ranks 21-35 of the same rule
+    plain = make_method("ridge_colour").fit(train, genes).predict(test.tiles)
+    with_aux = AuxiliaryGenes(make_method("ridge_colour"), 15).fit(train, genes)
+    assert with_aux.auxiliary_ == aux
+    predicted = with_aux.predict(test.tiles)
+    assert predicted.shape == (test.measured.n_spots, 20)
+    np.testing.assert_allclose(predicted, plain, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="n_aux"):
+        AuxiliaryGenes(make_method("ridge_colour"), 0)

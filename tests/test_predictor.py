@@ -459,3 +459,32 @@ def test_an_empty_file_is_refused(tmp_path: Path) -> None:
     path.touch()
     with pytest.raises(ModelError, match=r"empty\.onnx"):
         Predictor(path)
+
+
+# -- I/O binding (the GPU path's batch handling, checked on the CPU device) -------------------
+def test_io_binding_gives_the_same_values_as_session_run(tmp_path: Path) -> None:
+    """The bound path (default on CUDA/TensorRT) computes what ``session.run`` computes, with
+    declared noise inputs and variance; forced on here, where the device is host memory."""
+    path = write_mean_colour_model(tmp_path / "noisy.onnx", with_noise=True, with_variance=True)
+    plain, bound = Predictor(path), Predictor(path, io_binding=True)
+    assert plain.bound_device is None  # off by default on the CPU
+    assert bound.bound_device == "cpu"
+    tiles, spots = random_tiles(7), np.arange(40, 47)
+    a, b = plain.predict(tiles, spot_index=spots), bound.predict(tiles, spot_index=spots)
+    np.testing.assert_array_equal(a.expression, b.expression)
+    assert a.variance is not None and b.variance is not None
+    np.testing.assert_array_equal(a.variance, b.variance)
+    expected = expected_mean_colour(tiles, N_GENES) + expected_noise(spots)
+    np.testing.assert_allclose(b.expression, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_io_binding_is_the_default_on_a_gpu_provider(
+    synthetic_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from napari_virtual_st import predictor as predictor_module
+
+    predictor = Predictor(synthetic_model)
+    monkeypatch.setattr(predictor_module, "_BOUND_DEVICES", {"CPUExecutionProvider": "cuda"})
+    as_if_cuda = Predictor(synthetic_model)  # (the table says the first provider is a GPU's)
+    assert predictor.bound_device is None and as_if_cuda.bound_device == "cuda"
+    assert Predictor(synthetic_model, io_binding=False).bound_device is None

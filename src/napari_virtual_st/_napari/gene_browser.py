@@ -26,8 +26,9 @@ from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari.colour_bar import ColourBar
 from napari_virtual_st._napari.dock import scroll_form, share_height
 from napari_virtual_st._napari.labels import keep_height, set_text
+from napari_virtual_st._napari.views import views_of
 from napari_virtual_st.display import CONTRAST_MODES, clamp_note, target_unit, top_genes
-from napari_virtual_st.store_view import StoreView, lookup_view, on_register
+from napari_virtual_st.store_view import StoreView
 
 if TYPE_CHECKING:
     import napari
@@ -161,7 +162,7 @@ class GeneBrowser(Container):
         napari_viewer.layers.events.removed.connect(self._on_layers_changed)
         napari_viewer.mouse_move_callbacks.append(self._on_mouse_move)
         self.native.destroyed.connect(self._on_destroyed)
-        on_register(self._on_view_registered)
+        views_of(napari_viewer).on_register(self._on_view_registered)
         self._on_layers_changed()
 
     @property
@@ -186,7 +187,7 @@ class GeneBrowser(Container):
     def view(self) -> StoreView | None:
         """The prediction being browsed."""
         key = self.prediction.value
-        return None if key is None else lookup_view(key)
+        return None if key is None else views_of(self._viewer).lookup(key)
 
     def _on_layers_changed(self, event: Any = None) -> None:
         added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
@@ -219,7 +220,10 @@ class GeneBrowser(Container):
         """A run's store now exists (or was re-read): list its genes."""
         if self._closed:
             return
-        if self.prediction.value is not None and lookup_view(self.prediction.value) is view:
+        if (
+            self.prediction.value is not None
+            and views_of(self._viewer).lookup(self.prediction.value) is view
+        ):
             self._on_prediction_changed()
 
     def _on_prediction_changed(self, _value: Any = None) -> None:
@@ -301,7 +305,7 @@ class GeneBrowser(Container):
         """The colour bar's unit, contrast mode, values' range and clamping note."""
         layer = self.colour_bar.layer
         meta = vst_layers.vst_meta(layer) if layer is not None else {}
-        view = lookup_view(meta["store"]) if meta.get("store") else None
+        view = views_of(self._viewer).lookup(meta["store"]) if meta.get("store") else None
         gene = meta.get("gene")
         if view is None or gene not in view.genes:
             set_text(self.legend, "")

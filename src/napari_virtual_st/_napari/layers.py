@@ -23,9 +23,10 @@ from numpy.typing import NDArray
 
 from napari_virtual_st import display
 from napari_virtual_st._napari.layer_views import LayerViews, handing_over, unproxied
+from napari_virtual_st._napari.views import views_of
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.slide import LevelArray, Slide
-from napari_virtual_st.store_view import StoreView, lookup_view
+from napari_virtual_st.store_view import StoreView
 
 if TYPE_CHECKING:
     import napari
@@ -184,7 +185,7 @@ def set_contrast_mode(viewer: napari.Viewer | None, mode: str) -> None:
     for layer in find_layers(viewer):
         meta = vst_meta(layer)
         role, gene = meta.get("role"), meta.get("gene")
-        view = lookup_view(meta.get("store", "")) if meta.get("store") else None
+        view = views_of(viewer).lookup(meta["store"]) if meta.get("store") else None
         if view is None or gene not in view.genes:
             continue
         if role in ("heatmap", "uncertainty"):

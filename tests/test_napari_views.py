@@ -3,6 +3,7 @@ other's predictions, runs or gene switches; a viewer's views go with it."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,14 @@ def store(cmu_small_svs: Path, tmp_path: Path) -> Path:
     for _ in run_events(spec):
         pass
     return spec.store_path
+
+
+class _Listener:
+    def __init__(self) -> None:
+        self.heard: list[StoreView] = []
+
+    def hear(self, view: StoreView) -> None:
+        self.heard.append(view)
 
 
 def _browser(viewer) -> GeneBrowser:
@@ -66,16 +75,20 @@ def test_two_viewers_of_one_store_keep_their_own_values_and_genes(
 
     # a re-run in one viewer (its new view, new values) is not the other's
     before = view_other.expression.copy()
-    told: list[StoreView] = []
-    browser_other._on_view_registered = told.append  # what the other viewer's browser hears
+    heard_one, heard_other = _Listener(), _Listener()
+    views_of(one).on_register(heard_one.hear)
+    views_of(other).on_register(heard_other.hear)
     rerun = StoreView.open(store)
     rerun.update(slice(None), np.zeros_like(rerun.tile_expression))
     views_of(one).register(rerun)
+    assert heard_one.heard == [rerun]
+    assert heard_other.heard == []  # (e.g. the other viewer's Gene browser is not told)
     assert views_of(one).lookup(store) is rerun
+    assert browser_one.view is rerun
     assert views_of(other).lookup(store) is view_other
-    np.testing.assert_array_equal(view_other.expression, before)
-    assert told == []
     assert browser_other.view is view_other
+    np.testing.assert_array_equal(view_other.expression, before)
+    assert not np.array_equal(view_other.expression, rerun.expression)
 
 
 def test_a_viewers_views_go_when_it_closes(make_napari_viewer, store) -> None:
@@ -99,3 +112,16 @@ def test_a_view_read_without_a_viewer_waits_for_one_and_is_bounded(store, tmp_pa
         vst_views.hand_over(copy)
     assert len(vst_views._HANDED_OVER) == vst_views.MAX_HANDED_OVER
     vst_views._HANDED_OVER.clear()
+
+
+def test_panels_given_napari_proxies_of_one_viewer_share_its_views(make_napari_viewer) -> None:
+    from napari.utils._proxies import PublicOnlyProxy
+
+    viewer = make_napari_viewer()
+    # (napari gives each panel docked from its Plugins menu a proxy of its own)
+    first, second = PublicOnlyProxy(viewer), PublicOnlyProxy(viewer)
+    views = views_of(first)
+    assert views_of(second) is views
+    del first, second
+    gc.collect()  # (a proxy going away takes nothing with it)
+    assert views_of(viewer) is views

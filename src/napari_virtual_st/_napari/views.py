@@ -18,6 +18,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from napari_virtual_st._napari.layer_views import unproxied
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.store_view import StoreView, StoreViews
 
@@ -96,6 +97,7 @@ def views_of(viewer: napari.Viewer) -> ViewerViews:
     viewer
         A napari viewer.
     """
+    viewer = unproxied(viewer)  # (each panel docked from napari's menu gets its own proxy)
     views = _REGISTRIES.get(viewer)
     if views is None:
         views = _REGISTRIES[viewer] = ViewerViews(viewer)

@@ -10,6 +10,10 @@ values (what a run's batches carry and the store holds) beside the contextual on
 When a batch lands, only the spots within the kernel's radius of it are recomputed
 (:func:`~napari_virtual_st.context.spots_near`), with the neighbours known so far; once every
 spot is in, the view holds exactly what :meth:`PredictionStore.expression` reads.
+
+:class:`StoreViews` keeps one view per store for one viewer (the plugin gives each napari
+viewer its own, :func:`napari_virtual_st._napari.views.views_of`): there is no process-wide
+registry, so two viewers never share a prediction's values.
 """
 
 from __future__ import annotations

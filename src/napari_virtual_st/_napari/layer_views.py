@@ -103,23 +103,24 @@ def private_factories() -> PrivateFactories | None:
     the layer first (another napari); then the plugin adds layers through napari's public
     API only, and says so once in the log.
     """
-    if not ENABLED:
-        return _fall_back("switched off (layer_views.ENABLED)")
+    why = None if ENABLED else "switched off (layer_views.ENABLED)"
     visual, controls = _factory(_VISUAL_FACTORY), _factory(_CONTROLS_FACTORY)
     for where, found in ((_VISUAL_FACTORY, visual), (_CONTROLS_FACTORY, controls)):
-        if found is None:
-            return _fall_back(f"napari has no {where[0]}.{where[1]}")
-        if not _takes_a_layer(found[1]):
-            return _fall_back(f"napari's {where[0]}.{where[1]} no longer takes a layer first")
-    assert visual is not None and controls is not None
+        if why is None and found is None:
+            why = f"napari has no {where[0]}.{where[1]}"
+        elif why is None and found is not None and not _takes_a_layer(found[1]):
+            why = f"napari's {where[0]}.{where[1]} no longer takes a layer first"
+    if why is not None or visual is None or controls is None:
+        _log_fall_back(why or "")
+        return None
     return PrivateFactories(visual, controls)
 
 
-def _fall_back(why: str) -> None:
+def _log_fall_back(why: str) -> None:
+    """Say once in the log why layers are added by napari's public API only."""
     if not _FALLBACK_LOGGED[0]:
         _FALLBACK_LOGGED[0] = True
         _log.info("layer views are left to napari (public API only): %s", why)
-    return None
 
 
 def _qt_viewer(viewer: napari.Viewer) -> Any:

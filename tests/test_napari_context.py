@@ -9,9 +9,9 @@ import numpy as np
 
 from napari_virtual_st._napari.gene_browser import GeneBrowser
 from napari_virtual_st._napari.layers import find_layers, vst_meta
+from napari_virtual_st._napari.views import views_of
 from napari_virtual_st.context import SpotContext
 from napari_virtual_st.store import PredictionStore
-from napari_virtual_st.store_view import get_view
 from synthetic_models import write_mean_colour_model
 
 PLUGIN = "napari-virtual-st"
@@ -58,7 +58,7 @@ def test_a_contextual_run_fills_its_heatmap_progressively_with_contextual_values
     np.testing.assert_array_equal(shown, np.unique(contextual))
     counts = [c for c in drawn if c]
     assert len(counts) >= 2 and counts[0] < counts[-1]  # drawn while the run went on
-    view = get_view(store.path)
+    view = views_of(viewer).get(store.path)
     np.testing.assert_array_equal(view.expression, store.expression())
 
     browser = GeneBrowser(viewer)

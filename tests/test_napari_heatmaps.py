@@ -14,9 +14,9 @@ import pytest
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari.gene_browser import TOP_K, GeneBrowser
 from napari_virtual_st._napari.layers import find_layers, vst_meta
+from napari_virtual_st._napari.views import views_of
 from napari_virtual_st.display import short_model_name
 from napari_virtual_st.run import RunSpec, run_events
-from napari_virtual_st.store_view import get_view
 
 PLUGIN = "napari-virtual-st"
 
@@ -56,7 +56,7 @@ def test_clicking_genes_switches_one_heatmap_layer_and_ctrl_adds_one(
     store = two_stores[0]
     viewer.open(store, plugin=PLUGIN)
     browser = _browser(viewer)
-    view = get_view(store)
+    view = views_of(viewer).get(store)
     (layer,) = find_layers(viewer, store, "heatmap")
     for gene in ("SYNTH1", "SYNTH7", "SYNTH3"):
         browser.show_genes([gene])  # a click: the same layer shows the gene
@@ -115,7 +115,7 @@ def test_colour_bar_legend_contrast_modes_and_clamped_values(
     store = two_stores[0]
     viewer.open(store, plugin=PLUGIN)
     browser = _browser(viewer)
-    view = get_view(store)
+    view = views_of(viewer).get(store)
     # a model whose target is log1p, with a few impossible (negative) values
     view.model = dataclasses.replace(view.model, target="log1p_cp10k")
     view.expression[:, 1] = np.abs(view.expression[:, 1])
@@ -154,7 +154,7 @@ def test_the_spots_status_bar_lists_the_shown_gene_not_every_gene(
     store = two_stores[0]
     viewer.open(store, plugin=PLUGIN)
     browser = _browser(viewer)
-    view = get_view(store)
+    view = views_of(viewer).get(store)
     (spots,) = find_layers(viewer, store, "spots")
     browser.colour_spots_by("SYNTH6")
     assert list(spots.features.columns) == ["spot", "SYNTH6"]

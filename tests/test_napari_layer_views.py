@@ -168,3 +168,64 @@ def test_where_napari_factories_fail_beforehand_napari_makes_the_views_while_add
     add_layer(viewer, layer, views=views)
     qt_viewer = viewer.window._qt_viewer
     assert layer in qt_viewer.canvas.layer_to_visual and layer in qt_viewer.controls.widgets
+
+
+@pytest.fixture
+def _fallback_unlogged(monkeypatch):
+    """Each test sees the fall-back's first log line."""
+    monkeypatch.setattr(layer_views, "_FALLBACK_LOGGED", [False])
+
+
+def test_the_pinned_napari_has_the_private_factories_the_switch_uses() -> None:
+    factories = layer_views.private_factories()
+    assert factories is not None
+    assert factories.visual[1].__name__ == "create_vispy_layer"
+    assert factories.controls[1].__name__ == "create_qt_layer_controls"
+
+
+@pytest.mark.usefixtures("_fallback_unlogged")
+@pytest.mark.parametrize(
+    ("attr", "where", "why"),
+    [
+        ("_VISUAL_FACTORY", ("napari._qt.qt_viewer", "create_vispy_layer_gone"), "has no"),
+        ("_CONTROLS_FACTORY", ("napari._qt.no_such_module", "create_qt_layer_controls"), "has no"),
+        ("_CONTROLS_FACTORY", ("time", "time"), "no longer takes a layer first"),
+    ],
+)
+def test_without_napari_private_factories_layers_are_added_by_public_api_logged_once(
+    make_napari_viewer, monkeypatch, caplog, attr, where, why
+) -> None:
+    monkeypatch.setattr(layer_views, attr, where)  # (another napari: renamed, moved, changed)
+    viewer = make_napari_viewer()
+    qt_viewer = viewer.window._qt_viewer
+    with caplog.at_level("INFO", logger=layer_views.__name__):
+        assert layer_views.private_factories() is None
+        layers = [_heatmap("first"), _heatmap("second")]
+        for layer in layers:
+            views = LayerViews(viewer, layer)
+            views.make_visual()
+            views.make_controls()
+            assert views.visual is None and views.controls is None
+            add_layer(viewer, layer, views=views)
+    for layer in layers:  # napari made the views itself, through the public add
+        assert layer in viewer.layers
+        assert layer in qt_viewer.canvas.layer_to_visual and layer in qt_viewer.controls.widgets
+    messages = [r.getMessage() for r in caplog.records if r.name == layer_views.__name__]
+    assert len(messages) == 1 and why in messages[0]  # said once, with the reason
+
+
+@pytest.mark.usefixtures("_fallback_unlogged")
+def test_the_switch_turns_the_private_factories_off(make_napari_viewer, monkeypatch) -> None:
+    from napari._qt import qt_viewer as qt_viewer_module
+
+    monkeypatch.setattr(layer_views, "ENABLED", False)
+    viewer = make_napari_viewer()
+    original = qt_viewer_module.create_vispy_layer
+    layer = _heatmap("public")
+    views = LayerViews(viewer, layer)
+    views.make_visual()
+    assert views.visual is None
+    with handing_over(views):
+        assert qt_viewer_module.create_vispy_layer is original  # (never replaced)
+        viewer.add_layer(layer)
+    assert layer in viewer.window._qt_viewer.canvas.layer_to_visual

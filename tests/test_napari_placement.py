@@ -10,10 +10,10 @@ import pytest
 
 from napari_virtual_st import Predictor, Slide, predict_slide
 from napari_virtual_st._napari.layers import find_layers, vst_meta
+from napari_virtual_st._napari.views import views_of
 from napari_virtual_st.frames import xy_level0_px_to_yx_um
 from napari_virtual_st.pipeline import build_grid
 from napari_virtual_st.store import PredictionStore
-from napari_virtual_st.store_view import get_view
 
 PLUGIN = "napari-virtual-st"
 
@@ -101,7 +101,7 @@ def test_drawn_pixels_of_a_spot_lie_on_its_slide_position(
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(900, 700)
     viewer.open(stores["visium"], plugin=PLUGIN)
-    view = get_view(stores["visium"])
+    view = views_of(viewer).get(stores["visium"])
     (heatmap,) = find_layers(viewer, view.path, "heatmap")
     (spots,) = find_layers(viewer, view.path, "spots")
     for layer in viewer.layers:
@@ -145,7 +145,7 @@ def test_reopening_a_store_shows_its_layers_at_once(
     store = PredictionStore.open(stores["visium"])
     slide, heatmap, uncertainty, spots = layers
     gene = vst_meta(heatmap)["gene"]
-    view = get_view(stores["visium"])
+    view = views_of(viewer).get(stores["visium"])
     assert gene == view.most_variable_gene()
     finite = heatmap.data[np.isfinite(heatmap.data)]
     np.testing.assert_array_equal(np.sort(np.unique(finite)), np.unique(store.gene_values(gene)))

@@ -17,10 +17,10 @@ from napari_virtual_st._napari.layer_views import LayerViews
 from napari_virtual_st._napari.layers import find_layers, set_canvas_colour_bars, vst_meta
 from napari_virtual_st._napari.predict_widget import PredictWidget
 from napari_virtual_st._napari.run_layers import RunLayers
+from napari_virtual_st._napari.views import views_of
 from napari_virtual_st.registry import default_model
 from napari_virtual_st.run import BatchEvent
 from napari_virtual_st.store import PredictionStore
-from napari_virtual_st.store_view import get_view
 
 PLUGIN = "napari-virtual-st"
 RUN_TIMEOUT_MS = 120_000
@@ -37,7 +37,7 @@ def _browse(viewer, store: Path) -> tuple[GeneBrowser, object]:
     viewer.open(store, plugin=PLUGIN)
     browser = GeneBrowser(viewer)
     viewer.window.add_dock_widget(browser, name="Gene browser")
-    return browser, get_view(store)
+    return browser, views_of(viewer).get(store)
 
 
 def _run(widget: PredictWidget, qtbot) -> None:

@@ -17,10 +17,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari_virtual_st._version import __version__
 from napari_virtual_st.errors import CancelledError, VirtualSTError
+
+if TYPE_CHECKING:  # (the commands import what they use when they run: --help stays quick)
+    from napari_virtual_st.cohort import CohortProgress, SlideResult
+    from napari_virtual_st.run import RunEvent
+    from napari_virtual_st.store import PredictionStore
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
@@ -420,15 +425,7 @@ def _cmd_runtime(args: argparse.Namespace) -> int:
 def _cmd_cohort(args: argparse.Namespace) -> int:
     import time
 
-    from tqdm import tqdm
-
-    from napari_virtual_st.cohort import (
-        SUMMARY_NAME,
-        CohortProgress,
-        find_slides,
-        read_slide_list,
-        run_cohort,
-    )
+    from napari_virtual_st.cohort import find_slides, read_slide_list, run_cohort
     from napari_virtual_st.errors import ParameterError
 
     if bool(args.slides) == (args.list is not None):
@@ -438,25 +435,7 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
     slides = read_slide_list(args.list) if args.list is not None else find_slides(args.slides)
     where = args.scheduler or "a local Dask cluster"
     print(f"{len(slides)} slides → {args.out}, on {where}", file=sys.stderr)
-    bars: list[Any] = []  # created at the first report, once the model and cluster are up
-
-    def report(p: CohortProgress) -> None:
-        if not bars:
-            options: dict[str, Any] = {
-                "disable": args.quiet,
-                "file": sys.stderr,
-                "dynamic_ncols": True,
-            }
-            bars.append(tqdm(total=p.slides_total, unit="slide", position=0, **options))
-            bars.append(tqdm(total=0, unit="spot", position=1, **options))
-        slide_bar, spot_bar = bars
-        slide_bar.n = p.slides_done
-        slide_bar.set_postfix(failed=p.failed, refresh=False)
-        slide_bar.refresh()
-        spot_bar.total = p.spots_total
-        spot_bar.n = p.spots_done
-        spot_bar.refresh()
-
+    report = _CohortBars(quiet=args.quiet)
     start = time.perf_counter()
     with _CtrlC() as ctrl_c:
         try:
@@ -481,9 +460,46 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
                 should_cancel=ctrl_c.requested.is_set,
             )
         finally:
-            for bar in reversed(bars):
-                bar.close()
-    elapsed = time.perf_counter() - start
+            report.close()
+    return _cohort_summary(results, time.perf_counter() - start, args.out)
+
+
+class _CohortBars:
+    """The cohort's progress bars on stderr (slides, spots), made at the first report, once
+    the model and the cluster are up."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self._quiet = quiet
+        self._bars: list[Any] = []
+
+    def __call__(self, p: CohortProgress) -> None:
+        from tqdm import tqdm
+
+        if not self._bars:
+            options: dict[str, Any] = {
+                "disable": self._quiet,
+                "file": sys.stderr,
+                "dynamic_ncols": True,
+            }
+            self._bars.append(tqdm(total=p.slides_total, unit="slide", position=0, **options))
+            self._bars.append(tqdm(total=0, unit="spot", position=1, **options))
+        slide_bar, spot_bar = self._bars
+        slide_bar.n = p.slides_done
+        slide_bar.set_postfix(failed=p.failed, refresh=False)
+        slide_bar.refresh()
+        spot_bar.total = p.spots_total
+        spot_bar.n = p.spots_done
+        spot_bar.refresh()
+
+    def close(self) -> None:
+        for bar in reversed(self._bars):
+            bar.close()
+
+
+def _cohort_summary(results: Sequence[SlideResult], elapsed: float, out: Path) -> int:
+    """Print what a cohort run did; its exit status (cancelled, any failed, or 0)."""
+    from napari_virtual_st.cohort import SUMMARY_NAME
+
     counts = {
         s: sum(r.status == s for r in results) for s in dict.fromkeys(r.status for r in results)
     }
@@ -497,7 +513,7 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
         + ", ".join(f"{n} {status}" for status, n in counts.items())
         + f"; {spots_new} spots predicted ({per_hour:.0f} slides/hour)"
     )
-    print(f"stores in {args.out}; summary: {args.out / SUMMARY_NAME}")
+    print(f"stores in {out}; summary: {out / SUMMARY_NAME}")
     if counts.get("cancelled"):
         print("virtual-st: cancelled; run the same command again to resume", file=sys.stderr)
         return EXIT_CANCELLED
@@ -530,11 +546,9 @@ class _CtrlC:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from napari_virtual_st.onnxruntime_build import gpu_advice
     from napari_virtual_st.registry import default_model, resolve_model
-    from napari_virtual_st.run import BatchEvent, RunEvent, RunSpec, StoreReadyEvent, run
+    from napari_virtual_st.run import RunSpec, run
     from napari_virtual_st.run.engine import open_slide, prepare_model
 
     providers = None if args.providers is None else tuple(args.providers)
@@ -574,31 +588,51 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         + ("" if args.precision == "fp32" else f" ({choice.reason})"),
         file=sys.stderr,
     )
-    bars: list[Any] = []  # created when the store is ready, after its checks passed
-
-    def report(event: RunEvent) -> None:
-        if isinstance(event, StoreReadyEvent):
-            total = event.progress.spots_total
-            print(f"{total} {spec.grid_name} spots on tissue", file=sys.stderr)
-            bars.append(
-                tqdm(
-                    total=total,
-                    unit="spot",
-                    disable=args.quiet,
-                    file=sys.stderr,
-                    dynamic_ncols=True,
-                )
-            )
-        if isinstance(event, StoreReadyEvent | BatchEvent):
-            bars[0].n = event.progress.spots_done
-            bars[0].refresh()
-
+    report = _SpotBar(spec.grid_name, quiet=args.quiet)
     with _CtrlC() as ctrl_c:
         try:
             store = run(spec, report, ctrl_c.requested.is_set)
         finally:
-            for bar in bars:
-                bar.close()
+            report.close()
+    _print_run_summary(store, spec.store_path)
+    return 0
+
+
+class _SpotBar:
+    """A prediction's progress bar on stderr, made when the store is ready (after its
+    checks passed)."""
+
+    def __init__(self, grid_name: str, *, quiet: bool) -> None:
+        self._grid_name = grid_name
+        self._quiet = quiet
+        self._bar: Any = None
+
+    def __call__(self, event: RunEvent) -> None:
+        from tqdm import tqdm
+
+        from napari_virtual_st.run import BatchEvent, StoreReadyEvent
+
+        if isinstance(event, StoreReadyEvent):
+            total = event.progress.spots_total
+            print(f"{total} {self._grid_name} spots on tissue", file=sys.stderr)
+            self._bar = tqdm(
+                total=total,
+                unit="spot",
+                disable=self._quiet,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+        if isinstance(event, StoreReadyEvent | BatchEvent) and self._bar is not None:
+            self._bar.n = event.progress.spots_done
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _print_run_summary(store: PredictionStore, store_path: Path) -> None:
+    """What a finished prediction wrote (and repaired), and how fast."""
     if store.attrs.get("repaired_spots"):
         print(
             f"repaired: {store.attrs['repaired_spots']} spots whose saved values were missing "
@@ -608,8 +642,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     seconds = store.attrs.get("last_run_seconds")
     rate = store.attrs.get("last_run_tiles_per_s")
     timing = f" in {seconds:.1f} s ({rate:.0f} tiles/s)" if seconds else ""
-    print(f"{store.n_spots} spots × {len(store.genes)} genes written to {spec.store_path}{timing}")
-    return 0
+    print(f"{store.n_spots} spots × {len(store.genes)} genes written to {store_path}{timing}")
 
 
 def _add_measured_arguments(

@@ -366,60 +366,18 @@ def quantize_int8(
     ModelError
         If the model has nothing worth quantising (no convolution or matrix product).
     """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    reference = Predictor(fp32_path, providers=["cpu"])
-    info = reference.info
-    tiles = np.ascontiguousarray(calibration_tiles)
-    if (
-        tiles.dtype != np.uint8
-        or tiles.ndim != 4
-        or tiles.shape[1:] != (info.tile_px, info.tile_px, 3)
-    ):
-        raise ParameterError(
-            f"calibration tiles must be uint8 (n, {info.tile_px}, {info.tile_px}, 3); got "
-            f"{tiles.dtype} {tiles.shape}"
-        )
-    source = fold_weight_casts(onnx.load(str(fp32_path)))
-    for index, node in enumerate(source.graph.node):  # exclusions go by name: none unnamed
-        if not node.name:
-            node.name = f"vst_{node.op_type}_{index}"
-    if not any(n.op_type in QUANTISED_OPS for n in source.graph.node):
-        raise ModelError(
-            f"{fp32_path.name} has no convolution or matrix product to quantise: int8 would "
-            "not make it faster"
-        )
-    keep_float = list(sensitive_nodes(source) if exclude is None else exclude)
+    info = Predictor(fp32_path, providers=["cpu"]).info
+    tiles = _calibration_tiles(calibration_tiles, info.tile_px)
+    source = _quantisable_source(fp32_path)
     heavy = [n.name for n in source.graph.node if n.op_type in QUANTISED_OPS]
+    keep_float = list(sensitive_nodes(source) if exclude is None else exclude)
     keep_float += heavy[:float_leading]
     if float_depthwise:
         keep_float += [n.name for n in source.graph.node if _is_depthwise(n)]
-    extras = info.extra_inputs
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            step = min(16, len(tiles))  # equal batches: histogram calibrators need them
-            self._starts = iter(range(0, len(tiles) - step + 1, step))
-            self._step = step
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            start = next(self._starts, None)
-            if start is None:
-                return None
-            batch = tiles[start : start + self._step]
-            ids = np.arange(start, start + len(batch))
-            feeds = {"image": batch}
-            feeds.update({k: extra_input_values(s, ids) for k, s in extras.items()})
-            return feeds
-
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "percentile": CalibrationMethod.Percentile,
@@ -435,7 +393,7 @@ def quantize_int8(
         quantize_static(
             str(pre),
             str(raw),
-            _Reader(),
+            _calibration_reader(tiles, info.extra_inputs),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(QUANTISED_OPS),
             per_channel=per_channel,
@@ -450,31 +408,87 @@ def quantize_int8(
             },
         )
         model = onnx.load(str(raw))
-        meta = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
-        meta["vst.name"] = f"{meta.get('vst.name', fp32_path.stem)} (int8)"
-        meta[META_PRECISION] = "int8"
-        meta[META_INT8_OF] = info.sha256
-        meta[META_RECIPE] = json.dumps(
-            {
-                "recipe": RECIPE,
-                "float_nodes": len(set(keep_float)),
-                "quantised_nodes": len(set(heavy) - set(keep_float)),
-                "float_leading": float_leading,
-                "calibrate": calibrate,
-                "calibration_tiles": len(tiles),
-                "symmetric_activations": symmetric_activations,
-                "unsigned_activations": unsigned_activations,
-                "per_channel": per_channel,
-                "custom_exclude": exclude is not None,
-            }
-        )
-        meta.pop(META_GATE, None)
+        recipe_used = {
+            "recipe": RECIPE,
+            "float_nodes": len(set(keep_float)),
+            "quantised_nodes": len(set(heavy) - set(keep_float)),
+            "float_leading": float_leading,
+            "calibrate": calibrate,
+            "calibration_tiles": len(tiles),
+            "symmetric_activations": symmetric_activations,
+            "unsigned_activations": unsigned_activations,
+            "per_channel": per_channel,
+            "custom_exclude": exclude is not None,
+        }
         del model.metadata_props[:]
-        attach_metadata(model, meta)
+        attach_metadata(model, _int8_metadata(fp32_path, info.sha256, recipe_used))
         candidate = save_model(model, Path(tmp) / out_path.name)
         Predictor(candidate, providers=["cpu"])  # still a valid contract model
         os.replace(candidate, out_path)
     return out_path
+
+
+def _calibration_tiles(calibration_tiles: NDArray[np.uint8], tile_px: int) -> NDArray[np.uint8]:
+    """The calibration tiles, contiguous; raises unless ``(n, tile_px, tile_px, 3)`` uint8."""
+    tiles = np.ascontiguousarray(calibration_tiles)
+    if tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[1:] != (tile_px, tile_px, 3):
+        raise ParameterError(
+            f"calibration tiles must be uint8 (n, {tile_px}, {tile_px}, 3); got "
+            f"{tiles.dtype} {tiles.shape}"
+        )
+    return tiles
+
+
+def _quantisable_source(fp32_path: Path) -> onnx.ModelProto:
+    """The float model as quantisation starts from it: weight casts folded, every node
+    named (exclusions go by name); raises when nothing in it is worth quantising."""
+    source = fold_weight_casts(onnx.load(str(fp32_path)))
+    for index, node in enumerate(source.graph.node):
+        if not node.name:
+            node.name = f"vst_{node.op_type}_{index}"
+    if not any(n.op_type in QUANTISED_OPS for n in source.graph.node):
+        raise ModelError(
+            f"{fp32_path.name} has no convolution or matrix product to quantise: int8 would "
+            "not make it faster"
+        )
+    return source
+
+
+def _calibration_reader(tiles: NDArray[np.uint8], extras: Mapping[str, Any]) -> Any:
+    """onnxruntime's calibration feed: the tiles in equal batches (histogram calibrators
+    need them), with the extra inputs (a sampler's noise) fed as the engine feeds them."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            step = min(16, len(tiles))
+            self._starts = iter(range(0, len(tiles) - step + 1, step))
+            self._step = step
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            start = next(self._starts, None)
+            if start is None:
+                return None
+            batch = tiles[start : start + self._step]
+            ids = np.arange(start, start + len(batch))
+            feeds = {"image": batch}
+            feeds.update({k: extra_input_values(s, ids) for k, s in extras.items()})
+            return feeds
+
+    return _Reader()
+
+
+def _int8_metadata(
+    fp32_path: Path, fp32_sha256: str, recipe_used: dict[str, Any]
+) -> dict[str, str]:
+    """The float model's metadata, marked as its int8 variant (its gate is not copied)."""
+    meta = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
+    meta["vst.name"] = f"{meta.get('vst.name', fp32_path.stem)} (int8)"
+    meta[META_PRECISION] = "int8"
+    meta[META_INT8_OF] = fp32_sha256
+    meta[META_RECIPE] = json.dumps(recipe_used)
+    meta.pop(META_GATE, None)
+    return meta
 
 
 def record_gate(int8_path: str | Path, gate: PrecisionGate) -> Path:

@@ -16,10 +16,14 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 from PIL import Image
+
+if TYPE_CHECKING:
+    import dask.array
 
 from napari_virtual_st._backends import (
     SlideBackend,
@@ -303,6 +307,16 @@ class Slide:
     def level_arrays(self) -> list[LevelArray]:
         """Lazy arrays of every level, finest first (a napari multiscale image)."""
         return [self.level_array(level) for level in range(self.level_count)]
+
+    def pyramid(self, max_coarsest_px: int | None = None) -> list[dask.array.Array]:
+        """The slide as a viewer draws it: lazy dask arrays of every level, finest first,
+        chunked like its tiles, plus computed coarser levels where its own pyramid stops
+        above ``max_coarsest_px`` (default :data:`~napari_virtual_st.pyramid.MAX_COARSEST_PX`);
+        see :func:`~napari_virtual_st.pyramid.lazy_pyramid`. Nothing is read until indexed.
+        """
+        from napari_virtual_st.pyramid import MAX_COARSEST_PX, lazy_pyramid
+
+        return lazy_pyramid(self, MAX_COARSEST_PX if max_coarsest_px is None else max_coarsest_px)
 
     # -- identity ---------------------------------------------------------------------------
     @property

@@ -10,6 +10,10 @@ values (what a run's batches carry and the store holds) beside the contextual on
 When a batch lands, only the spots within the kernel's radius of it are recomputed
 (:func:`~napari_virtual_st.context.spots_near`), with the neighbours known so far; once every
 spot is in, the view holds exactly what :meth:`PredictionStore.expression` reads.
+
+:class:`StoreViews` keeps one view per store for one viewer (the plugin gives each napari
+viewer its own, :func:`napari_virtual_st._napari.views.views_of`): there is no process-wide
+registry, so two viewers never share a prediction's values.
 """
 
 from __future__ import annotations
@@ -313,47 +317,56 @@ class StoreView:
         return table
 
 
-#: Views of the stores shown in this session, by resolved path (GUI thread only).
-_VIEWS: dict[str, StoreView] = {}
-#: Called with each newly registered view (weakly held bound methods).
-_LISTENERS: list[weakref.WeakMethod[Callable[[StoreView], None]]] = []
+class StoreViews:
+    """The views of the stores one viewer shows, by resolved path (GUI thread only).
 
+    One registry belongs to one viewer (the plugin makes it on first use and drops it with
+    the viewer, see :func:`napari_virtual_st._napari.views.views_of`), so two viewers in one
+    process never see each other's predictions: a run or a store opened in one registers its
+    view there only.
+    """
 
-def register_view(view: StoreView) -> StoreView:
-    """Make ``view`` the one shown for its store (replacing an older one) and tell the
-    listeners (e.g. an open Gene browser)."""
-    _VIEWS[_key(view.path)] = view
-    for ref in list(_LISTENERS):
-        callback = ref()
-        if callback is None:
-            _LISTENERS.remove(ref)
-        else:
-            callback(view)
-    return view
+    def __init__(self) -> None:
+        self._views: dict[str, StoreView] = {}
+        self._listeners: list[weakref.WeakMethod[Callable[[StoreView], None]]] = []
 
+    def __len__(self) -> int:
+        return len(self._views)
 
-def on_register(callback: Callable[[StoreView], None]) -> None:
-    """Call the bound method ``callback`` with every view registered from now on (held
-    weakly: it stops when its object goes away)."""
-    _LISTENERS.append(weakref.WeakMethod(callback))
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str | Path) and _key(path) in self._views
 
+    def register(self, view: StoreView) -> StoreView:
+        """Make ``view`` the one shown for its store (replacing an older one) and tell the
+        listeners (e.g. an open Gene browser)."""
+        self._views[_key(view.path)] = view
+        for ref in list(self._listeners):
+            callback = ref()
+            if callback is None:
+                self._listeners.remove(ref)
+            else:
+                callback(view)
+        return view
 
-def lookup_view(path: str | Path) -> StoreView | None:
-    """The registered view of a store, or ``None`` (never reads the disk)."""
-    return _VIEWS.get(_key(path))
+    def on_register(self, callback: Callable[[StoreView], None]) -> None:
+        """Call the bound method ``callback`` with every view registered from now on (held
+        weakly: it stops when its object goes away)."""
+        self._listeners.append(weakref.WeakMethod(callback))
 
+    def lookup(self, path: str | Path) -> StoreView | None:
+        """The registered view of a store, or ``None`` (never reads the disk)."""
+        return self._views.get(_key(path))
 
-def get_view(path: str | Path) -> StoreView:
-    """The registered view of a store, reading the store if it has none yet."""
-    view = lookup_view(path)
-    if view is None:
-        view = register_view(StoreView.open(path))
-    return view
+    def get(self, path: str | Path) -> StoreView:
+        """The registered view of a store, reading the store if it has none yet."""
+        view = self.lookup(path)
+        if view is None:
+            view = self.register(StoreView.open(path))
+        return view
 
-
-def forget_view(path: str | Path) -> None:
-    """Drop the registered view of a store (e.g. before it is overwritten)."""
-    _VIEWS.pop(_key(path), None)
+    def forget(self, path: str | Path) -> None:
+        """Drop the registered view of a store (e.g. before it is overwritten)."""
+        self._views.pop(_key(path), None)
 
 
 def _key(path: str | Path) -> str:

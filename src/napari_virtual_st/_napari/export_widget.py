@@ -13,7 +13,6 @@ button; files appear under their names only when complete.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -39,6 +38,11 @@ from napari.utils.notifications import show_error, show_info
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari import notify
 from napari_virtual_st._napari.dock import scroll_form
+from napari_virtual_st._napari.export_outputs import (
+    SuggestedPaths,
+    done_texts,
+    output_path,
+)
 from napari_virtual_st._napari.predict_widget import file_edit_path
 from napari_virtual_st._napari.shapes_regions import regions_from_layers, shapes_layer_data
 from napari_virtual_st.errors import VirtualSTError
@@ -91,20 +95,6 @@ def run_export(
 
 
 # -- the widget ----------------------------------------------------------------------------------
-def free_path(path: Path) -> Path:
-    """``path`` if no file has that name, else the first free ``<stem>-2<suffix>``,
-    ``<stem>-3<suffix>``, … beside it (``<stem>`` without a ``-<n>`` it ends in)."""
-    if not path.exists():
-        return path
-    suffix = ".vst.zarr" if path.name.endswith(".vst.zarr") else path.suffix
-    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
-    stem = re.sub(r"-\d+$", "", stem)  # (a name this gave before: counted on from its stem)
-    n = 2
-    while (candidate := path.with_name(f"{stem}-{n}{suffix}")).exists():
-        n += 1
-    return candidate
-
-
 class ExportWidget(Container):
     """Export a prediction (all spots, or those inside regions) to ``.h5ad`` and GeoJSON.
 
@@ -120,7 +110,7 @@ class ExportWidget(Container):
         self._opened: list[str] = []
         self._worker: GeneratorWorker | None = None
         self._cancel = threading.Event()
-        self._defaults: dict[str, str] = {}
+        self._suggested = SuggestedPaths()
         self._shown_store: Path | None = None
         #: how the last export ended (``None`` before the first, and while one runs)
         self.last_outcome: ExportOutcome | None = None
@@ -273,26 +263,14 @@ class ExportWidget(Container):
         state = "" if done == store.n_spots else f" ({done:,} predicted so far)"
         self.info.value = f"{store.n_spots:,} spots × {len(store.genes)} genes{state}"
         stem = path.name.removesuffix(".zarr").removesuffix(".vst")
-        self._set_default(self.h5ad_path, path.with_name(f"{stem}.h5ad"))
-        self._set_default(self.geojson_path, path.with_name(f"{stem}_spots.geojson"))
+        self._suggested.suggest(self.h5ad_path, path.with_name(f"{stem}.h5ad"))
+        self._suggested.suggest(self.geojson_path, path.with_name(f"{stem}_spots.geojson"))
         self._update_export_enabled()
 
-    def _set_default(self, field: FileEdit, path: Path) -> None:
-        """Suggest an output path (never an existing file: the next free name), unless the
-        user typed one of their own."""
-        current = str(field.value)
-        key = field.label
-        if current in ("", ".") or current == self._defaults.get(key):
-            field.value = free_path(path)
-            self._defaults[key] = str(field.value)
-
     def _advance_defaults(self) -> None:
-        """Suggested paths that now exist (an export wrote them) move to the next free name,
-        so that a second export never replaces the first."""
-        for field in (self.h5ad_path, self.geojson_path):
-            current = str(field.value)
-            if current == self._defaults.get(field.label) and Path(current).exists():
-                self._set_default(field, Path(current))
+        """Suggested paths an export wrote move to the next free name (see
+        :meth:`SuggestedPaths.advance`)."""
+        self._suggested.advance((self.h5ad_path, self.geojson_path))
 
     def _on_source_changed(self, _value: Any = None) -> None:
         source = self.source.value
@@ -364,27 +342,13 @@ class ExportWidget(Container):
         ExportError
             If nothing is chosen, or a wanted output has no file name.
         """
-        h5ad = self._output(self.h5ad_path, self.want_h5ad.value, ".h5ad", (".h5ad",))
-        geojson = self._output(
+        h5ad = output_path(self.h5ad_path, self.want_h5ad.value, ".h5ad", (".h5ad",))
+        geojson = output_path(
             self.geojson_path, self.want_geojson.value, ".geojson", (".geojson", ".json")
         )
         if h5ad is None and geojson is None:
             raise ExportError("tick what to write: an .h5ad file, a GeoJSON file, or both")
         return h5ad, geojson
-
-    @staticmethod
-    def _output(
-        field: FileEdit, wanted: bool, suffix: str, suffixes: tuple[str, ...]
-    ) -> Path | None:
-        if not wanted:
-            return None
-        value = str(field.value)
-        if value in ("", "."):
-            raise ExportError(f"give a file name for the {field.label}")
-        path = Path(value).expanduser()
-        if path.suffix.lower() not in suffixes and not path.is_dir():
-            path = path.with_name(path.name + suffix)
-        return path
 
     @property
     def running(self) -> bool:
@@ -456,20 +420,9 @@ class ExportWidget(Container):
             return
         result = outcome.result
         assert result is not None
-        written = [str(p) for p in (result.h5ad, result.geojson) if p is not None]
-        per_region = "; ".join(f"{label}: {n:,}" for label, n in result.region_counts.items())
-        replaced = [p.name for p in self._replacing]
-        note = f"Replaced the earlier {' and '.join(replaced)}." if replaced else ""
-        self.summary.value = (
-            f"{result.n_spots:,} spots" + (f" — {per_region}" if per_region else "") + "\n"
-        ) + "\n".join(written + ([note] if note else []))
+        self.summary.value, toast = done_texts(result, self._replacing)
         self.status.value = "Done."
-        # (a first line that fits the toast, the files after it)
-        show_info(
-            f"Exported {result.n_spots:,} spots.\n"
-            + " and ".join(written)
-            + (f". {note}" if note else "")
-        )
+        show_info(toast)
         self._advance_defaults()
 
     def _on_finished(self) -> None:

@@ -11,11 +11,14 @@ the layer is added, so the add itself is only the rest.
 napari has no public API for this: for the duration of that one add, its two factories
 (``create_vispy_layer`` in ``napari._qt.qt_viewer`` and ``create_qt_layer_controls`` in
 ``napari._qt.layer_controls.qt_layer_controls_container``) are replaced by ones that return
-the views made beforehand for that layer and make any other layer's as napari would. Where
-those names, the viewer's Qt window or the canvas are missing (another napari version, a
-viewer without a window), nothing is made beforehand and napari makes the views itself, as
-it always does; the same where napari's factory fails on the layer beforehand (another
-signature, say: logged, not shown). Views that were made but not used are closed.
+the views made beforehand for that layer and make any other layer's as napari would.
+
+One switch guards all of it: :func:`private_factories` says whether both factories are
+there, as callables taking the layer first, and :data:`ENABLED` allows them at all. Where it
+says no (another napari version, or switched off) this is logged once and every layer is
+added through napari's public API only (``viewer.layers.append``), napari making its views
+itself; the same where the viewer has no Qt window or canvas, or napari's factory fails on
+the layer beforehand (logged, not shown). Views that were made but not used are closed.
 
 A panel docked from napari's Plugins menu gets the viewer wrapped in napari's
 ``PublicOnlyProxy``, which warns on every private attribute access (a warning napari shows
@@ -28,9 +31,12 @@ given.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
+import inspect
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -47,6 +53,10 @@ _CONTROLS_FACTORY = (
 
 _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
+#: Whether napari's private factories may be used at all (``False``: the public API only).
+ENABLED = True
+#: Whether the fall-back to the public API was logged already (it is logged once).
+_FALLBACK_LOGGED = [False]
 
 
 def unproxied(obj: _T) -> _T:
@@ -63,6 +73,54 @@ def _factory(where: tuple[str, str]) -> tuple[Any, Callable[..., Any]] | None:
         return None
     factory = getattr(module, where[1], None)
     return (module, factory) if callable(factory) else None
+
+
+@functools.lru_cache(maxsize=8)
+def _takes_a_layer(factory: Callable[..., Any]) -> bool:
+    """Whether ``factory`` can be called with a layer as its first positional argument."""
+    try:
+        params = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return bool(params) and (
+        params[0].kind in positional or params[0].kind is inspect.Parameter.VAR_POSITIONAL
+    )
+
+
+@dataclass(frozen=True)
+class PrivateFactories:
+    """napari's two private factories, as found: (module, factory) each."""
+
+    visual: tuple[Any, Callable[..., Any]]
+    controls: tuple[Any, Callable[..., Any]]
+
+
+def private_factories() -> PrivateFactories | None:
+    """The one switch: napari's private factories where they can be used, else ``None``.
+
+    ``None`` when :data:`ENABLED` is off, or either factory is missing or no longer takes
+    the layer first (another napari); then the plugin adds layers through napari's public
+    API only, and says so once in the log.
+    """
+    why = None if ENABLED else "switched off (layer_views.ENABLED)"
+    visual, controls = _factory(_VISUAL_FACTORY), _factory(_CONTROLS_FACTORY)
+    for where, found in ((_VISUAL_FACTORY, visual), (_CONTROLS_FACTORY, controls)):
+        if why is None and found is None:
+            why = f"napari has no {where[0]}.{where[1]}"
+        elif why is None and found is not None and not _takes_a_layer(found[1]):
+            why = f"napari's {where[0]}.{where[1]} no longer takes a layer first"
+    if why is not None or visual is None or controls is None:
+        _log_fall_back(why or "")
+        return None
+    return PrivateFactories(visual, controls)
+
+
+def _log_fall_back(why: str) -> None:
+    """Say once in the log why layers are added by napari's public API only."""
+    if not _FALLBACK_LOGGED[0]:
+        _FALLBACK_LOGGED[0] = True
+        _log.info("layer views are left to napari (public API only): %s", why)
 
 
 def _qt_viewer(viewer: napari.Viewer) -> Any:
@@ -105,28 +163,28 @@ class LayerViews:
 
     def make_visual(self) -> None:
         """Make the layer's canvas visual (as napari would while adding it)."""
-        found = _factory(_VISUAL_FACTORY)
+        factories = private_factories()
         qt_viewer = _qt_viewer(self.viewer)
         canvas = getattr(qt_viewer, "canvas", None)
-        if self.visual is not None or found is None or canvas is None:
+        if self.visual is not None or factories is None or canvas is None:
             return
         try:
             font_info = getattr(canvas, "font_info", None)
             kwargs = {"font_info": font_info()} if callable(font_info) else {}
-            self.visual = found[1](self.layer, **kwargs)
+            self.visual = factories.visual[1](self.layer, **kwargs)
         except Exception:  # (napari makes it while adding, as usual)
             _log.debug("no canvas visual made beforehand for %s", self.layer, exc_info=True)
 
     def make_controls(self) -> None:
         """Make the layer's controls panel (as napari would while adding it)."""
-        found = _factory(_CONTROLS_FACTORY)
-        if self.controls is not None or found is None or _dynamic_controls():
+        factories = private_factories()
+        if self.controls is not None or factories is None or _dynamic_controls():
             return
         container = getattr(_qt_viewer(self.viewer), "controls", None)
         if container is None:
             return
         try:
-            controls = found[1](self.layer)
+            controls = factories.controls[1](self.layer)
             # a child of napari's controls panel already (hidden, not in its stack): Qt
             # styles a widget when it moves under a new parent, ~10 ms here, now rather
             # than in the add
@@ -156,13 +214,18 @@ def handing_over(views: LayerViews | None) -> Iterator[None]:
     Views napari did not take by the end (it did not add the layer, or made its views some
     other way) are closed.
     """
-    if views is None:
+    factories = private_factories() if views is not None else None
+    if views is None or factories is None:
         yield
+        if views is not None:
+            views.close()
         return
     replaced: list[tuple[Any, str, Callable[..., Any]]] = []
-    for where, attr in ((_VISUAL_FACTORY, "visual"), (_CONTROLS_FACTORY, "controls")):
-        found = _factory(where)
-        if found is None or getattr(views, attr) is None:
+    for where, attr, found in (
+        (_VISUAL_FACTORY, "visual", factories.visual),
+        (_CONTROLS_FACTORY, "controls", factories.controls),
+    ):
+        if getattr(views, attr) is None:
             continue
         module, original = found
 

@@ -10,8 +10,6 @@ find them again however the user renames or reorders them.
 
 from __future__ import annotations
 
-import math
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,9 +21,11 @@ from numpy.typing import NDArray
 
 from napari_virtual_st import display
 from napari_virtual_st._napari.layer_views import LayerViews, handing_over, unproxied
+from napari_virtual_st._napari.views import views_of
 from napari_virtual_st.errors import VirtualSTError
-from napari_virtual_st.slide import LevelArray, Slide
-from napari_virtual_st.store_view import StoreView, lookup_view
+from napari_virtual_st.pyramid import MAX_COARSEST_PX
+from napari_virtual_st.slide import Slide
+from napari_virtual_st.store_view import StoreView
 
 if TYPE_CHECKING:
     import napari
@@ -33,11 +33,6 @@ if TYPE_CHECKING:
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
-#: Coarsest level napari should need: slides whose own pyramid stops above this get extra
-#: levels computed from the finest one, so napari never loads a whole large level.
-MAX_COARSEST_PX = 2048
-#: Chunk side of those computed levels.
-VIRTUAL_CHUNK_PX = 512
 HEATMAP_OPACITY = 0.65
 #: Display limits follow the values as they land, but only moves larger than this share of
 #: their span are applied (each change redraws the layer's colour bar and controls).
@@ -54,64 +49,9 @@ _FIXED_LIMITS: dict[str, Any] = {}
 
 
 # -- the slide ----------------------------------------------------------------------------
-class _DownsampledLevel:
-    """Array-like ``(h, w, 3)`` view of a slide at a downsample it has no level for."""
-
-    dtype = np.dtype(np.uint8)
-    ndim = 3
-
-    def __init__(self, slide: Slide, downsample: float) -> None:
-        self._slide = slide
-        self.downsample = downsample
-        w0, h0 = slide.dimensions
-        self.shape = (max(1, math.ceil(h0 / downsample)), max(1, math.ceil(w0 / downsample)), 3)
-
-    def __getitem__(self, key: tuple[slice, ...]) -> NDArray[np.uint8]:
-        # dask asks for whole chunks: a tuple of slices with unit steps
-        key = tuple(key) + (slice(None),) * (3 - len(key))
-        rows = range(*key[0].indices(self.shape[0]))
-        cols = range(*key[1].indices(self.shape[1]))
-        if not rows or not cols:
-            return np.empty((len(rows), len(cols), 3), np.uint8)[:, :, key[2]]
-        corner = (cols[0] * self.downsample, rows[0] * self.downsample)
-        size = (cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1)
-        block = self._slide.read_region_downsampled(corner, size, self.downsample)
-        return block[:: rows.step, :: cols.step, key[2]]
-
-
 def slide_levels(slide: Slide, max_coarsest_px: int = MAX_COARSEST_PX) -> list[da.Array]:
-    """Lazy dask arrays of every level of the slide, chunked like its storage tiles.
-
-    When even the coarsest level is larger than ``max_coarsest_px``, coarser levels (4× each)
-    are added whose chunks are read from the finest level that serves them; so a large
-    slide without a pyramid still opens without reading it all.
-    """
-    token = uuid.uuid4().hex[:12]
-    levels: list[Any] = list(slide.level_arrays())
-    downsample = slide.level_downsamples[-1]
-    side = max(levels[-1].shape[:2])
-    while side > max_coarsest_px:
-        downsample *= 4.0
-        side = math.ceil(side / 4.0)
-        levels.append(_DownsampledLevel(slide, downsample))
-    arrays = []
-    for i, level in enumerate(levels):
-        if isinstance(level, LevelArray):
-            chunks = tuple(min(c, s) for c, s in zip(level.chunks, level.shape, strict=True))
-        else:
-            chunks = (VIRTUAL_CHUNK_PX, VIRTUAL_CHUNK_PX, 3)
-        arrays.append(
-            da.from_array(
-                level,
-                chunks=chunks,
-                name=f"vst-slide-{token}-{i}",
-                asarray=False,
-                fancy=False,
-                lock=False,
-                meta=np.empty((0, 0, 0), np.uint8),
-            )
-        )
-    return arrays
+    """The slide's lazy multiscale pyramid (:meth:`Slide.pyramid`)."""
+    return slide.pyramid(max_coarsest_px)
 
 
 def slide_layer_data(slide: Slide, *, name: str | None = None) -> LayerDataTuple:
@@ -184,7 +124,7 @@ def set_contrast_mode(viewer: napari.Viewer | None, mode: str) -> None:
     for layer in find_layers(viewer):
         meta = vst_meta(layer)
         role, gene = meta.get("role"), meta.get("gene")
-        view = lookup_view(meta.get("store", "")) if meta.get("store") else None
+        view = views_of(viewer).lookup(meta["store"]) if meta.get("store") else None
         if view is None or gene not in view.genes:
             continue
         if role in ("heatmap", "uncertainty"):

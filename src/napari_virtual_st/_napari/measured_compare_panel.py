@@ -17,13 +17,14 @@ from napari_virtual_st._napari import measured_layers as ml
 from napari_virtual_st._napari.measured_gene_view import GeneView, fmt
 from napari_virtual_st._napari.measured_panel import MeasuredPanel, MeasuredSession, Worker
 from napari_virtual_st._napari.predict_widget import default_output_dir, usable_bundled_models
+from napari_virtual_st._napari.views import views_of
 from napari_virtual_st.align import Transform
 from napari_virtual_st.compare import Comparison
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.measured import MeasuredST
 from napari_virtual_st.run import BatchEvent, RunEvent, RunSpec, StoreReadyEvent, run_events
 from napari_virtual_st.store import PredictionStore
-from napari_virtual_st.store_view import StoreView, forget_view, register_view
+from napari_virtual_st.store_view import StoreView
 
 
 class ComparePanel(MeasuredPanel):
@@ -149,7 +150,7 @@ class ComparePanel(MeasuredPanel):
         self.progress_bar.max = 0
         self.progress_bar.value = 0
         if request.overwrite:
-            forget_view(request.store_path)
+            views_of(session.viewer).forget(request.store_path)
         assert request.spots is not None
         return session.start(
             _predict_job,
@@ -200,7 +201,7 @@ class ComparePanel(MeasuredPanel):
 
     def _on_predicted(self, result: tuple[Path, StoreView]) -> None:
         store_path, view = result
-        register_view(view)
+        views_of(self.session.viewer).register(view)
         self.session.set_status(
             f"Predicted at the measured spots; saved with the alignment to {store_path}."
         )
@@ -227,7 +228,7 @@ class ComparePanel(MeasuredPanel):
 
     def _on_compared(self, result: tuple[Comparison, StoreView]) -> None:
         comparison, view = result
-        register_view(view)
+        views_of(self.session.viewer).register(view)
         self.session.comparison = comparison
         self.summary.value = summary_text(comparison)
         self.session.set_status(

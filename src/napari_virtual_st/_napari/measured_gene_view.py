@@ -18,6 +18,7 @@ from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari import measured_layers as ml
 from napari_virtual_st._napari.measured_panel import MeasuredPanel, MeasuredSession
 from napari_virtual_st._napari.scatter_plot import ScatterPlot
+from napari_virtual_st._napari.views import views_of
 from napari_virtual_st.align import Transform
 from napari_virtual_st.compare import Comparison
 from napari_virtual_st.display import clamp_to_target
@@ -148,7 +149,7 @@ class GeneView(MeasuredPanel):
         # values the model's target cannot take (a negative log1p) are drawn at its floor;
         # the scores are of the model's own values
         predicted, clamped = clamp_to_target(
-            comparison.predicted[:, k], _view_of(store_path).target
+            comparison.predicted[:, k], views_of(self.session.viewer).get(store_path).target
         )
         self._draw_scatter(gene, comparison.measured[:, k], predicted, score.pearson, clamped)
         try:
@@ -182,7 +183,7 @@ class GeneView(MeasuredPanel):
     def _show_maps(
         self, gene: str, store_path: Path, measured: MeasuredST, transform: Transform
     ) -> None:
-        view = _view_of(store_path)
+        view = views_of(self.session.viewer).get(store_path)
         predicted = self._show_predicted(gene, view)
         # the measured values, by the same rule, beside them
         session = self.session
@@ -246,17 +247,11 @@ class GeneView(MeasuredPanel):
         layer = self.session.layer("measured-values")
         store_path = self.session.store_path()
         if layer is not None and store_path is not None:
-            self._place_side_by_side(layer, _view_of(store_path))
+            self._place_side_by_side(layer, views_of(self.session.viewer).get(store_path))
 
     def measured_shift_um(self) -> tuple[float, float]:
         """How far the measured values layer is moved from the spots (side by side)."""
         store_path = self.session.store_path()
         if store_path is None:
             return (0.0, 0.0)
-        return self._shift_um(_view_of(store_path))
-
-
-def _view_of(store_path: Path) -> StoreView:
-    from napari_virtual_st.store_view import get_view
-
-    return get_view(store_path)
+        return self._shift_um(views_of(self.session.viewer).get(store_path))

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from napari_virtual_st._backends import image_backend
 from napari_virtual_st._napari.layers import LayerDataTuple, slide_layer_data, store_layer_data
+from napari_virtual_st._napari.views import hand_over, mark_opened
 from napari_virtual_st.errors import SlideError, VirtualSTError
 from napari_virtual_st.run.process import prewarm
 from napari_virtual_st.slide import Slide
 from napari_virtual_st.store import STORE_FORMAT
-from napari_virtual_st.store_view import StoreView, register_view
+from napari_virtual_st.store_view import StoreView
 
 ReaderFunction = Callable[[str | Sequence[str]], list[LayerDataTuple]]
 
@@ -64,9 +65,9 @@ def read_slide(path: str | Path, *, mpp: float | None = None) -> list[LayerDataT
 def read_store(path: str | Path) -> list[LayerDataTuple]:
     """A finished (or partial) prediction store: its slide, the most variable gene's
     heatmap (and uncertainty, when the model gives it) and the spots with every gene."""
-    view = register_view(StoreView.open(path))
+    view = hand_over(StoreView.open(path))  # the viewer showing its layers takes it
     _dock_gene_browser_soon()
-    return store_layer_data(view)
+    return mark_opened(store_layer_data(view))
 
 
 def _dock_gene_browser_soon() -> None:

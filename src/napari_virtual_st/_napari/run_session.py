@@ -33,6 +33,7 @@ from napari_virtual_st._napari import notify
 from napari_virtual_st._napari.gui_steps import STEP_MS, GuiSteps
 from napari_virtual_st._napari.layer_views import LayerViews
 from napari_virtual_st._napari.run_layers import RunLayers
+from napari_virtual_st._napari.views import views_of
 from napari_virtual_st.display import layer_name
 from napari_virtual_st.pipeline import Progress
 from napari_virtual_st.predictor import ModelInfo
@@ -48,7 +49,7 @@ from napari_virtual_st.run import (
     run_events,
     run_outcome,
 )
-from napari_virtual_st.store_view import StoreView, forget_view, lookup_view, register_view
+from napari_virtual_st.store_view import StoreView
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -169,7 +170,7 @@ class RunSession:
         the other layers and the activity dock's bar follow, a turn each. A run that ends
         before they are all there is ended after them."""
         if self.spec.overwrite:
-            forget_view(self.spec.store_path)
+            views_of(self._viewer).forget(self.spec.store_path)
         worker = create_worker(
             predict_then_build_spots,
             self.spec,
@@ -272,7 +273,7 @@ class RunSession:
 
     def _on_store_ready(self, event: StoreReadyEvent) -> None:
         assert event.view is not None  # the spec asks for values (report_values)
-        view = self.view = register_view(event.view)
+        view = self.view = views_of(self._viewer).register(event.view)
         # layers of an earlier run into this file that this run does not refresh go
         genes = self._genes_to_show()
         for layer in vst_layers.find_layers(self._viewer, view.path):
@@ -371,7 +372,7 @@ class RunSession:
             for layer in vst_layers.find_layers(self._viewer, store_path):
                 if layer.data.shape == (1, 1) or any(layer is m for m in self.layers.added):
                     self._viewer.layers.remove(layer)
-            earlier = lookup_view(store_path)
+            earlier = views_of(self._viewer).lookup(store_path)
             if self._preview_drawn and earlier is not None:  # earlier values, not the preview
                 vst_layers.refresh_heatmaps(self._viewer, earlier)
             self._preview = None
@@ -388,7 +389,9 @@ class RunSession:
         """A finished run: the whole store shown, then its spots layer and colour bars."""
         view = self.view
         if view is None:  # (the store's first report always comes first)
-            view = self.view = register_view(final) if final is not None else None
+            view = self.view = (
+                views_of(self._viewer).register(final) if final is not None else None
+            )
         elif final is not None:  # the whole store, as the worker read it back: same values
             view.update(slice(None), final.tile_expression, final.tile_variance)
         if view is None:

@@ -33,6 +33,7 @@ from napari_virtual_st.errors import (
     SlideError,
     VirtualSTError,
 )
+from napari_virtual_st.tissue import has_black_background, no_light_as_glass, thumbnail_side
 
 #: A level may serve a request if its resolution is at most this much coarser than asked
 #: (vendor downsamples such as 4.0003 would otherwise push reads onto a finer level).
@@ -129,6 +130,7 @@ class Slide:
         self._mpp_override = None if mpp is None else float(mpp)
         self._fingerprint: str | None = None
         self._thumbnail: tuple[int, NDArray[np.uint8]] | None = None  # the last one read
+        self._black_background: bool | None = None  # decided at the first read_tile
 
     # -- description ------------------------------------------------------------------------
     @property
@@ -263,7 +265,13 @@ class Slide:
     def read_tile(
         self, center_xy_level0_px: tuple[float, float], tile_px: int, tile_um: float
     ) -> NDArray[np.uint8]:
-        """Read a square tile of ``tile_um`` µm side, centred on a level-0 point, as ``tile_px`` px."""
+        """Read a square tile of ``tile_um`` µm side, centred on a level-0 point, as ``tile_px`` px.
+
+        This is what a model sees. On a slide whose background is black (an exported image
+        with its glass masked, :func:`~napari_virtual_st.tissue.has_black_background`, decided
+        once per slide from its thumbnail), pixels that let no light through are made white,
+        as glass (:func:`~napari_virtual_st.tissue.no_light_as_glass`).
+        """
         side_level0 = tile_um / self.mpp
         downsample = side_level0 / tile_px
         level = self.best_level_for_downsample(downsample)
@@ -278,7 +286,10 @@ class Slide:
             center_xy_level0_px[0] - side_level0 / 2,
             center_xy_level0_px[1] - side_level0 / 2,
         )
-        return self.read_region_downsampled(corner, (tile_px, tile_px), downsample)
+        tile = self.read_region_downsampled(corner, (tile_px, tile_px), downsample)
+        if self._black_background is None:  # (the tissue check's thumbnail: usually cached)
+            self._black_background = has_black_background(self.thumbnail(thumbnail_side(self)))
+        return no_light_as_glass(tile) if self._black_background else tile
 
     def thumbnail(self, max_px: int = 2048) -> NDArray[np.uint8]:
         """The whole slide as RGB, its longer side at most ``max_px`` pixels."""

@@ -79,8 +79,6 @@ def test_the_guides_a1_numbers_come_from_the_raw_files_through_the_widget(
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
 
     summary = widget.comparison.summary()
-    erbb = next(g for g in widget.comparison.genes if g.gene == "ERBB2")
-    print("MEASURED", summary, erbb, widget.summary.value)
     assert summary["mean_pearson"] == pytest.approx(MEAN_PEARSON, abs=0.003)
     assert summary["median_pearson"] == pytest.approx(MEDIAN_PEARSON, abs=0.003)
     assert summary["mean_spearman"] == pytest.approx(MEAN_SPEARMAN, abs=0.003)

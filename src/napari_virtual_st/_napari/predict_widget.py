@@ -31,7 +31,7 @@ from qtpy.QtCore import QTimer
 
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari import notify, resolution
-from napari_virtual_st._napari.dock import scroll_form
+from napari_virtual_st._napari.dock import dock_as_step, scroll_form
 from napari_virtual_st._napari.gene_browser import dock_gene_browser
 from napari_virtual_st._napari.labels import keep_height, set_text
 from napari_virtual_st._napari.model_choices import (
@@ -187,6 +187,7 @@ class PredictWidget(Container):
         )
         # the form scrolls on a small screen; Run, the progress and the status stay in sight
         scroll_form(self, pinned=[buttons, self.progress_bar, self.status])
+        dock_as_step(self)
 
     def _prewarm(self) -> None:
         if self.in_process and not self._closed:

@@ -73,7 +73,6 @@ def main() -> None:
     viewer.window.add_dock_widget(widget, name="Measured ST", area="right")
     settle()
     widget.data.slide_mpp.value = MPP  # the slide records none: given once, every panel uses it
-    mpp = MPP
 
     # 1. load the legacy ST counts + spot file + image, placed by the scale factor (1: same image)
     widget.kind.value = "legacy"
@@ -92,7 +91,7 @@ def main() -> None:
     picks = [10, 90, 170, 250, 330]
     xy = spots0.xy_fullres_px[picks]
     slide_marks, image_marks = widget.add_landmark_layers()
-    slide_marks.data = xy_level0_px_to_yx_um(xy + rng.normal(0, 2.0, xy.shape), mpp)
+    slide_marks.data = xy_level0_px_to_yx_um(xy + rng.normal(0, 2.0, xy.shape), MPP)
     image_marks.data = (xy + rng.normal(0, 2.0, xy.shape))[:, ::-1] * widget.image_scale
     fitted = widget.fit()
     print(f"landmark fit: {widget.transform_info.value}")

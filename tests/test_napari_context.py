@@ -68,3 +68,9 @@ def test_a_contextual_run_fills_its_heatmap_progressively_with_contextual_values
     assert "with its neighbours' (Gaussian context, σ 100 µm within 250 µm)" in (
         browser.legend.value
     )
+    # the layer's name says so in the legend's words
+    assert "context 100 µm: each spot's value with its neighbours'" in browser.legend.value
+    (shown,) = find_layers(viewer, store.path, "heatmap")
+    assert shown.name.endswith(" · context 100 µm"), shown.name
+    browser.show_genes([view.genes[1]])  # switching the gene keeps the word
+    assert shown.name.startswith(view.genes[1]) and shown.name.endswith(" · context 100 µm")

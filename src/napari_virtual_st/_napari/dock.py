@@ -244,6 +244,8 @@ def _tab_with_steps(native: QWidget) -> None:
             and window.dockWidgetArea(other) == area
         ):
             window.tabifyDockWidget(other, dock)
+            # (the tabs above the panels, where a reader looks first, not under them)
+            window.setTabPosition(area, QTabWidget.TabPosition.North)
             dock.show()
             dock.raise_()
             return

@@ -26,7 +26,13 @@ from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari.colour_bar import ColourBar
 from napari_virtual_st._napari.dock import scroll_form, share_height
 from napari_virtual_st._napari.labels import keep_height, set_text
-from napari_virtual_st.display import CONTRAST_MODES, clamp_note, target_unit, top_genes
+from napari_virtual_st.display import (
+    CONTRAST_MODES,
+    clamp_note,
+    context_marker,
+    target_unit,
+    top_genes,
+)
 from napari_virtual_st.store_view import StoreView, lookup_view, on_register
 
 if TYPE_CHECKING:
@@ -319,10 +325,12 @@ class GeneBrowser(Container):
         if finite.size:
             parts.append(f"values {finite.min():.3g} to {finite.max():.3g}")
         # whether a spot's value is its own tile's or uses its neighbours (the model says)
+        # (in the words the layer's name uses: display.context_marker)
         parts.append(
-            f"each spot's value with its neighbours' ({view.context.describe()})"
+            f"{context_marker(view.context)}: each spot's value with its neighbours' "
+            f"({view.context.describe()})"
             if view.context is not None
-            else "each spot's value from its own tile"
+            else "per-tile: each spot's value from its own tile"
         )
         _, clamped = vst_layers.drawn_values(view, str(gene))
         note = clamp_note(clamped, int(finite.size), view.target)

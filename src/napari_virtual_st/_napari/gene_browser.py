@@ -325,10 +325,11 @@ class GeneBrowser(Container):
         if finite.size:
             parts.append(f"values {finite.min():.3g} to {finite.max():.3g}")
         # whether a spot's value is its own tile's or uses its neighbours (the model says)
-        # (in the words the layer's name uses: display.context_marker)
+        # (in the words the layer's name uses, display.context_marker; short enough that the
+        # legend's three lines hold it in a laptop's dock)
         parts.append(
-            f"{context_marker(view.context)}: each spot's value with its neighbours' "
-            f"({view.context.describe()})"
+            f"{context_marker(view.context)}: each spot's value mixes in its neighbours' "
+            f"within {view.context.radius_um:g} µm"
             if view.context is not None
             else "per-tile: each spot's value from its own tile"
         )

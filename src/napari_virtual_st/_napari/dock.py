@@ -195,8 +195,13 @@ def tabbed(
     return tabs
 
 
-#: The step panels made so far (their native widgets).
-_STEPS: weakref.WeakSet[QWidget] = weakref.WeakSet()
+#: How often, and how many ms apart, a new step panel looks for its dock (napari docks a
+#: panel after making it; a panel made in a script is never docked).
+DOCK_TRIES, DOCK_WAIT_MS = 20, 50
+#: The step panels made so far (their native widgets), oldest first: a new one joins the
+#: tabs of the oldest one docked, so every step panel ends in one group whatever the order
+#: their docks settle in.
+_STEPS: list[weakref.ref[QWidget]] = []
 
 
 def dock_as_step(widget: Any) -> None:
@@ -208,8 +213,9 @@ def dock_as_step(widget: Any) -> None:
     that is not docked (a widget made in a script) or the first step panel docked.
     """
     native = _native(widget)
-    _STEPS.add(native)
-    QTimer.singleShot(0, functools.partial(_tab_with_steps, native))
+    _STEPS[:] = [ref for ref in _STEPS if ref() is not None]
+    _STEPS.append(weakref.ref(native))
+    QTimer.singleShot(0, functools.partial(_tab_with_steps, native, DOCK_TRIES))
 
 
 def dock_of(widget: Any) -> QDockWidget | None:
@@ -220,17 +226,20 @@ def dock_of(widget: Any) -> QDockWidget | None:
     return parent
 
 
-def _tab_with_steps(native: QWidget) -> None:
+def _tab_with_steps(native: QWidget, tries: int) -> None:
     try:
         dock = dock_of(native)
     except RuntimeError:  # (the panel was closed before its dock settled)
         return
     window = dock.parentWidget() if dock is not None else None
     if dock is None or not isinstance(window, QMainWindow):
+        if tries > 1:  # (napari may not have docked it yet: it can process events first)
+            QTimer.singleShot(DOCK_WAIT_MS, functools.partial(_tab_with_steps, native, tries - 1))
         return
     area = window.dockWidgetArea(dock)
-    for other_native in list(_STEPS):
-        if other_native is native:
+    for ref in list(_STEPS):
+        other_native = ref()
+        if other_native is None or other_native is native:
             continue
         try:
             other = dock_of(other_native)
@@ -241,9 +250,11 @@ def _tab_with_steps(native: QWidget) -> None:
             and other is not dock
             and other.parentWidget() is window
             and not other.isFloating()
+            and not other.isHidden()  # (closed)
             and window.dockWidgetArea(other) == area
         ):
-            window.tabifyDockWidget(other, dock)
+            if other not in window.tabifiedDockWidgets(dock):  # (not together already)
+                window.tabifyDockWidget(other, dock)
             # (the tabs above the panels, where a reader looks first, not under them)
             window.setTabPosition(area, QTabWidget.TabPosition.North)
             dock.show()

@@ -33,7 +33,11 @@ from napari_virtual_st.errors import (
     SlideError,
     VirtualSTError,
 )
-from napari_virtual_st.tissue import has_black_background, no_light_as_glass, thumbnail_side
+from napari_virtual_st.tissue import (
+    BACKGROUND_THUMBNAIL_PX,
+    has_black_background,
+    no_light_as_glass,
+)
 
 #: A level may serve a request if its resolution is at most this much coarser than asked
 #: (vendor downsamples such as 4.0003 would otherwise push reads onto a finer level).
@@ -287,12 +291,15 @@ class Slide:
             center_xy_level0_px[1] - side_level0 / 2,
         )
         tile = self.read_region_downsampled(corner, (tile_px, tile_px), downsample)
-        if self._black_background is None:  # (the tissue check's thumbnail: usually cached)
-            self._black_background = has_black_background(self.thumbnail(thumbnail_side(self)))
+        if self._black_background is None:  # (a small thumbnail, read once; the tissue
+            # check's, which the slide keeps, stays kept)
+            small = self.thumbnail(BACKGROUND_THUMBNAIL_PX, keep=False)
+            self._black_background = has_black_background(small)
         return no_light_as_glass(tile) if self._black_background else tile
 
-    def thumbnail(self, max_px: int = 2048) -> NDArray[np.uint8]:
-        """The whole slide as RGB, its longer side at most ``max_px`` pixels."""
+    def thumbnail(self, max_px: int = 2048, *, keep: bool = True) -> NDArray[np.uint8]:
+        """The whole slide as RGB, its longer side at most ``max_px`` pixels (``keep``: the
+        slide keeps it for the next call of the same size, replacing the one it kept)."""
         if max_px <= 0:
             raise ParameterError(f"thumbnail size must be positive; got {max_px}")
         cached = self._thumbnail
@@ -302,7 +309,8 @@ class Slide:
         downsample = max(max(w0, h0) / max_px, 1.0)
         size = (max(1, round(w0 / downsample)), max(1, round(h0 / downsample)))
         thumb = self.read_region_downsampled((0, 0), size, downsample)
-        self._thumbnail = (max_px, thumb)
+        if keep:
+            self._thumbnail = (max_px, thumb)
         return thumb.copy()
 
     def level_array(self, level: int) -> LevelArray:

@@ -37,6 +37,8 @@ NO_LIGHT_LEVEL = 30
 BLACK_EDGE_FRACTION = 0.5
 #: Width of the edge band that decides, as a share of the thumbnail's shorter side.
 EDGE_BAND = 0.03
+#: Longer side (px) of the thumbnail a slide's background is judged on (cheap to read).
+BACKGROUND_THUMBNAIL_PX = 512
 
 
 @dataclass(frozen=True)

@@ -264,3 +264,19 @@ def test_fraction_in_squares_matches_counting_by_hand() -> None:
 
 def test_fraction_in_squares_of_no_squares_is_empty(left_half_tissue: TissueMask) -> None:
     assert left_half_tissue.fraction_in_squares(np.empty((0, 2)), 40).shape == (0,)
+
+
+def test_only_the_her2st_viewer_png_of_the_real_images_has_a_black_background() -> None:
+    from conftest import SHARED_DATA
+
+    her2st = SHARED_DATA / "her2st_subset"
+    black = her2st / "app-imgs" / "A1_HE_image_dark.png"
+    cmu = SHARED_DATA / "wsi" / "CMU-1-Small-Region.svs"
+    scans = [*sorted((her2st / "ST-imgs").glob("*/*/*.jpg")), cmu]
+    if not black.is_file() or len(scans) < 2:
+        pytest.skip("real images not available in ../shared/data")
+    with Slide(black, mpp=3.1867) as slide:
+        assert has_black_background(slide.thumbnail(512))
+    for path in scans:  # white glass (the HER2ST sections the models learnt from): unchanged
+        with Slide(path, mpp=None if path.suffix == ".svs" else 1.0) as slide:
+            assert not has_black_background(slide.thumbnail(512)), path.name

@@ -2,7 +2,8 @@
 
 Opens the bundled real H&E slide, predicts it with the bundled model through the Predict
 panel (which docks the Gene browser), and saves the whole window at 1366×768; then docks the
-Export and Measured ST panels as well and saves it at 1920×1080. Each is what a user sees.
+Export and Measured ST panels as well (they join Predict as tabs) and saves it at 1366×768
+and at 1920×1080. Each is what a user sees.
 
     xvfb-run -a -s "-screen 0 1920x1080x24" python docs/make_layout_screenshots.py
 
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import napari
 from screenshots import save_window, settle
+
+from napari_virtual_st._napari.dock import dock_of as predict_dock
 
 HERE = Path(__file__).resolve().parent
 PLUGIN = "napari-virtual-st"
@@ -59,6 +62,12 @@ def main() -> None:
 
     viewer.window.add_plugin_dock_widget(PLUGIN, "Export")
     viewer.window.add_plugin_dock_widget(PLUGIN, "Measured ST")
+    settle()
+    # all four on the laptop: Predict, Export and Measured ST are tabs over the Gene browser
+    _resize(viewer, (1366, 768))
+    predict_dock(predict).raise_()
+    viewer.reset_view()
+    save_window(viewer, args.out, "layout-1366x768-all.png")
     _resize(viewer, (1920, 1080))
     viewer.reset_view()
     save_window(viewer, args.out, "layout-1920x1080.png")

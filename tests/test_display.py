@@ -8,6 +8,7 @@ import pytest
 from napari_virtual_st.display import (
     clamp_note,
     clamp_to_target,
+    context_marker,
     contrast_limits,
     layer_name,
     target_floor,
@@ -71,6 +72,22 @@ def test_top_genes_are_those_a_spot_stands_out_in() -> None:
     top = top_genes(row, means, sds, genes, k=2)
     assert [g for g, _, _ in top] == ["B", "A"]
     assert top[0][1:] == (2.5, pytest.approx(3.0))
+
+
+def test_layer_names_say_when_values_use_the_spots_neighbours() -> None:
+    from napari_virtual_st.context import SpotContext
+
+    kernel = SpotContext(sigma_um=100.0, radius_um=250.0)
+    assert context_marker(None) == ""
+    assert context_marker(kernel) == "context 100 µm"
+    assert layer_name("ERBB2", "NSL", context=kernel) == "ERBB2 · NSL · context 100 µm"
+    assert (
+        layer_name("ERBB2", "NSL", what="SD", context=kernel) == "ERBB2 SD · NSL · context 100 µm"
+    )
+    taken = ["ERBB2 · NSL · context 100 µm"]
+    assert layer_name("ERBB2", "NSL", taken=taken, store="b", context=kernel) == (
+        "ERBB2 · NSL · context 100 µm · b"
+    )
 
 
 def test_layer_names_keep_the_models_short_name() -> None:

@@ -64,7 +64,12 @@ def test_a_contextual_run_fills_its_heatmap_progressively_with_contextual_values
     browser = GeneBrowser(viewer)
     viewer.window.add_dock_widget(browser, name="Gene browser")
     assert "values contextual (Gaussian context, σ 100 µm within 250 µm)" in browser.info.value
-    browser.show_genes([view.genes[0]])  # the legend under the colour bar says it too
-    assert "with its neighbours' (Gaussian context, σ 100 µm within 250 µm)" in (
+    browser.show_genes([view.genes[0]])
+    # the legend under the colour bar says it too, in the words the layer's name uses
+    assert "context 100 µm: each spot's value mixes in its neighbours' within 250 µm" in (
         browser.legend.value
     )
+    (shown,) = find_layers(viewer, store.path, "heatmap")
+    assert shown.name.endswith(" · context 100 µm"), shown.name
+    browser.show_genes([view.genes[1]])  # switching the gene keeps the word
+    assert shown.name.startswith(view.genes[1]) and shown.name.endswith(" · context 100 µm")

@@ -128,7 +128,7 @@ def test_colour_bar_legend_contrast_modes_and_clamped_values(
     legend = browser.legend.value
     assert "log(1 + counts per 10,000)" in legend and "percentile" in legend
     assert "5 of" in legend and "drawn as 0" in legend
-    assert "each spot's value from its own tile" in legend  # a per-tile model
+    assert "per-tile: each spot's value from its own tile" in legend  # a per-tile model
     # the cursor: the active gene's value (the model's own, and as drawn), a short top list
     text = browser.values_at(view.yx_um[0])
     assert text.startswith(f"spot {view.spot_ids[0]}: SYNTH1 0 (model gave -0.84")

@@ -88,3 +88,43 @@ def test_each_panels_key_controls_are_in_sight_on_a_1366_by_768_laptop(
         type(c).__name__ + ":" + str(getattr(c, "text", "")) for c in controls if not in_sight(c)
     ]
     assert not hidden, hidden
+
+
+def test_all_four_panels_docked_keep_their_key_controls_in_sight_on_a_1366_by_768_laptop(
+    make_napari_viewer, qtbot
+) -> None:
+    """Docked together, Predict, Export and Measured ST share one place as tabs over the Gene
+    browser: the window fits 1366×768 and each panel, its tab chosen, shows its key controls."""
+    from qtpy.QtWidgets import QDockWidget
+
+    from napari_virtual_st._napari.dock import dock_of
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "cmu1_small_region")
+    window = viewer.window._qt_window
+    window.resize(1366, 768)
+    controls: dict[str, list[Any]] = {}
+    for dock in (_predict, _gene_browser):
+        controls[dock.__name__] = dock(viewer)
+        _settle(qtbot, 200)
+    # two docked at once: their docks settle in either order, they still end in one group
+    controls["_export"], controls["_measured"] = _export(viewer), _measured(viewer)
+    _settle(qtbot, 400)
+    window.resize(1366, 768)
+    _settle(qtbot, 400)
+    minimum = window.minimumSizeHint()
+    assert minimum.width() <= 1366 and minimum.height() <= 768, minimum
+    assert window.width() <= 1366 and window.height() <= 768, (window.width(), window.height())
+    steps = [d for d in window.findChildren(QDockWidget) if "Gene browser" not in d.windowTitle()]
+    steps = [d for d in steps if window.tabifiedDockWidgets(d)]
+    assert len(steps) == 3, [d.windowTitle() for d in steps]  # Predict, Export, Measured ST
+    hidden = []
+    for panel, found in controls.items():
+        dock_of(found[0]).raise_()  # (the panel's tab chosen)
+        _settle(qtbot, 200)
+        hidden += [
+            f"{panel}: {type(c).__name__} {getattr(c, 'text', '')}"
+            for c in found
+            if not in_sight(c)
+        ]
+    assert not hidden, hidden

@@ -134,3 +134,63 @@ def test_a_slides_resolution_is_given_once_and_every_panel_uses_it_at_once(
     measured.data.slide_mpp.value = 1.0
     np.testing.assert_allclose(layer.scale, (1.0, 1.0))
     assert predict.mpp.value == 1.0 and predict.request().mpp == 1.0
+
+
+def test_opening_a_slide_without_resolution_asks_once_in_a_highlighted_field(
+    make_napari_viewer, qtbot, tmp_path: Path
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from napari_virtual_st._napari import resolution
+    from napari_virtual_st._napari.measured_widget import MeasuredWidget
+
+    rgb = np.full((800, 1000, 3), 245, np.uint8)
+    rgb[200:600, 200:800] = (180, 90, 160)
+    for name in ("first.png", "second.png"):
+        Image.fromarray(rgb).save(tmp_path / name)
+    viewer = make_napari_viewer()
+
+    def predict_panels() -> list[PredictWidget]:
+        docked = viewer.window.dock_widgets.values()
+        return [w for w in docked if isinstance(w, PredictWidget)]
+
+    def asked() -> list[str]:
+        return [
+            str(n.message)
+            for n in notification_manager.records[before:]
+            if "does not record its µm per pixel" in str(n.message)
+        ]
+
+    before = len(notification_manager.records)
+    (layer,) = viewer.open(tmp_path / "first.png", plugin=PLUGIN)
+    # not a modal dialog: the Predict panel is docked with its field highlighted, and a toast
+    qtbot.waitUntil(lambda: len(predict_panels()) == 1, timeout=10_000)
+    (predict,) = predict_panels()
+    assert predict.slide.value is layer
+    assert not predict.mpp.native.isHidden()
+    assert resolution.is_needed(predict.mpp) and resolution.is_needed(predict.mpp_hint)
+    assert len(asked()) == 1 and "first.png" in asked()[0]
+    measured = MeasuredWidget(viewer)
+    viewer.window.add_dock_widget(measured)
+    assert resolution.is_needed(measured.data.slide_mpp)
+    assert not resolution.ask(viewer, layer)  # once per slide
+
+    viewer.scene.camera.zoom = 9.0
+    viewer.scene.camera.center = (0, 10, 10)
+    predict.mpp.value = 0.4988  # (four decimals, as vendors give it)
+    np.testing.assert_allclose(layer.scale, (0.4988, 0.4988))
+    np.testing.assert_allclose(
+        viewer.scene.camera.center[-2:], (400 * 0.4988, 500 * 0.4988), rtol=0.05
+    )
+    assert viewer.scene.camera.zoom < 9.0  # the view was reset onto the rescaled slide
+    assert not resolution.is_needed(predict.mpp) and not resolution.is_needed(predict.mpp_hint)
+    assert not resolution.is_needed(measured.data.slide_mpp)
+    assert measured.data.slide_mpp.value == 0.4988 and measured.session.mpp() == 0.4988
+    assert predict.request().mpp == 0.4988
+
+    # a second such slide: asked again, in the panel already docked
+    (second,) = viewer.open(tmp_path / "second.png", plugin=PLUGIN)
+    qtbot.waitUntil(lambda: len(asked()) == 2, timeout=10_000)
+    assert len(predict_panels()) == 1 and predict.slide.value is second
+    assert resolution.is_needed(predict.mpp)

@@ -16,7 +16,13 @@ from PIL import Image
 
 from napari_virtual_st.errors import ParameterError
 from napari_virtual_st.slide import Slide
-from napari_virtual_st.tissue import TissueMask, detect_tissue, tissue_mask_from_rgb
+from napari_virtual_st.tissue import (
+    TissueMask,
+    detect_tissue,
+    has_black_background,
+    no_light_as_glass,
+    tissue_mask_from_rgb,
+)
 
 EOSIN_PINK = (232, 150, 200)
 HEMATOXYLIN_PURPLE = (110, 70, 150)
@@ -80,6 +86,57 @@ def test_a_black_background_is_not_tissue(method: str) -> None:
     assert _iou(mask, blob) > 0.95
     black = np.zeros((64, 64, 3), np.uint8)
     assert not tissue_mask_from_rgb(black, method=method).any()  # type: ignore[arg-type]
+
+
+def _on_black(image: NDArray[np.uint8], blob: NDArray[np.bool_]) -> NDArray[np.uint8]:
+    """``image`` with everything outside a disc around the tissue set to black."""
+    out = image.copy()
+    out[~disc(*blob.shape, (150, 220), 110)] = 0
+    return out
+
+
+def test_only_a_black_background_slide_is_read_as_white_glass() -> None:
+    image, blob = synthetic_he()
+    on_black = _on_black(image, blob)
+    assert has_black_background(on_black)
+    assert not has_black_background(image)  # white glass
+    dark_inside = image.copy()
+    dark_inside[150:160, 215:225] = 5  # a dark fleck inside the tissue of a normal scan
+    assert not has_black_background(dark_inside)
+    fluorescence = np.zeros_like(image)
+    fluorescence[blob] = (0, 40, 160)  # dark everywhere: not bright-field, left alone
+    assert not has_black_background(fluorescence)
+    whitened = no_light_as_glass(on_black)
+    assert (whitened[on_black.max(axis=-1) < 30] == 255).all()
+    np.testing.assert_array_equal(whitened[blob], image[blob])  # tissue untouched
+    assert no_light_as_glass(image) is image  # nothing that dark: no copy
+    with pytest.raises(ParameterError, match="RGB thumbnail"):
+        has_black_background(np.zeros((4, 4), np.uint8))
+
+
+def test_tiles_of_a_black_background_slide_show_white_glass(tmp_path: Path) -> None:
+    image, blob = synthetic_he()
+    on_black = _on_black(image, blob)
+    for name, pixels in (("white.png", image), ("black.png", on_black)):
+        Image.fromarray(pixels).save(tmp_path / name)
+    corner = (20.0, 20.0)  # (x, y): off the tissue, black on the black-background image
+    with (
+        Slide(tmp_path / "black.png", mpp=1.0) as black,
+        Slide(tmp_path / "white.png", mpp=1.0) as white,
+    ):
+        tile = black.read_tile(corner, 16, 16.0)
+        assert (tile == 255).all()
+        edge = black.read_tile((220.0, 55.0), 32, 64.0)  # half tissue, half background
+        assert edge.max(axis=-1).min() >= 30
+        np.testing.assert_array_equal(
+            black.read_tile((220.0, 150.0), 32, 64.0), white.read_tile((220.0, 150.0), 32, 64.0)
+        )
+    # a normal scan keeps every pixel, however dark
+    dark_inside = image.copy()
+    dark_inside[145:155, 215:225] = 5
+    Image.fromarray(dark_inside).save(tmp_path / "fleck.png")
+    with Slide(tmp_path / "fleck.png", mpp=1.0) as fleck:
+        assert fleck.read_tile((220.0, 150.0), 10, 10.0).max(axis=-1).min() < 30
 
 
 def test_dust_specks_are_removed_and_small_holes_filled() -> None:
@@ -207,3 +264,19 @@ def test_fraction_in_squares_matches_counting_by_hand() -> None:
 
 def test_fraction_in_squares_of_no_squares_is_empty(left_half_tissue: TissueMask) -> None:
     assert left_half_tissue.fraction_in_squares(np.empty((0, 2)), 40).shape == (0,)
+
+
+def test_only_the_her2st_viewer_png_of_the_real_images_has_a_black_background() -> None:
+    from conftest import SHARED_DATA
+
+    her2st = SHARED_DATA / "her2st_subset"
+    black = her2st / "app-imgs" / "A1_HE_image_dark.png"
+    cmu = SHARED_DATA / "wsi" / "CMU-1-Small-Region.svs"
+    scans = [*sorted((her2st / "ST-imgs").glob("*/*/*.jpg")), cmu]
+    if not black.is_file() or len(scans) < 2:
+        pytest.skip("real images not available in ../shared/data")
+    with Slide(black, mpp=3.1867) as slide:
+        assert has_black_background(slide.thumbnail(512))
+    for path in scans:  # white glass (the HER2ST sections the models learnt from): unchanged
+        with Slide(path, mpp=None if path.suffix == ".svs" else 1.0) as slide:
+            assert not has_black_background(slide.thumbnail(512)), path.name

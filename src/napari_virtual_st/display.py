@@ -18,11 +18,15 @@ Pure NumPy, no Qt (the napari plugin and the docs' figures use it):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from napari_virtual_st.errors import ParameterError
+
+if TYPE_CHECKING:
+    from napari_virtual_st.context import SpotContext
 
 #: Contrast modes: value → what the Gene browser calls it.
 CONTRAST_MODES: dict[str, str] = {
@@ -149,10 +153,24 @@ def contrast_limits(
     return _widen(lo, hi)
 
 
+def context_marker(context: SpotContext | None) -> str:
+    """The words a layer name carries when its values are contextual, ``"context 100 µm"``
+    (the kernel's σ); ``""`` for per-tile values. The Gene browser's legend starts its line
+    on per-tile or contextual values with the same words, so the two read alike."""
+    return "" if context is None else f"context {context.sigma_um:g} µm"
+
+
 def layer_name(
-    gene: str, model: str, *, what: str = "", taken: Sequence[str] = (), store: str = ""
+    gene: str,
+    model: str,
+    *,
+    what: str = "",
+    taken: Sequence[str] = (),
+    store: str = "",
+    context: SpotContext | None = None,
 ) -> str:
-    """A heatmap layer's name: its gene and model (``"ERBB2 · NSL"``), unique.
+    """A heatmap layer's name: its gene and model (``"ERBB2 · NSL"``), and whether its values
+    use the spot's neighbours (``"ERBB2 · NSL · context 100 µm"``), unique.
 
     Parameters
     ----------
@@ -164,10 +182,15 @@ def layer_name(
         Names of other layers: when the name is one of them, the store's name is added.
     store
         The prediction store's short name (see ``taken``).
+    context
+        The model's spot context (:func:`context_marker`); ``None``: per-tile values.
     """
     base = f"{gene} {what}".strip()
     model = short_model_name(model)
     name = f"{base} · {model}" if model else base
+    marker = context_marker(context)
+    if marker:
+        name = f"{name} · {marker}"
     if name in taken and store:
         name = f"{name} · {store}"
     return name

@@ -37,6 +37,11 @@ from napari_virtual_st.errors import (
     SlideError,
     VirtualSTError,
 )
+from napari_virtual_st.tissue import (
+    BACKGROUND_THUMBNAIL_PX,
+    has_black_background,
+    no_light_as_glass,
+)
 
 #: A level may serve a request if its resolution is at most this much coarser than asked
 #: (vendor downsamples such as 4.0003 would otherwise push reads onto a finer level).
@@ -133,6 +138,7 @@ class Slide:
         self._mpp_override = None if mpp is None else float(mpp)
         self._fingerprint: str | None = None
         self._thumbnail: tuple[int, NDArray[np.uint8]] | None = None  # the last one read
+        self._black_background: bool | None = None  # decided at the first read_tile
 
     # -- description ------------------------------------------------------------------------
     @property
@@ -267,7 +273,13 @@ class Slide:
     def read_tile(
         self, center_xy_level0_px: tuple[float, float], tile_px: int, tile_um: float
     ) -> NDArray[np.uint8]:
-        """Read a square tile of ``tile_um`` µm side, centred on a level-0 point, as ``tile_px`` px."""
+        """Read a square tile of ``tile_um`` µm side, centred on a level-0 point, as ``tile_px`` px.
+
+        This is what a model sees. On a slide whose background is black (an exported image
+        with its glass masked, :func:`~napari_virtual_st.tissue.has_black_background`, decided
+        once per slide from its thumbnail), pixels that let no light through are made white,
+        as glass (:func:`~napari_virtual_st.tissue.no_light_as_glass`).
+        """
         side_level0 = tile_um / self.mpp
         downsample = side_level0 / tile_px
         level = self.best_level_for_downsample(downsample)
@@ -282,10 +294,16 @@ class Slide:
             center_xy_level0_px[0] - side_level0 / 2,
             center_xy_level0_px[1] - side_level0 / 2,
         )
-        return self.read_region_downsampled(corner, (tile_px, tile_px), downsample)
+        tile = self.read_region_downsampled(corner, (tile_px, tile_px), downsample)
+        if self._black_background is None:  # (a small thumbnail, read once; the tissue
+            # check's, which the slide keeps, stays kept)
+            small = self.thumbnail(BACKGROUND_THUMBNAIL_PX, keep=False)
+            self._black_background = has_black_background(small)
+        return no_light_as_glass(tile) if self._black_background else tile
 
-    def thumbnail(self, max_px: int = 2048) -> NDArray[np.uint8]:
-        """The whole slide as RGB, its longer side at most ``max_px`` pixels."""
+    def thumbnail(self, max_px: int = 2048, *, keep: bool = True) -> NDArray[np.uint8]:
+        """The whole slide as RGB, its longer side at most ``max_px`` pixels (``keep``: the
+        slide keeps it for the next call of the same size, replacing the one it kept)."""
         if max_px <= 0:
             raise ParameterError(f"thumbnail size must be positive; got {max_px}")
         cached = self._thumbnail
@@ -295,7 +313,8 @@ class Slide:
         downsample = max(max(w0, h0) / max_px, 1.0)
         size = (max(1, round(w0 / downsample)), max(1, round(h0 / downsample)))
         thumb = self.read_region_downsampled((0, 0), size, downsample)
-        self._thumbnail = (max_px, thumb)
+        if keep:
+            self._thumbnail = (max_px, thumb)
         return thumb.copy()
 
     def level_array(self, level: int) -> LevelArray:

@@ -33,6 +33,12 @@ _METHODS = ("saturation", "optical_density", "combined")
 #: are read as empty glass (white), never as tissue: even the darkest stained nucleus lets
 #: some light through, and their huge optical density made them "tissue".
 NO_LIGHT_LEVEL = 30
+#: A slide whose thumbnail edge is at least this share no-light pixels has a black background.
+BLACK_EDGE_FRACTION = 0.5
+#: Width of the edge band that decides, as a share of the thumbnail's shorter side.
+EDGE_BAND = 0.03
+#: Longer side (px) of the thumbnail a slide's background is judged on (cheap to read).
+BACKGROUND_THUMBNAIL_PX = 512
 
 
 @dataclass(frozen=True)
@@ -131,10 +137,7 @@ def tissue_mask_from_rgb(
     if img.dtype != np.uint8:
         img = np.clip(img, 0, 255).astype(np.uint8)
     mask = np.zeros(img.shape[:2], bool)
-    dark = img.max(axis=-1) < NO_LIGHT_LEVEL
-    if dark.any():
-        img = img.copy()
-        img[dark] = 255  # (no light: read as empty glass)
+    img = no_light_as_glass(img)
     if method in ("saturation", "combined"):
         mx = img.max(axis=-1)
         mn = img.min(axis=-1)
@@ -148,6 +151,62 @@ def tissue_mask_from_rgb(
     if max_hole_px > 0:
         mask = morphology.remove_small_holes(mask, max_size=max_hole_px)
     return mask
+
+
+def no_light_as_glass(rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """``rgb`` with every pixel that lets no light through made white, as empty glass.
+
+    A pixel whose brightest channel is below :data:`NO_LIGHT_LEVEL` is read as a black (or
+    transparent, composited on black) background, never as stained tissue.
+
+    Parameters
+    ----------
+    rgb
+        ``(..., 3)`` uint8 image (one or many).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``rgb`` itself when no pixel is that dark, otherwise a copy with those pixels at 255.
+    """
+    dark = rgb.max(axis=-1) < NO_LIGHT_LEVEL
+    if not dark.any():
+        return rgb
+    out = rgb.copy()
+    out[dark] = 255
+    return out
+
+
+def has_black_background(thumbnail: NDArray[np.uint8]) -> bool:
+    """Whether a slide's thumbnail shows bright-field tissue on a black background.
+
+    Images exported from viewers (the HER2ST PNGs) set the glass around the tissue to black.
+    A model trained on scans, where glass is white, reads that black as dense tissue, so the
+    tiles of such a slide are read with :func:`no_light_as_glass` (:meth:`Slide.read_tile`).
+    The edge decides: at least :data:`BLACK_EDGE_FRACTION` of a band along the thumbnail's
+    edge (:data:`EDGE_BAND` of its shorter side) lets no light through, and the image is
+    bright-field (:func:`light_fraction`; a fluorescence scan is dark everywhere and is left
+    as it is). A scan with white glass is never changed, even where a pixel inside the tissue
+    is that dark.
+
+    Parameters
+    ----------
+    thumbnail
+        ``(rows, cols, 3)`` uint8 image of the whole slide.
+
+    Returns
+    -------
+    bool
+    """
+    img = np.asarray(thumbnail)
+    if img.ndim != 3 or img.shape[-1] < 3 or min(img.shape[:2]) == 0:
+        raise ParameterError(f"need an RGB thumbnail; got shape {img.shape}")
+    dark = img[..., :3].max(axis=-1) < NO_LIGHT_LEVEL
+    k = max(1, round(EDGE_BAND * min(dark.shape)))  # (a band: resampling blurs the last pixel)
+    frame = np.ones(dark.shape, bool)
+    frame[k:-k, k:-k] = False
+    dark_edge = float(dark[frame].mean())
+    return dark_edge >= BLACK_EDGE_FRACTION and light_fraction(img) >= MIN_LIGHT_FRACTION
 
 
 def _otsu_foreground(values: NDArray[np.floating], min_contrast: float) -> NDArray[np.bool_]:

@@ -5,6 +5,9 @@ be shorter than its widget's minimum height; four full forms needed a 2,755 px t
 :func:`scroll_form` puts a panel's form in a scroll area (its minimum height is a few lines)
 and keeps the controls a user must always reach (Run, the colour bar, a status line) pinned
 below it, outside the scroll. :func:`tabbed` lays long workflows out as tabs, one step each.
+:func:`dock_as_step` makes the step panels (Predict, Export, Measured ST) share one place as
+tabs when docked together, so the four docks fit a 1366×768 laptop; the Gene browser (the
+heatmaps' legend) stays in sight beside them.
 
 napari docks a magicgui widget's ``native`` QWidget, so the scroll area goes *inside* it:
 the form's layout moves to a new inner widget (Qt's ``setLayout`` takes a layout over from
@@ -13,10 +16,12 @@ the widget that had it, with its widgets), and magicgui keeps adding to that sam
 
 from __future__ import annotations
 
+import functools
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import (
     QBoxLayout,
     QComboBox,
@@ -188,3 +193,70 @@ def tabbed(
     if pinned:
         layout.addWidget(_pinned_box(pinned))
     return tabs
+
+
+#: How often, and how many ms apart, a new step panel looks for its dock (napari docks a
+#: panel after making it; a panel made in a script is never docked).
+DOCK_TRIES, DOCK_WAIT_MS = 20, 50
+#: The step panels made so far (their native widgets), oldest first: a new one joins the
+#: tabs of the oldest one docked, so every step panel ends in one group whatever the order
+#: their docks settle in.
+_STEPS: list[weakref.ref[QWidget]] = []
+
+
+def dock_as_step(widget: Any) -> None:
+    """Mark ``widget`` as a step panel: once napari has docked it, it joins another step
+    panel's dock in the same window and area as a tab, and is shown (its tab raised).
+
+    Stacked, the three step panels and the Gene browser needed a 969 px tall window; as
+    tabs over the Gene browser they fit a 768 px laptop screen. Nothing happens to a panel
+    that is not docked (a widget made in a script) or the first step panel docked.
+    """
+    native = _native(widget)
+    _STEPS[:] = [ref for ref in _STEPS if ref() is not None]
+    _STEPS.append(weakref.ref(native))
+    QTimer.singleShot(0, functools.partial(_tab_with_steps, native, DOCK_TRIES))
+
+
+def dock_of(widget: Any) -> QDockWidget | None:
+    """The dock holding ``widget`` (magicgui or Qt), or ``None`` when it is not docked."""
+    parent = _native(widget).parentWidget()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parentWidget()
+    return parent
+
+
+def _tab_with_steps(native: QWidget, tries: int) -> None:
+    try:
+        dock = dock_of(native)
+    except RuntimeError:  # (the panel was closed before its dock settled)
+        return
+    window = dock.parentWidget() if dock is not None else None
+    if dock is None or not isinstance(window, QMainWindow):
+        if tries > 1:  # (napari may not have docked it yet: it can process events first)
+            QTimer.singleShot(DOCK_WAIT_MS, functools.partial(_tab_with_steps, native, tries - 1))
+        return
+    area = window.dockWidgetArea(dock)
+    for ref in list(_STEPS):
+        other_native = ref()
+        if other_native is None or other_native is native:
+            continue
+        try:
+            other = dock_of(other_native)
+        except RuntimeError:
+            continue
+        if (
+            other is not None
+            and other is not dock
+            and other.parentWidget() is window
+            and not other.isFloating()
+            and not other.isHidden()  # (closed)
+            and window.dockWidgetArea(other) == area
+        ):
+            if other not in window.tabifiedDockWidgets(dock):  # (not together already)
+                window.tabifyDockWidget(other, dock)
+            # (the tabs above the panels, where a reader looks first, not under them)
+            window.setTabPosition(area, QTabWidget.TabPosition.North)
+            dock.show()
+            dock.raise_()
+            return

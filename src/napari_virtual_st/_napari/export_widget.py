@@ -37,7 +37,7 @@ from napari.utils.notifications import show_error, show_info
 
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari import notify
-from napari_virtual_st._napari.dock import scroll_form
+from napari_virtual_st._napari.dock import dock_as_step, scroll_form
 from napari_virtual_st._napari.export_outputs import (
     SuggestedPaths,
     done_texts,
@@ -171,6 +171,7 @@ class ExportWidget(Container):
         )
         # the form scrolls on a small screen; Export, the progress and the outcome stay in sight
         scroll_form(self, pinned=[buttons, self.progress_bar, self.status, self.summary])
+        dock_as_step(self)  # (a tab beside Predict and Measured ST when they are docked)
 
     def _connect(self, napari_viewer: napari.Viewer) -> None:
         """Fields to actions, and the viewer's layer list to the choices."""

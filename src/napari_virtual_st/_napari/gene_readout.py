@@ -15,7 +15,13 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from napari_virtual_st._napari import layers as vst_layers
-from napari_virtual_st.display import CONTRAST_MODES, clamp_note, target_unit, top_genes
+from napari_virtual_st.display import (
+    CONTRAST_MODES,
+    clamp_note,
+    context_marker,
+    target_unit,
+    top_genes,
+)
 from napari_virtual_st.store_view import StoreView
 
 #: Genes the cursor read-out lists as standing out at a spot.
@@ -51,11 +57,14 @@ def legend_text(view: StoreView, gene: str, role: str | None) -> str:
     parts = [target_unit(view.target), CONTRAST_MODES[vst_layers.contrast_mode()]]
     if finite.size:
         parts.append(f"values {finite.min():.3g} to {finite.max():.3g}")
-    # whether a spot's value is its own tile's or uses its neighbours (the model says)
+    # whether a spot's value is its own tile's or uses its neighbours (the model says), in
+    # the words the layer's name uses (display.context_marker); short enough that the
+    # legend's three lines hold it in a laptop's dock
     parts.append(
-        f"each spot's value with its neighbours' ({view.context.describe()})"
+        f"{context_marker(view.context)}: each spot's value mixes in its neighbours' "
+        f"within {view.context.radius_um:g} µm"
         if view.context is not None
-        else "each spot's value from its own tile"
+        else "per-tile: each spot's value from its own tile"
     )
     _, clamped = vst_layers.drawn_values(view, gene)
     note = clamp_note(clamped, int(finite.size), view.target)

@@ -11,17 +11,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QSizePolicy
+from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtWidgets import QLabel, QSizePolicy
 
 
 def keep_height(label: Any, lines: int) -> None:
-    """Make a magicgui ``Label`` word-wrapped with a fixed height of ``lines`` text lines."""
+    """Make a magicgui ``Label`` word-wrapped with a fixed height of ``lines`` text lines,
+    in the font it is drawn with (napari's theme sets a larger one once the panel is docked:
+    the height follows, or the last line is cut)."""
     native = label.native
     native.setWordWrap(True)
     native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
-    native.setFixedHeight(lines * native.fontMetrics().lineSpacing() + 4)
     native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+    keeper = _LineHeight(native, lines)
+    native.installEventFilter(keeper)
+    keeper.apply()
+
+
+class _LineHeight(QObject):
+    """Keeps a label ``lines`` text lines tall whenever its font or style changes."""
+
+    def __init__(self, label: QLabel, lines: int) -> None:
+        super().__init__(label)  # (owned by the label: lives and dies with it)
+        self._label = label
+        self._lines = lines
+
+    def apply(self) -> None:
+        # (a wrapped label lays its lines out a pixel further apart than the font's spacing)
+        line = self._label.fontMetrics().lineSpacing() + 1
+        self._label.setFixedHeight(self._lines * line + 4)
+
+    def eventFilter(self, obj: QObject | None, event: QEvent | None) -> bool:
+        if event is not None and event.type() in (QEvent.Type.FontChange, QEvent.Type.StyleChange):
+            self.apply()
+        return False
 
 
 def set_text(label: Any, text: str) -> None:

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Layer
 
+    from napari_virtual_st.context import SpotContext
+
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
 HEATMAP_OPACITY = 0.65
@@ -175,7 +177,12 @@ def heatmap_name(
     ``viewer`` has that name already."""
     taken = [] if viewer is None else [layer.name for layer in viewer.layers]
     return display.layer_name(
-        gene, view.model_name, what="SD" if uncertainty else "", taken=taken, store=view.name
+        gene,
+        view.model_name,
+        what="SD" if uncertainty else "",
+        taken=taken,
+        store=view.name,
+        context=view.context,
     )
 
 
@@ -219,13 +226,20 @@ def empty_heatmap_layer_data(
     uncertainty: bool = False,
     model: str = "",
     taken: list[str] | None = None,
+    context: SpotContext | None = None,
 ) -> LayerDataTuple:
     """A heatmap layer with no values yet (one NaN pixel), placed when its store exists;
-    named after the gene and ``model`` (and the store when ``taken`` has that name)."""
+    named after the gene, ``model`` and its ``context`` (and the store when ``taken`` has
+    that name)."""
     role = "uncertainty" if uncertainty else "heatmap"
     store_name = Path(store).name.removesuffix(".vst.zarr")
     name = display.layer_name(
-        gene, model, what="SD" if uncertainty else "", taken=taken or [], store=store_name
+        gene,
+        model,
+        what="SD" if uncertainty else "",
+        taken=taken or [],
+        store=store_name,
+        context=context,
     )
     kwargs: dict[str, Any] = {
         "name": name,
@@ -411,7 +425,12 @@ def switch_gene(viewer: napari.Viewer, layer: Layer, view: StoreView, gene: str)
     layer.contrast_limits_range = (lo, hi)
     layer.contrast_limits = (lo, hi)
     layer.name = display.layer_name(
-        gene, view.model_name, what="SD" if uncertainty else "", taken=others, store=view.name
+        gene,
+        view.model_name,
+        what="SD" if uncertainty else "",
+        taken=others,
+        store=view.name,
+        context=view.context,
     )
 
 

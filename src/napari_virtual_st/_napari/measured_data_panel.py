@@ -16,6 +16,7 @@ from napari.utils.notifications import show_error
 
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari import measured_layers as ml
+from napari_virtual_st._napari import resolution
 from napari_virtual_st._napari.measured_panel import MeasuredPanel, MeasuredSession, Worker
 from napari_virtual_st._napari.predict_widget import file_edit_path
 from napari_virtual_st.measured import MeasuredDataError, MeasuredST, read_measured
@@ -52,10 +53,7 @@ class DataPanel(MeasuredPanel):
         self.pixel_scale = FloatSpinBox(
             label="Spot px → image px", value=1.0, min=1e-6, max=100.0, step=1e-6
         )
-        self.slide_mpp = FloatSpinBox(
-            label="µm per pixel", value=0.0, min=0.0, max=20.0, step=0.001, visible=False
-        )
-        self.slide_mpp.native.setSpecialValueText("not given")  # (0: nothing given yet)
+        self.slide_mpp = resolution.mpp_field()
         self.slide_mpp.tooltip = (
             "The slide does not record its resolution: give it here or in the Predict panel "
             "(0.25 at 40×, 0.5 at 20×); every panel uses it"
@@ -96,11 +94,13 @@ class DataPanel(MeasuredPanel):
         if mpp is not None and mpp != self.slide_mpp.value:
             with self.slide_mpp.changed.blocked():
                 self.slide_mpp.value = mpp
+        resolution.show_needed((self.slide_mpp,), resolution.mpp_missing(layer))
 
     def _on_mpp_edited(self, value: float) -> None:
         layer = self.session.slide.value
         if layer is not None and vst_layers.resolution_is_given(layer) and value > 0:
             vst_layers.set_slide_mpp(self.session.viewer, layer, float(value))
+            self._show_mpp()
             self.session.refresh()
 
     def _on_kind_changed(self, _value: Any = None) -> None:

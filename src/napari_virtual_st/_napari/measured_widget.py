@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container
 
-from napari_virtual_st._napari.dock import tabbed
+from napari_virtual_st._napari.dock import dock_as_step, tabbed
 from napari_virtual_st._napari.measured_alignment_panel import AlignmentPanel
 from napari_virtual_st._napari.measured_compare_panel import ComparePanel
 from napari_virtual_st._napari.measured_data_panel import DataPanel
@@ -83,6 +83,7 @@ class MeasuredWidget(Container):
             ],
             pinned=[self.session.status],
         )
+        dock_as_step(self)
         self.native.destroyed.connect(self._on_destroyed)
         self.session.refresh()
 

@@ -21,7 +21,6 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSlider,
-    FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
@@ -31,8 +30,8 @@ from napari.qt.threading import GeneratorWorker
 from qtpy.QtCore import QTimer
 
 from napari_virtual_st._napari import layers as vst_layers
-from napari_virtual_st._napari import notify
-from napari_virtual_st._napari.dock import scroll_form
+from napari_virtual_st._napari import notify, resolution
+from napari_virtual_st._napari.dock import dock_as_step, scroll_form
 from napari_virtual_st._napari.gene_browser import dock_gene_browser
 from napari_virtual_st._napari.labels import keep_height, set_text
 from napari_virtual_st._napari.model_choices import (
@@ -124,10 +123,7 @@ class PredictWidget(Container):
     def _add_fields(self) -> None:
         """The form's fields, buttons and progress, top to bottom."""
         self.slide = ComboBox(label="Slide", choices=self._slide_choices)
-        self.mpp = FloatSpinBox(
-            label="µm per pixel", value=0.0, min=0.0, max=20.0, step=0.001, visible=False
-        )
-        self.mpp.native.setSpecialValueText("not given")  # (0: nothing given yet)
+        self.mpp = resolution.mpp_field()
         self.mpp_hint = Label(
             value=(
                 "This slide does not record its resolution: give it (0.25 at 40×, 0.5 at 20×). "
@@ -191,6 +187,7 @@ class PredictWidget(Container):
         )
         # the form scrolls on a small screen; Run, the progress and the status stay in sight
         scroll_form(self, pinned=[buttons, self.progress_bar, self.status])
+        dock_as_step(self)
 
     def _prewarm(self) -> None:
         if self.in_process and not self._closed:
@@ -275,12 +272,14 @@ class PredictWidget(Container):
         if mpp is not None and mpp != self.mpp.value:
             with self.mpp.changed.blocked():
                 self.mpp.value = mpp
+        resolution.show_needed((self.mpp, self.mpp_hint), resolution.mpp_missing(layer))
 
     def _on_mpp_edited(self, value: float) -> None:
         """The user gave the slide's µm/px: the slide (and every panel) takes it at once."""
         layer = self.slide.value
         if layer is not None and vst_layers.resolution_is_given(layer) and value > 0:
             vst_layers.set_slide_mpp(self._viewer, layer, float(value))
+            self._show_mpp()
 
     def _on_model_changed(self, _value: Any = None) -> None:
         value = self.model.value

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from napari_virtual_st._backends import image_backend
+from napari_virtual_st._napari import resolution
 from napari_virtual_st._napari.layers import LayerDataTuple, slide_layer_data, store_layer_data
 from napari_virtual_st._napari.views import hand_over, mark_opened
 from napari_virtual_st.errors import SlideError, VirtualSTError
@@ -59,6 +60,8 @@ def read_slide(path: str | Path, *, mpp: float | None = None) -> list[LayerDataT
     """One lazy multiscale RGB layer of a slide (``scale`` = µm/px when known)."""
     slide = Slide(path, mpp=mpp)  # kept open by the layer's lazy arrays
     prewarm()  # a prediction is likely next: its process imports while the user docks Predict
+    if slide.mpp_or_none is None:
+        resolution.ask_soon(slide.path)  # once its layer is in the viewer
     return [slide_layer_data(slide)]
 
 

@@ -82,6 +82,7 @@ class RunLayers:
                 uncertainty=uncertainty,
                 model=self._info.name,
                 taken=[layer.name for layer in self._viewer.layers],
+                context=self._info.context,
             )
             data[1]["visible"] = False
             self._made[(gene, uncertainty)] = LayerViews(self._viewer, Layer.create(*data))

@@ -2,9 +2,9 @@
 
 For each slide (a generated large SYNTHETIC JPEG-tiled pyramidal TIFF and the real
 CMU-1-Small-Region.svs) and each model — the random-weight ResNet-18 BENCHMARK network as a
-torch export (``resnet18_torch.py``; ``--network handbuilt`` for the older ``onnx.helper``
-build, 8 % slower in ONNX Runtime, which flattered the efficiency) and, with ``--bundled``,
-the shipped models — it measures tiles/s of:
+torch export (``resnet18_torch.py``: an ``onnx.helper`` build of it was 8 % slower in ONNX
+Runtime, which flattered the efficiency, and is gone) and, with ``--bundled``, the shipped
+models — it measures tiles/s of:
 
 - ``read_tps``: the tile reads the pipeline does (same tiles, same chunks, same thread pool
   size), no model;
@@ -427,12 +427,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
-        "--network",
-        choices=("torch", "handbuilt"),
-        default="torch",
-        help="the ResNet-18 benchmark network: a torch export (default) or the onnx.helper build",
-    )
-    parser.add_argument(
         "--bundled", action="store_true", help="also measure every bundled (shipped) model"
     )
     parser.add_argument("--precision", choices=("fp32", "int8", "auto"), default="fp32")
@@ -471,11 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     from make_large_tiff import cached_large_tiff
     from napari_virtual_st.pipeline import plan_threads, read_share_for, usable_cores
     from napari_virtual_st.precision import choose_model
+    from resnet18_torch import cached_benchmark_model
 
-    if args.network == "torch":
-        from resnet18_torch import cached_benchmark_model
-    else:
-        from resnet18_onnx import cached_benchmark_model
     model_paths = [cached_benchmark_model(CACHE)]
     if args.bundled:
         from napari_virtual_st.registry import bundled_models_dir
@@ -495,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             slides.append((Path(name).resolve(), False))
     measures = [m for m in args.measures.split(",") if m]
     settings = {
-        "network": args.network,
+        "network": "resnet18 torch export (resnet18_torch.py)",
         "precision": args.precision,
         "cores": cores,
         "grid": args.grid,
@@ -523,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
             "intra_op_threads": args.intra_op_threads or plan.model_threads,
         }
         entry: dict[str, Any] = {
-            "model": (f"resnet18-{args.network}" if fp32_path.parent == CACHE else fp32_path.stem)
+            "model": ("resnet18-torch" if fp32_path.parent == CACHE else fp32_path.stem)
             + ("" if choice.precision == "fp32" else f" ({choice.precision})"),
             "slide": path.name,
             "path": _rel(path),

@@ -236,19 +236,33 @@ class Slide:
         xy_level0_px: tuple[float, float],
         size_px: tuple[int, int],
         downsample: float,
+        *,
+        out: NDArray[np.uint8] | None = None,
     ) -> NDArray[np.uint8]:
-        """Like :meth:`read_region`, with the output scale given as a downsample of level 0."""
+        """Like :meth:`read_region`, with the output scale given as a downsample of level 0.
+
+        ``out``, a ``(height, width, 3)`` uint8 array (e.g. one tile of a batch), receives the
+        pixels and is returned; a level read at the output scale is then decoded straight
+        into it (TIFF), without an array of its own.
+        """
         width, height = int(size_px[0]), int(size_px[1])
         if width <= 0 or height <= 0:
             raise ParameterError(f"region size must be positive; got {size_px}")
         if not (math.isfinite(downsample) and downsample > 0):
             raise ParameterError(f"downsample must be positive; got {downsample}")
+        if out is not None and (out.shape != (height, width, 3) or out.dtype != np.uint8):
+            raise ParameterError(
+                f"out must be a ({height}, {width}, 3) uint8 array for this region; "
+                f"got {out.shape} {out.dtype}"
+            )
         level = self.best_level_for_downsample(downsample)
         level_ds = self.level_downsamples[level]
         factor = downsample / level_ds  # output pixel size in level pixels
         fx = xy_level0_px[0] / level_ds
         fy = xy_level0_px[1] / level_ds
         if abs(factor - 1.0) < 1e-9 and fx == int(fx) and fy == int(fy):
+            if out is not None:
+                return self._backend.read_level_region_into(level, int(fx), int(fy), out)
             return self._backend.read_level_region(level, int(fx), int(fy), width, height)
         x0, y0 = math.floor(fx), math.floor(fy)
         x1 = math.ceil(fx + width * factor) + 1
@@ -258,12 +272,24 @@ class Slide:
         resized = Image.fromarray(region).resize(
             (width, height), Image.Resampling.BILINEAR, box=box
         )
-        return np.asarray(resized)
+        if out is None:
+            return np.asarray(resized)
+        out[...] = resized  # (one copy out of Pillow's buffer)
+        return out
 
     def read_tile(
-        self, center_xy_level0_px: tuple[float, float], tile_px: int, tile_um: float
+        self,
+        center_xy_level0_px: tuple[float, float],
+        tile_px: int,
+        tile_um: float,
+        *,
+        out: NDArray[np.uint8] | None = None,
     ) -> NDArray[np.uint8]:
-        """Read a square tile of ``tile_um`` µm side, centred on a level-0 point, as ``tile_px`` px."""
+        """Read a square tile of ``tile_um`` µm side, centred on a level-0 point, as ``tile_px`` px.
+
+        ``out``, a ``(tile_px, tile_px, 3)`` uint8 array (a tile of a batch), receives the
+        pixels and is returned (see :meth:`read_region_downsampled`).
+        """
         side_level0 = tile_um / self.mpp
         downsample = side_level0 / tile_px
         level = self.best_level_for_downsample(downsample)
@@ -278,7 +304,7 @@ class Slide:
             center_xy_level0_px[0] - side_level0 / 2,
             center_xy_level0_px[1] - side_level0 / 2,
         )
-        return self.read_region_downsampled(corner, (tile_px, tile_px), downsample)
+        return self.read_region_downsampled(corner, (tile_px, tile_px), downsample, out=out)
 
     def thumbnail(self, max_px: int = 2048) -> NDArray[np.uint8]:
         """The whole slide as RGB, its longer side at most ``max_px`` pixels."""

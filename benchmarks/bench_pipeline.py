@@ -59,6 +59,12 @@ MEASURES = ("read", "model", "pipeline", "naive")
 VISIUM_SPOTS = 4992  # spots of one 6.5 mm Visium capture area
 TARGETS = {"efficiency_min": 0.95, "peak_rss_mb_max_large": 1024.0, "first_result_s_max": 2.0}
 _MARK = "@@RESULT@@ "
+#: Ways the model's threads wait and the readers run (``--variants``).
+VARIANTS = {
+    "spin": {"spin": True, "read_nice": False},
+    "nospin": {"spin": False, "read_nice": False},
+    "nospin-nice": {"spin": False, "read_nice": True},
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,6 +164,13 @@ def _subsample(lattice_rc: np.ndarray, max_spots: int, how: str) -> np.ndarray:
     return keep[:max_spots]
 
 
+def _nice_reader() -> None:
+    """Lower the calling tile-reading thread's priority (the engine's own helper)."""
+    from napari_virtual_st.run.priority import lower_thread_priority
+
+    lower_thread_priority()
+
+
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("cpus"):  # pinned like ``taskset -c``, before any thread starts
         os.sched_setaffinity(0, spec["cpus"])
@@ -201,7 +214,9 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     def predictor() -> Any:
         from napari_virtual_st.predictor import Predictor
 
-        return Predictor(spec["model"], intra_op_threads=spec["intra_op_threads"])
+        return Predictor(
+            spec["model"], intra_op_threads=spec["intra_op_threads"], spin=spec.get("spin", True)
+        )
 
     def feeds(tile: np.ndarray, spot: int) -> dict[str, np.ndarray]:  # the naive loop's inputs
         from napari_virtual_st.predictor import extra_input_values
@@ -215,7 +230,11 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     if measure == "read":
         queue: deque[Future[np.ndarray]] = deque()
         todo = iter(_chunks(n, bs))
-        with meter, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vst-read") as pool:
+        init = _nice_reader if spec.get("read_nice") else None
+        with (
+            meter,
+            ThreadPoolExecutor(threads, thread_name_prefix="vst-read", initializer=init) as pool,
+        ):
             for sl in todo:
                 queue.append(pool.submit(read_chunk, sl))
                 if len(queue) >= prefetch:
@@ -261,6 +280,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
                     read_threads=threads,
                     prefetch=prefetch,
                     progress=on_progress,
+                    read_thread_init=_nice_reader if spec.get("read_nice") else None,
                 )
         out["peak_rss_run_mb"] = round(sampler.peak, 1)
         out["first_result_s"] = round(reports[0][0] - t0, 3)
@@ -381,7 +401,7 @@ def _table(entries: list[dict[str, Any]]) -> str:
     cols = [
         ("model", 22, "s"),
         ("slide", 28, "s"),
-        ("side", 4, "s"),
+        ("side", 16, "s"),
         ("cores", 5, "d"),
         ("spots", 6, "d"),
         ("read_tps", 9, ".1f"),
@@ -563,6 +583,15 @@ def main(argv: list[str] | None = None) -> int:
         "each gets its own thread plan. Default: this process's affinity",
     )
     parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=tuple(VARIANTS),
+        default=["spin"],
+        help="how the model's threads wait and the readers run (this checkout only): spin "
+        "(ONNX Runtime busy-waits between operators, the CLI's setting), nospin (its "
+        "threads sleep), nospin-nice (and the tile readers run at niceness 10)",
+    )
+    parser.add_argument(
         "--base",
         metavar="REV",
         help="also measure the package at commit REV (a temporary git worktree, its src "
@@ -632,9 +661,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     cpu_sets = [_parse_cpus(c) for c in args.cpus] if args.cpus else [None]
     base_tree = _base_worktree(args.base) if args.base else None
-    sides: list[tuple[str, Path | None]] = [("this", None)]
+    sides: list[tuple[str, Path | None]] = [
+        ("this" if v == "spin" else f"this/{v}", None) for v in args.variants
+    ]
     if base_tree is not None:
-        sides = [("base", base_tree / "src"), ("this", None)]
+        sides = [("base", base_tree / "src"), *sides]
     configs = [(cpus, side) for cpus in cpu_sets for side in sides]
     entries = []
     models = []
@@ -665,6 +696,7 @@ def main(argv: list[str] | None = None) -> int:
                         spec = {
                             **settings,
                             **threads,
+                            **VARIANTS[side.partition("/")[2] or "spin"],
                             "cpus": cpus,
                             "extra_inputs": model["extra_inputs"],
                             "measure": measure,
@@ -693,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
                     "synthetic": synthetic,
                     "cores": n_cores,
                     "cpus": cpus,
-                    "side": side if base_tree is not None else "this",
+                    "side": side,
                     "commit": args.base if side == "base" else _head(),
                     **threads_of[n_cores],
                     **_derive(details, n_cores),
@@ -702,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
                 entries.append(entry)
         if base_tree is not None:
             for entry in entries:
-                if entry["side"] != "this":
+                if entry["side"] == "base":
                     continue
                 base = next(
                     e

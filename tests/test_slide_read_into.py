@@ -118,3 +118,63 @@ def test_a_tiff_tile_at_its_levels_scale_allocates_no_tile_of_its_own(tiff: Path
 def test_a_buffer_of_the_wrong_shape_or_type_is_refused(tiff: Path, out: np.ndarray) -> None:
     with Slide(tiff) as slide, pytest.raises(ParameterError, match=r"\(64, 64, 3\) uint8"):
         slide.read_tile((300.0, 200.0), 64, 32.0, out=out)
+
+
+# -- a tile at its level's own scale is that level's pixels, not a resampling ------------------
+@pytest.mark.parametrize(
+    ("centre", "tile_um", "level"),
+    [((300.3, 200.7), 32.0, 0), ((299.6, 201.2), 32.0, 0), ((401.1, 250.9), 64.0, 1)],
+)
+def test_a_tile_at_its_levels_scale_is_that_levels_pixels_nearest_its_centre(
+    tiff: Path,
+    levels: list[NDArray[np.uint8]],
+    centre: tuple[float, float],
+    tile_um: float,
+    level: int,
+) -> None:
+    tile_px = 64
+    with Slide(tiff) as slide:
+        tile = slide.read_tile(centre, tile_px, tile_um)
+        ds = slide.level_downsamples[level]
+        x = round(centre[0] / ds - tile_px / 2)
+        y = round(centre[1] / ds - tile_px / 2)
+        decoded = slide.level_array(level)[y : y + tile_px, x : x + tile_px]
+    # its centre is within half a level pixel of the point
+    assert abs(x + tile_px / 2 - centre[0] / ds) <= 0.5
+    assert abs(y + tile_px / 2 - centre[1] / ds) <= 0.5
+    np.testing.assert_array_equal(tile, decoded)
+    if tiff.name.endswith("zlib.tif"):  # (lossless: the very pixels written)
+        np.testing.assert_array_equal(tile, levels[level][y : y + tile_px, x : x + tile_px])
+
+
+def test_a_level_within_one_pixel_of_the_tiles_scale_is_read_as_it_is(tiff: Path) -> None:
+    """µm/px a scanner records (0.499 for 0.5) must not force a resampling of every tile."""
+    tile_px = 64
+    with Slide(tiff, mpp=0.5 * 64.5 / 64) as near, Slide(tiff, mpp=0.5 * 66 / 64) as far:
+        tile = near.read_tile((300.0, 200.0), tile_px, 32.0)  # 64.5 level px a side
+        copy = near._backend.read_level_region(0, 268, 168, tile_px, tile_px)
+        resampled = far.read_tile((300.0, 200.0), tile_px, 32.0)  # 66 level px a side
+        region = far.read_region((300.0 - 33, 200.0 - 33), (tile_px, tile_px), mpp=0.5)
+    np.testing.assert_array_equal(tile, copy)
+    assert not np.array_equal(resampled, far._backend.read_level_region(0, 268, 168, 64, 64))
+    assert resampled.shape == region.shape == (64, 64, 3)
+
+
+def test_a_tile_of_a_smooth_image_differs_from_its_resampling_by_under_half_a_pixels_step(
+    tmp_path: Path,
+) -> None:
+    """The tolerance against the bilinear resampling at the exact point (the reading before
+    level pixels were taken as they are): on a ramp of 1 grey level per pixel, ≤ ½ + 1."""
+    ramp = np.empty((400, 400, 3), np.uint8)
+    ramp[..., 0] = (np.arange(400) // 2)[None, :]
+    ramp[..., 1] = (np.arange(400) // 2)[:, None]
+    ramp[..., 2] = 128
+    path = tmp_path / "ramp.tif"
+    tifffile.imwrite(
+        path, ramp, tile=(128, 128), resolution=(2e4, 2e4), resolutionunit="CENTIMETER"
+    )
+    with Slide(path) as slide:
+        for centre in [(200.3, 190.6), (151.5, 240.49), (222.0, 222.0)]:
+            tile = slide.read_tile(centre, 64, 32.0)
+            exact = slide.read_region((centre[0] - 32, centre[1] - 32), (64, 64), mpp=0.5)
+            assert np.abs(tile.astype(int) - exact).max() <= 1

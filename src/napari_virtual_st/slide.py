@@ -250,11 +250,8 @@ class Slide:
             raise ParameterError(f"region size must be positive; got {size_px}")
         if not (math.isfinite(downsample) and downsample > 0):
             raise ParameterError(f"downsample must be positive; got {downsample}")
-        if out is not None and (out.shape != (height, width, 3) or out.dtype != np.uint8):
-            raise ParameterError(
-                f"out must be a ({height}, {width}, 3) uint8 array for this region; "
-                f"got {out.shape} {out.dtype}"
-            )
+        if out is not None:
+            _check_out(out, width, height)
         level = self.best_level_for_downsample(downsample)
         level_ds = self.level_downsamples[level]
         factor = downsample / level_ds  # output pixel size in level pixels
@@ -287,19 +284,33 @@ class Slide:
     ) -> NDArray[np.uint8]:
         """Read a square tile of ``tile_um`` µm side, centred on a level-0 point, as ``tile_px`` px.
 
+        Where a level holds the tile at its own scale (its side there is ``tile_px`` px to
+        within one pixel), the tile is that level's own ``tile_px`` × ``tile_px`` pixels
+        whose centre is nearest the point (at most ½ level pixel off), copied without
+        resampling; otherwise it is resampled (bilinear) from the coarsest level that
+        resolves it.
+
         ``out``, a ``(tile_px, tile_px, 3)`` uint8 array (a tile of a batch), receives the
         pixels and is returned (see :meth:`read_region_downsampled`).
         """
         side_level0 = tile_um / self.mpp
         downsample = side_level0 / tile_px
         level = self.best_level_for_downsample(downsample)
-        side_read = side_level0 / self.level_downsamples[level]
+        level_ds = self.level_downsamples[level]
+        side_read = side_level0 / level_ds
         if side_read > MAX_TILE_READ_PX:
             raise ParameterError(
                 f"a {tile_um:g} µm tile would read {side_read:,.0f} × {side_read:,.0f} px of this "
                 f"slide's level {level} (the limit is {MAX_TILE_READ_PX:,} px a side): the slide "
                 f"has no pyramid level near {downsample * self.mpp:.3g} µm/px"
             )
+        if abs(side_read - tile_px) < 1.0 and tile_px > 0:  # the level's own pixels
+            x = round(center_xy_level0_px[0] / level_ds - tile_px / 2)
+            y = round(center_xy_level0_px[1] / level_ds - tile_px / 2)
+            if out is None:
+                return self._backend.read_level_region(level, x, y, tile_px, tile_px)
+            _check_out(out, tile_px, tile_px)
+            return self._backend.read_level_region_into(level, x, y, out)
         corner = (
             center_xy_level0_px[0] - side_level0 / 2,
             center_xy_level0_px[1] - side_level0 / 2,
@@ -451,6 +462,15 @@ class LevelArray:
 
     def __repr__(self) -> str:
         return f"LevelArray(level={self.level}, shape={self.shape})"
+
+
+def _check_out(out: NDArray[np.uint8], width: int, height: int) -> None:
+    """Refuse a buffer that cannot hold a ``(height, width)`` RGB uint8 region."""
+    if out.shape != (height, width, 3) or out.dtype != np.uint8:
+        raise ParameterError(
+            f"out must be a ({height}, {width}, 3) uint8 array for this region; "
+            f"got {out.shape} {out.dtype}"
+        )
 
 
 def _index(i: object, n: int) -> int:

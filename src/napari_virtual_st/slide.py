@@ -271,7 +271,7 @@ class Slide:
         )
         if out is None:
             return np.asarray(resized)
-        out[...] = resized  # (one copy out of Pillow's buffer)
+        out[...] = np.asarray(resized)
         return out
 
     def read_tile(

@@ -20,8 +20,8 @@ written on is shared with other jobs: compare the ``loadavg`` fields before trus
 difference.
 
 Models: the bundled NSL model (tiny, 16 px tiles: tile reading dominates) and the
-random-weight ResNet-18 BENCHMARK model of ``resnet18_onnx.py`` (224 px tiles, ≈1.8 GFLOP a
-tile: compute dominates).
+random-weight ResNet-18 BENCHMARK model of ``resnet18_torch.py`` (a torch export; 224 px
+tiles, ≈1.8 GFLOP a tile: compute dominates).
 
 Usage::
 
@@ -48,7 +48,7 @@ sys.path.insert(0, str(HERE))
 
 from napari_virtual_st import cohort  # noqa: E402
 from napari_virtual_st.registry import bundled_models_dir  # noqa: E402
-from resnet18_onnx import cached_benchmark_model  # noqa: E402
+from resnet18_torch import cached_benchmark_model  # noqa: E402
 
 MODELS = ("nsl", "resnet18")
 

@@ -31,7 +31,7 @@ timed here is napari's process):
 Scenarios: the generated large SYNTHETIC pyramidal TIFF (``make_large_tiff.py``, 40 960 px
 square at 0.5 µm/px) with the bundled NSL model over the whole slide (every Visium spot on
 tissue, ending with the spots layer of 250 genes), and with the random-weight ResNet-18
-BENCHMARK model (``resnet18_onnx.py``) for a fixed time then Cancel; and the real 2220 ×
+BENCHMARK model (``resnet18_torch.py``, a torch export) for a fixed time then Cancel; and the real 2220 ×
 2967 px CMU-1-Small-Region.svs with NSL, to show the first-heatmap time does not depend on
 slide size.
 
@@ -300,7 +300,7 @@ def _child(scenario: str, size: int, seconds: float, out_dir: Path) -> dict[str,
         slide_path = CMU_SLIDE
     cold = scenario.endswith("-cold")
     if scenario.endswith("resnet18"):
-        from resnet18_onnx import cached_benchmark_model
+        from resnet18_torch import cached_benchmark_model
 
         model_path = cached_benchmark_model(CACHE)
         limit = seconds

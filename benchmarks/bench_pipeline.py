@@ -2,9 +2,9 @@
 
 For each slide (a generated large SYNTHETIC JPEG-tiled pyramidal TIFF and the real
 CMU-1-Small-Region.svs) and each model — the random-weight ResNet-18 BENCHMARK network as a
-torch export (``resnet18_torch.py``; ``--network handbuilt`` for the older ``onnx.helper``
-build, 8 % slower in ONNX Runtime, which flattered the efficiency) and, with ``--bundled``,
-the shipped models — it measures tiles/s of:
+torch export (``resnet18_torch.py``: an ``onnx.helper`` build of it was 8 % slower in ONNX
+Runtime, which flattered the efficiency, and is gone) and, with ``--bundled``, the shipped
+models — it measures tiles/s of:
 
 - ``read_tps``: the tile reads the pipeline does (same tiles, same chunks, same thread pool
   size), no model;
@@ -32,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -44,6 +45,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import numpy as np
@@ -57,6 +59,12 @@ MEASURES = ("read", "model", "pipeline", "naive")
 VISIUM_SPOTS = 4992  # spots of one 6.5 mm Visium capture area
 TARGETS = {"efficiency_min": 0.95, "peak_rss_mb_max_large": 1024.0, "first_result_s_max": 2.0}
 _MARK = "@@RESULT@@ "
+#: Ways the model's threads wait and the readers run (``--variants``).
+VARIANTS = {
+    "spin": {"spin": True, "read_nice": False},
+    "nospin": {"spin": False, "read_nice": False},
+    "nospin-nice": {"spin": False, "read_nice": True},
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,7 +164,16 @@ def _subsample(lattice_rc: np.ndarray, max_spots: int, how: str) -> np.ndarray:
     return keep[:max_spots]
 
 
+def _nice_reader() -> None:
+    """Lower the calling tile-reading thread's priority (the engine's own helper)."""
+    from napari_virtual_st.run.priority import lower_thread_priority
+
+    lower_thread_priority()
+
+
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec.get("cpus"):  # pinned like ``taskset -c``, before any thread starts
+        os.sched_setaffinity(0, spec["cpus"])
     if spec.get("patch"):  # try a change to src/ by monkeypatching, before anything runs
         code = Path(spec["patch"]).read_text()
         exec(compile(code, spec["patch"], "exec"), {"__name__": "bench_patch"})
@@ -183,16 +200,23 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     meter = _Meter()
     bs, threads, prefetch = spec["batch_size"], spec["read_threads"], spec["prefetch"]
 
+    into = "out" in inspect.signature(slide.read_tile).parameters  # (older trees: a copy)
+
     def read_chunk(sl: slice) -> np.ndarray:  # the pipeline's own read loop
         tiles = np.empty((sl.stop - sl.start, tile_px, tile_px, 3), np.uint8)
         for i, (x, y) in enumerate(xy[sl]):
-            tiles[i] = slide.read_tile((x, y), tile_px, tile_um)
+            if into:
+                slide.read_tile((x, y), tile_px, tile_um, out=tiles[i])
+            else:
+                tiles[i] = slide.read_tile((x, y), tile_px, tile_um)
         return tiles
 
     def predictor() -> Any:
         from napari_virtual_st.predictor import Predictor
 
-        return Predictor(spec["model"], intra_op_threads=spec["intra_op_threads"])
+        return Predictor(
+            spec["model"], intra_op_threads=spec["intra_op_threads"], spin=spec.get("spin", True)
+        )
 
     def feeds(tile: np.ndarray, spot: int) -> dict[str, np.ndarray]:  # the naive loop's inputs
         from napari_virtual_st.predictor import extra_input_values
@@ -206,7 +230,11 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     if measure == "read":
         queue: deque[Future[np.ndarray]] = deque()
         todo = iter(_chunks(n, bs))
-        with meter, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vst-read") as pool:
+        init = _nice_reader if spec.get("read_nice") else None
+        with (
+            meter,
+            ThreadPoolExecutor(threads, thread_name_prefix="vst-read", initializer=init) as pool,
+        ):
             for sl in todo:
                 queue.append(pool.submit(read_chunk, sl))
                 if len(queue) >= prefetch:
@@ -252,6 +280,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
                     read_threads=threads,
                     prefetch=prefetch,
                     progress=on_progress,
+                    read_thread_init=_nice_reader if spec.get("read_nice") else None,
                 )
         out["peak_rss_run_mb"] = round(sampler.peak, 1)
         out["first_result_s"] = round(reports[0][0] - t0, 3)
@@ -275,6 +304,8 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     # CPU cores used by other processes meanwhile (> ~0.1: the measurement is disturbed)
     out["other_load_cores"] = round(max(0.0, meter.busy - meter.cpu) / meter.wall, 2)
     out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    out["cpus"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    out["src"] = str(Path(sys.modules["napari_virtual_st"].__file__).parent.parent)
     slide.close()
     return out
 
@@ -293,12 +324,16 @@ def _wait_idle(max_s: float, threshold_cores: float = 0.2) -> float:
     return time.perf_counter() - start
 
 
-def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
+def _run_child(spec: dict[str, Any], src: Path | None = None) -> dict[str, Any]:
+    env = dict(os.environ)
+    if src is not None:  # that tree's package first (an earlier commit, for an A/B)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(_MARK):
@@ -366,6 +401,8 @@ def _table(entries: list[dict[str, Any]]) -> str:
     cols = [
         ("model", 22, "s"),
         ("slide", 28, "s"),
+        ("side", 16, "s"),
+        ("cores", 5, "d"),
         ("spots", 6, "d"),
         ("read_tps", 9, ".1f"),
         ("model_tps", 9, ".1f"),
@@ -373,6 +410,8 @@ def _table(entries: list[dict[str, Any]]) -> str:
         ("naive_tps", 9, ".1f"),
         ("shared_limit_tps", 16, ".1f"),
         ("efficiency", 10, ".3f"),
+        ("cpu_efficiency", 14, ".3f"),
+        ("pipeline_tps_vs_base", 20, ".3f"),
         ("speedup_vs_naive", 16, ".2f"),
         ("first_result_s", 14, ".2f"),
         ("peak_rss_mb", 11, ".0f"),
@@ -383,7 +422,7 @@ def _table(entries: list[dict[str, Any]]) -> str:
         cells = []
         for name, w, f in cols:
             v = e.get(name)
-            text = f"{v[-w:]:>{w}}" if name in ("slide", "model") else f"{_fmt(v, f):>{w}}"
+            text = f"{v[-w:]:>{w}}" if name in ("slide", "model", "side") else f"{_fmt(v, f):>{w}}"
             cells.append(text)
         lines.append(" ".join(cells))
     return "\n".join(lines)
@@ -394,6 +433,100 @@ def _rel(path: Path) -> str:
         return os.path.relpath(path, REPO)
     except ValueError:
         return str(path)
+
+
+def _parse_cpus(text: str) -> list[int]:
+    """``"0,2-3"`` → ``[0, 2, 3]`` (as ``taskset -c`` reads a CPU list)."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    allowed = os.sched_getaffinity(0)
+    if not cpus <= allowed:
+        raise SystemExit(f"--cpus {text}: this process may only use CPUs {sorted(allowed)}")
+    return sorted(cpus)
+
+
+def _head() -> str:
+    """This checkout's commit, with ``+changes`` where its ``src`` differs from it."""
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    changed = subprocess.run(
+        ["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "src"], check=False
+    ).returncode
+    return f"{head}+changes" if changed else head
+
+
+def _base_worktree(rev: str) -> Path:
+    """A temporary detached worktree of ``rev`` (removed by the caller)."""
+    tree = Path(tempfile.mkdtemp(prefix="vst-bench-base-")) / "tree"
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), rev],
+        check=True,
+        capture_output=True,
+    )
+    return tree
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median tiles/s (the lower one of an even count), with the medians
+    of tiles/s and CPU-ms per tile over all runs and every run's figures."""
+    ordered = sorted(runs, key=lambda r: r["tps"])
+    res = dict(ordered[(len(ordered) - 1) // 2])
+    res["tps"] = round(median(r["tps"] for r in runs), 2)
+    res["cpu_ms_per_tile"] = round(median(r["cpu_ms_per_tile"] for r in runs), 2)
+    res["runs_tps"] = [r["tps"] for r in runs]
+    res["runs_cpu_ms_per_tile"] = [r["cpu_ms_per_tile"] for r in runs]
+    res["runs_other_load_cores"] = [r["other_load_cores"] for r in runs]
+    res["runs_loadavg_1min"] = [r.get("loadavg_1min") for r in runs]
+    return res
+
+
+def _derive(details: dict[str, dict[str, Any]], cores: int) -> dict[str, Any]:
+    """The table's figures from the measurements' medians.
+
+    ``shared_limit_tps``: what reading and the model allow when they share ``cores`` cores,
+    ``min(read, model, cores × 1000 / (read CPU-ms + model CPU-ms per tile))``;
+    ``efficiency`` = pipeline / that; ``cpu_efficiency`` = (read + model CPU-ms per tile) /
+    the pipeline's CPU-ms per tile (what overlapping them costs in CPU, which other
+    processes on the machine disturb less than the rates).
+    """
+    first = next(iter(details.values()))
+    out: dict[str, Any] = {
+        "format": first["slide"]["format"],
+        "dimensions": first["slide"]["dimensions"],
+        "levels": first["slide"]["level_count"],
+        "mpp": first["slide"]["mpp"],
+        "grid_spots_total": first["grid_spots_total"],
+        "spots": details.get("pipeline", first)["spots"],
+        "grid_s": first["grid_s"],
+        "other_load_cores_max": max(d["other_load_cores"] for d in details.values()),
+    }
+    for measure, res in details.items():
+        out[f"{measure}_tps"] = res["tps"]
+        out[f"{measure}_cpu_ms"] = res["cpu_ms_per_tile"]
+    pipe = details.get("pipeline")
+    if pipe is None:
+        return out
+    out["first_result_s"] = pipe["first_result_s"]
+    out["peak_rss_mb"] = pipe["peak_rss_mb"]
+    out["providers"] = pipe["providers"]
+    if "read" in details and "model" in details:
+        read, mod = details["read"], details["model"]
+        both_ms = read["cpu_ms_per_tile"] + mod["cpu_ms_per_tile"]
+        shared = min(read["tps"], mod["tps"], cores * 1000.0 / max(both_ms, 1e-9))
+        out["shared_limit_tps"] = round(shared, 2)
+        out["efficiency"] = round(pipe["tps"] / shared, 3)
+        out["efficiency_vs_min"] = round(pipe["tps"] / min(read["tps"], mod["tps"]), 3)
+        out["cpu_efficiency"] = round(both_ms / pipe["cpu_ms_per_tile"], 3)
+    out["visium_minutes"] = round(VISIUM_SPOTS / pipe["tps"] / 60, 2)
+    if "naive" in details:
+        out["speedup_vs_naive"] = round(pipe["tps"] / details["naive"]["tps"], 2)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,12 +560,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
-        "--network",
-        choices=("torch", "handbuilt"),
-        default="torch",
-        help="the ResNet-18 benchmark network: a torch export (default) or the onnx.helper build",
-    )
-    parser.add_argument(
         "--bundled", action="store_true", help="also measure every bundled (shipped) model"
     )
     parser.add_argument("--precision", choices=("fp32", "int8", "auto"), default="fp32")
@@ -442,7 +569,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefetch", type=int, default=4)
     parser.add_argument("--intra-op-threads", type=int, default=None)
     parser.add_argument(
-        "--repeat", type=int, default=1, help="run each measurement N times, keep the best"
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds: each round runs every measurement of every --cpus set and side once "
+        "(alternating their order); each figure is the median of the rounds",
+    )
+    parser.add_argument(
+        "--cpus",
+        nargs="+",
+        metavar="LIST",
+        help="CPU sets to pin the measurements to, as taskset -c takes them (e.g. 0 0,1); "
+        "each gets its own thread plan. Default: this process's affinity",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=tuple(VARIANTS),
+        default=["spin"],
+        help="how the model's threads wait and the readers run (this checkout only): spin "
+        "(ONNX Runtime busy-waits between operators, the CLI's setting), nospin (its "
+        "threads sleep), nospin-nice (and the tile readers run at niceness 10)",
+    )
+    parser.add_argument(
+        "--base",
+        metavar="REV",
+        help="also measure the package at commit REV (a temporary git worktree, its src "
+        "first on PYTHONPATH; this checkout's bench), interleaved with this checkout",
     )
     parser.add_argument(
         "--wait-idle",
@@ -471,11 +624,8 @@ def main(argv: list[str] | None = None) -> int:
     from make_large_tiff import cached_large_tiff
     from napari_virtual_st.pipeline import plan_threads, read_share_for, usable_cores
     from napari_virtual_st.precision import choose_model
+    from resnet18_torch import cached_benchmark_model
 
-    if args.network == "torch":
-        from resnet18_torch import cached_benchmark_model
-    else:
-        from resnet18_onnx import cached_benchmark_model
     model_paths = [cached_benchmark_model(CACHE)]
     if args.bundled:
         from napari_virtual_st.registry import bundled_models_dir
@@ -495,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
             slides.append((Path(name).resolve(), False))
     measures = [m for m in args.measures.split(",") if m]
     settings = {
-        "network": args.network,
+        "network": "resnet18 torch export (resnet18_torch.py)",
         "precision": args.precision,
         "cores": cores,
         "grid": args.grid,
@@ -509,85 +659,103 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": args.repeat,
         "patch": None if args.patch is None else str(args.patch.resolve()),
     }
+    cpu_sets = [_parse_cpus(c) for c in args.cpus] if args.cpus else [None]
+    base_tree = _base_worktree(args.base) if args.base else None
+    sides: list[tuple[str, Path | None]] = [
+        ("this" if v == "spin" else f"this/{v}", None) for v in args.variants
+    ]
+    if base_tree is not None:
+        sides = [("base", base_tree / "src"), *sides]
+    configs = [(cpus, side) for cpus in cpu_sets for side in sides]
     entries = []
     models = []
-    for fp32_path, (path, synthetic) in ((m, s) for m in model_paths for s in slides):
-        choice = choose_model(fp32_path, args.precision)
-        model_path = choice.path
-        model = _model_meta(model_path)
-        if model not in models:
-            models.append(model)
-        plan = plan_threads(cores, read_share=read_share_for(model["tile_px"]))
-        threads = {
-            "read_threads": args.read_threads or plan.read_threads,
-            "intra_op_threads": args.intra_op_threads or plan.model_threads,
-        }
-        entry: dict[str, Any] = {
-            "model": (f"resnet18-{args.network}" if fp32_path.parent == CACHE else fp32_path.stem)
-            + ("" if choice.precision == "fp32" else f" ({choice.precision})"),
-            "slide": path.name,
-            "path": _rel(path),
-            "synthetic": synthetic,
-            **threads,
-        }
-        details: dict[str, Any] = {}
-        for measure in measures:
-            print(f"{path.name}: {measure} ...", flush=True)
-            spec = {
-                **settings,
-                **threads,
-                "extra_inputs": model["extra_inputs"],
-                "measure": measure,
-                "slide": str(path),
-                "model": str(model_path),
-                "tile_px": model["tile_px"],
-                "tile_um": model["tile_um"],
-            }
-            runs = []
-            for _ in range(max(1, args.repeat)):
-                waited = _wait_idle(args.wait_idle) if args.wait_idle > 0 else 0.0
-                runs.append({**_run_child(spec), "waited_for_idle_s": round(waited, 1)})
-            res = max(runs, key=lambda r: r["tps"])  # best of the repeats
-            if len(runs) > 1:
-                res["runs_tps"] = [r["tps"] for r in runs]
-            details[measure] = res
-            print(
-                f"  {res['tps']:.1f} tiles/s over {res['spots']} tiles "
-                f"(other processes used {res['other_load_cores']:.2f} cores meanwhile)",
-                flush=True,
+    try:
+        for fp32_path, (path, synthetic) in ((m, s) for m in model_paths for s in slides):
+            choice = choose_model(fp32_path, args.precision)
+            model = _model_meta(choice.path)
+            if model not in models:
+                models.append(model)
+            label = ("resnet18-torch" if fp32_path.parent == CACHE else fp32_path.stem) + (
+                "" if choice.precision == "fp32" else f" ({choice.precision})"
             )
-        first = next(iter(details.values()))
-        entry.update(
-            {
-                "format": first["slide"]["format"],
-                "dimensions": first["slide"]["dimensions"],
-                "levels": first["slide"]["level_count"],
-                "mpp": first["slide"]["mpp"],
-                "grid_spots_total": first["grid_spots_total"],
-                "spots": details.get("pipeline", first)["spots"],
-                "grid_s": first["grid_s"],
-            }
-        )
-        for measure in measures:
-            entry[f"{measure}_tps"] = details[measure]["tps"]
-        pipe = details.get("pipeline")
-        if pipe is not None:
-            entry["first_result_s"] = pipe["first_result_s"]
-            entry["peak_rss_mb"] = pipe["peak_rss_mb"]
-            entry["providers"] = pipe["providers"]
-            if "read" in details and "model" in details:
-                read, mod = details["read"], details["model"]
-                both_ms = read["cpu_ms_per_tile"] + mod["cpu_ms_per_tile"]
-                shared = min(read["tps"], mod["tps"], cores * 1000.0 / max(both_ms, 1e-9))
-                entry["shared_limit_tps"] = round(shared, 2)
-                entry["efficiency"] = round(pipe["tps"] / shared, 3)
-                entry["efficiency_vs_min"] = round(pipe["tps"] / min(read["tps"], mod["tps"]), 3)
-            entry["visium_minutes"] = round(VISIUM_SPOTS / pipe["tps"] / 60, 2)
-            if "naive" in details:
-                entry["speedup_vs_naive"] = round(pipe["tps"] / details["naive"]["tps"], 2)
-        entry["other_load_cores_max"] = max(d["other_load_cores"] for d in details.values())
-        entry["details"] = details
-        entries.append(entry)
+            runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+            threads_of: dict[int, dict[str, int]] = {}
+            for round_ in range(max(1, args.repeat)):
+                # alternate the order so warm-up and drifting load favour no configuration
+                for cpus, (side, src) in configs if round_ % 2 == 0 else configs[::-1]:
+                    n_cores = len(cpus) if cpus else cores
+                    plan = plan_threads(n_cores, read_share=read_share_for(model["tile_px"]))
+                    threads = threads_of.setdefault(
+                        n_cores,
+                        {
+                            "read_threads": args.read_threads or plan.read_threads,
+                            "intra_op_threads": args.intra_op_threads or plan.model_threads,
+                        },
+                    )
+                    for measure in measures:
+                        spec = {
+                            **settings,
+                            **threads,
+                            **VARIANTS[side.partition("/")[2] or "spin"],
+                            "cpus": cpus,
+                            "extra_inputs": model["extra_inputs"],
+                            "measure": measure,
+                            "slide": str(path),
+                            "model": str(choice.path),
+                            "tile_px": model["tile_px"],
+                            "tile_um": model["tile_um"],
+                        }
+                        waited = _wait_idle(args.wait_idle) if args.wait_idle > 0 else 0.0
+                        res = {**_run_child(spec, src), "waited_for_idle_s": round(waited, 1)}
+                        res["loadavg_1min"] = round(os.getloadavg()[0], 2)
+                        runs.setdefault((str(cpus), side, measure), []).append(res)
+                        print(
+                            f"round {round_ + 1} {path.name} {label} {n_cores} core(s) {side}: "
+                            f"{measure} {res['tps']:.1f} tiles/s, {res['cpu_ms_per_tile']:.1f} "
+                            f"CPU-ms/tile (others used {res['other_load_cores']:.2f} cores)",
+                            flush=True,
+                        )
+            for cpus, (side, _src) in configs:
+                n_cores = len(cpus) if cpus else cores
+                details = {m: _median_run(runs[(str(cpus), side, m)]) for m in measures}
+                entry = {
+                    "model": label,
+                    "slide": path.name,
+                    "path": _rel(path),
+                    "synthetic": synthetic,
+                    "cores": n_cores,
+                    "cpus": cpus,
+                    "side": side,
+                    "commit": args.base if side == "base" else _head(),
+                    **threads_of[n_cores],
+                    **_derive(details, n_cores),
+                    "details": details,
+                }
+                entries.append(entry)
+        if base_tree is not None:
+            for entry in entries:
+                if entry["side"] == "base":
+                    continue
+                base = next(
+                    e
+                    for e in entries
+                    if e["side"] == "base"
+                    and (e["model"], e["slide"], e["cores"])
+                    == (entry["model"], entry["slide"], entry["cores"])
+                )
+                for key in ("pipeline_tps", "read_tps", "model_tps"):
+                    if entry.get(key) and base.get(key):
+                        entry[f"{key}_vs_base"] = round(entry[key] / base[key], 3)
+                if entry.get("pipeline_cpu_ms") and base.get("pipeline_cpu_ms"):
+                    entry["pipeline_cpu_ms_vs_base"] = round(
+                        entry["pipeline_cpu_ms"] / base["pipeline_cpu_ms"], 3
+                    )
+    finally:
+        if base_tree is not None:
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(base_tree)],
+                check=False,
+            )
 
     print()
     print(_table(entries))
@@ -596,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": _machine(),
         "models": models,
-        "settings": settings,
+        "settings": {**settings, "base": args.base, "cpus": args.cpus},
         "targets": TARGETS,
         "slides": entries,
     }

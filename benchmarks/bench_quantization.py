@@ -4,7 +4,7 @@
 
 Uses ``napari_virtual_st.onnx_export.quantize_int8`` (ONNX Runtime static quantisation, QDQ,
 per-channel) calibrated on tiles of the real CMU-1-Small-Region.svs, on the random-weight
-ResNet-18 benchmark model (``resnet18_onnx.py``). Random weights make the agreement figure a
+ResNet-18 benchmark model (``resnet18_torch.py``, a torch export). Random weights make the agreement figure a
 test of the quantiser, not of a trained model's accuracy; the speed ratio is what the issue asks.
 """
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE))
 
 from napari_virtual_st.onnx_export import quantize_int8  # noqa: E402
 from napari_virtual_st.slide import Slide  # noqa: E402
-from resnet18_onnx import cached_benchmark_model  # noqa: E402
+from resnet18_torch import cached_benchmark_model  # noqa: E402
 
 SLIDE = HERE.parent.parent / "shared" / "data" / "wsi" / "CMU-1-Small-Region.svs"
 

@@ -1,8 +1,9 @@
 """The benchmark network as a torch export: ResNet-18 with random weights (BENCHMARK ONLY).
 
 The field's tools (TIAToolbox and others) run a torch ResNet; a network built by hand with
-``onnx.helper`` (``resnet18_onnx.py``) was 8 % slower in ONNX Runtime than the torch export
-of the same network, which flattered the pipeline's efficiency (its model was the slow part).
+``onnx.helper`` (the former ``resnet18_onnx.py``) was 8 % slower in ONNX Runtime than the
+torch export of the same network, which flattered the pipeline's efficiency (its model was
+the slow part), so every benchmark uses this export.
 This builds the standard ResNet-18 (torchvision's topology, written out here: torchvision is
 not a dependency) in torch, normalisation inside ``forward`` as the contract asks, and exports
 it with the package's own exporter (:func:`napari_virtual_st.onnx_export.export_torch_model`:

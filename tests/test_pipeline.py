@@ -420,10 +420,10 @@ def test_a_read_error_keeps_earlier_chunks_and_a_rerun_finishes(
     chunk_of = {tuple(xy): i // BATCH for i, xy in enumerate(grid.xy_level0_px)}
     original = Slide.read_tile
 
-    def failing(self: Slide, center: Any, tile_px: int, tile_um: float) -> np.ndarray:
+    def failing(self: Slide, center: Any, tile_px: int, tile_um: float, **kw: Any) -> np.ndarray:
         if chunk_of[tuple(center)] == 2:
             raise SlideError("synthetic_slide.png: corrupt tile")
-        return original(self, center, tile_px, tile_um)
+        return original(self, center, tile_px, tile_um, **kw)
 
     monkeypatch.setattr(Slide, "read_tile", failing)
     path = tmp_path / "e.vst.zarr"
@@ -487,12 +487,12 @@ def test_reading_runs_at_most_prefetch_batches_ahead_of_the_model(
     started: set[int] = set()
     in_memory: list[int] = []
 
-    def counting(self: Slide, center: Any, tile_px: int, tile_um: float) -> np.ndarray:
+    def counting(self: Slide, center: Any, tile_px: int, tile_um: float, **kw: Any) -> np.ndarray:
         with lock:
             started.add(chunk_of[tuple(center)])
             # batches read or being read, less those the model has finished with
             in_memory.append(len(started) - spy.finished)
-        return original(self, center, tile_px, tile_um)
+        return original(self, center, tile_px, tile_um, **kw)
 
     monkeypatch.setattr(Slide, "read_tile", counting)
     store = predict_slide(

@@ -343,7 +343,7 @@ def _predict_locked(
         sl = store.chunk_slice(chunk)
         tiles = np.empty((sl.stop - sl.start, tile_px, tile_px, 3), np.uint8)
         for i, (x, y) in enumerate(xy[sl]):
-            tiles[i] = slide.read_tile((x, y), tile_px, tile_um)
+            slide.read_tile((x, y), tile_px, tile_um, out=tiles[i])  # (into the batch)
         return tiles
 
     def check_cancel() -> None:

@@ -246,19 +246,30 @@ class Slide:
         xy_level0_px: tuple[float, float],
         size_px: tuple[int, int],
         downsample: float,
+        *,
+        out: NDArray[np.uint8] | None = None,
     ) -> NDArray[np.uint8]:
-        """Like :meth:`read_region`, with the output scale given as a downsample of level 0."""
+        """Like :meth:`read_region`, with the output scale given as a downsample of level 0.
+
+        ``out``, a ``(height, width, 3)`` uint8 array (e.g. one tile of a batch), receives the
+        pixels and is returned; a level read at the output scale is then decoded straight
+        into it (TIFF), without an array of its own.
+        """
         width, height = int(size_px[0]), int(size_px[1])
         if width <= 0 or height <= 0:
             raise ParameterError(f"region size must be positive; got {size_px}")
         if not (math.isfinite(downsample) and downsample > 0):
             raise ParameterError(f"downsample must be positive; got {downsample}")
+        if out is not None:
+            _check_out(out, width, height)
         level = self.best_level_for_downsample(downsample)
         level_ds = self.level_downsamples[level]
         factor = downsample / level_ds  # output pixel size in level pixels
         fx = xy_level0_px[0] / level_ds
         fy = xy_level0_px[1] / level_ds
         if abs(factor - 1.0) < 1e-9 and fx == int(fx) and fy == int(fy):
+            if out is not None:
+                return self._backend.read_level_region_into(level, int(fx), int(fy), out)
             return self._backend.read_level_region(level, int(fx), int(fy), width, height)
         x0, y0 = math.floor(fx), math.floor(fy)
         x1 = math.ceil(fx + width * factor) + 1
@@ -268,10 +279,18 @@ class Slide:
         resized = Image.fromarray(region).resize(
             (width, height), Image.Resampling.BILINEAR, box=box
         )
-        return np.asarray(resized)
+        if out is None:
+            return np.asarray(resized)
+        out[...] = np.asarray(resized)
+        return out
 
     def read_tile(
-        self, center_xy_level0_px: tuple[float, float], tile_px: int, tile_um: float
+        self,
+        center_xy_level0_px: tuple[float, float],
+        tile_px: int,
+        tile_um: float,
+        *,
+        out: NDArray[np.uint8] | None = None,
     ) -> NDArray[np.uint8]:
         """Read a square tile of ``tile_um`` µm side, centred on a level-0 point, as ``tile_px`` px.
 
@@ -279,27 +298,52 @@ class Slide:
         with its glass masked, :func:`~napari_virtual_st.tissue.has_black_background`, decided
         once per slide from its thumbnail), pixels that let no light through are made white,
         as glass (:func:`~napari_virtual_st.tissue.no_light_as_glass`).
+
+        Where a level holds the tile at its own scale (its side there is ``tile_px`` px to
+        within one pixel), the tile is that level's own ``tile_px`` × ``tile_px`` pixels
+        whose centre is nearest the point (at most ½ level pixel off), copied without
+        resampling; otherwise it is resampled (bilinear) from the coarsest level that
+        resolves it.
+
+        ``out``, a ``(tile_px, tile_px, 3)`` uint8 array (a tile of a batch), receives the
+        pixels and is returned (see :meth:`read_region_downsampled`).
         """
         side_level0 = tile_um / self.mpp
         downsample = side_level0 / tile_px
         level = self.best_level_for_downsample(downsample)
-        side_read = side_level0 / self.level_downsamples[level]
+        level_ds = self.level_downsamples[level]
+        side_read = side_level0 / level_ds
         if side_read > MAX_TILE_READ_PX:
             raise ParameterError(
                 f"a {tile_um:g} µm tile would read {side_read:,.0f} × {side_read:,.0f} px of this "
                 f"slide's level {level} (the limit is {MAX_TILE_READ_PX:,} px a side): the slide "
                 f"has no pyramid level near {downsample * self.mpp:.3g} µm/px"
             )
-        corner = (
-            center_xy_level0_px[0] - side_level0 / 2,
-            center_xy_level0_px[1] - side_level0 / 2,
-        )
-        tile = self.read_region_downsampled(corner, (tile_px, tile_px), downsample)
+        if abs(side_read - tile_px) < 1.0 and tile_px > 0:  # the level's own pixels
+            x = round(center_xy_level0_px[0] / level_ds - tile_px / 2)
+            y = round(center_xy_level0_px[1] / level_ds - tile_px / 2)
+            if out is None:
+                tile = self._backend.read_level_region(level, x, y, tile_px, tile_px)
+            else:
+                _check_out(out, tile_px, tile_px)
+                tile = self._backend.read_level_region_into(level, x, y, out)
+        else:
+            corner = (
+                center_xy_level0_px[0] - side_level0 / 2,
+                center_xy_level0_px[1] - side_level0 / 2,
+            )
+            tile = self.read_region_downsampled(corner, (tile_px, tile_px), downsample, out=out)
         if self._black_background is None:  # (a small thumbnail, read once; the tissue
             # check's, which the slide keeps, stays kept)
             small = self.thumbnail(BACKGROUND_THUMBNAIL_PX, keep=False)
             self._black_background = has_black_background(small)
-        return no_light_as_glass(tile) if self._black_background else tile
+        if not self._black_background:
+            return tile
+        glass = no_light_as_glass(tile)  # (a copy when it changes anything: never written
+        if out is None or glass is tile:  # into a backend's own pixels)
+            return glass
+        out[...] = glass  # (the caller's buffer, a tile of a batch)
+        return out
 
     def thumbnail(self, max_px: int = 2048, *, keep: bool = True) -> NDArray[np.uint8]:
         """The whole slide as RGB, its longer side at most ``max_px`` pixels (``keep``: the
@@ -458,6 +502,15 @@ class LevelArray:
 
     def __repr__(self) -> str:
         return f"LevelArray(level={self.level}, shape={self.shape})"
+
+
+def _check_out(out: NDArray[np.uint8], width: int, height: int) -> None:
+    """Refuse a buffer that cannot hold a ``(height, width)`` RGB uint8 region."""
+    if out.shape != (height, width, 3) or out.dtype != np.uint8:
+        raise ParameterError(
+            f"out must be a ({height}, {width}, 3) uint8 array for this region; "
+            f"got {out.shape} {out.dtype}"
+        )
 
 
 def _index(i: object, n: int) -> int:

@@ -77,6 +77,19 @@ class SlideBackend(abc.ABC):
     ) -> NDArray[np.uint8]:
         """Read a ``(height, width, 3)`` uint8 RGB region of ``level`` at level pixel (x, y)."""
 
+    def read_level_region_into(
+        self, level: int, x: int, y: int, out: NDArray[np.uint8]
+    ) -> NDArray[np.uint8]:
+        """Read the region of ``level`` at level pixel (x, y) the size of ``out`` into ``out``
+        (``(height, width, 3)`` uint8, e.g. one tile of a batch), and return ``out``.
+
+        Backends that can decode straight into the caller's buffer override this; the
+        default reads a new array and copies it.
+        """
+        height, width = out.shape[:2]
+        out[...] = self.read_level_region(level, x, y, width, height)
+        return out
+
     @property
     def properties(self) -> Mapping[str, str]:
         """Free-form metadata of the file (vendor properties)."""

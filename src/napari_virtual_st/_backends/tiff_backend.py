@@ -217,10 +217,18 @@ class TiffBackend(SlideBackend):
     def read_level_region(
         self, level: int, x: int, y: int, width: int, height: int
     ) -> NDArray[np.uint8]:
+        return self.read_level_region_into(level, x, y, np.empty((height, width, 3), np.uint8))
+
+    def read_level_region_into(
+        self, level: int, x: int, y: int, out: NDArray[np.uint8]
+    ) -> NDArray[np.uint8]:
+        """Copy the decoded segments' pixels straight into ``out`` (white outside the level)."""
         lvl = self._levels[level]
-        out = np.full((height, width, 3), 255, np.uint8)
+        height, width = out.shape[:2]
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + width, lvl.width), min(y + height, lvl.height)
+        if (x0, y0, x1, y1) != (x, y, x + width, y + height):  # (partly) outside the level
+            out[...] = 255
         if x0 >= x1 or y0 >= y1:
             return out
         for row in range(y0 // lvl.seg_h, (y1 - 1) // lvl.seg_h + 1):

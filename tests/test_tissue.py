@@ -124,8 +124,13 @@ def test_tiles_of_a_black_background_slide_show_white_glass(tmp_path: Path) -> N
         Slide(tmp_path / "black.png", mpp=1.0) as black,
         Slide(tmp_path / "white.png", mpp=1.0) as white,
     ):
-        tile = black.read_tile(corner, 16, 16.0)
+        tile = black.read_tile(corner, 16, 16.0)  # the level's own pixels (16 µm = 16 px)
         assert (tile == 255).all()
+        batch = np.zeros((2, 16, 16, 3), np.uint8)  # read into a batch's buffer, both paths
+        black.read_tile(corner, 16, 16.0, out=batch[0])
+        black.read_tile(corner, 16, 24.0, out=batch[1])  # resampled
+        assert (batch == 255).all()
+        assert not black._backend.read_level_region(0, 12, 12, 16, 16).any()  # source: black
         edge = black.read_tile((220.0, 55.0), 32, 64.0)  # half tissue, half background
         assert edge.max(axis=-1).min() >= 30
         np.testing.assert_array_equal(

@@ -383,7 +383,7 @@ def test_the_widget_is_in_the_plugin_menu(make_napari_viewer) -> None:
 def test_the_store_field_starts_with_a_suggestion_like_the_predict_panels(
     make_napari_viewer, tmp_path: Path
 ) -> None:
-    from napari_virtual_st._napari.predict_widget import default_output_dir
+    from napari_virtual_st._napari.predict_form import default_output_dir
     from napari_virtual_st.registry import sample_slide_path
 
     viewer = make_napari_viewer()

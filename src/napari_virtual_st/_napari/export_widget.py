@@ -43,7 +43,7 @@ from napari_virtual_st._napari.export_outputs import (
     done_texts,
     output_path,
 )
-from napari_virtual_st._napari.predict_widget import file_edit_path
+from napari_virtual_st._napari.predict_form import file_edit_path
 from napari_virtual_st._napari.shapes_regions import regions_from_layers, shapes_layer_data
 from napari_virtual_st.errors import VirtualSTError
 from napari_virtual_st.export import (

@@ -16,7 +16,8 @@ from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari import measured_layers as ml
 from napari_virtual_st._napari.measured_gene_view import GeneView, fmt
 from napari_virtual_st._napari.measured_panel import MeasuredPanel, MeasuredSession, Worker
-from napari_virtual_st._napari.predict_widget import default_output_dir, usable_bundled_models
+from napari_virtual_st._napari.model_choices import usable_bundled_models
+from napari_virtual_st._napari.predict_form import default_output_dir
 from napari_virtual_st._napari.views import views_of
 from napari_virtual_st.align import Transform
 from napari_virtual_st.compare import Comparison

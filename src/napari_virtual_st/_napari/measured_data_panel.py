@@ -18,7 +18,7 @@ from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari import measured_layers as ml
 from napari_virtual_st._napari import resolution
 from napari_virtual_st._napari.measured_panel import MeasuredPanel, MeasuredSession, Worker
-from napari_virtual_st._napari.predict_widget import file_edit_path
+from napari_virtual_st._napari.predict_form import file_edit_path
 from napari_virtual_st.measured import MeasuredDataError, MeasuredST, read_measured
 
 DATA_KINDS = [

@@ -23,7 +23,7 @@ from napari.utils.notifications import show_error
 
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari import notify
-from napari_virtual_st._napari.predict_widget import file_edit_path
+from napari_virtual_st._napari.predict_form import file_edit_path
 from napari_virtual_st.align import Transform
 from napari_virtual_st.compare import Comparison
 from napari_virtual_st.errors import VirtualSTError

@@ -21,6 +21,11 @@ sections only:
 - ``"shared"``: one ``c`` for every gene (each gene's rows scaled by its label's SD per section,
   as PCC-ALL weighs genes alike); fewer parameters, less to overfit.
 
+Run alone (``python -m models.context_stage``) it scores the stage for the methods whose fold
+runs are all there and writes ``results/context_stage.json`` / ``.md``, without touching
+``results/protocol.*`` (which ``python -m models.protocol`` regenerates, this stage included,
+once every method's folds are run).
+
 Nested, as the Gaussian's σ is chosen (:func:`nested`): for held-out section k, the variant
 (per-gene or shared) is the one with the best mean raw PCC-ALL over inner leave-one-out folds
 of the other sections; it is then fitted on all the other sections and applied to k; k's labels
@@ -293,3 +298,71 @@ def coefficient_summary(context: SpotContext) -> dict[str, Any]:
         ).tolist(),
         "genes_on_their_own_value_only": int(np.sum(a.max(axis=1) < 1e-3)),
     }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Score the stage (module doc) for the methods whose fold runs are all there."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from models.evaluate import C_SECTIONS, TEST_SECTION, TILE_PX, TILE_UM
+    from models.folds import fold_path
+    from models.protocol import (
+        METHODS,
+        N_BOOT,
+        REPO,
+        context_method,
+        learned_context_method,
+        learned_markdown,
+        load_predictions,
+    )
+    from models.workshop.data import load_her2st
+
+    results = REPO / "models" / "results"
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--json", type=Path, default=results / "context_stage.json")
+    parser.add_argument("--markdown", type=Path, default=results / "context_stage.md")
+    parser.add_argument("--n-boot", type=int, default=N_BOOT)
+    args = parser.parse_args(argv)
+    ready = [
+        m
+        for m in METHODS
+        if all(fold_path(m.fold_method, k).is_file() for k in C_SECTIONS)
+        and (m.onnx or fold_path(m.fold_method, TEST_SECTION).is_file())
+    ]
+    sections = load_her2st(TILE_PX, TILE_UM)
+    p = load_predictions(sections, args.n_boot, ready)
+    out: dict[str, Any] = {"n_boot": args.n_boot, "methods": {}}
+    for m in ready:
+        print(f"{m.name}: Gaussian (nested sigma), then the learnt rings", flush=True)
+        gaussian = context_method(m, p)
+        out["methods"][m.name] = {
+            "label": m.label,
+            "shipped_file": m.onnx,
+            "gaussian_sigma_per_outer_fold": gaussian["sigma_chosen_per_outer_fold"],
+            "gaussian_sigma_on_all_C": gaussian["sigma_chosen_on_all_C"],
+            "gaussian_loso_C_raw": gaussian["loso_C_raw"],
+            "gaussian_a1_raw": gaussian["a1_raw"],
+            "learned_context": learned_context_method(m, p),
+        }
+    out["not_run"] = [m.name for m in METHODS if m not in ready]
+    args.json.write_text(json.dumps(out, indent=2) + "\n")
+    lines = learned_markdown(out)
+    lines += [
+        "",
+        "Gaussian σ (µm) chosen per outer fold (on all C): "
+        + "; ".join(
+            f"{r['label']}: {', '.join(str(v) for v in r['gaussian_sigma_per_outer_fold'].values())}"
+            f" ({r['gaussian_sigma_on_all_C']})"
+            for r in out["methods"].values()
+        ),
+        f"Not run (fold predictions missing): {', '.join(out['not_run']) or 'none'}.",
+    ]
+    args.markdown.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

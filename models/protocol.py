@@ -618,7 +618,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_diff(c['loso_C_gain_smoothed_3x3'])} | {cell(c['a1_raw'])} | "
             f"{_diff(c['a1_gain_raw'])} | {_diff(c['a1_gain_smoothed_3x3'])} |"
         )
-    lines += ["", *learned_markdown(result)]
+    learned = learned_markdown(result)
+    lines += ["", *learned] if learned else []
     lines += ["", "| paired difference | a − b | 95 % interval | verdict |", "|---|---|---|---|"]
     for key, d in result["paired_differences"].items():
         if "mean" in key.split("/")[-1].split("-"):
@@ -638,6 +639,8 @@ def learned_markdown(result: dict[str, Any]) -> list[str]:
         lo, hi = rec["ci95"]
         return f"{rec['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
+    if not any(r.get("learned_context") for r in result["methods"].values()):
+        return []
     lines = [
         "Learnt context stage (rings, `models/context_stage.py`): weights fitted on the other C "
         "sections only; a − b paired, ties called ties.",

@@ -331,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ready = [
         m
         for m in METHODS
-        if sum(fold_path(m.fold_method, k).is_file() for k in C_SECTIONS) >= MIN_SECTIONS
+        if m.name != "mean"  # (constant predictions: no neighbour can change a correlation)
+        and sum(fold_path(m.fold_method, k).is_file() for k in C_SECTIONS) >= MIN_SECTIONS
         and (m.onnx or fold_path(m.fold_method, TEST_SECTION).is_file())
     ]
     sections = load_her2st(TILE_PX, TILE_UM)

@@ -218,3 +218,24 @@ def test_malformed_rings_metadata_is_refused_by_key(record: dict, fragment: str)
     with pytest.raises(ModelError, match=r"vst\.context") as info:
         SpotContext.from_json(json.dumps({"kind": "rings", **record}))
     assert fragment in str(info.value)
+
+
+def test_both_ways_of_computing_rings_agree() -> None:
+    """Few distinct weight sets: one matrix per set; many: one sum per ring. Same values."""
+    rng = np.random.default_rng(4)
+    xy = _lattice(8)
+    values = rng.normal(size=(len(xy), 6))
+    values[rng.random(len(xy)) < 0.25] = np.nan
+    coefficients = rng.uniform(0.0, 1.0, size=(6, 5))
+    many = context_weights(xy, SpotContext.rings(EDGES, coefficients))
+    assert not many.grouped
+    out = apply_context(values, many)
+    for g in range(6):
+        one = context_weights(xy, SpotContext.rings(EDGES, coefficients[[g]]))
+        assert one.grouped
+        np.testing.assert_allclose(
+            apply_context(values[:, [g]], one)[:, 0], out[:, g], rtol=1e-6, equal_nan=True
+        )
+        np.testing.assert_array_equal(
+            apply_context(values[:, [g]], many, columns=[g])[:, 0], out[:, g]
+        )

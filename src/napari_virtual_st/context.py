@@ -37,6 +37,7 @@ viewer all call the same two functions, so a value is computed the same way ever
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -265,6 +266,13 @@ class RingWeights:
     rings: sparse.csr_matrix
     coefficients: NDArray[np.float64]
 
+    @functools.cached_property
+    def grouped(self) -> bool:
+        """Whether the genes share few distinct weight sets (at most one per ring): then one
+        weight matrix per set is faster than one sum per ring."""
+        distinct = np.unique(self.coefficients.T, axis=0)
+        return len(distinct) <= self.coefficients.shape[0]
+
     @property
     def shape(self) -> tuple[int, int]:
         """``(n, n)``, as a weight matrix's."""
@@ -387,7 +395,10 @@ def apply_context(
         return np.full((len(own), values.shape[1]), np.nan, np.float32)
     own_values = np.asarray(tile_values)[own]
     if coefficients is not None:
-        out = _apply_rings(values, w, have, coefficients, own_values)
+        # which way depends on the whole kernel, never on the genes asked for, so a gene
+        # gets the same bits whichever genes are computed with it
+        apply = _apply_grouped if weights.grouped else _apply_ring_sums
+        out = apply(values, w, have, coefficients, own_values)
     else:
         # the same sparsity pattern, zero weight for neighbours without a value (keeps each
         # row's order of summation, so a row's result never depends on the other rows)
@@ -404,15 +415,47 @@ def apply_context(
     return out
 
 
-def _apply_rings(
+def _apply_grouped(
     values: NDArray[np.floating],
     ring_of: sparse.csr_matrix,
     have: NDArray[np.bool_],
     coefficients: NDArray[np.float64],
     own_values: NDArray[np.floating],
 ) -> NDArray[np.float32]:
-    """The rings kernel on already selected rows: per ring, the sum and count of the
-    neighbours that have a value, weighted per gene (a row's order of summation is fixed)."""
+    """The rings kernel on already selected rows, for a kernel with few distinct per-gene
+    weights: genes with the same ring weights share one weight matrix (one matrix for a
+    kernel shared by every gene: as fast as the Gaussian)."""
+    out = np.empty((ring_of.shape[0], values.shape[1]), np.float32)
+    ring = ring_of.data.astype(np.intp) - 1
+    present = have[ring_of.indices]
+    vectors, group = np.unique(coefficients.T, axis=0, return_inverse=True)
+    for k, vector in enumerate(vectors):
+        genes = np.flatnonzero(group.ravel() == k)
+        # the same sparsity pattern, zero weight for neighbours without a value
+        w = sparse.csr_matrix(
+            (vector[ring] * present, ring_of.indices, ring_of.indptr), shape=ring_of.shape
+        )
+        total = np.asarray(w.sum(axis=1)).ravel()
+        for start in range(0, len(genes), _GENE_BLOCK):
+            cols = genes[start : start + _GENE_BLOCK]
+            filled = np.where(have[:, None], values[:, cols].astype(np.float64), 0.0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                result = np.asarray(w @ filled) / total[:, None]
+            # no weight on what is there (a gene that ignores itself, its rings empty)
+            out[:, cols] = np.where(total[:, None] > 0, result, own_values[:, cols])
+    return out
+
+
+def _apply_ring_sums(
+    values: NDArray[np.floating],
+    ring_of: sparse.csr_matrix,
+    have: NDArray[np.bool_],
+    coefficients: NDArray[np.float64],
+    own_values: NDArray[np.floating],
+) -> NDArray[np.float32]:
+    """The rings kernel on already selected rows, for a kernel with many distinct per-gene
+    weights: per ring, the sum and count of the neighbours that have a value, weighted per
+    gene (a row's order of summation is fixed)."""
     n_rings = coefficients.shape[0]
     ring_sums = []
     for b in range(n_rings):  # one 0/1 matrix per ring, zero where a neighbour has no value

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from models import context_stage
 from models.evaluate import C_SECTIONS, TEST_SECTION, TILE_PX, TILE_UM, predict_onnx
 from models.folds import FOLD_CACHE, fold_path
 from models.workshop.data import HER2ST, SectionData, load_her2st
@@ -291,7 +292,7 @@ def choose_sigma(
 
 
 #: Settings of the protocol: held-out predictions of a method, by section.
-SETTINGS = ("loso", "loso_lowres", "loso_ctx", "a1", "a1_ctx")
+SETTINGS = ("loso", "loso_lowres", "loso_ctx", "a1", "a1_ctx", "loso_rings", "a1_rings")
 
 
 @dataclass
@@ -305,9 +306,11 @@ class Predictions:
         return self.by[setting].get(method)
 
 
-def load_predictions(sections: dict[str, SectionData], n_boot: int) -> Predictions:
+def load_predictions(
+    sections: dict[str, SectionData], n_boot: int, methods: Sequence[Method] = METHODS
+) -> Predictions:
     """Fold runs (``models/folds.py``) for LOSO-C (the C sections each method has fold runs
-    for); the shipped files and the baselines fitted on C2–C6 for A1."""
+    for); the shipped files and the baselines fitted on C2–C6 for A1 (of ``methods``)."""
     folds: dict[str, Fold] = {}
     by: dict[str, dict[str, dict[str, NDArray]]] = {s: {} for s in SETTINGS}
 
@@ -318,7 +321,7 @@ def load_predictions(sections: dict[str, SectionData], n_boot: int) -> Predictio
             raise ValueError(f"{m.name} {section}: gene panel differs from the other methods'")
         by[setting].setdefault(m.name, {})[section] = pred
 
-    for m in METHODS:
+    for m in methods:
         for k in C_SECTIONS:
             if fold_path(m.fold_method, k).is_file():
                 add("loso", m, k, *load_fold_prediction(m, k))
@@ -426,6 +429,46 @@ def context_method(m: Method, p: Predictions) -> dict[str, Any]:
     return rec
 
 
+def learned_context_method(m: Method, p: Predictions) -> dict[str, Any]:
+    """The learnt ring stage (``models/context_stage.py``) fitted nested within C, against
+    no context and against the Gaussian chosen the same way (:func:`context_method` first);
+    the contextual predictions are added to ``p`` as ``loso_rings`` / ``a1_rings``."""
+    preds, folds = p.by["loso"][m.name], p.folds
+    labels = {k: folds[k].raw for k in preds}
+    xy = {k: folds[k].xy_um for k in preds}
+    held_out, chosen, final = context_stage.nested(preds, labels, xy)
+    p.by["loso_rings"][m.name] = held_out
+    p.by["a1_rings"][m.name] = {
+        k: context_stage.apply_rings(v, folds[k].xy_um, final)
+        for k, v in p.by["a1"][m.name].items()
+    }
+    rec: dict[str, Any] = {
+        "what": "rings stage (self + rings to "
+        + ", ".join(f"{e:g}" for e in context_stage.RING_EDGES_UM)
+        + " um), weights fitted on the other C sections' LOSO predictions and raw labels; "
+        "variant (per_gene / shared) chosen on inner folds of those sections",
+        "chosen_per_outer_fold": chosen,
+        "fitted_on_all_C": context_stage.coefficient_summary(final),
+    }
+    if m.onnx:  # what would ship: the weights in the fold predictions' gene order
+        rec["context_fitted_on_all_C"] = {
+            "genes": folds[next(iter(preds))].genes,
+            **final.as_dict(),
+        }
+    for kind in LABEL_KINDS:
+        for setting, name in (("loso_rings", "loso_C"), ("a1_rings", "a1")):
+            base, gauss = setting.replace("_rings", ""), setting.replace("_rings", "_ctx")
+            point, boots = section_scores(p.by[setting][m.name], folds, kind)
+            rec[f"{name}_{kind}"] = summarise(point, boots)
+            rec[f"{name}_minus_none_{kind}"] = difference(
+                point, boots=boots, other=section_scores(p.by[base][m.name], folds, kind)
+            )
+            rec[f"{name}_minus_gaussian_{kind}"] = difference(
+                point, boots=boots, other=section_scores(p.by[gauss][m.name], folds, kind)
+            )
+    return rec
+
+
 def paired(p: Predictions, setting: str, kind: str, a: str, b: str) -> dict[str, Any] | None:
     """a − b on the sections both have predictions for (paired resamples), or None."""
     pa, pb = p.get(setting, a), p.get(setting, b)
@@ -478,6 +521,8 @@ def run(n_boot: int = N_BOOT, log: Any = print) -> dict[str, Any]:
         rec["auc_minus_measured"] = difference(point, boots=boots, other=measured)
         if m.name in p.by["loso"]:
             rec["context"] = context_method(m, p)
+            log(f"learnt context stage of {m.name}")
+            rec["learned_context"] = learned_context_method(m, p)
         out["methods"][m.name] = rec
     names = [m.name for m in METHODS]
     pairs = {
@@ -573,6 +618,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_diff(c['loso_C_gain_smoothed_3x3'])} | {cell(c['a1_raw'])} | "
             f"{_diff(c['a1_gain_raw'])} | {_diff(c['a1_gain_smoothed_3x3'])} |"
         )
+    learned = learned_markdown(result)
+    lines += ["", *learned] if learned else []
     lines += ["", "| paired difference | a − b | 95 % interval | verdict |", "|---|---|---|---|"]
     for key, d in result["paired_differences"].items():
         if "mean" in key.split("/")[-1].split("-"):
@@ -583,6 +630,40 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {key} ({on}) | {d['difference']:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {d['verdict']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def learned_markdown(result: dict[str, Any]) -> list[str]:
+    """The learnt ring stage's table: its scores, and paired against none and the Gaussian."""
+
+    def cell(rec: dict[str, Any]) -> str:
+        lo, hi = rec["ci95"]
+        return f"{rec['value']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    if not any(r.get("learned_context") for r in result["methods"].values()):
+        return []
+    lines = [
+        "Learnt context stage (rings, `models/context_stage.py`): weights fitted on the other C "
+        "sections only; a − b paired, ties called ties.",
+        "",
+        "| method | variant per outer fold (all C) | LOSO-C raw | − none raw | − Gaussian raw "
+        "| − Gaussian smoothed | C→A1 raw | − none raw | − Gaussian raw | − Gaussian smoothed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["methods"].values():
+        c = r.get("learned_context")
+        if c is None:
+            continue
+        chosen = c["chosen_per_outer_fold"]
+        variants = ", ".join(v["variant"] for k, v in chosen.items() if k != "all_C")
+        lines.append(
+            f"| {r['label']} | {variants} ({chosen['all_C']['variant']}) | "
+            f"{cell(c['loso_C_raw'])} | {_diff(c['loso_C_minus_none_raw'])} | "
+            f"{_diff(c['loso_C_minus_gaussian_raw'])} | "
+            f"{_diff(c['loso_C_minus_gaussian_smoothed_3x3'])} | {cell(c['a1_raw'])} | "
+            f"{_diff(c['a1_minus_none_raw'])} | {_diff(c['a1_minus_gaussian_raw'])} | "
+            f"{_diff(c['a1_minus_gaussian_smoothed_3x3'])} |"
+        )
+    return lines
 
 
 def _diff(d: dict[str, Any]) -> str:

@@ -12,9 +12,11 @@ For every bundled model whose target cannot be negative (``log1p_cp10k``):
    its family (``models/results/protocol.json``: LOSO-C of fold runs trained from scratch with
    the same settings, C → A1 of this file, the pathologist-label AUC, with 95 % intervals) are
    recorded under ``protocol_issue19``, saying which is which;
-3. with ``--context``, the default model the protocol recommends gets ``vst.context`` (the
-   Gaussian kernel chosen on inner folds of patient C), and its recorded A1 scores become the
-   contextual ones (the per-tile ones are kept under ``per_tile``).
+3. with ``--context``, the default model the protocol recommends gets ``vst.context``: the
+   learnt ring stage (``models/context_stage.py``, weights fitted on all five C sections) when
+   the protocol found it better than the Gaussian on LOSO-C raw (paired interval above 0),
+   else the Gaussian kernel chosen on inner folds of patient C; its recorded A1 scores become
+   the contextual ones (the per-tile ones are kept under ``per_tile``).
 
 A copy of each record goes to ``models/<family>/metrics.json``.
 """
@@ -69,7 +71,47 @@ def protocol_record(result: dict[str, Any], family: str) -> dict[str, Any]:
             "loso_C_gain_smoothed_3x3": ctx["loso_C_gain_smoothed_3x3"],
             "A1_gain_raw": ctx["a1_gain_raw"],
         },
+        **(
+            {"learned_context": _learned_record(rec["learned_context"])}
+            if "learned_context" in rec
+            else {}
+        ),
     }
+
+
+def _learned_record(learned: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "what": "learnt ring stage (models/context_stage.py), fitted nested within C; "
+        "shipped only when it beats the Gaussian on LOSO-C raw",
+        **{
+            key: learned[key]
+            for key in (
+                "loso_C_raw",
+                "loso_C_minus_none_raw",
+                "loso_C_minus_gaussian_raw",
+                "a1_raw",
+                "a1_minus_gaussian_raw",
+            )
+        },
+    }
+
+
+def chosen_context(result: dict[str, Any], family: str, genes: list[str]) -> SpotContext | None:
+    """The kernel the protocol says ``family`` should ship: the learnt rings only when they beat
+    the Gaussian on LOSO-C raw (paired interval excluding 0), rows put in ``genes``' order;
+    else the nested Gaussian; ``None`` when the protocol chose no context."""
+    rec = result["methods"][family]
+    learned = rec.get("learned_context")
+    if learned and learned["loso_C_minus_gaussian_raw"]["verdict"] == "a":
+        fitted = dict(learned["context_fitted_on_all_C"])
+        order = {g: i for i, g in enumerate(fitted.pop("genes"))}
+        missing = [g for g in genes if g not in order]
+        if missing:
+            raise ValueError(f"{family}: the fitted ring weights lack gene {missing[0]!r}")
+        rows = [fitted["coefficients"][order[g]] for g in genes]
+        return SpotContext.rings(fitted["ring_edges_um"], rows)
+    sigma = rec["context"]["sigma_chosen_on_all_C"]
+    return None if sigma is None else SpotContext(float(sigma), RADIUS_FACTOR * float(sigma))
 
 
 def ship(path: Path, protocol: dict[str, Any] | None, context: SpotContext | None) -> dict:
@@ -107,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     default = protocol["default"] if protocol else None
     for family, name in SHIPPED.items():
         context = None
-        if args.context and default and default["model"] == family and default["context"]:
-            sigma = float(default["context"])
-            context = SpotContext(sigma, RADIUS_FACTOR * sigma)
+        if args.context and default and default["model"] == family and protocol:
+            genes = list(read_metadata(onnx.load(str(BUNDLED / name))).genes)
+            context = chosen_context(protocol, family, genes)
         metrics = ship(BUNDLED / name, protocol, context)
         print(name, json.dumps({k: metrics[k]["PCC-ALL"] for k in ("raw", "smoothed_3x3")}))
     return 0

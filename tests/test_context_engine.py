@@ -308,3 +308,104 @@ def test_a_cohort_run_gives_the_same_contextual_values_as_the_cli(
     np.testing.assert_array_equal(
         cohort_store.expression(), _expected(cohort_store, cohort_store.expression(per_tile=True))
     )
+
+
+# -- the learnt kind (rings): the same engine paths --------------------------------------------
+#: Visium spots are 100 µm apart: itself, then rings to 120 µm (the 6 nearest) and 200 µm.
+RINGS = SpotContext.rings(
+    [120.0, 200.0],
+    [[1.0, 0.5, 0.1], [1.0, 0.0, 0.0], [0.2, 1.0, 1.0], [1.0, 0.3, 0.3], [1.0, 2.0, 0.0]],
+)
+
+
+def _expected_rings(xy_um: np.ndarray, tile: np.ndarray) -> np.ndarray:
+    """Written out from the kernel's definition (not through ``apply_context``)."""
+    a = np.asarray(RINGS.coefficients)  # (G, 3)
+    d = np.hypot(*(xy_um[:, None, :] - xy_um[None, :, :]).transpose(2, 0, 1))
+    ring = np.where(d <= 120.0, 1, np.where(d <= 200.0, 2, -1))
+    np.fill_diagonal(ring, 0)
+    have = np.isfinite(tile).all(axis=1)
+    out = np.full(tile.shape, np.nan)
+    for i in np.flatnonzero(have):
+        near = np.flatnonzero((ring[i] >= 0) & have)
+        w = a[:, ring[i, near]].T  # (neighbours, G)
+        out[i] = (w * tile[near]).sum(axis=0) / w.sum(axis=0)
+    return out
+
+
+def test_a_model_declaring_rings_runs_through_predict_and_export_with_the_functions_values(
+    cmu_small_svs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import anndata as ad
+
+    out = tmp_path / "rings.vst.zarr"
+    assert _predict(cmu_small_svs, _model(tmp_path / "rings.onnx", RINGS), out) == 0
+    assert "learnt ring context" in capsys.readouterr().err
+    store = PredictionStore.open(out)
+    assert store.is_complete and store.model.context == RINGS
+    tile = store.expression(per_tile=True)
+    xy_um = store.xy_level0_px * store.attrs["grid"]["mpp"]
+    expected = _expected_rings(xy_um, tile.astype(np.float64))
+    values = store.expression()
+    np.testing.assert_allclose(values, expected, rtol=1e-5)
+    np.testing.assert_array_equal(values[:, 1], tile[:, 1])  # a gene weighing only itself
+    # a subset of genes, read as the gene browser reads them, uses those genes' weights
+    np.testing.assert_array_equal(store.expression(["SYNTH4", "SYNTH2"]), values[:, [4, 2]])
+    np.testing.assert_array_equal(store.gene_values("SYNTH3"), values[:, 3])
+
+    h5ad = tmp_path / "rings.h5ad"
+    assert main(["export", str(out), "--h5ad", str(h5ad), "--quiet"]) == 0
+    adata = ad.read_h5ad(h5ad)
+    index = adata.obs["spot_index"].to_numpy()
+    np.testing.assert_array_equal(adata.X, values[index])
+    assert adata.uns["virtual_st"]["values"].startswith("contextual (learnt ring context")
+    recorded = adata.uns["virtual_st"]["context"]  # (h5ad keeps the lists as arrays)
+    assert recorded["kind"] == "rings"
+    np.testing.assert_array_equal(recorded["ring_edges_um"], RINGS.ring_edges_um)
+    np.testing.assert_array_equal(recorded["coefficients"], RINGS.coefficients)
+
+
+def test_the_viewer_fills_in_a_rings_model_progressively_to_the_stores_values(
+    cmu_small_svs: Path, tmp_path: Path
+) -> None:
+    model = _model(tmp_path / "rings.onnx", RINGS, with_variance=True)
+    request = run_request(cmu_small_svs, model, tmp_path / "run.vst.zarr", batch_size=8)
+    events, path = drain(run_events(request))
+    view = next(e for e in events if isinstance(e, StoreReadyEvent)).view
+    batches = [e for e in events if isinstance(e, BatchEvent)]
+    known = np.full_like(view.tile_expression, np.nan)
+    xy_um = view.xy_level0_px * view.mpp
+    for k, batch in enumerate(batches):
+        view.update(batch.progress.spots, batch.expression, batch.variance)
+        known[batch.progress.spots] = batch.expression
+        if k == len(batches) // 2:  # half-way: each spot from the neighbours known so far
+            np.testing.assert_allclose(
+                view.expression, _expected_rings(xy_um, known.astype(np.float64)), rtol=1e-5
+            )
+    store = PredictionStore.open(path)
+    np.testing.assert_array_equal(view.expression, store.expression())
+    np.testing.assert_array_equal(view.variance, store.variance())
+
+
+@pytest.mark.parametrize(
+    ("coefficients", "fragment"),
+    [
+        ([[1.0, 0.5, 0.1]] * 4, "coefficients for 4 genes, but the model predicts 5"),
+        ([[1.0, -0.5, 0.1]] * 5, "negative weight"),
+    ],
+)
+def test_a_rings_model_with_wrong_coefficients_is_refused(
+    cmu_small_svs: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    coefficients: list,
+    fragment: str,
+) -> None:
+    text = json.dumps({"kind": "rings", "ring_edges_um": [120, 200], "coefficients": coefficients})
+    model = write_mean_colour_model(
+        tmp_path / "bad.onnx", tile_px=16, tile_um=55.0, metadata_overrides={"vst.context": text}
+    )
+    assert _predict(cmu_small_svs, model, tmp_path / "bad.vst.zarr") == 2
+    err = capsys.readouterr().err
+    assert "metadata 'vst.context'" in err and fragment in err
+    assert not (tmp_path / "bad.vst.zarr").exists()

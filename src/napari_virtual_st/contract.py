@@ -11,7 +11,7 @@ A model is one ``.onnx`` file: input ``image`` uint8 ``(N, tile_px, tile_px, 3)`
   parses each key with :meth:`ModelMetadata.from_props`, checks the graph against it with
   :func:`check_graph` and returns the :class:`ModelInfo` the engine uses.
 
-A model may declare spot context (``vst.context``, a fixed kernel: see
+A model may declare spot context (``vst.context``, a fixed or learnt kernel: see
 :mod:`napari_virtual_st.context`): its spot values are then its per-tile outputs averaged over
 each spot's neighbours, which the engine does on reading (the graph itself stays per-tile).
 
@@ -106,6 +106,12 @@ class ModelMetadata:
         object.__setattr__(self, "other_keys", dict(self.other_keys))
         if isinstance(self.context, (str, Mapping)):  # its JSON text or object
             object.__setattr__(self, "context", _context(self.context))
+        if self.context is not None and self.context.n_genes not in (None, len(self.genes)):
+            raise ModelError(
+                f"metadata 'vst.context': coefficients for {self.context.n_genes} genes, but "
+                f"the model predicts {len(self.genes)} ('vst.genes'); a rings kernel needs one "
+                "row per gene, in the model's gene order"
+            )
 
     def to_props(self) -> dict[str, str]:
         """The ``vst.`` ``metadata_props`` strings; optional keys left out when not given."""

@@ -44,14 +44,12 @@ import zarr
 from numpy.typing import NDArray
 
 from napari_virtual_st.atomic import move_into_place, remove_path
-from napari_virtual_st.context import SpotContext, apply_context, spot_weights
+from napari_virtual_st.context import ContextWeights, SpotContext, apply_context, spot_weights
 from napari_virtual_st.errors import ModelError, ParameterError, StoreError, StoreMismatchError
 from napari_virtual_st.grid import SpotGrid
 from napari_virtual_st.writer_lock import writer_lock
 
 if TYPE_CHECKING:
-    from scipy import sparse
-
     from napari_virtual_st.frames import Transform
 
 STORE_FORMAT = "napari-virtual-st/prediction-store"
@@ -483,7 +481,7 @@ class PredictionStore:
         return self.context is not None
 
     @functools.cached_property
-    def context_weights(self) -> sparse.csr_matrix | None:
+    def context_weights(self) -> ContextWeights | None:
         """The context kernel's weights between the store's spots (``None`` without context).
 
         Spot centres in µm are the level-0 centres × the grid's µm per pixel; built once per
@@ -547,7 +545,8 @@ class PredictionStore:
         tile = self._read(name, genes)
         tile[~self.done] = np.nan  # (a chunk forgotten for repair holds stale values)
         rows = None if spots is None else slice(*spots.indices(self.n_spots))
-        return apply_context(tile, weights, rows)
+        columns = None if genes is None else self.gene_index(genes)  # (per-gene ring weights)
+        return apply_context(tile, weights, rows, columns)
 
     def _read(
         self, name: str, genes: Sequence[str] | None, spots: slice | None = None

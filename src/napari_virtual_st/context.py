@@ -276,7 +276,7 @@ class RingWeights:
     @property
     def shape(self) -> tuple[int, int]:
         """``(n, n)``, as a weight matrix's."""
-        return self.rings.shape  # type: ignore[no-any-return]
+        return self.rings.shape
 
 
 #: What :func:`context_weights` gives: a weight matrix (Gaussian) or :class:`RingWeights`.

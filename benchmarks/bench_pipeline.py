@@ -32,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -52,6 +53,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from revisions import base_worktree, checkout_revision, source_label  # noqa: E402
+
 CACHE = HERE / ".cache"
 CMU_SLIDE = REPO.parent / "shared" / "data" / "wsi" / "CMU-1-Small-Region.svs"
 BAND_ROWS = 6  # lattice rows per band for --sample bands (≈ 2 JPEG tile rows at 0.5 µm/px)
@@ -305,7 +310,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     out["other_load_cores"] = round(max(0.0, meter.busy - meter.cpu) / meter.wall, 2)
     out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
     out["cpus"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    out["src"] = str(Path(sys.modules["napari_virtual_st"].__file__).parent.parent)
+    out["src"] = source_label(Path(sys.modules["napari_virtual_st"].__file__).parent.parent)
     slide.close()
     return out
 
@@ -428,13 +433,6 @@ def _table(entries: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _rel(path: Path) -> str:
-    try:
-        return os.path.relpath(path, REPO)
-    except ValueError:
-        return str(path)
-
-
 def _parse_cpus(text: str) -> list[int]:
     """``"0,2-3"`` → ``[0, 2, 3]`` (as ``taskset -c`` reads a CPU list)."""
     cpus: set[int] = set()
@@ -445,31 +443,6 @@ def _parse_cpus(text: str) -> list[int]:
     if not cpus <= allowed:
         raise SystemExit(f"--cpus {text}: this process may only use CPUs {sorted(allowed)}")
     return sorted(cpus)
-
-
-def _head() -> str:
-    """This checkout's commit, with ``+changes`` where its ``src`` differs from it."""
-    head = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    changed = subprocess.run(
-        ["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "src"], check=False
-    ).returncode
-    return f"{head}+changes" if changed else head
-
-
-def _base_worktree(rev: str) -> Path:
-    """A temporary detached worktree of ``rev`` (removed by the caller)."""
-    tree = Path(tempfile.mkdtemp(prefix="vst-bench-base-")) / "tree"
-    subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), rev],
-        check=True,
-        capture_output=True,
-    )
-    return tree
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -657,10 +630,11 @@ def main(argv: list[str] | None = None) -> int:
         "prefetch": args.prefetch,
         "intra_op_threads": args.intra_op_threads,
         "repeat": args.repeat,
-        "patch": None if args.patch is None else str(args.patch.resolve()),
+        "patch": None if args.patch is None else source_label(args.patch),
     }
     cpu_sets = [_parse_cpus(c) for c in args.cpus] if args.cpus else [None]
-    base_tree = _base_worktree(args.base) if args.base else None
+    worktrees = contextlib.ExitStack()  # (the base revision's, removed at the end)
+    base_tree = worktrees.enter_context(base_worktree(args.base)) if args.base else None
     sides: list[tuple[str, Path | None]] = [
         ("this" if v == "spin" else f"this/{v}", None) for v in args.variants
     ]
@@ -721,12 +695,12 @@ def main(argv: list[str] | None = None) -> int:
                 entry = {
                     "model": label,
                     "slide": path.name,
-                    "path": _rel(path),
+                    "path": source_label(path),
                     "synthetic": synthetic,
                     "cores": n_cores,
                     "cpus": cpus,
                     "side": side,
-                    "commit": args.base if side == "base" else _head(),
+                    "commit": args.base if side == "base" else checkout_revision(),
                     **threads_of[n_cores],
                     **_derive(details, n_cores),
                     "details": details,
@@ -751,11 +725,7 @@ def main(argv: list[str] | None = None) -> int:
                         entry["pipeline_cpu_ms"] / base["pipeline_cpu_ms"], 3
                     )
     finally:
-        if base_tree is not None:
-            subprocess.run(
-                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(base_tree)],
-                check=False,
-            )
+        worktrees.close()
 
     print()
     print(_table(entries))

@@ -130,6 +130,7 @@ def main() -> None:
     from make_large_tiff import cached_large_tiff
     from napari_virtual_st import Slide
     from napari_virtual_st.pipeline import build_grid
+    from revisions import source_label
 
     path = cached_large_tiff(HERE / ".cache", args.size)
     report: dict[str, Any] = {"slide": path.name}
@@ -137,7 +138,7 @@ def main() -> None:
         grid = build_grid(slide, "visium", tile_um=TILE_UM)
         mid = len(grid) // 2
         xy = grid.xy_level0_px[mid : mid + args.tiles]
-        report["src"] = str(Path(inspect.getfile(Slide)).parent.parent)
+        report["src"] = source_label(Path(inspect.getfile(Slide)).parent.parent)
         report["grid_centres"] = read_loop_cost(slide, xy)
         report["whole_pixel_centres"] = read_loop_cost(slide, np.round(xy))
     if args.jpeg_scaling:

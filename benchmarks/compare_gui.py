@@ -33,6 +33,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from revisions import base_worktree, checkout_revision  # noqa: E402
+
 #: Per-scenario figures summarised (as ``bench_gui.py`` reports them).
 KEYS = (
     "first_heatmap_s",
@@ -64,20 +68,6 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any
                 medians[scenario][key] = round(float(median(values)), 3)
                 ranges[scenario][key] = [min(values), max(values)]
     return medians, ranges
-
-
-def _head() -> str:
-    """This checkout's commit, with ``+changes`` where its ``src`` differs from it."""
-    head = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    changed = subprocess.run(
-        ["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "src"], check=False
-    ).returncode
-    return f"{head}+changes" if changed else head
 
 
 def _busy() -> None:  # (a child process: keeps one core busy until terminated)
@@ -149,7 +139,7 @@ def main() -> None:
     medians_before, ranges_before = summarise(before)
     report = {
         "base": args.base,
-        "after_commit": _head(),
+        "after_commit": checkout_revision(),
         "busy_cores": args.busy_cores,
         "summary": "after = this checkout, before = the base commit; medians and ranges "
         "of the runs below (alternating, same machine)",
@@ -175,12 +165,10 @@ def _compare(
     after: list[dict[str, Any]] = []
     before: list[dict[str, Any]] = []
     busy = [multiprocessing.Process(target=_busy, daemon=True) for _ in range(busy_cores)]
-    with tempfile.TemporaryDirectory(prefix="vst-compare-gui-") as tmp:
-        worktree = Path(tmp) / "base"
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), base],
-            check=True,
-        )
+    with (
+        tempfile.TemporaryDirectory(prefix="vst-compare-gui-") as tmp,
+        base_worktree(base) as worktree,
+    ):
         try:
             for process in busy:
                 process.start()
@@ -190,10 +178,6 @@ def _compare(
         finally:
             for process in busy:
                 process.terminate()
-            subprocess.run(
-                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
-                check=False,
-            )
     return after, before
 
 

@@ -26,6 +26,7 @@ from models.protocol import (
     N_BOOT,
     Fold,
     Method,
+    cell_text,
     difference,
     load_fold_prediction,
     make_fold,
@@ -101,15 +102,11 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
                 verdict = {"a": "helps", "b": "hurts", "tie": "tie"}[d["verdict"]]
                 lines.append(
                     f"| {rec['family']} | {setting} ({', '.join(r['sections'])}) | {kind} | "
-                    f"{_value(r['without'])} | {_value(r['with_aux'])} | "
+                    f"{cell_text(r['without'])} | {cell_text(r['with_aux'])} | "
                     f"{d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
                     f"{verdict} |"
                 )
     return "\n".join(lines) + "\n"
-
-
-def _value(s: dict[str, Any]) -> str:
-    return f"{s['value']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -569,12 +569,6 @@ def recommend(result: dict[str, Any]) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     """The protocol's tables (headline, context, paired differences) in markdown."""
 
-    def cell(rec: dict[str, Any] | None) -> str:
-        if rec is None:
-            return "not run"
-        lo, hi = rec["ci95"]
-        return f"{rec['value']:.3f} [{lo:.3f}, {hi:.3f}]"
-
     folds = "; ".join(
         f"{n}: {', '.join(r['loso_folds']) or 'none'}" for n, r in result["methods"].items()
     )
@@ -590,15 +584,15 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for r in result["methods"].values():
         lines.append(
-            f"| {r['label']} | {cell(r['loso_C_raw'])} | {cell(r['loso_C_smoothed_3x3'])} | "
-            f"{cell(r['loso_common_raw'])} | {cell(r['loso_common_smoothed_3x3'])} | "
-            f"{cell(r['a1_raw'])} | {cell(r['a1_smoothed_3x3'])} | "
-            f"{cell(r.get('lowres_C_raw'))} | {cell(r['auc_invasive_vs_stroma'])} |"
+            f"| {r['label']} | {cell_text(r['loso_C_raw'])} | {cell_text(r['loso_C_smoothed_3x3'])} | "
+            f"{cell_text(r['loso_common_raw'])} | {cell_text(r['loso_common_smoothed_3x3'])} | "
+            f"{cell_text(r['a1_raw'])} | {cell_text(r['a1_smoothed_3x3'])} | "
+            f"{cell_text(r.get('lowres_C_raw'))} | {cell_text(r['auc_invasive_vs_stroma'])} |"
         )
     path = result["pathologist"]
     lines.append(
-        f"| measured expression (raw / 3×3-smoothed) | | | | | | | | {cell(path['measured'])} / "
-        f"{cell(path['measured_smoothed_3x3'])} |"
+        f"| measured expression (raw / 3×3-smoothed) | | | | | | | | {cell_text(path['measured'])} / "
+        f"{cell_text(path['measured_smoothed_3x3'])} |"
     )
     lines += [
         "",
@@ -614,8 +608,8 @@ def markdown(result: dict[str, Any]) -> str:
         per_fold = ", ".join(str(v) for v in c["sigma_chosen_per_outer_fold"].values())
         lines.append(
             f"| {r['label']} | {c['sigma_chosen_on_all_C']} ({per_fold}) | "
-            f"{cell(c['loso_C_raw'])} | {_diff(c['loso_C_gain_raw'])} | "
-            f"{_diff(c['loso_C_gain_smoothed_3x3'])} | {cell(c['a1_raw'])} | "
+            f"{cell_text(c['loso_C_raw'])} | {_diff(c['loso_C_gain_raw'])} | "
+            f"{_diff(c['loso_C_gain_smoothed_3x3'])} | {cell_text(c['a1_raw'])} | "
             f"{_diff(c['a1_gain_raw'])} | {_diff(c['a1_gain_smoothed_3x3'])} |"
         )
     learned = learned_markdown(result)
@@ -635,10 +629,6 @@ def markdown(result: dict[str, Any]) -> str:
 def learned_markdown(result: dict[str, Any]) -> list[str]:
     """The learnt ring stage's table: its scores, and paired against none and the Gaussian."""
 
-    def cell(rec: dict[str, Any]) -> str:
-        lo, hi = rec["ci95"]
-        return f"{rec['value']:.3f} [{lo:.3f}, {hi:.3f}]"
-
     if not any(r.get("learned_context") for r in result["methods"].values()):
         return []
     lines = [
@@ -657,13 +647,21 @@ def learned_markdown(result: dict[str, Any]) -> list[str]:
         variants = ", ".join(v["variant"] for k, v in chosen.items() if k != "all_C")
         lines.append(
             f"| {r['label']} | {variants} ({chosen['all_C']['variant']}) | "
-            f"{cell(c['loso_C_raw'])} | {_diff(c['loso_C_minus_none_raw'])} | "
+            f"{cell_text(c['loso_C_raw'])} | {_diff(c['loso_C_minus_none_raw'])} | "
             f"{_diff(c['loso_C_minus_gaussian_raw'])} | "
-            f"{_diff(c['loso_C_minus_gaussian_smoothed_3x3'])} | {cell(c['a1_raw'])} | "
+            f"{_diff(c['loso_C_minus_gaussian_smoothed_3x3'])} | {cell_text(c['a1_raw'])} | "
             f"{_diff(c['a1_minus_none_raw'])} | {_diff(c['a1_minus_gaussian_raw'])} | "
             f"{_diff(c['a1_minus_gaussian_smoothed_3x3'])} |"
         )
     return lines
+
+
+def cell_text(rec: dict[str, Any] | None) -> str:
+    """A score with its interval, ``0.234 [0.217, 0.250]`` (``not run`` for none)."""
+    if rec is None:
+        return "not run"
+    lo, hi = rec["ci95"]
+    return f"{rec['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def _diff(d: dict[str, Any]) -> str:

@@ -30,3 +30,17 @@ def run_request(slide: Path, model: Path, store: Path, **kwargs: Any) -> RunSpec
     }
     options.update(kwargs)
     return RunSpec(slide_path=slide, model_path=model, store_path=store, **options)
+
+
+def finished_store(
+    slide: Path, folder: Path, name: str, n_genes: int = 12, **model_options: Any
+) -> Path:
+    """A finished prediction store ``<folder>/<name>.vst.zarr`` of ``slide`` by a synthetic
+    mean-colour model of ``n_genes`` genes (``model_options``: e.g. ``with_variance``)."""
+    from napari_virtual_st.run import run_events
+    from synthetic_models import write_mean_colour_model
+
+    model = write_mean_colour_model(folder / f"{name}.onnx", n_genes=n_genes, **model_options)
+    spec = RunSpec(slide, model, folder / f"{name}.vst.zarr", batch_size=64)
+    drain(run_events(spec))
+    return spec.store_path

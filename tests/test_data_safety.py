@@ -137,18 +137,29 @@ with writer_lock(sys.argv[1], "a test holding the lock"):
 """
 
 
+@contextlib.contextmanager
+def lock_held_by_another_process(store: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding ``store``'s writer lock until the block ends, when it is
+    killed (a crash: the operating system releases the lock)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(store)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_second_writer_is_refused_naming_the_process_and_a_crash_frees_the_store(
     cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "cmu.vst.zarr"
     assert main(predict_argv(cmu_small_svs, synthetic_model, out)) == 0
     before = tree_digest(out)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_by_another_process(out) as holder:
         held_by = holder_of(out)
         assert held_by is not None
         assert (held_by["pid"], held_by["purpose"]) == (holder.pid, "a test holding the lock")
@@ -158,10 +169,7 @@ def test_a_second_writer_is_refused_naming_the_process_and_a_crash_frees_the_sto
         line = one_line_error(capsys.readouterr().err)
         assert f"in use by process {holder.pid}" in line
         assert tree_digest(out) == before
-    finally:
-        holder.kill()  # a crash: the operating system releases the lock
-        holder.wait()
-    assert holder_of(out) is None
+    assert holder_of(out) is None  # the holder crashed: the lock is free
     assert main(predict_argv(cmu_small_svs, other, out, "--overwrite")) == 0
     assert PredictionStore.open(out).attrs["model"]["file"] == "other.onnx"
 

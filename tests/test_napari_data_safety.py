@@ -6,8 +6,6 @@ shown as a notification, with nothing on disk changed and no layer added.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from napari.utils.notifications import notification_manager
@@ -16,7 +14,7 @@ from napari_virtual_st._napari.layers import find_layers
 from napari_virtual_st._napari.predict_widget import PredictWidget
 from napari_virtual_st.cli import main
 from napari_virtual_st.store import PredictionStore
-from test_data_safety import HOLD_LOCK, predict_argv, tree_digest
+from test_data_safety import lock_held_by_another_process, predict_argv, tree_digest
 
 PLUGIN = "napari-virtual-st"
 RUN_TIMEOUT_MS = 120_000
@@ -74,11 +72,7 @@ def test_a_store_another_process_writes_is_refused_naming_it_and_left_unchanged(
     out = tmp_path / "cmu.vst.zarr"
     assert main(predict_argv(cmu_small_svs, synthetic_model, out)) == 0
     before = tree_digest(out)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with lock_held_by_another_process(out) as holder:
         viewer = make_napari_viewer()
         widget = _panel(viewer, cmu_small_svs, synthetic_model, out)
         errors = _run_and_errors(widget, qtbot)
@@ -86,9 +80,6 @@ def test_a_store_another_process_writes_is_refused_naming_it_and_left_unchanged(
         assert f"in use by process {holder.pid}" in errors[0]
         assert tree_digest(out) == before
         assert widget.last_outcome is not None and widget.last_outcome.error is not None
-    finally:
-        holder.kill()
-        holder.wait()
     # once the other writer is gone (a crash frees the lock) the same click replaces it
     assert _run_and_errors(widget, qtbot) == []
     assert PredictionStore.open(out).is_complete

@@ -16,25 +16,17 @@ from napari_virtual_st._napari.gene_browser import TOP_K, GeneBrowser
 from napari_virtual_st._napari.layers import find_layers, vst_meta
 from napari_virtual_st._napari.views import views_of
 from napari_virtual_st.display import short_model_name
-from napari_virtual_st.run import RunSpec, run_events
+from runs import finished_store
 
 PLUGIN = "napari-virtual-st"
-
-
-def _store(slide: Path, tmp_path: Path, name: str, n_genes: int = 12) -> Path:
-    from synthetic_models import write_mean_colour_model
-
-    model = write_mean_colour_model(tmp_path / f"{name}.onnx", n_genes=n_genes)
-    spec = RunSpec(slide, model, tmp_path / f"{name}.vst.zarr", batch_size=64)
-    for _ in run_events(spec):
-        pass
-    return spec.store_path
 
 
 @pytest.fixture
 def two_stores(cmu_small_svs: Path, tmp_path: Path) -> tuple[Path, Path]:
     """Two finished predictions of the real slide (the same synthetic model twice)."""
-    return _store(cmu_small_svs, tmp_path, "first"), _store(cmu_small_svs, tmp_path, "second")
+    return finished_store(cmu_small_svs, tmp_path, "first"), finished_store(
+        cmu_small_svs, tmp_path, "second"
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -170,19 +162,14 @@ def test_the_spots_status_bar_lists_the_shown_gene_not_every_gene(
 def test_the_uncertainty_map_is_a_toggle_shown_in_place_of_the_values(
     make_napari_viewer, cmu_small_svs: Path, tmp_path: Path
 ) -> None:
-    from synthetic_models import write_mean_colour_model
-
-    model = write_mean_colour_model(tmp_path / "var.onnx", n_genes=8, with_variance=True)
-    spec = RunSpec(cmu_small_svs, model, tmp_path / "var.vst.zarr", batch_size=64)
-    for _ in run_events(spec):
-        pass
+    store = finished_store(cmu_small_svs, tmp_path, "var", n_genes=8, with_variance=True)
     viewer = make_napari_viewer()
-    viewer.open(spec.store_path, plugin=PLUGIN)
+    viewer.open(store, plugin=PLUGIN)
     browser = _browser(viewer)
     assert browser.uncertainty.enabled and not browser.uncertainty.value
     browser.show_genes(["SYNTH2"])
-    (values,) = find_layers(viewer, spec.store_path, "heatmap")
-    (sd,) = find_layers(viewer, spec.store_path, "uncertainty")
+    (values,) = find_layers(viewer, store, "heatmap")
+    (sd,) = find_layers(viewer, store, "uncertainty")
     assert values.visible and not sd.visible and vst_meta(sd)["gene"] == "SYNTH2"
     browser.uncertainty.value = True  # one map at a time, its own colour bar and legend
     assert sd.visible and not values.visible

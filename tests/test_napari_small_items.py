@@ -14,6 +14,7 @@ from napari_virtual_st._napari.layers import find_layers
 from napari_virtual_st._napari.model_choices import model_summary
 from napari_virtual_st._napari.predict_widget import PredictWidget
 from napari_virtual_st.registry import default_model
+from runs import finished_store
 
 PLUGIN = "napari-virtual-st"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "napari.md"
@@ -21,14 +22,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "napari.md"
 
 @pytest.fixture
 def store(cmu_small_svs: Path, tmp_path: Path) -> Path:
-    from napari_virtual_st.run import RunSpec, run_events
-    from synthetic_models import write_mean_colour_model
-
-    model = write_mean_colour_model(tmp_path / "m.onnx", n_genes=6)
-    spec = RunSpec(cmu_small_svs, model, tmp_path / "m.vst.zarr", batch_size=64)
-    for _ in run_events(spec):
-        pass
-    return spec.store_path
+    return finished_store(cmu_small_svs, tmp_path, "m", n_genes=6)
 
 
 def _browsers(viewer) -> list[GeneBrowser]:

@@ -13,8 +13,8 @@ from napari_virtual_st._napari import views as vst_views
 from napari_virtual_st._napari.gene_browser import GeneBrowser
 from napari_virtual_st._napari.layers import find_layers, vst_meta
 from napari_virtual_st._napari.views import views_of
-from napari_virtual_st.run import RunSpec, run_events
 from napari_virtual_st.store_view import StoreView
+from runs import finished_store
 
 PLUGIN = "napari-virtual-st"
 
@@ -22,13 +22,7 @@ PLUGIN = "napari-virtual-st"
 @pytest.fixture
 def store(cmu_small_svs: Path, tmp_path: Path) -> Path:
     """A finished prediction of the real slide by a small synthetic model."""
-    from synthetic_models import write_mean_colour_model
-
-    model = write_mean_colour_model(tmp_path / "model.onnx", n_genes=8)
-    spec = RunSpec(cmu_small_svs, model, tmp_path / "p.vst.zarr", batch_size=64)
-    for _ in run_events(spec):
-        pass
-    return spec.store_path
+    return finished_store(cmu_small_svs, tmp_path, "p", n_genes=8)
 
 
 class _Listener:

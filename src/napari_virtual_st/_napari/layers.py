@@ -171,11 +171,18 @@ def heatmap_image(view: StoreView, gene: str, *, uncertainty: bool = False) -> N
 
 
 def heatmap_name(
-    view: StoreView, gene: str, *, uncertainty: bool = False, viewer: napari.Viewer | None = None
+    view: StoreView,
+    gene: str,
+    *,
+    uncertainty: bool = False,
+    viewer: napari.Viewer | None = None,
+    renaming: Layer | None = None,
 ) -> str:
     """A heatmap layer's name: gene and model, with the store's name when another layer of
-    ``viewer`` has that name already."""
-    taken = [] if viewer is None else [layer.name for layer in viewer.layers]
+    ``viewer`` (other than the one ``renaming``) has that name already."""
+    taken = (
+        [] if viewer is None else [layer.name for layer in viewer.layers if layer is not renaming]
+    )
     return display.layer_name(
         gene,
         view.model_name,
@@ -418,20 +425,12 @@ def switch_gene(viewer: napari.Viewer, layer: Layer, view: StoreView, gene: str)
     if meta.get("gene") == gene or view.geometry is None:
         return
     uncertainty = meta.get("role") == "uncertainty"
-    others = [other.name for other in viewer.layers if other is not layer]
     lo, hi = display_limits(view, gene, uncertainty=uncertainty)
     layer.metadata = {**layer.metadata, "vst": {**meta, "gene": gene}}
     _set_image(layer, heatmap_image(view, gene, uncertainty=uncertainty))
     layer.contrast_limits_range = (lo, hi)
     layer.contrast_limits = (lo, hi)
-    layer.name = display.layer_name(
-        gene,
-        view.model_name,
-        what="SD" if uncertainty else "",
-        taken=others,
-        store=view.name,
-        context=view.context,
-    )
+    layer.name = heatmap_name(view, gene, uncertainty=uncertainty, viewer=viewer, renaming=layer)
 
 
 def canvas_colour_bars() -> bool:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import faulthandler
+import gc
 import sys
 from pathlib import Path
 
@@ -11,28 +12,46 @@ import pytest
 TESTS_DIR = Path(__file__).parent
 sys.path.insert(0, str(TESTS_DIR))
 
-_EXIT_STATUS: list[int] = []
-
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    _EXIT_STATUS.append(int(exitstatus))
+    """Tear down, in order, what the tests leave for the interpreter's exit.
+
+    While the QApplication and the virtual screen are still there: close every napari
+    window still open, let napari's worker threads finish, and run Qt's pending deletions;
+    then free the model sessions the engine keeps (its exit handler does that for users'
+    scripts too) and collect cycles. The interpreter then exits normally: nothing native
+    (Qt widgets, GL contexts, ONNX Runtime's thread pools) is left to its module teardown.
+    ``test_napari_exit.py`` and ``test_run.py`` check a user's script's exit the same way.
+    """
+    if "napari._qt" in sys.modules:  # napari windows were made (Qt is there)
+        _close_napari()
+    if "napari_virtual_st.run.engine" in sys.modules:
+        from napari_virtual_st.run.engine import release_kept_models
+
+        release_kept_models()
+    gc.collect()
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Leave with pytest's own status once every plugin has finished (Xvfb stopped).
+    """Keep faulthandler on through the interpreter's exit (pytest turns it off here), so a
+    crash there, were one to come back, prints every thread's Python stack in the log."""
+    faulthandler.enable(file=sys.__stderr__, all_threads=True)
 
-    After a full run, the interpreter's own teardown (Qt/vispy objects of the napari tests
-    collected after their QApplication, and native thread pools of ONNX Runtime/torch) has
-    been seen to crash (SIGSEGV) after all tests passed and the summary was printed, which
-    would turn a green run red. Every result is reported by then, so skip that teardown.
-    What users meet (one viewer, a run, the viewer closed, a normal exit) is checked without
-    this shortcut by ``test_napari_exit.py``.
-    """
-    if _EXIT_STATUS and os.environ.get("VST_PYTEST_NORMAL_EXIT") != "1":
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_EXIT_STATUS[-1])
+
+def _close_napari() -> None:
+    import napari
+    from qtpy.QtCore import QCoreApplication, QEvent, QThreadPool
+    from qtpy.QtWidgets import QApplication
+
+    napari.Viewer.close_all()
+    app = QApplication.instance()
+    if app is None:
+        return
+    QThreadPool.globalInstance().waitForDone(30_000)
+    for _ in range(3):
+        app.processEvents()
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
 
 
 SHARED_DATA = TESTS_DIR.parent.parent / "shared" / "data"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
+import subprocess
 import sys
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -393,6 +396,68 @@ def test_a_model_session_is_kept_for_the_next_run_and_reloaded_when_the_file_cha
     changed, _ = engine.load_predictor(path)
     assert changed is not first
     assert len(changed.genes) == 4
+
+
+def test_kept_sessions_are_freed_on_request_and_a_later_run_loads_the_model_again(
+    tmp_path: Path,
+) -> None:
+    from napari_virtual_st.run import engine
+    from synthetic_models import write_mean_colour_model
+
+    path = write_mean_colour_model(tmp_path / "m.onnx", n_genes=3)
+    first, _ = engine.load_predictor(path)
+    released = weakref.ref(first)
+    engine.release_kept_models()
+    del first
+    gc.collect()
+    assert released() is None  # the session (and its ONNX Runtime threads) is gone
+    again, _ = engine.load_predictor(path)
+    assert len(again.genes) == 3
+
+
+EXIT_SCRIPT = """
+import atexit, sys
+from pathlib import Path
+
+# Registered before the engine is imported, so it runs after the engine's own exit handler.
+atexit.register(lambda: print("sessions kept at exit:", len(engine._MODELS), flush=True))
+
+from napari_virtual_st.run import engine
+from napari_virtual_st.run.spec import RunSpec
+
+slide, model, out = (Path(a) for a in sys.argv[1:4])
+for name in ("a", "b"):
+    engine.run(RunSpec(slide, model, out / f"{name}.vst.zarr", mpp=1.0))
+print("runs done", flush=True)
+"""
+
+
+def test_a_script_that_runs_predictions_exits_cleanly_having_freed_its_sessions_first(
+    tmp_path: Path, synthetic_model: Path
+) -> None:
+    slide = tmp_path / "tissue.png"
+    image = np.full((600, 800, 3), 245, np.uint8)
+    image[100:500, 150:650] = (170, 90, 150)  # synthetic pink "tissue"
+    Image.fromarray(image).save(slide)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "faulthandler",
+            "-c",
+            EXIT_SCRIPT,
+            slide,
+            synthetic_model,
+            tmp_path,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+    )
+    assert "Fatal Python error" not in done.stderr, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["runs done", "sessions kept at exit: 0"]
 
 
 def test_a_slide_far_coarser_than_the_model_reads_is_refused_naming_both(

@@ -11,6 +11,7 @@ meanwhile is reported as :mod:`~.events` to the ``progress`` callback.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import threading
 from collections.abc import Callable
@@ -224,6 +225,21 @@ _MODELS: collections.OrderedDict[tuple[object, ...], tuple[Predictor, frozenset[
     collections.OrderedDict()
 )
 _MODELS_LOCK = threading.Lock()
+
+
+def release_kept_models() -> None:
+    """Free the model sessions kept for later runs (each frees its ONNX Runtime threads).
+
+    Called at interpreter exit (registered below), so that the sessions go while the
+    interpreter is whole rather than in its module teardown, where ONNX Runtime's native
+    thread pools and the objects they call back into are freed in no set order. A session a
+    run is still using is freed when that run lets go of it.
+    """
+    with _MODELS_LOCK:
+        _MODELS.clear()
+
+
+atexit.register(release_kept_models)
 
 
 def load_predictor(

@@ -13,12 +13,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import test_slide
 from napari_virtual_st.cli import main
 from napari_virtual_st.store import PredictionStore, is_prediction_store
 from napari_virtual_st.writer_lock import StoreInUseError, holder_of, writer_lock
@@ -493,3 +494,43 @@ def test_a_store_records_the_slides_absolute_path_when_given_a_relative_one(
     assert recorded is not None and recorded.is_absolute()
     monkeypatch.chdir(tmp_path / "slides")  # another folder: the record still finds it
     assert recorded.exists()
+
+
+# -- damaged slides through the command line ------------------------------------------------------
+DAMAGED_SLIDES = {
+    "truncated mid tiles": test_slide._damaged_svs_mid_tiles,
+    "truncated after header": test_slide._damaged_svs_after_header,
+    "zeroed tiles": test_slide._damaged_svs_zeroed_tiles,
+    "random bytes .svs": test_slide._random_bytes_svs,
+    "random bytes .tif": test_slide._random_bytes_tif,
+    "truncated svs named .tif": test_slide._truncated_svs_named_tif,
+    "empty": test_slide._empty_svs,
+    "truncated png": test_slide._truncated_png,
+}
+
+
+@pytest.mark.parametrize("make", DAMAGED_SLIDES.values(), ids=DAMAGED_SLIDES.keys())
+def test_a_damaged_slide_is_one_line_on_stderr_exit_2_and_the_store_at_out_is_kept(
+    make: Callable[[Path, Path], Path],
+    cmu_small_svs: Path,
+    synthetic_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "earlier.vst.zarr"
+    assert main(predict_argv(cmu_small_svs, synthetic_model, out)) == 0
+    before = tree_digest(out)
+    capsys.readouterr()
+    damaged = make(cmu_small_svs, tmp_path)
+
+    code = main(predict_argv(damaged, synthetic_model, out, "--overwrite"))
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert tree_digest(out) == before
+    line = one_line_error(err)
+    assert damaged.name in line or "damaged" in line
+    # Besides the error, at most the run's own status line (the model it loaded): no
+    # library's warnings (tifffile logs some for damaged files) reach the user.
+    others = [x for x in err.splitlines() if x.strip() and x != line]
+    assert all(x.startswith("model ") for x in others), err

@@ -1,5 +1,6 @@
 """The small dead ends of issue 21: a reopened store's colour bar, the model line, the sample
-slide's note, toasts cut mid-sentence, the Plugins menu entries the guide names."""
+slide's note, toasts cut mid-sentence, the Plugins menu entries the guide names, and opening a
+store from a script as the guide says."""
 
 from __future__ import annotations
 
@@ -95,6 +96,23 @@ def test_the_guide_names_every_plugins_menu_entry() -> None:
     assert "four entries" in text
     for name in names:
         assert f"*{name}*" in text, name
+
+
+def test_a_store_opens_from_a_script_by_the_line_the_guide_gives(
+    make_napari_viewer, store: Path
+) -> None:
+    """``viewer.open(store)`` reads with napari's own reader (napari's default
+    ``plugin="napari"``, which no plugin can change): it finds nothing to show in a
+    ``.vst.zarr`` folder. The guide says so and gives the line that opens it; both hold."""
+    text = DOCS.read_text(encoding="utf-8")
+    assert 'plugin="napari-virtual-st")' in text
+    assert "napari's own reader unless told otherwise" in text
+    viewer = make_napari_viewer()
+    assert viewer.open(store) == []  # napari's default: if it ever reads the store, say so
+    layers = viewer.open(store, plugin=PLUGIN)  # the guide's line
+    assert [layer.name for layer in layers] == [layer.name for layer in viewer.layers]
+    (heatmap,) = find_layers(viewer, store, "heatmap")
+    assert heatmap in layers and len(layers) == 3  # the slide, the heatmap, the spots
 
 
 def test_a_slides_resolution_is_given_once_and_every_panel_uses_it_at_once(

@@ -4,6 +4,7 @@ store from a script as the guide says."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,21 @@ def test_the_model_line_is_plain_words() -> None:
     assert "On a patient it never saw" in line and "50 most variable genes" in line
     for jargon in ("PCC-", "px tiles", "log1p_cp10k", "HEG50"):
         assert jargon not in line
+
+
+def test_the_guide_quotes_the_bundled_models_agreement_as_its_model_line_gives_it() -> None:
+    """The guide's figures (the warning at its top, *How far to trust a map*) are the default
+    model's held-out correlations, rounded as the Predict panel's model line rounds them."""
+    line = model_summary(default_model().info)
+    found = (
+        re.search(r"correlated at ([0-9.]+) over all genes", line),
+        re.search(r"([0-9.]+) over the 50 most variable genes", line),
+    )
+    assert found[0] and found[1], line
+    overall, variable = found[0][1], found[1][1]
+    text = " ".join(DOCS.read_text(encoding="utf-8").replace(">", " ").split())
+    assert f"at about {overall} ({variable} for the 50 most variable genes" in text
+    assert f"about {overall} over all its genes and {variable} over the 50 most variable" in text
 
 
 def test_the_sample_slide_says_it_is_not_the_tissue_the_model_learnt_from(

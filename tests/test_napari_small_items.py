@@ -164,6 +164,45 @@ def test_a_slides_resolution_is_given_once_and_every_panel_uses_it_at_once(
     assert predict.mpp.value == 1.0 and predict.request().mpp == 1.0
 
 
+def test_a_slide_given_its_resolution_shares_the_heatmaps_units_so_napari_never_warns(
+    make_napari_viewer, qtbot, store: Path, tmp_path: Path
+) -> None:
+    """Issue 21: napari warned "Inconsistent units across layers" (and dropped the scale
+    bar's µm) while a PNG slide stayed in pixels beside heatmaps in µm. Given its µm/px, the
+    slide is in µm too: no warning when the canvas next draws, nor when a layer is added."""
+    import numpy as np
+    from PIL import Image
+
+    def unit_warnings() -> list[str]:
+        return [
+            str(n.message)
+            for n in notification_manager.records[before:]
+            if "Inconsistent units" in str(n.message)
+        ]
+
+    png = tmp_path / "scan.png"
+    rgb = np.full((400, 500, 3), 245, np.uint8)
+    rgb[100:300, 100:400] = (180, 90, 160)  # synthetic tissue
+    Image.fromarray(rgb).save(png)
+    viewer = make_napari_viewer(show=True)
+    before = len(notification_manager.records)
+    (slide,) = viewer.open(png, plugin=PLUGIN)
+    viewer.open(store, plugin=PLUGIN)  # a prediction in µm beside the slide in pixels
+    qtbot.waitUntil(lambda: bool(unit_warnings()), timeout=10_000)  # (napari's own check)
+    predict = PredictWidget(viewer)
+    viewer.window.add_dock_widget(predict)
+    predict.mpp.value = 0.5
+    assert tuple(str(u) for u in slide.units) == tuple(str(u) for u in viewer.layers[-1].units)
+    before = len(notification_manager.records)
+    browsers = _browsers(viewer)
+    browser = browsers[0] if browsers else GeneBrowser(viewer)
+    browser.show_genes([*browser.genes.value[:1], "SYNTH2"])  # a layer added: units checked
+    for _ in range(5):
+        viewer.window._qt_viewer.canvas._scene_canvas.update()
+        qtbot.wait(100)
+    assert not unit_warnings()
+
+
 def test_opening_a_slide_without_resolution_asks_once_in_a_highlighted_field(
     make_napari_viewer, qtbot, tmp_path: Path
 ) -> None:

@@ -20,6 +20,9 @@ timed here is napari's process):
   the event-loop turn after it), the least any new layer costs the GUI thread here.
 - ``first_heatmap_s``: from pressing Run to the first heatmap with predicted values drawn on
   the canvas (the vispy draw after the layer's data changed; target < 2 s).
+- ``run_events_s``: when each run event reached napari's process, in s after Run (the
+  prediction process asked for, its stages, the store, the first two batches): where the
+  time to the first values went.
 - ``spots``, ``spots_done``, ``run_s``: the grid and how far the run got; scenarios with a
   time limit press Cancel then, and ``cancel_s`` is the time until the run had stopped.
 - ``gui_calls``: GUI-thread time per call (the Predict widget's and the Gene browser's
@@ -283,6 +286,35 @@ def _napari_add_image_ms(viewer: Any, app: Any, repeats: int) -> list[float]:
     return napari_add_ms
 
 
+def _record_run_events() -> list[tuple[float, str]]:
+    """Record when each run event (the stages, the preview, the store, the first two
+    batches) reaches napari's process from the prediction process, and when the run asked
+    for a prediction process (``process``); the list fills as the run goes."""
+    from napari_virtual_st.run import process
+
+    arrivals: list[tuple[float, str]] = []
+    original = process.run_events_in_process
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        arrivals.append((time.perf_counter(), "process"))
+        events = original(*args, **kwargs)
+        batches = 0
+        try:
+            while True:
+                event = next(events)
+                kind = type(event).__name__.removesuffix("Event")
+                batches += kind == "Batch"
+                if batches <= 2:
+                    label = getattr(event, "message", "") if kind == "Stage" else ""
+                    arrivals.append((time.perf_counter(), f"{kind} {label}".strip()))
+                yield event
+        except StopIteration as end:  # (the store's path: the run's outcome)
+            return end.value
+
+    process.run_events_in_process = recorded
+    return arrivals
+
+
 def _child(scenario: str, size: int, seconds: float, out_dir: Path) -> dict[str, Any]:
     import napari
     from qtpy.QtCore import QEventLoop, QTimer
@@ -370,6 +402,7 @@ def _child(scenario: str, size: int, seconds: float, out_dir: Path) -> dict[str,
                     "_apply_filter",
                 ):
                     recorder.wrap(browser, attr, f"gene_browser.{attr}")
+    arrivals = _record_run_events()
     loop = QEventLoop()
     cancel_at: list[float] = []
     started: list[float] = []
@@ -434,6 +467,9 @@ def _child(scenario: str, size: int, seconds: float, out_dir: Path) -> dict[str,
         "open_s": round(open_s, 3),
         "first_heatmap_s": round(marks.get("first_drawn", float("nan")) - started_at, 3),
         "first_values_s": round(marks.get("first_values", float("nan")) - started_at, 3),
+        # where the time to the first values went: each run event up to the second batch, as
+        # it reached napari's process, [s after Run, event]
+        "run_events_s": [[round(t - started_at, 3), what] for t, what in arrivals],
         "stall_max_ms": round(busy["max_ms"], 1),
         # until the worker finished (the spots layer and colour bars come after)
         "stall_max_predicting_ms": round(busy["max_before_split_ms"], 1),

@@ -120,6 +120,8 @@ def test_colour_bar_legend_contrast_modes_and_clamped_values(
     legend = browser.legend.value
     assert "log(1 + counts per 10,000)" in legend and "percentile" in legend
     assert "5 of" in legend and "drawn as 0" in legend
+    # the range it gives is the one drawn (a stretch over a small range says how small)
+    assert f"values 0 to {float(np.nanmax(view.values('SYNTH1'))):.3g}" in legend
     assert "per-tile: each spot's value from its own tile" in legend  # a per-tile model
     # the cursor: the active gene's value (the model's own, and as drawn), a short top list
     text = browser.values_at(view.yx_um[0])

@@ -1,8 +1,10 @@
 """The small dead ends of issue 21: a reopened store's colour bar, the model line, the sample
-slide's note, toasts cut mid-sentence, the Plugins menu entries the guide names."""
+slide's note, toasts cut mid-sentence, the Plugins menu entries the guide names, and opening a
+store from a script as the guide says."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,21 @@ def test_the_model_line_is_plain_words() -> None:
         assert jargon not in line
 
 
+def test_the_guide_quotes_the_bundled_models_agreement_as_its_model_line_gives_it() -> None:
+    """The guide's figures (the warning at its top, *How far to trust a map*) are the default
+    model's held-out correlations, rounded as the Predict panel's model line rounds them."""
+    line = model_summary(default_model().info)
+    found = (
+        re.search(r"correlated at ([0-9.]+) over all genes", line),
+        re.search(r"([0-9.]+) over the 50 most variable genes", line),
+    )
+    assert found[0] and found[1], line
+    overall, variable = found[0][1], found[1][1]
+    text = " ".join(DOCS.read_text(encoding="utf-8").replace(">", " ").split())
+    assert f"at about {overall} ({variable} for the 50 most variable genes" in text
+    assert f"about {overall} over all its genes and {variable} over the 50 most variable" in text
+
+
 def test_the_sample_slide_says_it_is_not_the_tissue_the_model_learnt_from(
     make_napari_viewer, cmu_small_svs: Path
 ) -> None:
@@ -97,6 +114,23 @@ def test_the_guide_names_every_plugins_menu_entry() -> None:
         assert f"*{name}*" in text, name
 
 
+def test_a_store_opens_from_a_script_by_the_line_the_guide_gives(
+    make_napari_viewer, store: Path
+) -> None:
+    """``viewer.open(store)`` reads with napari's own reader (napari's default
+    ``plugin="napari"``, which no plugin can change): it finds nothing to show in a
+    ``.vst.zarr`` folder. The guide says so and gives the line that opens it; both hold."""
+    text = DOCS.read_text(encoding="utf-8")
+    assert 'plugin="napari-virtual-st")' in text
+    assert "napari's own reader unless told otherwise" in text
+    viewer = make_napari_viewer()
+    assert viewer.open(store) == []  # napari's default: if it ever reads the store, say so
+    layers = viewer.open(store, plugin=PLUGIN)  # the guide's line
+    assert [layer.name for layer in layers] == [layer.name for layer in viewer.layers]
+    (heatmap,) = find_layers(viewer, store, "heatmap")
+    assert heatmap in layers and len(layers) == 3  # the slide, the heatmap, the spots
+
+
 def test_a_slides_resolution_is_given_once_and_every_panel_uses_it_at_once(
     make_napari_viewer, tmp_path: Path
 ) -> None:
@@ -128,6 +162,45 @@ def test_a_slides_resolution_is_given_once_and_every_panel_uses_it_at_once(
     measured.data.slide_mpp.value = 1.0
     np.testing.assert_allclose(layer.scale, (1.0, 1.0))
     assert predict.mpp.value == 1.0 and predict.request().mpp == 1.0
+
+
+def test_a_slide_given_its_resolution_shares_the_heatmaps_units_so_napari_never_warns(
+    make_napari_viewer, qtbot, store: Path, tmp_path: Path
+) -> None:
+    """Issue 21: napari warned "Inconsistent units across layers" (and dropped the scale
+    bar's µm) while a PNG slide stayed in pixels beside heatmaps in µm. Given its µm/px, the
+    slide is in µm too: no warning when the canvas next draws, nor when a layer is added."""
+    import numpy as np
+    from PIL import Image
+
+    def unit_warnings() -> list[str]:
+        return [
+            str(n.message)
+            for n in notification_manager.records[before:]
+            if "Inconsistent units" in str(n.message)
+        ]
+
+    png = tmp_path / "scan.png"
+    rgb = np.full((400, 500, 3), 245, np.uint8)
+    rgb[100:300, 100:400] = (180, 90, 160)  # synthetic tissue
+    Image.fromarray(rgb).save(png)
+    viewer = make_napari_viewer(show=True)
+    before = len(notification_manager.records)
+    (slide,) = viewer.open(png, plugin=PLUGIN)
+    viewer.open(store, plugin=PLUGIN)  # a prediction in µm beside the slide in pixels
+    qtbot.waitUntil(lambda: bool(unit_warnings()), timeout=10_000)  # (napari's own check)
+    predict = PredictWidget(viewer)
+    viewer.window.add_dock_widget(predict)
+    predict.mpp.value = 0.5
+    assert tuple(str(u) for u in slide.units) == tuple(str(u) for u in viewer.layers[-1].units)
+    before = len(notification_manager.records)
+    browsers = _browsers(viewer)
+    browser = browsers[0] if browsers else GeneBrowser(viewer)
+    browser.show_genes([*browser.genes.value[:1], "SYNTH2"])  # a layer added: units checked
+    for _ in range(5):
+        viewer.window._qt_viewer.canvas._scene_canvas.update()
+        qtbot.wait(100)
+    assert not unit_warnings()
 
 
 def test_opening_a_slide_without_resolution_asks_once_in_a_highlighted_field(

@@ -239,6 +239,34 @@ def test_a_preview_on_a_coarse_mask_comes_first_and_the_grid_is_the_full_masks(
     np.testing.assert_allclose(preview.expression[list(a)], store.expression()[list(b)], rtol=1e-5)
 
 
+def test_a_run_with_a_preview_checks_bright_field_on_the_previews_thumbnail(
+    cmu_small_svs: Path, synthetic_model: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The bright-field check reads the thumbnail of the run's first tissue mask: the
+    preview's coarse one when the run previews (so the preview waits for no larger read),
+    the full one otherwise. (The real slide made 'large': a 2 µm/px full mask, 740 px.)"""
+    from napari_virtual_st.slide import Slide
+
+    monkeypatch.setattr(engine, "FULL_MASK_UM_PER_PX", 2.0)
+    asked: list[int] = []
+    original = Slide.thumbnail
+
+    def thumbnail(self: Slide, max_px: int = 2048, *, keep: bool = True):
+        asked.append(max_px)
+        return original(self, max_px, keep=keep)
+
+    monkeypatch.setattr(Slide, "thumbnail", thumbnail)
+    events, _ = _drain(run_events(_request(cmu_small_svs, synthetic_model, tmp_path / "a")))
+    assert any(isinstance(e, PreviewEvent) for e in events)
+    full = asked[-1]
+    assert full > engine.PREVIEW_MASK_PX  # the full mask's, last
+    assert asked[:2] == [engine.PREVIEW_MASK_PX] * 2  # the check's, then the preview's
+    asked.clear()
+    plain = _request(cmu_small_svs, synthetic_model, tmp_path / "b", preview=False)
+    _drain(run_events(plain))
+    assert asked[:2] == [full, full]  # no preview: the check reads the full mask's
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
 def test_lowering_priority_affects_the_calling_thread_and_threads_it_starts() -> None:
     seen: dict[str, int] = {}

@@ -9,6 +9,7 @@ pixel says both where and from which level it was read.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -617,6 +618,34 @@ def test_real_slide_thumbnail_fits_the_size_and_keeps_the_aspect(cmu_small_svs: 
     assert max(height, width) == 256
     assert width / height == pytest.approx(2220 / 2967, rel=0.01)
     assert thumb.dtype == np.uint8
+
+
+def test_thumbnails_of_other_sizes_resample_the_kept_level_and_equal_fresh_reads(
+    cmu_small_svs: Path, gradient_tiff: Path, tiny_svs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slide without a pyramid (the real CMU-1 small region) decodes its level 0 once for
+    a run's two thumbnails (tissue check 256 px, background check 512 px), not once each (a
+    slide keeps the last level read); every thumbnail is pixel for pixel what a freshly opened slide reads (a synthetic
+    pyramid, where the thumbnail levels differ, and a 16 px slide, smaller than asked, too)."""
+    for path, sizes in (
+        (cmu_small_svs, (256, 512, 100, 3000)),
+        (gradient_tiff, (100, 40, 300, 150)),
+        (tiny_svs, (2048, 8, 3)),
+    ):
+        with Slide(path) as slide:
+            spy = ReadSpy(slide, monkeypatch)
+            thumbs = [slide.thumbnail(size, keep=False) for size in sizes]
+            levels = [slide.best_level_for_downsample(max(slide.dimensions) / s) for s in sizes]
+            changes = 1 + sum(a != b for a, b in itertools.pairwise(levels))
+            assert len(spy.calls) == changes, (path.name, spy.calls)  # (one level kept)
+        for size, thumb in zip(sizes, thumbs, strict=True):
+            with Slide(path) as fresh:
+                w0, h0 = fresh.dimensions
+                ds = max(max(w0, h0) / size, 1.0)
+                expected = fresh.read_region_downsampled(
+                    (0, 0), (max(1, round(w0 / ds)), max(1, round(h0 / ds))), ds
+                )
+            np.testing.assert_array_equal(thumb, expected, err_msg=f"{path.name} {size}")
 
 
 def test_thumbnail_never_enlarges_a_small_slide(tiny_svs: Path) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -49,6 +49,11 @@ LEVEL_TOLERANCE = 0.01
 #: The most level pixels a side that one tile may read, whatever a model asks for (a model
 #: asking for a 2 mm tile on a slide without a pyramid would otherwise read gigabytes).
 MAX_TILE_READ_PX = 8192
+#: A thumbnail's level, decoded whole, is kept for the next thumbnail of another size when it
+#: holds at most this many bytes: a slide without a pyramid decodes all of level 0 for each
+#: thumbnail, and a run takes two (the tissue check's and the background check's, 0.4-0.8 s
+#: each for the 2967 × 2220 px CMU-1 small region on two loaded cores).
+KEPT_LEVEL_BYTES = 32 << 20
 
 _TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf", ".tf8", ".qptiff")
 #: Vendor formats that only OpenSlide reads (TIFF-named files fall back to tifffile).
@@ -139,6 +144,7 @@ class Slide:
         self._fingerprint: str | None = None
         self._thumbnail: tuple[int, NDArray[np.uint8]] | None = None  # the last one read
         self._black_background: bool | None = None  # decided at the first read_tile
+        self._kept_level: tuple[int, NDArray[np.uint8]] | None = None  # see thumbnail()
 
     # -- description ------------------------------------------------------------------------
     @property
@@ -255,6 +261,20 @@ class Slide:
         pixels and is returned; a level read at the output scale is then decoded straight
         into it (TIFF), without an array of its own.
         """
+        return self._read_resampled(
+            xy_level0_px, size_px, downsample, out, self._backend.read_level_region
+        )
+
+    def _read_resampled(
+        self,
+        xy_level0_px: tuple[float, float],
+        size_px: tuple[int, int],
+        downsample: float,
+        out: NDArray[np.uint8] | None,
+        read_level_region: Callable[[int, int, int, int, int], NDArray[np.uint8]],
+    ) -> NDArray[np.uint8]:
+        """:meth:`read_region_downsampled` reading level pixels with ``read_level_region``
+        ``(level, x, y, width, height)`` (the backend's, or the kept level's)."""
         width, height = int(size_px[0]), int(size_px[1])
         if width <= 0 or height <= 0:
             raise ParameterError(f"region size must be positive; got {size_px}")
@@ -268,13 +288,17 @@ class Slide:
         fx = xy_level0_px[0] / level_ds
         fy = xy_level0_px[1] / level_ds
         if abs(factor - 1.0) < 1e-9 and fx == int(fx) and fy == int(fy):
-            if out is not None:
+            if out is not None and read_level_region == self._backend.read_level_region:
                 return self._backend.read_level_region_into(level, int(fx), int(fy), out)
-            return self._backend.read_level_region(level, int(fx), int(fy), width, height)
+            region = read_level_region(level, int(fx), int(fy), width, height)
+            if out is None:
+                return region
+            out[...] = region
+            return out
         x0, y0 = math.floor(fx), math.floor(fy)
         x1 = math.ceil(fx + width * factor) + 1
         y1 = math.ceil(fy + height * factor) + 1
-        region = self._backend.read_level_region(level, x0, y0, x1 - x0, y1 - y0)
+        region = read_level_region(level, x0, y0, x1 - x0, y1 - y0)
         box = (fx - x0, fy - y0, fx - x0 + width * factor, fy - y0 + height * factor)
         resized = Image.fromarray(region).resize(
             (width, height), Image.Resampling.BILINEAR, box=box
@@ -347,7 +371,13 @@ class Slide:
 
     def thumbnail(self, max_px: int = 2048, *, keep: bool = True) -> NDArray[np.uint8]:
         """The whole slide as RGB, its longer side at most ``max_px`` pixels (``keep``: the
-        slide keeps it for the next call of the same size, replacing the one it kept)."""
+        slide keeps it for the next call of the same size, replacing the one it kept).
+
+        The level a thumbnail is made from is read whole and kept, when it holds at most
+        :data:`KEPT_LEVEL_BYTES`, so a thumbnail of another size from the same level (a run's
+        tissue and background checks) resamples the kept pixels instead of decoding the
+        level again: the same pixels, so the same thumbnail as a fresh read gives.
+        """
         if max_px <= 0:
             raise ParameterError(f"thumbnail size must be positive; got {max_px}")
         cached = self._thumbnail
@@ -356,10 +386,34 @@ class Slide:
         w0, h0 = self.dimensions
         downsample = max(max(w0, h0) / max_px, 1.0)
         size = (max(1, round(w0 / downsample)), max(1, round(h0 / downsample)))
-        thumb = self.read_region_downsampled((0, 0), size, downsample)
+        thumb = self._read_resampled((0, 0), size, downsample, None, self._kept_level_region)
         if keep:
             self._thumbnail = (max_px, thumb)
         return thumb.copy()
+
+    def _kept_level_region(
+        self, level: int, x: int, y: int, width: int, height: int
+    ) -> NDArray[np.uint8]:
+        """A level region for :meth:`thumbnail`: from the level decoded whole and kept
+        (read the first time, if small enough), else from the backend. Outside the level it
+        is white, as every backend reads there."""
+        kept = self._kept_level
+        if kept is None or kept[0] != level:
+            w, h = self.level_dimensions[level]
+            if w * h * 3 > KEPT_LEVEL_BYTES:
+                return self._backend.read_level_region(level, x, y, width, height)
+            kept = (level, self._backend.read_level_region(level, 0, 0, w, h))
+            self._kept_level = kept
+        pixels = kept[1]
+        h, w = pixels.shape[:2]
+        if x >= 0 and y >= 0 and x + width <= w and y + height <= h:
+            return pixels[y : y + height, x : x + width]
+        region = np.full((height, width, 3), 255, np.uint8)
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + width, w), min(y + height, h)
+        if x0 < x1 and y0 < y1:
+            region[y0 - y : y1 - y, x0 - x : x1 - x] = pixels[y0:y1, x0:x1]
+        return region
 
     def level_array(self, level: int) -> LevelArray:
         """A lazy, array-like view of one level (reads only what is indexed)."""

@@ -52,8 +52,8 @@ def legend_text(view: StoreView, gene: str, role: str | None) -> str:
             f"uncertainty: standard deviation of the prediction, {target_unit(view.target)}"
             " · brighter = less certain"
         )
-    values = view.values(gene)
-    finite = values[np.isfinite(values)]
+    drawn, clamped = vst_layers.drawn_values(view, gene)  # (the range as drawn: never a
+    finite = drawn[np.isfinite(drawn)]  # value the unit cannot take; the note counts them)
     parts = [target_unit(view.target), CONTRAST_MODES[vst_layers.contrast_mode()]]
     if finite.size:
         parts.append(f"values {finite.min():.3g} to {finite.max():.3g}")
@@ -66,7 +66,6 @@ def legend_text(view: StoreView, gene: str, role: str | None) -> str:
         if view.context is not None
         else "per-tile: each spot's value from its own tile"
     )
-    _, clamped = vst_layers.drawn_values(view, gene)
     note = clamp_note(clamped, int(finite.size), view.target)
     return " · ".join(parts) + (f". {note}" if note else "")
 

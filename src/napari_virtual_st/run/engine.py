@@ -109,8 +109,8 @@ def run(
     stage("opening the slide")
     with open_slide(spec) as slide:
         mpp = slide.mpp  # raises the clear message when the resolution is unknown
-        if not spec.allow_non_brightfield:
-            check_brightfield(slide, FULL_MASK_UM_PER_PX)
+        if not spec.allow_non_brightfield:  # (on the thumbnail the first mask reads)
+            check_brightfield(slide, _first_mask_um_per_px(spec, slide))
         stage("loading the model")
         predictor, started, _, plan = prepare_model(spec, stage)
         model_threads.update(started if spec.yield_cpu else ())
@@ -300,7 +300,7 @@ def _spots(
     stage("finding tissue")
     tissue = None
     if spec.min_tissue_fraction > 0:
-        if spec.preview and _preview_pays(slide):
+        if _previews(spec, slide):
             view = _preview(slide, predictor, spec, cancelled)
             if view is not None:
                 emit(PreviewEvent(view))
@@ -341,6 +341,28 @@ def visible_first(xy_level0_px: NDArray[np.float64], region: Region | None) -> N
     return index[np.argsort(distance, kind="stable")]
 
 
+def _previews(spec: RunSpec, slide: Slide) -> bool:
+    """Whether the run predicts a preview before its full tissue mask."""
+    return (
+        spec.spots is None
+        and spec.min_tissue_fraction > 0
+        and spec.preview
+        and _preview_pays(slide)
+    )
+
+
+def _preview_mask_um_per_px(slide: Slide) -> float:
+    """The preview's coarse tissue mask resolution (µm per mask pixel)."""
+    return max(FULL_MASK_UM_PER_PX, max(slide.dimensions) * slide.mpp / PREVIEW_MASK_PX)
+
+
+def _first_mask_um_per_px(spec: RunSpec, slide: Slide) -> float:
+    """The resolution of the first tissue mask a run makes: the preview's when there is
+    one, so that the bright-field check reads the thumbnail the preview uses (on the large
+    synthetic slide the full mask's 2560 px thumbnail took 1-2 s before the preview)."""
+    return _preview_mask_um_per_px(slide) if _previews(spec, slide) else FULL_MASK_UM_PER_PX
+
+
 def _preview_pays(slide: Slide) -> bool:
     """Whether the slide's full tissue mask is large (slow) enough to preview first."""
     mpp = slide.mpp_or_none
@@ -357,10 +379,7 @@ def _preview(
     The spots lie on the run's own lattice and are predicted again by the run; nothing is
     written. The view is shaped like the run's store (same path, genes, model record).
     """
-    longest_um = max(slide.dimensions) * slide.mpp
-    coarse = detect_tissue(
-        slide, mask_um_per_px=max(FULL_MASK_UM_PER_PX, longest_um / PREVIEW_MASK_PX)
-    )
+    coarse = detect_tissue(slide, mask_um_per_px=_preview_mask_um_per_px(slide))
     lattice = build_grid(
         slide, spec.grid_kind, tile_um=predictor.info.tile_um, min_tissue_fraction=0.0
     )

@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "napari_virtual_st"
 #: Longest function of the package, decorators and docstring included (issue 17).
 MAX_FUNCTION_LINES = 80
-#: Longest module of the napari plugin (widgets and layer helpers stay thin; issue 17).
-MAX_PLUGIN_MODULE_LINES = 440
+#: Longest module of the napari plugin (widgets and layer helpers stay thin, ~400 lines;
+#: issue 17): the Gene browser is at 418.
+MAX_PLUGIN_MODULE_LINES = 420
 
 
 def _run_tool(module: str, *args: str) -> subprocess.CompletedProcess[str]:

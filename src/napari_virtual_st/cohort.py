@@ -16,6 +16,10 @@ a partial one is resumed (the run computes only its missing chunks).
 
 The cluster is a :class:`distributed.LocalCluster` by default (one process per worker, one
 slide per worker at a time) or any running scheduler given by address.
+
+``run_cohort(slides, CohortSpec(model, out_dir, ...))``: the :class:`CohortSpec` holds the
+model, the output folder, each slide's run options and the cluster's, as ``virtual-st
+cohort``'s options do; every slide's :class:`~napari_virtual_st.run.RunSpec` is made from it.
 """
 
 from __future__ import annotations

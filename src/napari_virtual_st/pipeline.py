@@ -6,6 +6,11 @@ of the one the model is working on, so at most ``prefetch + 1`` batches of tiles
 memory at once, whatever the slide size. Each batch is one store chunk: it is written,
 then marked done, so a cancelled, crashed or killed run resumes where it stopped and ends
 bit-identical to an uninterrupted one.
+
+It is the engine's inner loop: :func:`napari_virtual_st.run.run` assembles a whole run (the
+slide, the model, tissue, the grid from :func:`build_grid`, the empty-grid check) from a
+``RunSpec`` and calls it; call it directly only with a slide, predictor and grid of your own.
+:func:`plan_threads` sizes the readers and the model's threads together.
 """
 
 from __future__ import annotations

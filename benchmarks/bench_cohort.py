@@ -89,23 +89,16 @@ def measure(slides: list[Path], model: Path, workers: int, work: Path) -> dict[s
         n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as cluster:
         started = time.perf_counter()
-        results = cohort.run_cohort(
-            slides,
+        spec = cohort.CohortSpec(
             model,
             out,
             scheduler=cluster.scheduler_address,
             threads_per_worker=threads,
             allow_non_brightfield=True,  # (the NDPI slides are fluorescence: load, not biology)
         )
+        results = cohort.run_cohort(slides, spec)
         finished = time.perf_counter()
-        rerun = cohort.run_cohort(
-            slides,
-            model,
-            out,
-            scheduler=cluster.scheduler_address,
-            threads_per_worker=threads,
-            allow_non_brightfield=True,
-        )
+        rerun = cohort.run_cohort(slides, spec)
         rerun_s = time.perf_counter() - finished
     failed = [r for r in results if r.status != "done"]
     if failed or any(r.status != "skipped" for r in rerun):

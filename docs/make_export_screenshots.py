@@ -28,10 +28,8 @@ import numpy as np
 
 from napari_virtual_st._napari import export_widget as ew
 from napari_virtual_st._napari.layers import find_layers
-from napari_virtual_st.pipeline import build_grid, predict_slide
-from napari_virtual_st.predictor import Predictor
 from napari_virtual_st.registry import default_model, sample_slide_path
-from napari_virtual_st.slide import Slide
+from napari_virtual_st.run import RunSpec, run
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -59,10 +57,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="vst-export-screens-"))
 
     store = tmp / "CMU-1-Small-Region.vst.zarr"
-    predictor = Predictor(default_model().path, providers=["cpu"])
-    with Slide(sample_slide_path()) as slide:
-        grid = build_grid(slide, "visium", tile_um=predictor.info.tile_um)
-        predict_slide(slide, predictor, grid, store, batch_size=64)
+    run(
+        RunSpec(
+            slide_path=sample_slide_path(),
+            model_path=default_model().path,
+            store_path=store,
+            providers=("cpu",),
+            batch_size=64,
+        )
+    )
 
     viewer = napari.Viewer(title="napari-virtual-st", show=True)
     viewer.window._qt_window.resize(*WINDOW)

@@ -25,6 +25,7 @@ from napari_virtual_st.cohort import (
     SUMMARY_NAME,
     CohortProgress,
     CohortSlide,
+    CohortSpec,
     SlideResult,
     find_slides,
     read_slide_list,
@@ -121,13 +122,15 @@ def test_a_corrupt_slide_is_reported_the_others_finish_and_a_rerun_skips_them(
     reports: list[CohortProgress] = []
     results = run_cohort(
         slides,
-        model,
-        out,
-        workers=2,
-        processes=False,
-        retries=2,
+        CohortSpec(
+            model,
+            out,
+            workers=2,
+            processes=False,
+            retries=2,
+            allow_non_brightfield=True,  # (the NDPI is a fluorescence scan: any format will do)
+        ),
         progress=reports.append,
-        allow_non_brightfield=True,  # (the NDPI is a fluorescence scan: any format will do)
     )
 
     assert [r.slide for r in results] == [str(s.path) for s in slides]
@@ -171,7 +174,9 @@ def test_a_corrupt_slide_is_reported_the_others_finish_and_a_rerun_skips_them(
         if r.status == "done"
     }
     rerun = by_name(
-        run_cohort(slides, model, out, workers=2, processes=False, allow_non_brightfield=True)
+        run_cohort(
+            slides, CohortSpec(model, out, workers=2, processes=False, allow_non_brightfield=True)
+        )
     )
     for name, stamp in stamps.items():
         assert rerun[name].status == "skipped"
@@ -201,13 +206,10 @@ def test_cancel_keeps_finished_batches_and_a_rerun_resumes_bit_identically(
     out = tmp_path / "out"
     (first,) = run_cohort(
         [ndpi_dapi],
-        model,
-        out,
-        workers=1,
-        processes=False,
-        batch_size=4,
+        CohortSpec(
+            model, out, workers=1, processes=False, batch_size=4, allow_non_brightfield=True
+        ),
         should_cancel=two_batches_done.is_set,
-        allow_non_brightfield=True,
     )
     assert first.status == "cancelled"
     assert 2 * 4 <= first.spots_new < first.spots
@@ -218,12 +220,9 @@ def test_cancel_keeps_finished_batches_and_a_rerun_resumes_bit_identically(
     monkeypatch.setattr(Predictor, "predict", original)
     (second,) = run_cohort(
         [ndpi_dapi],
-        model,
-        out,
-        workers=1,
-        processes=False,
-        batch_size=32,
-        allow_non_brightfield=True,
+        CohortSpec(
+            model, out, workers=1, processes=False, batch_size=32, allow_non_brightfield=True
+        ),
     )
     assert second.status == "resumed"
     assert second.spots_new == second.spots - first.spots_new
@@ -257,12 +256,14 @@ def test_unexpected_errors_are_retried_on_a_scheduler_given_by_address(
     results = by_name(
         run_cohort(
             [ndpi_dapi, png_slide],
-            model,
-            tmp_path / "out",
-            scheduler=local_scheduler,
-            mpp=PNG_MPP,  # the PNG records no resolution
-            retries=1,
-            allow_non_brightfield=True,
+            CohortSpec(
+                model,
+                tmp_path / "out",
+                scheduler=local_scheduler,
+                mpp=PNG_MPP,  # the PNG records no resolution
+                retries=1,
+                allow_non_brightfield=True,
+            ),
         )
     )
     recovered = results[ndpi_dapi.name]
@@ -365,14 +366,14 @@ def test_an_unavailable_provider_is_refused_before_a_local_cluster_starts(
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("CUDA is available here")
     with pytest.raises(ModelError, match="execution provider 'cuda' is not available"):
-        run_cohort([tmp_path / "a.svs"], model, tmp_path / "out", providers=["cuda"])
+        run_cohort([tmp_path / "a.svs"], CohortSpec(model, tmp_path / "out", providers=["cuda"]))
 
 
 def test_a_broken_model_is_refused_before_any_cluster_starts(tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx")
     with pytest.raises(ModelError, match=r"bad\.onnx"):
-        run_cohort([tmp_path / "a.svs"], bad, tmp_path / "out")
+        run_cohort([tmp_path / "a.svs"], CohortSpec(bad, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 

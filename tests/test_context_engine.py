@@ -295,10 +295,12 @@ def test_predict_measured_and_evaluate_score_the_contextual_values(
 def test_a_cohort_run_gives_the_same_contextual_values_as_the_cli(
     cmu_small_svs: Path, tmp_path: Path
 ) -> None:
-    from napari_virtual_st.cohort import run_cohort
+    from napari_virtual_st.cohort import CohortSpec, run_cohort
 
     model = _model(tmp_path / "smooth.onnx")
-    (result,) = run_cohort([cmu_small_svs], model, tmp_path / "cohort", workers=1, processes=False)
+    (result,) = run_cohort(
+        [cmu_small_svs], CohortSpec(model, tmp_path / "cohort", workers=1, processes=False)
+    )
     assert result.ok, result
     cohort_store = PredictionStore.open(result.store)
     assert _predict(cmu_small_svs, model, tmp_path / "cli.vst.zarr") == 0

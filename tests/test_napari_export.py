@@ -14,6 +14,7 @@ import shapely
 from napari.utils.notifications import notification_manager
 
 from napari_virtual_st._napari import export_widget as ew
+from napari_virtual_st._napari import export_worker
 from napari_virtual_st._napari.export_widget import ExportWidget
 from napari_virtual_st._napari.shapes_regions import regions_from_shapes
 from napari_virtual_st.frames import xy_level0_px_to_yx_um
@@ -220,7 +221,7 @@ def test_cancel_leaves_no_file_and_an_older_file_as_it_was(
     _, widget = _open(make_napari_viewer, prediction)
     gate = threading.Event()
     paused: list[bool] = []
-    real_steps = ew.export_steps
+    real_steps = export_worker.export_steps
 
     def held(*args, **kwargs):  # pauses the real export once its .h5ad is at a temporary name
         steps = real_steps(*args, **kwargs)
@@ -232,7 +233,7 @@ def test_cancel_leaves_no_file_and_an_older_file_as_it_was(
         gate.wait(30)
         return (yield from steps)
 
-    monkeypatch.setattr(ew, "export_steps", held)
+    monkeypatch.setattr(export_worker, "export_steps", held)
     (tmp_path / "old.h5ad").write_bytes(b"previous")
     widget.want_geojson.value = True
     widget.h5ad_path.value = tmp_path / "old.h5ad"
@@ -361,7 +362,7 @@ def test_closing_the_panel_mid_export_stops_it_and_writes_nothing(
     _, widget = _open(make_napari_viewer, prediction)
     gate = threading.Event()
     started: list[bool] = []
-    real_steps = ew.export_steps
+    real_steps = export_worker.export_steps
 
     def held(*args, **kwargs):  # pauses the real export after its first step
         steps = real_steps(*args, **kwargs)
@@ -370,7 +371,7 @@ def test_closing_the_panel_mid_export_stops_it_and_writes_nothing(
         gate.wait(30)
         return (yield from steps)
 
-    monkeypatch.setattr(ew, "export_steps", held)
+    monkeypatch.setattr(export_worker, "export_steps", held)
     widget.h5ad_path.value = tmp_path / "closed.h5ad"
     worker = widget.export()
     finished: list[bool] = []

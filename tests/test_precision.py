@@ -310,10 +310,12 @@ def test_a_run_spec_refuses_an_unknown_precision(tmp_path: Path) -> None:
 def test_a_cohort_refuses_an_unknown_precision_before_any_slide(
     tmp_path: Path, cmu_small_svs: Path, synthetic_model: Path
 ) -> None:
-    from napari_virtual_st.cohort import run_cohort
+    from napari_virtual_st.cohort import CohortSpec, run_cohort
 
     with pytest.raises(ParameterError, match="precision must be one of"):
-        run_cohort([cmu_small_svs], synthetic_model, tmp_path / "out", precision="half")
+        run_cohort(
+            [cmu_small_svs], CohortSpec(synthetic_model, tmp_path / "out", precision="half")
+        )
     assert not (tmp_path / "out").exists()
 
 

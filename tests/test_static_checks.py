@@ -1,4 +1,5 @@
-"""The static checks CI would otherwise skip: mypy on the package and ruff on the repo.
+"""The static checks CI would otherwise skip: mypy on the package and ruff on the repo, and
+the size limits of the package's functions and plugin modules that ruff does not check.
 
 CI runs only ``python -m pytest``, so the type and lint rules in pyproject.toml (among them
 the rule that the core engine never imports napari, Qt or torch) are kept by these tests.
@@ -7,6 +8,7 @@ Each is skipped where its tool is not installed (``pip install -e ".[dev]"`` ins
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import subprocess
 import sys
@@ -15,6 +17,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "napari_virtual_st"
+#: Longest function of the package, decorators and docstring included (issue 17).
+MAX_FUNCTION_LINES = 80
+#: Longest module of the napari plugin (widgets and layer helpers stay thin, ~400 lines;
+#: issue 17): the Gene browser is at 418.
+MAX_PLUGIN_MODULE_LINES = 420
 
 
 def _run_tool(module: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -65,3 +73,25 @@ def test_benchmark_records_name_their_code_relative_to_the_checkout() -> None:
         sys.path.remove(str(ROOT / "benchmarks"))
     assert source_label(ROOT / "src") == "src"
     assert source_label("/tmp/vst-bench-base-abc/tree/src") == "base worktree/src"
+
+
+def test_no_function_of_the_package_is_over_80_lines() -> None:
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                lines = (node.end_lineno or node.lineno) - first + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {lines}")
+    assert not long, "\n".join(long)
+
+
+def test_no_module_of_the_napari_plugin_is_over_its_limit() -> None:
+    sizes = {
+        path.name: len(path.read_text(encoding="utf-8").splitlines())
+        for path in sorted((PACKAGE / "_napari").glob("*.py"))
+    }
+    assert sizes, "no plugin modules found"
+    over = {name: n for name, n in sizes.items() if n > MAX_PLUGIN_MODULE_LINES}
+    assert not over, over

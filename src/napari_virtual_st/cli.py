@@ -24,6 +24,7 @@ from napari_virtual_st.errors import CancelledError, VirtualSTError
 
 if TYPE_CHECKING:  # (the commands import what they use when they run: --help stays quick)
     from napari_virtual_st.cohort import CohortProgress, SlideResult
+    from napari_virtual_st.registry import BundledModel
     from napari_virtual_st.run import RunEvent
     from napari_virtual_st.store import PredictionStore
 
@@ -348,35 +349,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         bundled_models,
     )
 
-    rows: list[dict[str, Any]] = []
-    for model in bundled_models():
-        card = model.card
-        row: dict[str, Any] = {
-            "name": model.name,
-            "path": str(model.path),
-            "default": model.is_default,
-            "card": None if card is None else str(card),
-        }
-        if model.is_default:
-            row["default_reason"] = DEFAULT_MODEL_REASON
-        if model.info is None:
-            row["problem"] = model.problem
-        else:
-            info = model.info
-            row.update(
-                family=info.family,
-                genes=len(info.genes),
-                tile_px=info.tile_px,
-                tile_um=info.tile_um,
-                target=info.target,
-                outputs=list(info.outputs),
-                metrics=info.metadata.get("metrics"),
-                license=info.metadata.get("license"),
-                values=info.values_description,
-                context=None if info.context is None else info.context.as_dict(),
-            )
-        row["terms"] = BUNDLED_MODEL_TERMS
-        rows.append(row)
+    rows = [_model_row(model) for model in bundled_models()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -386,32 +359,70 @@ def _cmd_models(args: argparse.Namespace) -> int:
         )
         return 0
     for row in rows:
-        if "problem" in row:
-            print(f"{row['name']}: unusable ({row['problem']})")
-            continue
-        print(
-            f"{row['name']}{' (default)' if row['default'] else ''}: {row['family']}, "
-            f"{row['genes']} genes, tiles {row['tile_px']} px / {row['tile_um']:g} µm, "
-            f"outputs {', '.join(row['outputs'])}, target {row['target']}"
-        )
-        print(f"    values: {row['values']}")
-        metrics = row.get("metrics") or {}
-        raw = metrics.get("raw", {}) if isinstance(metrics, dict) else {}
-        if "PCC-ALL" in raw:
-            test = metrics.get("test_section", "held-out data")
-            print(
-                f"    held-out PCC-ALL {raw['PCC-ALL']:.3f} (raw labels) on {test}; protocol: {metrics.get('protocol', '?')}"
-            )
-        if row.get("license"):
-            print(f"    licence: {row['license']}")
-        if row["card"]:
-            print(f"    model card: {row['card']}")
+        _print_model_row(row)
     if any(row["default"] for row in rows):
         print(
             f"\nDefault ({DEFAULT_MODEL_NAME}, used when no --model is given): {DEFAULT_MODEL_REASON}."
         )
     print(f"\nTerms of use: {BUNDLED_MODEL_TERMS}")
     return 0
+
+
+def _model_row(model: BundledModel) -> dict[str, Any]:
+    """What ``virtual-st models`` says of one bundled model (a row of its ``--json``)."""
+    from napari_virtual_st.registry import BUNDLED_MODEL_TERMS, DEFAULT_MODEL_REASON
+
+    card = model.card
+    row: dict[str, Any] = {
+        "name": model.name,
+        "path": str(model.path),
+        "default": model.is_default,
+        "card": None if card is None else str(card),
+    }
+    if model.is_default:
+        row["default_reason"] = DEFAULT_MODEL_REASON
+    if model.info is None:
+        row["problem"] = model.problem
+    else:
+        info = model.info
+        row.update(
+            family=info.family,
+            genes=len(info.genes),
+            tile_px=info.tile_px,
+            tile_um=info.tile_um,
+            target=info.target,
+            outputs=list(info.outputs),
+            metrics=info.metadata.get("metrics"),
+            license=info.metadata.get("license"),
+            values=info.values_description,
+            context=None if info.context is None else info.context.as_dict(),
+        )
+    row["terms"] = BUNDLED_MODEL_TERMS
+    return row
+
+
+def _print_model_row(row: dict[str, Any]) -> None:
+    """One bundled model in ``virtual-st models``' text listing."""
+    if "problem" in row:
+        print(f"{row['name']}: unusable ({row['problem']})")
+        return
+    print(
+        f"{row['name']}{' (default)' if row['default'] else ''}: {row['family']}, "
+        f"{row['genes']} genes, tiles {row['tile_px']} px / {row['tile_um']:g} µm, "
+        f"outputs {', '.join(row['outputs'])}, target {row['target']}"
+    )
+    print(f"    values: {row['values']}")
+    metrics = row.get("metrics") or {}
+    raw = metrics.get("raw", {}) if isinstance(metrics, dict) else {}
+    if "PCC-ALL" in raw:
+        test = metrics.get("test_section", "held-out data")
+        print(
+            f"    held-out PCC-ALL {raw['PCC-ALL']:.3f} (raw labels) on {test}; protocol: {metrics.get('protocol', '?')}"
+        )
+    if row.get("license"):
+        print(f"    licence: {row['license']}")
+    if row["card"]:
+        print(f"    model card: {row['card']}")
 
 
 def _cmd_runtime(args: argparse.Namespace) -> int:
@@ -425,7 +436,7 @@ def _cmd_runtime(args: argparse.Namespace) -> int:
 def _cmd_cohort(args: argparse.Namespace) -> int:
     import time
 
-    from napari_virtual_st.cohort import find_slides, read_slide_list, run_cohort
+    from napari_virtual_st.cohort import CohortSpec, find_slides, read_slide_list, run_cohort
     from napari_virtual_st.errors import ParameterError
 
     if bool(args.slides) == (args.list is not None):
@@ -439,8 +450,7 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with _CtrlC() as ctrl_c:
         try:
-            results = run_cohort(
-                slides,
+            spec = CohortSpec(
                 args.model,
                 args.out,
                 scheduler=args.scheduler,
@@ -456,8 +466,9 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
                 mpp=args.mpp,
                 overwrite=args.overwrite,
                 allow_non_brightfield=args.allow_non_brightfield,
-                progress=report,
-                should_cancel=ctrl_c.requested.is_set,
+            )
+            results = run_cohort(
+                slides, spec, progress=report, should_cancel=ctrl_c.requested.is_set
             )
         finally:
             report.close()

@@ -16,6 +16,10 @@ a partial one is resumed (the run computes only its missing chunks).
 
 The cluster is a :class:`distributed.LocalCluster` by default (one process per worker, one
 slide per worker at a time) or any running scheduler given by address.
+
+``run_cohort(slides, CohortSpec(model, out_dir, ...))``: the :class:`CohortSpec` holds the
+model, the output folder, each slide's run options and the cluster's, as ``virtual-st
+cohort``'s options do; every slide's :class:`~napari_virtual_st.run.RunSpec` is made from it.
 """
 
 from __future__ import annotations
@@ -339,35 +343,12 @@ def default_workers(n_slides: int, providers: Sequence[str] | None = None) -> in
 
 
 # -- running ------------------------------------------------------------------------------------
-def run_cohort(
-    slides: Iterable[CohortSlide | str | Path],
-    model: str | Path,
-    out_dir: str | Path,
-    *,
-    scheduler: str | None = None,
-    workers: int | None = None,
-    threads_per_worker: int | None = None,
-    processes: bool = True,
-    grid: GridChoice = "visium",
-    min_tissue: float = 0.5,
-    batch_size: int = 32,
-    read_threads: int | None = None,
-    precision: str = "fp32",
-    providers: Sequence[str] | None = None,
-    retries: int = 2,
-    mpp: float | None = None,
-    overwrite: bool = False,
-    allow_non_brightfield: bool = False,
-    progress: CohortProgressCallback | None = None,
-    should_cancel: Callable[[], bool] | None = None,
-) -> list[SlideResult]:
-    """Predict every slide of a cohort on a Dask cluster, one store per slide.
+@dataclass(frozen=True)
+class CohortSpec:
+    """A cohort's run: the model, the output folder, how each slide runs and on what cluster.
 
-    Parameters
+    Attributes
     ----------
-    slides
-        Slide paths or :class:`CohortSlide` entries (a per-slide ``mpp``). The same file
-        listed twice runs once.
     model
         ONNX model file or a bundled model's name; every worker must be able to read the
         path.
@@ -395,8 +376,7 @@ def run_cohort(
         (``read_threads`` ``None``: sized with the model's threads).
     precision
         ``"fp32"``, ``"int8"`` or ``"auto"`` (see :mod:`napari_virtual_st.precision`); an
-        int8 model is found or made once, here, before any slide, and every worker runs
-        that file.
+        int8 model is found or made once, before any slide, and every worker runs that file.
     providers
         Execution providers (``None``: each worker uses its GPU when it has one, else CPU).
     retries
@@ -408,6 +388,42 @@ def run_cohort(
         Replace existing stores instead of skipping or resuming them.
     allow_non_brightfield
         Predict slides that do not look like bright-field H&E too (refused otherwise).
+    """
+
+    model: str | Path
+    out_dir: str | Path
+    scheduler: str | None = None
+    workers: int | None = None
+    threads_per_worker: int | None = None
+    processes: bool = True
+    grid: GridChoice = "visium"
+    min_tissue: float = 0.5
+    batch_size: int = 32
+    read_threads: int | None = None
+    precision: str = "fp32"
+    providers: Sequence[str] | None = None
+    retries: int = 2
+    mpp: float | None = None
+    overwrite: bool = False
+    allow_non_brightfield: bool = False
+
+
+def run_cohort(
+    slides: Iterable[CohortSlide | str | Path],
+    spec: CohortSpec,
+    *,
+    progress: CohortProgressCallback | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> list[SlideResult]:
+    """Predict every slide of a cohort on a Dask cluster, one store per slide.
+
+    Parameters
+    ----------
+    slides
+        Slide paths or :class:`CohortSlide` entries (a per-slide ``mpp``). The same file
+        listed twice runs once.
+    spec
+        The model, the output folder, each slide's run and the cluster.
     progress
         Called with a :class:`CohortProgress` when a slide finishes and as spots progress.
     should_cancel
@@ -432,43 +448,70 @@ def run_cohort(
     cohort = _distinct(_as_cohort_slide(s) for s in slides)
     if not cohort:
         raise ParameterError("no slides to run")
-    _check_cluster_options(retries, workers, threads_per_worker)
-    if grid not in ("visium", "st", "dense"):
-        raise ParameterError(f"grid must be visium, st or dense; got {grid!r}")
-    template = RunSpec(  # every slide's run, checked once here (its constructor refuses)
-        slide_path=cohort[0].path,
-        model_path=Path(model),
-        store_path=Path(out_dir),
-        grid_kind=grid,
-        fallback_mpp=mpp,
-        min_tissue_fraction=min_tissue,
-        batch_size=batch_size,
-        read_threads=read_threads,
-        precision=precision,
-        providers=tuple(providers) if providers else None,
-        overwrite=overwrite,
-        allow_non_brightfield=allow_non_brightfield,
+    template = _checked_run(spec, cohort[0].path)
+    out = _output_folder(spec.out_dir)
+    threads: int | None
+    if spec.scheduler is None:
+        n_workers = spec.workers or default_workers(len(cohort), spec.providers)
+        threads = spec.threads_per_worker or max(1, _available_cores() // n_workers)
+    else:
+        n_workers, threads = 0, spec.threads_per_worker
+    jobs = _jobs(cohort, replace(template, intra_op_threads=threads), out)
+    results = [
+        SlideResult(slide=job.slide, store=job.store, status="pending", attempts=0) for job in jobs
+    ]
+    summary = out / SUMMARY_NAME
+    try:
+        with _client(spec.scheduler, n_workers, spec.processes) as client:
+            _drive(client, jobs, results, spec.retries, summary, progress, should_cancel)
+    finally:
+        write_summary(results, summary)
+    return results
+
+
+def _checked_run(spec: CohortSpec, first_slide: Path) -> RunSpec:
+    """Every slide's run (a template :class:`RunSpec`), checked once before any slide: its
+    options, the model (an int8 variant found or made here, not per worker) and, on a local
+    cluster, the providers asked for."""
+    _check_cluster_options(spec.retries, spec.workers, spec.threads_per_worker)
+    if spec.grid not in ("visium", "st", "dense"):
+        raise ParameterError(f"grid must be visium, st or dense; got {spec.grid!r}")
+    template = RunSpec(  # (its constructor refuses what is out of range)
+        slide_path=first_slide,
+        model_path=Path(spec.model),
+        store_path=Path(spec.out_dir),
+        grid_kind=spec.grid,
+        fallback_mpp=spec.mpp,
+        min_tissue_fraction=spec.min_tissue,
+        batch_size=spec.batch_size,
+        read_threads=spec.read_threads,
+        precision=spec.precision,
+        providers=tuple(spec.providers) if spec.providers else None,
+        overwrite=spec.overwrite,
+        allow_non_brightfield=spec.allow_non_brightfield,
     )
-    model_path = resolve_model(model).absolute()
+    model_path = resolve_model(spec.model).absolute()
     Predictor(model_path, providers=["cpu"])  # refuse a broken model before any slide
-    model_path = choose_model(model_path, precision).path.absolute()  # made once, not per worker
-    if scheduler is None and providers:
-        resolve_providers(providers)  # local workers have this machine's providers
+    model_path = choose_model(model_path, spec.precision).path.absolute()
+    if spec.scheduler is None and spec.providers:
+        resolve_providers(spec.providers)  # local workers have this machine's providers
+    return replace(template, model_path=model_path)
+
+
+def _output_folder(out_dir: str | Path) -> Path:
+    """The output folder, made if missing (absolute: the workers write there)."""
     out = Path(out_dir).absolute()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cannot create the output folder {out}: {exc.strerror}") from exc
+    return out
 
-    threads: int | None
-    if scheduler is None:
-        n_workers = workers or default_workers(len(cohort), providers)
-        threads = threads_per_worker or max(1, _available_cores() // n_workers)
-    else:
-        n_workers, threads = 0, threads_per_worker
-    template = replace(template, model_path=model_path, intra_op_threads=threads)
+
+def _jobs(cohort: list[CohortSlide], template: RunSpec, out: Path) -> list[_Job]:
+    """One job per slide: the template run on that slide, into its store under ``out``."""
     run_id = uuid.uuid4().hex[:12]
-    jobs = [
+    return [
         _Job(
             index=i,
             run_id=run_id,
@@ -476,16 +519,6 @@ def run_cohort(
         )
         for i, (s, name) in enumerate(zip(cohort, store_names(cohort), strict=True))
     ]
-    results = [
-        SlideResult(slide=job.slide, store=job.store, status="pending", attempts=0) for job in jobs
-    ]
-    summary = out / SUMMARY_NAME
-    try:
-        with _client(scheduler, n_workers, processes) as client:
-            _drive(client, jobs, results, retries, summary, progress, should_cancel)
-    finally:
-        write_summary(results, summary)
-    return results
 
 
 def _check_cluster_options(

@@ -207,26 +207,36 @@ def clamp_non_negative(model: onnx.ModelProto, output: str = "expression") -> on
     if output not in [o.name for o in graph.output]:
         raise ModelError(f"the graph has no output {output!r} to clamp")
     inner = f"{output}__unclamped"
-
-    def rename(g: onnx.GraphProto) -> None:
-        for node in g.node:
-            for names in (node.input, node.output):
-                for i, name in enumerate(names):
-                    if name == output:
-                        names[i] = inner
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    rename(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for sub in attr.graphs:
-                        rename(sub)
-        for info in g.value_info:
-            if info.name == output:
-                info.name = inner
-
-    rename(graph)
+    _rename_tensor(graph, output, inner)
     graph.node.append(helper.make_node("Relu", [inner], [output], name=CLAMP_NODE))
     return model
+
+
+def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename the tensor ``old`` to ``new`` wherever ``graph`` (or a subgraph of one of its
+    nodes) produces or reads it, and in its value infos."""
+    for node in graph.node:
+        for names in (node.input, node.output):
+            for i, name in enumerate(names):
+                if name == old:
+                    names[i] = new
+        for sub in _subgraphs(node):
+            _rename_tensor(sub, old, new)
+    for info in graph.value_info:
+        if info.name == old:
+            info.name = new
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node's attributes hold (an ``If``'s branches, a ``Loop``'s body), in
+    attribute order."""
+    graphs: list[onnx.GraphProto] = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            graphs.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            graphs.extend(attr.graphs)
+    return graphs
 
 
 def strip_build_paths(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -6,6 +6,11 @@ of the one the model is working on, so at most ``prefetch + 1`` batches of tiles
 memory at once, whatever the slide size. Each batch is one store chunk: it is written,
 then marked done, so a cancelled, crashed or killed run resumes where it stopped and ends
 bit-identical to an uninterrupted one.
+
+It is the engine's inner loop: :func:`napari_virtual_st.run.run` assembles a whole run (the
+slide, the model, tissue, the grid from :func:`build_grid`, the empty-grid check) from a
+``RunSpec`` and calls it; call it directly only with a slide, predictor and grid of your own.
+:func:`plan_threads` sizes the readers and the model's threads together.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,28 +284,53 @@ def predict_slide(
         When ``overwrite`` is asked for a path that is not a prediction store (it is left
         exactly as it is).
     """
-    if batch_size < 1 or read_threads < 1 or prefetch < 1:
-        raise ParameterError("batch size, read threads and prefetch must each be at least 1")
-    fixed = predictor.fixed_batch_size
-    if fixed is not None:  # whole model calls per chunk, without one tiny chunk per call
-        batch_size = -(-batch_size // fixed) * fixed
+    plan = _RunPlan.checked(
+        predictor, batch_size, read_threads, prefetch, overwrite, first_spots, read_thread_init
+    )
     store_path = store_location(store_path)
     _ = slide.mpp  # fail early, with the clear message, when the resolution is unknown
     with writer_lock(store_path, f"predicting {slide.path.name}"):
-        return _predict_locked(
-            slide,
-            predictor,
-            grid,
-            store_path,
-            batch_size=batch_size,
-            read_threads=read_threads,
-            prefetch=max(prefetch, read_threads),  # each reader reads a whole batch
-            progress=progress,
-            should_cancel=should_cancel,
-            overwrite=overwrite,
-            first_spots=first_spots,
-            read_thread_init=read_thread_init,
-        )
+        return _predict_locked(slide, predictor, grid, store_path, plan, progress, should_cancel)
+
+
+@dataclass(frozen=True)
+class _RunPlan:
+    """How :func:`predict_slide` batches, reads and orders one run (sizes checked)."""
+
+    batch_size: int
+    read_threads: int
+    prefetch: int
+    overwrite: bool
+    first_spots: ArrayLike | None
+    read_thread_init: Callable[[], object] | None
+
+    @classmethod
+    def checked(
+        cls,
+        predictor: Predictor,
+        batch_size: int,
+        read_threads: int,
+        prefetch: int,
+        overwrite: bool,
+        first_spots: ArrayLike | None,
+        read_thread_init: Callable[[], object] | None,
+    ) -> _RunPlan:
+        """The plan of :func:`predict_slide`'s arguments, or a :class:`ParameterError`."""
+        if batch_size < 1 or read_threads < 1 or prefetch < 1:
+            raise ParameterError("batch size, read threads and prefetch must each be at least 1")
+        fixed = predictor.fixed_batch_size
+        if fixed is not None:  # whole model calls per chunk, without one tiny chunk per call
+            batch_size = -(-batch_size // fixed) * fixed
+        prefetch = max(prefetch, read_threads)  # each reader reads a whole batch
+        return cls(batch_size, read_threads, prefetch, overwrite, first_spots, read_thread_init)
+
+
+@dataclass
+class _SpotCount:
+    """Spots of a run saved so far: in the store (``done``) and by this run (``new``)."""
+
+    done: int
+    new: int = 0
 
 
 def _predict_locked(
@@ -308,36 +338,70 @@ def _predict_locked(
     predictor: Predictor,
     grid: SpotGrid,
     store_path: Path,
-    *,
-    batch_size: int,
-    read_threads: int,
-    prefetch: int,
+    plan: _RunPlan,
     progress: ProgressCallback | None,
     should_cancel: CancelCheck | None,
-    overwrite: bool,
-    first_spots: ArrayLike | None,
-    read_thread_init: Callable[[], object] | None,
 ) -> PredictionStore:
     """:func:`predict_slide` once the store's writer lock is held."""
-    info = predictor.info
-    store, repaired = _open_or_create(slide, predictor, grid, store_path, batch_size, overwrite)
+    store, repaired = _open_or_create(
+        slide, predictor, grid, store_path, plan.batch_size, plan.overwrite
+    )
     pending = [c for c, finished in enumerate(store.done_chunks()) if not finished]
-    if first_spots is not None:
-        pending = _urgent_first(pending, first_spots, store.chunk_spots)
+    if plan.first_spots is not None:
+        pending = _urgent_first(pending, plan.first_spots, store.chunk_spots)
     total = store.n_spots
-    done_spots = total - sum(
-        store.chunk_slice(c).stop - store.chunk_slice(c).start for c in pending
+    count = _SpotCount(
+        done=total - sum(store.chunk_slice(c).stop - store.chunk_slice(c).start for c in pending)
     )
     start = time.perf_counter()
     if progress is not None:
-        progress(Progress(done_spots, total, None, None, 0.0, 0.0))
+        progress(Progress(count.done, total, None, None, 0.0, 0.0))
     if not pending:
         if store.attrs.get("repaired_spots"):  # (a report of an earlier run)
             store.set_status(str(store.attrs.get("status", "complete")), repaired_spots=0)
         return store
 
+    def check_cancel() -> None:
+        if should_cancel is not None and should_cancel():
+            raise CancelledError(
+                f"cancelled: {count.done} of {total} spots are saved in {store_path.name}; "
+                "run again to resume"
+            )
+
+    read_chunk = _chunk_reader(slide, grid, store, predictor.info.tile_px, predictor.info.tile_um)
+    store.set_status("running")
+    with (
+        ThreadPoolExecutor(
+            max_workers=plan.read_threads,
+            thread_name_prefix="vst-read",
+            initializer=plan.read_thread_init,
+        ) as pool,
+        contextlib.closing(
+            _read_ahead(pool, pending, read_chunk, plan.prefetch, check_cancel)
+        ) as reads,
+    ):
+        try:
+            _predict_chunks(reads, predictor, store, count, progress, start)
+        except BaseException as exc:
+            reads.close()  # (cancels the reads not started)
+            _record_stop(store, exc, count.done)
+            raise
+    elapsed = time.perf_counter() - start
+    store.set_status(
+        "complete",
+        spots_done=count.done,
+        repaired_spots=repaired,
+        last_run_seconds=round(elapsed, 3),
+        last_run_tiles_per_s=round(count.new / max(elapsed, 1e-9), 2),
+    )
+    return store
+
+
+def _chunk_reader(
+    slide: Slide, grid: SpotGrid, store: PredictionStore, tile_px: int, tile_um: float
+) -> Callable[[int], NDArray[np.uint8]]:
+    """A function reading the tiles of one store chunk's spots into one batch."""
     xy = grid.xy_level0_px
-    tile_px, tile_um = info.tile_px, info.tile_um
 
     def read_chunk(chunk: int) -> NDArray[np.uint8]:
         sl = store.chunk_slice(chunk)
@@ -346,49 +410,30 @@ def _predict_locked(
             slide.read_tile((x, y), tile_px, tile_um, out=tiles[i])  # (into the batch)
         return tiles
 
-    def check_cancel() -> None:
-        if should_cancel is not None and should_cancel():
-            raise CancelledError(
-                f"cancelled: {done_spots} of {total} spots are saved in {store_path.name}; "
-                "run again to resume"
-            )
+    return read_chunk
 
-    store.set_status("running")
-    new_spots = 0
-    with (
-        ThreadPoolExecutor(
-            max_workers=read_threads, thread_name_prefix="vst-read", initializer=read_thread_init
-        ) as pool,
-        contextlib.closing(
-            _read_ahead(pool, pending, read_chunk, prefetch, check_cancel)
-        ) as reads,
-    ):
-        try:
-            for chunk, tiles in reads:
-                sl = store.chunk_slice(chunk)
-                result = predictor.predict(tiles, spot_index=np.arange(sl.start, sl.stop))
-                refuse_non_finite(predictor, result.expression, result.variance, sl)
-                store.write_chunk(chunk, result.expression, result.variance)
-                done_spots += sl.stop - sl.start
-                new_spots += sl.stop - sl.start
-                if progress is not None:
-                    elapsed = time.perf_counter() - start
-                    progress(
-                        Progress.of_batch(done_spots, total, chunk, sl, elapsed, new_spots, result)
-                    )
-        except BaseException as exc:
-            reads.close()  # (cancels the reads not started)
-            _record_stop(store, exc, done_spots)
-            raise
-    elapsed = time.perf_counter() - start
-    store.set_status(
-        "complete",
-        spots_done=done_spots,
-        repaired_spots=repaired,
-        last_run_seconds=round(elapsed, 3),
-        last_run_tiles_per_s=round(new_spots / max(elapsed, 1e-9), 2),
-    )
-    return store
+
+def _predict_chunks(
+    reads: Iterable[tuple[int, NDArray[np.uint8]]],
+    predictor: Predictor,
+    store: PredictionStore,
+    count: _SpotCount,
+    progress: ProgressCallback | None,
+    start: float,
+) -> None:
+    """Predict each chunk's tiles as they are read, write the chunk, count it and report the
+    batch (``start``: when the run started, ``time.perf_counter`` seconds)."""
+    total = store.n_spots
+    for chunk, tiles in reads:
+        sl = store.chunk_slice(chunk)
+        result = predictor.predict(tiles, spot_index=np.arange(sl.start, sl.stop))
+        refuse_non_finite(predictor, result.expression, result.variance, sl)
+        store.write_chunk(chunk, result.expression, result.variance)
+        count.done += sl.stop - sl.start
+        count.new += sl.stop - sl.start
+        if progress is not None:
+            elapsed = time.perf_counter() - start
+            progress(Progress.of_batch(count.done, total, chunk, sl, elapsed, count.new, result))
 
 
 def _read_ahead(

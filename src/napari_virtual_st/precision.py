@@ -29,7 +29,7 @@ import onnx
 from numpy.typing import NDArray
 from onnx import numpy_helper
 
-from napari_virtual_st.contract import attach_metadata, save_model
+from napari_virtual_st.contract import ModelInfo, attach_metadata, save_model
 from napari_virtual_st.errors import ModelError, ParameterError
 from napari_virtual_st.predictor import Predictor, extra_input_values
 
@@ -335,8 +335,8 @@ def quantize_int8(
 
     Only :data:`QUANTISED_OPS` are quantised, per output channel, with int8 weights and uint8
     activations (ranges from the 99.999th percentile); :func:`sensitive_nodes` (stem, head),
-    depthwise convolutions and every other operator (softmax,
-    normalisation, stain deconvolution, samplers' arithmetic) stay float. Extra inputs
+    depthwise convolutions and every other operator (softmax, normalisation, stain
+    deconvolution, samplers' arithmetic) stay float. Extra inputs
     (a sampler's noise) are fed as the engine feeds them. Metadata is copied and marked
     (``vst.precision`` = ``int8``, ``vst.int8_of_sha256``, ``vst.int8_recipe``).
 
@@ -356,7 +356,7 @@ def quantize_int8(
         per-tensor activation ranges; see :func:`recipe`).
     calibrate
         ``"minmax"``, ``"percentile"`` or ``"entropy"``: how activation ranges are set.
-    symmetric_activations, per_channel
+    symmetric_activations, per_channel, unsigned_activations, float_depthwise
         Quantisation options (defaults: the recipe).
 
     Raises
@@ -366,66 +366,98 @@ def quantize_int8(
     ModelError
         If the model has nothing worth quantising (no convolution or matrix product).
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     info = Predictor(fp32_path, providers=["cpu"]).info
     tiles = _calibration_tiles(calibration_tiles, info.tile_px)
     source = _quantisable_source(fp32_path)
     heavy = [n.name for n in source.graph.node if n.op_type in QUANTISED_OPS]
-    keep_float = list(sensitive_nodes(source) if exclude is None else exclude)
-    keep_float += heavy[:float_leading]
-    if float_depthwise:
-        keep_float += [n.name for n in source.graph.node if _is_depthwise(n)]
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-        "entropy": CalibrationMethod.Entropy,
+    keep_float = _float_nodes(source, heavy, exclude, float_leading, float_depthwise)
+    recipe_used = {  # what the quantisation below applies, recorded in the int8 model
+        "recipe": RECIPE,
+        "float_nodes": len(set(keep_float)),
+        "quantised_nodes": len(set(heavy) - set(keep_float)),
+        "float_leading": float_leading,
+        "calibrate": calibrate,
+        "calibration_tiles": len(tiles),
+        "symmetric_activations": symmetric_activations,
+        "unsigned_activations": unsigned_activations,
+        "per_channel": per_channel,
+        "custom_exclude": exclude is not None,
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
-        folded = Path(tmp) / "folded.onnx"
-        onnx.save(source, str(folded))
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(folded), str(pre), skip_symbolic_shape=True)
-        raw = Path(tmp) / "int8.onnx"
-        quantize_static(
-            str(pre),
-            str(raw),
-            _calibration_reader(tiles, info.extra_inputs),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTISED_OPS),
-            per_channel=per_channel,
-            activation_type=QuantType.QUInt8 if unsigned_activations else QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=keep_float,
-            calibrate_method=methods[calibrate],
-            extra_options={
-                "ActivationSymmetric": symmetric_activations,
-                "WeightSymmetric": True,
-                "MatMulConstBOnly": True,
-            },
-        )
-        model = onnx.load(str(raw))
-        recipe_used = {
-            "recipe": RECIPE,
-            "float_nodes": len(set(keep_float)),
-            "quantised_nodes": len(set(heavy) - set(keep_float)),
-            "float_leading": float_leading,
-            "calibrate": calibrate,
-            "calibration_tiles": len(tiles),
-            "symmetric_activations": symmetric_activations,
-            "unsigned_activations": unsigned_activations,
-            "per_channel": per_channel,
-            "custom_exclude": exclude is not None,
-        }
+        reader = _calibration_reader(tiles, info.extra_inputs)
+        model = _quantise_qdq(source, Path(tmp), reader, keep_float, recipe_used)
         del model.metadata_props[:]
         attach_metadata(model, _int8_metadata(fp32_path, info.sha256, recipe_used))
         candidate = save_model(model, Path(tmp) / out_path.name)
         Predictor(candidate, providers=["cpu"])  # still a valid contract model
         os.replace(candidate, out_path)
     return out_path
+
+
+def _float_nodes(
+    source: onnx.ModelProto,
+    heavy: list[str],
+    exclude: Sequence[str] | None,
+    float_leading: int,
+    float_depthwise: bool,
+) -> list[str]:
+    """The weight-carrying nodes :func:`quantize_int8` keeps in float: ``exclude`` (else
+    :func:`sensitive_nodes`), the first ``float_leading`` of ``heavy`` and, if
+    ``float_depthwise``, the depthwise convolutions."""
+    keep_float = list(sensitive_nodes(source) if exclude is None else exclude)
+    keep_float += heavy[:float_leading]
+    if float_depthwise:
+        keep_float += [n.name for n in source.graph.node if _is_depthwise(n)]
+    return keep_float
+
+
+def _quantise_qdq(
+    source: onnx.ModelProto,
+    tmp: Path,
+    calibration: Any,
+    keep_float: list[str],
+    recipe_used: dict[str, Any],
+) -> onnx.ModelProto:
+    """ONNX Runtime's static QDQ quantisation of ``source`` (its files in the folder
+    ``tmp``): :data:`QUANTISED_OPS` but ``keep_float`` get int8 weights, activation ranges
+    from ``calibration`` (a calibration data reader), the options as ``recipe_used``
+    records them (``calibrate``, ``per_channel``, ``unsigned_activations``,
+    ``symmetric_activations``)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    folded = tmp / "folded.onnx"
+    onnx.save(source, str(folded))
+    pre = tmp / "pre.onnx"
+    quant_pre_process(str(folded), str(pre), skip_symbolic_shape=True)
+    raw = tmp / "int8.onnx"
+    quantize_static(
+        str(pre),
+        str(raw),
+        calibration,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(QUANTISED_OPS),
+        per_channel=recipe_used["per_channel"],
+        activation_type=QuantType.QUInt8
+        if recipe_used["unsigned_activations"]
+        else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=keep_float,
+        calibrate_method=methods[recipe_used["calibrate"]],
+        extra_options={
+            "ActivationSymmetric": recipe_used["symmetric_activations"],
+            "WeightSymmetric": True,
+            "MatMulConstBOnly": True,
+        },
+    )
+    return onnx.load(str(raw))
 
 
 def _calibration_tiles(calibration_tiles: NDArray[np.uint8], tile_px: int) -> NDArray[np.uint8]:
@@ -706,39 +738,56 @@ def choose_model(
             f"held-out tiles ({why}); use --precision fp32 or auto"
         )
     if wanted == "auto":
-        if found is None:
-            return ModelChoice(
-                path,
-                "fp32",
-                wanted,
-                "fp32: no int8 variant with a recorded accuracy gate for this model",
-            )
-        variant, gate = found
-        if gate is None:
-            return ModelChoice(
-                path, "fp32", wanted, "fp32: its int8 variant has no recorded accuracy gate"
-            )
-        if not gate.passed:
-            return ModelChoice(
-                path,
-                "fp32",
-                wanted,
-                "fp32: int8 failed its accuracy gate (" + "; ".join(gate.failures) + ")",
-                gate,
-            )
+        return _auto_choice(path, found)
+    return _int8_choice(path, info, found, calibration_tiles)
+
+
+def _auto_choice(path: Path, found: tuple[Path, PrecisionGate | None] | None) -> ModelChoice:
+    """``auto`` for an fp32 model with no recorded failure: its int8 variant (``found``)
+    when its recorded gate passed, else fp32 (the reason says why)."""
+    if found is None:
         return ModelChoice(
-            variant,
-            "int8",
-            wanted,
-            f"int8: passed its accuracy gate (median gene r {gate.median_gene_r:.3f}, "
-            f"least {gate.min_gene_r:.3f}; held-out {gate.metric} {gate.metric_int8:.3f})",
+            path,
+            "fp32",
+            "auto",
+            "fp32: no int8 variant with a recorded accuracy gate for this model",
+        )
+    variant, gate = found
+    if gate is None:
+        return ModelChoice(
+            path, "fp32", "auto", "fp32: its int8 variant has no recorded accuracy gate"
+        )
+    if not gate.passed:
+        return ModelChoice(
+            path,
+            "fp32",
+            "auto",
+            "fp32: int8 failed its accuracy gate (" + "; ".join(gate.failures) + ")",
             gate,
         )
+    return ModelChoice(
+        variant,
+        "int8",
+        "auto",
+        f"int8: passed its accuracy gate (median gene r {gate.median_gene_r:.3f}, "
+        f"least {gate.min_gene_r:.3f}; held-out {gate.metric} {gate.metric_int8:.3f})",
+        gate,
+    )
+
+
+def _int8_choice(
+    path: Path,
+    info: ModelInfo,
+    found: tuple[Path, PrecisionGate | None] | None,
+    calibration_tiles: NDArray[np.uint8] | None,
+) -> ModelChoice:
+    """``int8`` for an fp32 model with no recorded failure: its variant (``found``), else
+    one quantised now and cached under the model's hash."""
     if found is not None:
         variant, gate = found
         where = "shipped" if variant.parent == shipped_int8_dir() else "cached"
-        return ModelChoice(variant, "int8", wanted, f"int8 as asked ({where} variant)", gate)
-    target = cached_int8_path(sha)
+        return ModelChoice(variant, "int8", "int8", f"int8 as asked ({where} variant)", gate)
+    target = cached_int8_path(info.sha256)
     tiles = (
         sample_calibration_tiles(info.tile_px, info.tile_um)
         if calibration_tiles is None
@@ -748,6 +797,6 @@ def choose_model(
     return ModelChoice(
         target,
         "int8",
-        wanted,
+        "int8",
         f"int8 as asked (quantised now, {len(tiles)} calibration tiles; no accuracy gate recorded)",
     )

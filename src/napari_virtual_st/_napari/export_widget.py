@@ -7,15 +7,13 @@ ellipses drawn over the slide, in world µm; named and classed as :mod:`.shapes_
 says) or from a **QuPath GeoJSON** file of annotations; an import button turns such a file
 into a Shapes layer (placed in the slide's µm frame, classes kept as features and colours), so
 regions go QuPath → napari → QuPath. The export itself runs in a ``napari.qt.threading``
-worker over :func:`~napari_virtual_st.export.export_steps`, with a progress bar and a cancel
-button; files appear under their names only when complete.
+worker (:mod:`.export_worker`) over :func:`~napari_virtual_st.export.export_steps`, with a
+progress bar and a cancel button; files appear under their names only when complete.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,16 +41,11 @@ from napari_virtual_st._napari.export_outputs import (
     done_texts,
     output_path,
 )
+from napari_virtual_st._napari.export_worker import ExportOutcome, run_export
 from napari_virtual_st._napari.predict_form import file_edit_path
 from napari_virtual_st._napari.shapes_regions import regions_from_layers, shapes_layer_data
 from napari_virtual_st.errors import VirtualSTError
-from napari_virtual_st.export import (
-    ExportCancelled,
-    ExportError,
-    ExportProgress,
-    ExportResult,
-    export_steps,
-)
+from napari_virtual_st.export import ExportError, ExportProgress
 from napari_virtual_st.regions import Region, RegionError, read_geojson_regions
 from napari_virtual_st.store import PredictionStore
 
@@ -63,35 +56,6 @@ if TYPE_CHECKING:
 ALL_SPOTS = "All spots"
 FROM_SHAPES = "Shapes layers"
 FROM_GEOJSON = "QuPath GeoJSON file"
-
-
-# -- the worker ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ExportOutcome:
-    """How an export ended: its result, or the engine's error (``cancelled`` when asked)."""
-
-    result: ExportResult | None
-    error: VirtualSTError | None = None
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether the user cancelled it."""
-        return isinstance(self.error, ExportCancelled)
-
-
-def run_export(
-    store: Path,
-    regions: list[Region] | None,
-    h5ad: Path | None,
-    geojson: Path | None,
-    cancel: Callable[[], bool],
-) -> Generator[ExportProgress, None, ExportOutcome]:
-    """The worker's job: :func:`export_steps`, with engine errors returned, not raised."""
-    try:
-        result = yield from export_steps(store, regions, h5ad=h5ad, geojson=geojson, cancel=cancel)
-    except VirtualSTError as exc:
-        return ExportOutcome(None, exc)
-    return ExportOutcome(result)
 
 
 # -- the widget ----------------------------------------------------------------------------------

@@ -4,36 +4,40 @@ The run itself (:func:`napari_virtual_st.run.run`, through
 :func:`~napari_virtual_st.run.run_outcome`) happens in a prediction process of its own
 (:mod:`napari_virtual_st.run.process`), followed by a ``napari.qt.threading`` worker, so the
 GUI thread never waits for the slide, the model or the store, nor for Python's interpreter
-lock while tiles are read and predicted. The session turns the events the worker yields into
-layer updates, and shows progress, status and the run's end in the panel that started it
-(a :class:`RunPanel`) and in napari's activity dock.
+lock while tiles are read and predicted (the worker's job: :mod:`.run_worker`). The session
+turns the events the worker yields into layer updates, and shows progress, status and the
+run's end in the panel that started it (a :class:`~.run_panel.RunPanel`) and in napari's
+activity dock (:mod:`.run_activity`).
 
 All of its GUI work goes through one queue of steps (:class:`.gui_steps.GuiSteps`): the
 run's heatmap layers and napari's views of them are made beforehand, each in an event-loop
 turn of its own; redraws follow batches at most every ``REDRAW_INTERVAL_S``; the run's end
-waits for the layers, then the spots layer and the colour bars follow, a turn each.
+waits for the layers, then the spots layer and the colour bars follow, a turn each. The
+worker's messages reach it through an :class:`~.worker_inbox.Inbox`, in order.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from napari.layers import Layer
 from napari.qt.threading import GeneratorWorker, create_worker
-from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 
 from napari_virtual_st._napari import layers as vst_layers
 from napari_virtual_st._napari import notify
 from napari_virtual_st._napari.gui_steps import STEP_MS, GuiSteps
 from napari_virtual_st._napari.layer_views import LayerViews
+from napari_virtual_st._napari.run_activity import RunActivity
 from napari_virtual_st._napari.run_layers import RunLayers
+from napari_virtual_st._napari.run_panel import RunPanel
+from napari_virtual_st._napari.run_worker import predict_then_build_spots
 from napari_virtual_st._napari.views import views_of
+from napari_virtual_st._napari.worker_inbox import Inbox
 from napari_virtual_st.display import layer_name
 from napari_virtual_st.pipeline import Progress
 from napari_virtual_st.predictor import ModelInfo
@@ -45,9 +49,6 @@ from napari_virtual_st.run import (
     RunSpec,
     StageEvent,
     StoreReadyEvent,
-    process,
-    run_events,
-    run_outcome,
 )
 from napari_virtual_st.store_view import StoreView
 
@@ -58,44 +59,6 @@ if TYPE_CHECKING:
 
 #: Fewest seconds between two heatmap redraws during a run (the first batch draws at once).
 REDRAW_INTERVAL_S = 0.25
-#: Fewest seconds between two updates of napari's activity dock (each one makes napari
-#: process all pending Qt events, canvas drawing included, before it returns).
-ACTIVITY_INTERVAL_S = 2.0
-
-
-class RunPanel(Protocol):
-    """What a run shows in the panel that started it."""
-
-    def show_status(self, text: str) -> None:
-        """One line about where the run is."""
-
-    def show_progress(self, done: int, total: int) -> None:
-        """Spots predicted of ``total`` (0: not known yet)."""
-
-    def show_providers(self, providers: Sequence[str]) -> None:
-        """The execution providers that run the model."""
-
-    def run_ended(self, outcome: RunOutcome) -> None:
-        """The run's outcome (its layers are there; the spots layer may follow)."""
-
-    def worker_finished(self) -> None:
-        """The worker has gone: another run may start once the session is not running."""
-
-
-def predict_then_build_spots(
-    request: RunSpec, cancel: threading.Event, colour_by: str, in_process: bool = True
-) -> Generator[RunEvent, None, tuple[RunOutcome, Layer | None, StoreView | None]]:
-    """The worker's job: the run (in a prediction process of its own unless ``in_process``
-    is false), then (still off the GUI thread) the finished store read back and its spots
-    layer, with every gene as a feature, built for the GUI to add."""
-    events = process.run_events_in_process if in_process else run_events
-    outcome = yield from run_outcome(request, cancel, events)
-    if outcome.store_path is None:
-        return outcome, None, None
-    view = StoreView.open(outcome.store_path)
-    gene = colour_by if colour_by in view.genes else view.genes[0]
-    spots = Layer.create(*vst_layers.spots_layer_data(view, gene, visible=view.geometry is None))
-    return outcome, spots, view
 
 
 class RunSession:
@@ -136,10 +99,7 @@ class RunSession:
         self._cancel = threading.Event()
         self._steps = GuiSteps()
         #: the worker's messages not handled yet (handled in order, never re-entered)
-        self._inbox: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = (
-            collections.deque()
-        )
-        self._draining = False
+        self._inbox = Inbox()
         self._closed = False
         #: the worker while it runs
         self.worker: GeneratorWorker | None = None
@@ -151,8 +111,7 @@ class RunSession:
         self._preview_drawn = False
         self._latest: Progress | None = None
         self._drawn = False
-        self._activity: napari_progress | None = None
-        self._activity_time = 0.0
+        self._activity = RunActivity()
         self._started = 0.0
         self.genes = self._genes_to_show()
         #: the run's heatmap layers, made before its values come
@@ -240,25 +199,14 @@ class RunSession:
 
     def _start_activity(self) -> None:
         """A bar in napari's activity dock for this run."""
-        self._activity = napari_progress(total=0, desc=f"Predicting {self.spec.slide_path.name}")
-        if self._latest is not None:
-            self._activity.total = self._latest.spots_total
+        total = None if self._latest is None else self._latest.spots_total
+        self._activity.start(f"Predicting {self.spec.slide_path.name}", total)
 
     # -- events from the worker (GUI thread) ------------------------------------------------
     def _post(self, handler: Callable[..., None], *args: Any) -> None:
         """Handle a message from the worker after those before it (never re-entered)."""
-        if self._closed:
-            return
-        self._inbox.append((handler, args))
-        if self._draining:
-            return
-        self._draining = True
-        try:
-            while self._inbox:
-                handler, args = self._inbox.popleft()
-                handler(*args)
-        finally:
-            self._draining = False
+        if not self._closed:
+            self._inbox.post(handler, *args)
 
     def _on_event(self, event: RunEvent) -> None:
         if isinstance(event, StageEvent):
@@ -291,9 +239,7 @@ class RunSession:
             vst_layers.place_slide_layer(layer, event.mpp)
         total = event.progress.spots_total
         self._panel.show_progress(0, max(total, 1))
-        if self._activity is not None:
-            self._activity.total = total
-            self._activity.set_description(f"Predicting {total:,} spots")
+        self._activity.set_total(total, f"Predicting {total:,} spots")
         self._panel.show_providers(event.providers)
         self._redraw()
 
@@ -333,15 +279,13 @@ class RunSession:
         self._panel.show_progress(p.spots_done, max(p.spots_total, 1))
         rate = f" ({p.tiles_per_s:,.0f} spots/s)" if p.tiles_per_s else ""
         self._panel.show_status(f"{p.spots_done:,} of {p.spots_total:,} spots predicted{rate}")
-        if time.perf_counter() - self._activity_time >= ACTIVITY_INTERVAL_S:
-            self._activity_time = time.perf_counter()
-            self._steps.due(self._update_activity, STEP_MS / 1000)  # (a turn of its own)
+        if self._activity.due():  # (at most every ACTIVITY_INTERVAL_S, a turn of its own)
+            self._steps.due(self._update_activity, STEP_MS / 1000)
 
     def _update_activity(self) -> None:
         """Bring napari's activity dock up to date."""
-        p = self._latest
-        if self._activity is not None and p is not None and p.spots_done > self._activity.n:
-            self._activity.update(p.spots_done - self._activity.n)
+        if self._latest is not None:
+            self._activity.update(self._latest.spots_done)
 
     # -- the end ----------------------------------------------------------------------------
     def _end_after_layers(self, result: tuple[RunOutcome, Layer | None, StoreView | None]) -> None:
@@ -431,7 +375,5 @@ class RunSession:
         self._steps.drop(self._redraw)
         self._steps.drop(self._update_activity)
         self.worker = None
-        if self._activity is not None:
-            self._activity.close()
-            self._activity = None
+        self._activity.close()
         self._panel.worker_finished()

@@ -129,6 +129,38 @@ def cached_benchmark_model(
     return path
 
 
+def save_benchmark_weights(path: str | Path, n_genes: int = 250, seed: int = 0) -> Path:
+    """Save the benchmark network's ``state_dict`` (the weights :func:`build_benchmark_model`
+    exports) at ``path``, for tools that run the torch network itself (TIAToolbox)."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(resnet18_module(n_genes, seed).state_dict(), tmp)
+    tmp.replace(path)
+    return path
+
+
+def cached_benchmark_weights(cache_dir: str | Path, n_genes: int = 250) -> Path:
+    """The benchmark network's ``state_dict`` under ``cache_dir``, saved on first use (seed 0,
+    as :func:`cached_benchmark_model`)."""
+    path = Path(cache_dir) / f"resnet18_torch_random_g{n_genes}_seed0.pt"
+    if not path.exists():
+        save_benchmark_weights(path, n_genes=n_genes)
+    return path
+
+
+def load_benchmark_module(weights: str | Path, n_genes: int = 250) -> Any:
+    """The benchmark network with the weights saved by :func:`save_benchmark_weights`
+    (needs torch only: another environment can run it without this package)."""
+    import torch
+
+    module = resnet18_module(n_genes)
+    module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return module.eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)

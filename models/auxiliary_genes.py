@@ -32,6 +32,7 @@ from models.protocol import (
     make_fold,
     section_scores,
     summarise,
+    test_sets_text,
 )
 from models.workshop.data import load_her2st
 
@@ -62,7 +63,13 @@ def measure(family: str, n_boot: int = N_BOOT) -> dict[str, Any] | None:
         index = (*C_SECTIONS, TEST_SECTION).index(k)
         folds[k] = make_fold(data[k], genes, index, n_boot)
         preds["base"][k], preds["aux"][k] = p_base, p_aux
-    record: dict[str, Any] = {"family": family, "n_aux": 250, "sections": sections}
+    record: dict[str, Any] = {
+        "family": family,
+        "n_aux": 250,
+        "sections": sections,
+        "n_boot": n_boot,
+        "resolution_um_per_px": {k: round(data[k].mpp, 3) for k in sections},
+    }
     for setting, wanted in (("loso_C", C_SECTIONS), ("A1", (TEST_SECTION,))):
         keys = [k for k in sections if k in wanted]
         if not keys:
@@ -88,6 +95,11 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
         "with = trained on the panel + the next 250 genes by mean expression (targets only); "
         "95 % paired spot-bootstrap intervals; A1 = fold models trained on C2–C6 (not the "
         "shipped files).",
+        "",
+        *(
+            f"{rec['family']}: " + test_sets_text(rec["resolution_um_per_px"], rec["n_boot"])
+            for rec in records
+        ),
         "",
         "| family | setting | labels | without | with auxiliary genes | difference | verdict |",
         "|---|---|---|---|---|---|---|",

@@ -319,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         learned_context_method,
         learned_markdown,
         load_predictions,
+        test_sets_text,
     )
     from models.workshop.data import load_her2st
 
@@ -337,7 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     sections = load_her2st(TILE_PX, TILE_UM)
     p = load_predictions(sections, args.n_boot, ready)
-    out: dict[str, Any] = {"n_boot": args.n_boot, "methods": {}}
+    out: dict[str, Any] = {
+        "n_boot": args.n_boot,
+        "resolution_um_per_px": {k: round(s.mpp, 3) for k, s in sections.items()},
+        "methods": {},
+    }
     for m in ready:
         print(f"{m.name}: Gaussian (nested sigma), then the learnt rings", flush=True)
         gaussian = context_method(m, p)
@@ -353,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     out["not_run"] = [m.name for m in METHODS if m not in ready and m.name != "mean"]
     args.json.write_text(json.dumps(out, indent=2) + "\n")
-    lines = learned_markdown(out)
+    resolution = {k: round(s.mpp, 3) for k, s in sections.items()}
+    lines = [test_sets_text(resolution, args.n_boot), "", *learned_markdown(out)]
     lines += [
         "",
         "Gaussian σ (µm) chosen per outer fold (on all C): "

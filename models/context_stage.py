@@ -303,6 +303,37 @@ def coefficient_summary(context: SpotContext) -> dict[str, Any]:
     }
 
 
+def markdown(out: dict[str, Any]) -> str:
+    """``results/context_stage.md`` from the record :func:`main` writes to its JSON."""
+    from models.protocol import learned_markdown, test_sets_text
+
+    lines = [
+        test_sets_text(out["resolution_um_per_px"], out["n_boot"]),
+        "",
+        *learned_markdown(out),
+    ]
+    lines += [
+        "",
+        "Gaussian σ (µm) chosen per outer fold (on all C): "
+        + "; ".join(
+            f"{r['label']}: {', '.join(str(v) for v in r['gaussian_sigma_per_outer_fold'].values())}"
+            f" ({r['gaussian_sigma_on_all_C']})"
+            for r in out["methods"].values()
+        ),
+        f"Not run (fold predictions missing): {', '.join(out['not_run']) or 'none'}.",
+        "",
+        "Weights fitted on all C (itself = 1), median over genes, per ring to "
+        + ", ".join(f"{e:g}" for e in RING_EDGES_UM)
+        + " µm (a Gaussian of σ 100 µm within 250 µm: 0.135, 0, 0, 0):",
+        *(
+            f"- {r['label']}: {r['learned_context']['fitted_on_all_C'][WEIGHTS_KEY]} "
+            f"(LOSO-C sections: {', '.join(r['loso_sections'])})"
+            for r in out["methods"].values()
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Score the stage (module doc) for the methods whose fold runs are all there."""
     import argparse
@@ -317,9 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         REPO,
         context_method,
         learned_context_method,
-        learned_markdown,
         load_predictions,
-        test_sets_text,
     )
     from models.workshop.data import load_her2st
 
@@ -358,29 +387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     out["not_run"] = [m.name for m in METHODS if m not in ready and m.name != "mean"]
     args.json.write_text(json.dumps(out, indent=2) + "\n")
-    resolution = {k: round(s.mpp, 3) for k, s in sections.items()}
-    lines = [test_sets_text(resolution, args.n_boot), "", *learned_markdown(out)]
-    lines += [
-        "",
-        "Gaussian σ (µm) chosen per outer fold (on all C): "
-        + "; ".join(
-            f"{r['label']}: {', '.join(str(v) for v in r['gaussian_sigma_per_outer_fold'].values())}"
-            f" ({r['gaussian_sigma_on_all_C']})"
-            for r in out["methods"].values()
-        ),
-        f"Not run (fold predictions missing): {', '.join(out['not_run']) or 'none'}.",
-        "",
-        "Weights fitted on all C (itself = 1), median over genes, per ring to "
-        + ", ".join(f"{e:g}" for e in RING_EDGES_UM)
-        + " µm (a Gaussian of σ 100 µm within 250 µm: 0.135, 0, 0, 0):",
-        *(
-            f"- {r['label']}: {r['learned_context']['fitted_on_all_C'][WEIGHTS_KEY]} "
-            f"(LOSO-C sections: {', '.join(r['loso_sections'])})"
-            for r in out["methods"].values()
-        ),
-    ]
-    args.markdown.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = markdown(out)
+    args.markdown.write_text(text)
+    print(text, end="")
     return 0
 
 

@@ -11,7 +11,6 @@ engine path (``workshop/data.py``), recognising a section by its 16 px tiles.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -155,8 +154,7 @@ class DKANMethod:
         self.settings = settings or DKANSettings()
 
     def fit(self, train: Sequence[SectionData], genes: Sequence[str]) -> DKANMethod:
-        # two threads unless the caller limited them (OMP_NUM_THREADS=1 on a shared machine)
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+        torch.set_num_threads(2)
         self._known = {}
         for source in her2st_sections():
             section = load_section(source, train[0].tile_px, train[0].tile_um)

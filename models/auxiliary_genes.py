@@ -32,6 +32,7 @@ from models.protocol import (
     make_fold,
     section_scores,
     summarise,
+    test_sets_text,
 )
 from models.workshop.data import load_her2st
 
@@ -62,7 +63,13 @@ def measure(family: str, n_boot: int = N_BOOT) -> dict[str, Any] | None:
         index = (*C_SECTIONS, TEST_SECTION).index(k)
         folds[k] = make_fold(data[k], genes, index, n_boot)
         preds["base"][k], preds["aux"][k] = p_base, p_aux
-    record: dict[str, Any] = {"family": family, "n_aux": 250, "sections": sections}
+    record: dict[str, Any] = {
+        "family": family,
+        "n_aux": 250,
+        "sections": sections,
+        "n_boot": n_boot,
+        "resolution_um_per_px": {k: round(data[k].mpp, 3) for k in sections},
+    }
     for setting, wanted in (("loso_C", C_SECTIONS), ("A1", (TEST_SECTION,))):
         keys = [k for k in sections if k in wanted]
         if not keys:
@@ -84,10 +91,15 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
         "# Auxiliary Gene Learning, on/off (issue 19 item 4)",
         "",
         "Produced by `python -m models.auxiliary_genes` from the fold runs of "
-        "`python -m models.folds --methods stem stem_aux250`. PCC-ALL over the 250-gene panel; "
+        "`python -m models.folds --methods F F_aux250` (F = stem, dkan). PCC-ALL over the 250-gene panel; "
         "with = trained on the panel + the next 250 genes by mean expression (targets only); "
         "95 % paired spot-bootstrap intervals; A1 = fold models trained on C2–C6 (not the "
         "shipped files).",
+        "",
+        *(
+            f"{rec['family']}: " + test_sets_text(rec["resolution_um_per_px"], rec["n_boot"])
+            for rec in records
+        ),
         "",
         "| family | setting | labels | without | with auxiliary genes | difference | verdict |",
         "|---|---|---|---|---|---|---|",
@@ -116,11 +128,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--families", nargs="+", default=list(FAMILIES))
     parser.add_argument("--n-boot", type=int, default=N_BOOT)
     args = parser.parse_args(argv)
-    records = [r for f in args.families if (r := measure(f, args.n_boot)) is not None]
-    if not records:
+    measured = {r["family"]: r for f in args.families if (r := measure(f, args.n_boot))}
+    if not measured:
         print("no family has fold runs with and without auxiliary genes yet")
         return 1
-    (RESULTS / "auxiliary_genes.json").write_text(json.dumps(records, indent=1) + "\n")
+    # a family measured before whose fold runs this checkout lacks keeps its record
+    path = RESULTS / "auxiliary_genes.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else []
+    records = [measured.pop(r["family"], r) for r in earlier] + list(measured.values())
+    path.write_text(json.dumps(records, indent=1) + "\n")
     (RESULTS / "auxiliary_genes.md").write_text(markdown(records))
     print(markdown(records))
     return 0

@@ -303,57 +303,15 @@ def coefficient_summary(context: SpotContext) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Score the stage (module doc) for the methods whose fold runs are all there."""
-    import argparse
-    import json
-    from pathlib import Path
+def markdown(out: dict[str, Any]) -> str:
+    """``results/context_stage.md`` from the record :func:`main` writes to its JSON."""
+    from models.protocol import learned_markdown, test_sets_text
 
-    from models.evaluate import C_SECTIONS, TEST_SECTION, TILE_PX, TILE_UM
-    from models.folds import fold_path
-    from models.protocol import (
-        METHODS,
-        N_BOOT,
-        REPO,
-        context_method,
-        learned_context_method,
-        learned_markdown,
-        load_predictions,
-    )
-    from models.workshop.data import load_her2st
-
-    results = REPO / "models" / "results"
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--json", type=Path, default=results / "context_stage.json")
-    parser.add_argument("--markdown", type=Path, default=results / "context_stage.md")
-    parser.add_argument("--n-boot", type=int, default=N_BOOT)
-    args = parser.parse_args(argv)
-    ready = [
-        m
-        for m in METHODS
-        if m.name != "mean"  # (constant predictions: no neighbour can change a correlation)
-        and sum(fold_path(m.fold_method, k).is_file() for k in C_SECTIONS) >= MIN_SECTIONS
-        and (m.onnx or fold_path(m.fold_method, TEST_SECTION).is_file())
+    lines = [
+        test_sets_text(out["resolution_um_per_px"], out["n_boot"]),
+        "",
+        *learned_markdown(out),
     ]
-    sections = load_her2st(TILE_PX, TILE_UM)
-    p = load_predictions(sections, args.n_boot, ready)
-    out: dict[str, Any] = {"n_boot": args.n_boot, "methods": {}}
-    for m in ready:
-        print(f"{m.name}: Gaussian (nested sigma), then the learnt rings", flush=True)
-        gaussian = context_method(m, p)
-        out["methods"][m.name] = {
-            "label": m.label,
-            "shipped_file": m.onnx,
-            "gaussian_sigma_per_outer_fold": gaussian["sigma_chosen_per_outer_fold"],
-            "gaussian_sigma_on_all_C": gaussian["sigma_chosen_on_all_C"],
-            "gaussian_loso_C_raw": gaussian["loso_C_raw"],
-            "gaussian_a1_raw": gaussian["a1_raw"],
-            "loso_sections": sorted(p.by["loso"][m.name]),
-            "learned_context": learned_context_method(m, p),
-        }
-    out["not_run"] = [m.name for m in METHODS if m not in ready and m.name != "mean"]
-    args.json.write_text(json.dumps(out, indent=2) + "\n")
-    lines = learned_markdown(out)
     lines += [
         "",
         "Gaussian σ (µm) chosen per outer fold (on all C): "
@@ -373,8 +331,65 @@ def main(argv: Sequence[str] | None = None) -> int:
             for r in out["methods"].values()
         ),
     ]
-    args.markdown.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Score the stage (module doc) for the methods whose fold runs are all there."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from models.evaluate import C_SECTIONS, TEST_SECTION, TILE_PX, TILE_UM
+    from models.folds import fold_path
+    from models.protocol import (
+        METHODS,
+        N_BOOT,
+        REPO,
+        context_method,
+        learned_context_method,
+        load_predictions,
+    )
+    from models.workshop.data import load_her2st
+
+    results = REPO / "models" / "results"
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--json", type=Path, default=results / "context_stage.json")
+    parser.add_argument("--markdown", type=Path, default=results / "context_stage.md")
+    parser.add_argument("--n-boot", type=int, default=N_BOOT)
+    args = parser.parse_args(argv)
+    ready = [
+        m
+        for m in METHODS
+        if m.name != "mean"  # (constant predictions: no neighbour can change a correlation)
+        and sum(fold_path(m.fold_method, k).is_file() for k in C_SECTIONS) >= MIN_SECTIONS
+        and (m.onnx or fold_path(m.fold_method, TEST_SECTION).is_file())
+    ]
+    sections = load_her2st(TILE_PX, TILE_UM)
+    p = load_predictions(sections, args.n_boot, ready)
+    out: dict[str, Any] = {
+        "n_boot": args.n_boot,
+        "resolution_um_per_px": {k: round(s.mpp, 3) for k, s in sections.items()},
+        "methods": {},
+    }
+    for m in ready:
+        print(f"{m.name}: Gaussian (nested sigma), then the learnt rings", flush=True)
+        gaussian = context_method(m, p)
+        out["methods"][m.name] = {
+            "label": m.label,
+            "shipped_file": m.onnx,
+            "gaussian_sigma_per_outer_fold": gaussian["sigma_chosen_per_outer_fold"],
+            "gaussian_sigma_on_all_C": gaussian["sigma_chosen_on_all_C"],
+            "gaussian_loso_C_raw": gaussian["loso_C_raw"],
+            "gaussian_a1_raw": gaussian["a1_raw"],
+            "loso_sections": sorted(p.by["loso"][m.name]),
+            "learned_context": learned_context_method(m, p),
+        }
+    out["not_run"] = [m.name for m in METHODS if m not in ready and m.name != "mean"]
+    args.json.write_text(json.dumps(out, indent=2) + "\n")
+    text = markdown(out)
+    args.markdown.write_text(text)
+    print(text, end="")
     return 0
 
 

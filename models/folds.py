@@ -8,6 +8,14 @@ trained from scratch with its shipped settings (seed 0) and its predictions on t
 section are saved to ``models/.cache/folds/<method>__<fold>.npz`` (genes, predictions at full
 resolution, predictions on tiles degraded to A1's resolution, training seconds).
 
+A fold's predictions depend on torch's intra-op thread count, not only on the seed (float sums
+in another order, then a different training path): Stem-style fold C2 gives raw PCC-ALL 0.1121
+with 1 thread and 0.1092 with 2, DKAN-style fold C2 0.1052 with 2 and 0.1217 with 1 (measured
+2026-12-07). The recorded fold runs used 1 thread (``OMP_NUM_THREADS=1``) for every method but
+DKAN-style, whose ``fit`` sets 2; to reproduce them on a shared machine, keep those counts and
+limit the cores with ``taskset`` rather than the threads. A difference of that size between two
+runs is training noise the spot-bootstrap intervals do not include.
+
 Trained fold models never see their held-out section, unlike the shipped files (trained on all
 of C2–C6): this is what makes the LOSO-C numbers of the protocol held-out, if optimistic (the
 other sections are serial cuts of the same tumour).
@@ -72,13 +80,11 @@ def run_fold(method: str, fold: str, sections: dict[str, SectionData]) -> Path:
     fitted = make_method(method).fit(train, genes)
     seconds = time.perf_counter() - start
     tiles, tile_um = test.tiles, test.tile_um
-    if method.startswith("dkan"):
-        from models.dkan.train import at_dkan_resolution, predict_dkan
+    if method.startswith("dkan"):  # DKAN reads its own 64 px tiles (and so do its variants)
+        from models.dkan.train import at_dkan_resolution
 
         tiles = at_dkan_resolution(test).tiles
-        predict = lambda t: predict_dkan(fitted.model_, t)  # noqa: E731
-    else:
-        predict = fitted.predict
+    predict = fitted.predict  # (DKANMethod.predict runs 64 px tiles as they are)
     pred = np.asarray(predict(tiles), np.float32)
     low_tiles = degrade(tiles, tile_um, sections[TEST_SECTION].mpp)
     pred_low = pred if low_tiles is tiles else np.asarray(predict(low_tiles), np.float32)

@@ -574,8 +574,9 @@ def markdown(result: dict[str, Any]) -> str:
     )
     common = "+".join(result["loso_common_sections"])
     lines = [
+        test_sets_text(result["resolution_um_per_px"], result["n_boot"]),
+        "",
         f"LOSO-C held-out sections run, per method: {folds}.",
-        f"95 % spot-bootstrap intervals ({result['n_boot']} resamples).",
         "",
         "| method | LOSO-C raw (its sections) | LOSO-C smoothed (its sections) "
         f"| LOSO-C raw on {common} | LOSO-C smoothed on {common} | C→A1 raw | C→A1 smoothed "
@@ -654,6 +655,28 @@ def learned_markdown(result: dict[str, Any]) -> list[str]:
             f"{_diff(c['a1_minus_gaussian_smoothed_3x3'])} |"
         )
     return lines
+
+
+def test_sets_text(resolution_um_per_px: dict[str, float], n_boot: int) -> str:
+    """The resolution of each test set and how intervals are read: the first lines of every
+    results table made from the fold runs (protocol, learnt context, auxiliary genes)."""
+    c = [v for k, v in resolution_um_per_px.items() if k in C_SECTIONS]
+    a1 = resolution_um_per_px.get(TEST_SECTION)
+    sets = []
+    if c:
+        sets.append(
+            f"LOSO-C = each held-out C section at full resolution, {min(c):.3f}–{max(c):.3f} µm/px"
+        )
+    if a1 is not None:
+        sets.append(f"C → A1 = patient A's A1, the Shiny app's thumbnail, {a1:.3f} µm/px")
+        if c:
+            sets.append(f"resolution check = the held-out C tiles degraded to {a1:.3f} µm/px")
+    return (
+        "Test sets (µm/px from the 200 µm spot pitch): "
+        + "; ".join(sets)
+        + f". Intervals: 95 % spot bootstrap ({n_boot} resamples per section), paired between "
+        "two settings; a difference whose interval contains 0 is a **tie**."
+    )
 
 
 def cell_text(rec: dict[str, Any] | None) -> str:

@@ -184,3 +184,34 @@ def test_protocol_headline_ridge_colour_on_a1_is_reproduced_from_the_data() -> N
     keep = np.isin(labels, POSITIVE + NEGATIVE)
     measured = auc(marker_score(true, genes)[keep], np.isin(labels[keep], POSITIVE))
     assert measured == pytest.approx(recorded["pathologist"]["measured"]["value"], abs=1e-4)
+
+
+#: A paired difference with its interval in the results tables: "+0.002 [-0.003, +0.006] (tie)"
+#: in a cell, or "| +0.002 | [-0.003, +0.006] | tie |" in protocol.md's paired table.
+_DIFF_CELL = re.compile(r"([+-]\d+\.\d+) \[([+-]\d+\.\d+), ([+-]\d+\.\d+)\]( \(tie\)| \| tie \|)?")
+_DIFF_ROW = re.compile(r"\| ([+-]\d+\.\d+) \| \[([+-]\d+\.\d+), ([+-]\d+\.\d+)\] \| (\w+) \|")
+GENERATED_TABLES = ("protocol.md", "context_stage.md", "auxiliary_genes.md")
+
+
+@pytest.mark.parametrize("name", GENERATED_TABLES)
+def test_results_tables_state_each_test_sets_resolution_and_call_ties_ties(name: str) -> None:
+    """Every generated results table says the µm/px of LOSO-C and A1 and how intervals are
+    read, and each paired difference is called a tie exactly when its interval holds 0."""
+    text = (REPO / "models" / "results" / name).read_text()
+    assert re.search(r"LOSO-C = [^;]*\d\.\d{3}–\d\.\d{3} µm/px", text), name
+    assert re.search(r"A1 = [^;]*\d\.\d{3} µm/px", text), name
+    assert "95 % spot bootstrap" in text and "is a **tie**" in text, name
+    found = 0
+    for line in text.splitlines():
+        for diff in [*_DIFF_CELL.finditer(line), *_DIFF_ROW.finditer(line)]:
+            lo, hi = float(diff[2]), float(diff[3])
+            said = diff[4] is not None and "tie" in diff[4]
+            rest = line[diff.end() :].split("|")
+            # auxiliary_genes.md gives the verdict in the next column
+            said = said or (len(rest) > 1 and rest[1].strip() == "tie")
+            found += 1
+            if lo < 0 < hi:  # as printed; an end that rounds to 0 can go either way
+                assert said, f"{name}: {line}"
+            elif lo > 0 or hi < 0:
+                assert not said, f"{name}: {line}"
+    assert found, f"{name}: no paired difference found"

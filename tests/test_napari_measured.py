@@ -225,6 +225,15 @@ def test_predict_at_measured_spots_and_compare_fill_the_table_like_compare(
     assert gene in widget.scatter.title()
     below = int((expected.predicted[:, k] < 0).sum())
     assert (f"{below} predicted below 0 drawn at 0" in widget.scatter.title()) == bool(below)
+    # a model without the clamp in its graph (older files, a user's own) predicts below 0:
+    # such values are drawn at 0, and the plot says how many
+    other = next(g.gene for g in expected.genes if g.gene != gene)
+    j = [g.gene for g in expected.genes].index(other)
+    widget.comparison.predicted[:12, j] = -0.5
+    widget.table.selectRow(next(i for i, r in enumerate(widget.table_rows()) if r[0] == other))
+    assert "12 predicted below 0 drawn at 0" in widget.scatter.title()
+    assert widget.scatter_xy()[:, 1].min() >= 0
+    widget.table.selectRow(row)
     measured_layer = _role(viewer, "measured-values")
     assert vst_layers.vst_meta(measured_layer)["gene"] == gene
     values = measured_values(a1["measured"], gene, library_sizes(a1["measured"]))

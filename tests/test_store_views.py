@@ -51,3 +51,18 @@ def test_two_registries_share_nothing(tmp_path: Path) -> None:
     one, other = StoreViews(), StoreViews()
     one.register(_view(tmp_path / "a.vst.zarr"))
     assert other.lookup(tmp_path / "a.vst.zarr") is None
+
+
+def test_a_view_tells_whether_it_has_finished_the_spots_the_store_read_again_has(
+    tmp_path: Path,
+) -> None:
+    shown = _view(tmp_path / "a.vst.zarr")
+    shown.tile_expression[1] = np.nan  # a spot not finished yet
+    read_back = _view(tmp_path / "a.vst.zarr")
+    read_back.tile_expression[1] = np.nan
+    assert shown.has_finished_spots_of(read_back)  # unfinished in both: the same
+    read_back.tile_expression[1] = 2.0  # a resumed run's earlier spot, not in the batches
+    assert not shown.has_finished_spots_of(read_back)
+    shown.update(slice(None), read_back.tile_expression)
+    assert shown.has_finished_spots_of(read_back)
+    assert shown.values("G")[1] == 2.0

@@ -273,6 +273,19 @@ class StoreView:
         if self.variance is not None and self.tile_variance is not None:
             self.variance[rows] = apply_context(self.tile_variance, self._weights, rows)
 
+    def has_finished_spots_of(self, other: StoreView) -> bool:
+        """Whether this view has finished exactly the spots ``other`` has (``other`` being the
+        same store read again). A run's batches carry the very values its store keeps, and a
+        finished spot's values are all finite (a run refuses others), so a view that took a
+        run's batches holds its store's values then, and taking them again changes nothing.
+        """
+        mine, theirs = self.tile_expression, other.tile_expression
+        if mine.shape != theirs.shape:
+            return False
+        if mine.shape[1] == 0:
+            return True
+        return bool(np.array_equal(np.isnan(mine[:, 0]), np.isnan(theirs[:, 0])))
+
     def limits(self, gene: str, *, uncertainty: bool = False) -> tuple[float, float]:
         """Display limits (1st–99th percentile) of a gene's values or standard deviations."""
         values = self.sd(gene) if uncertainty else self.values(gene)

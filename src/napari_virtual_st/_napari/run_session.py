@@ -336,7 +336,9 @@ class RunSession:
             view = self.view = (
                 views_of(self._viewer).register(final) if final is not None else None
             )
-        elif final is not None:  # the whole store, as the worker read it back: same values
+        elif final is not None and not view.has_finished_spots_of(final):
+            # the whole store as the worker read it back, where it tells more than the batches
+            # did (a resumed run's earlier spots); taking it costs the context over every spot
             view.update(slice(None), final.tile_expression, final.tile_variance)
         if view is None:
             return

@@ -55,7 +55,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from revisions import base_worktree, checkout_revision, source_label  # noqa: E402
+from revisions import (  # noqa: E402
+    base_worktree,
+    checkout_revision,
+    source_label,
+    write_results,
+)
 
 CACHE = HERE / ".cache"
 CMU_SLIDE = REPO.parent / "shared" / "data" / "wsi" / "CMU-1-Small-Region.svs"
@@ -739,11 +744,7 @@ def main(argv: list[str] | None = None) -> int:
         "slides": entries,
     }
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.json)
-        print(f"\nwrote {args.json}")
+        write_results(args.json, result)
     return 0
 
 

@@ -66,7 +66,7 @@ from bench_pipeline import (  # noqa: E402
     _wait_idle,
 )
 from resnet18_torch import TILE_PX  # noqa: E402
-from revisions import checkout_revision, source_label  # noqa: E402
+from revisions import checkout_revision, source_label, write_results  # noqa: E402
 
 PATHS = ("ours", "tia-torch", "tia-ort")
 TILE_UM = 112.0  # 224 px at 0.5 µm/px
@@ -556,11 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         "slides": entries,
     }
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp_json = args.json.with_name(args.json.name + ".tmp")
-        tmp_json.write_text(json.dumps(result, indent=2) + "\n")
-        tmp_json.replace(args.json)
-        print(f"\nwrote {args.json}")
+        write_results(args.json, result)
     return 0
 
 

@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from revisions import base_worktree, checkout_revision  # noqa: E402
+from revisions import base_worktree, checkout_revision, write_results  # noqa: E402
 
 #: Per-scenario figures summarised (as ``bench_gui.py`` reports them).
 KEYS = (
@@ -151,11 +151,7 @@ def main() -> None:
         "runs_before": before,
     }
     _table(medians_after, medians_before)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(args.json)
-    print(f"wrote {args.json}")
+    write_results(args.json, report)
 
 
 def _compare(

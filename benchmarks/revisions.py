@@ -7,10 +7,12 @@ Used by ``bench_pipeline.py --base``, ``compare_gui.py`` and ``bench_read_tile.p
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,3 +62,13 @@ def source_label(path: str | Path) -> str:
         inside = parts[len(parts) - parts[::-1].index("tree") :]
         return "/".join(("base worktree", *inside))
     return path.name
+
+
+def write_results(path: Path, record: dict[str, Any]) -> None:
+    """Write a benchmark's record as JSON, whole or not at all (a temporary file, then
+    renamed over ``path``), and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+    print(f"wrote {path}")

@@ -15,7 +15,9 @@ turns a model and a requested precision into the file to run and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -425,7 +427,7 @@ def _quantise_qdq(
     from ``calibration`` (a calibration data reader), the options as ``recipe_used``
     records them (``calibrate``, ``per_channel``, ``unsigned_activations``,
     ``symmetric_activations``)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     methods = {
@@ -438,6 +440,24 @@ def _quantise_qdq(
     pre = tmp / "pre.onnx"
     quant_pre_process(str(folded), str(pre), skip_symbolic_shape=True)
     raw = tmp / "int8.onnx"
+    # ONNX Runtime's calibrator print()s its progress ("Number of tensors : 39", …): that
+    # would land in the CLI's output and a user's script between our own lines
+    with contextlib.redirect_stdout(io.StringIO()):
+        _quantize_static(quantize_static, pre, raw, calibration, keep_float, recipe_used, methods)
+    return onnx.load(str(raw))
+
+
+def _quantize_static(
+    quantize_static: Any,
+    pre: Path,
+    raw: Path,
+    calibration: Any,
+    keep_float: list[str],
+    recipe_used: dict[str, Any],
+    methods: Mapping[str, Any],
+) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType
+
     quantize_static(
         str(pre),
         str(raw),
@@ -457,7 +477,6 @@ def _quantise_qdq(
             "MatMulConstBOnly": True,
         },
     )
-    return onnx.load(str(raw))
 
 
 def _calibration_tiles(calibration_tiles: NDArray[np.uint8], tile_px: int) -> NDArray[np.uint8]:

@@ -7,6 +7,12 @@ processes (``--repeat`` rounds, the order alternating):
 - ``ours``: ``run(RunSpec)`` (what the CLI calls: slide open, bright-field check, model
   load, ``predict_slide`` into a fresh store) with the ONNX export of the BENCHMARK
   ResNet-18 (``resnet18_torch.py``: random weights, 250 outputs), in this environment;
+- ``ours-int8``: the same with ``precision="int8"`` (``virtual-st predict --precision
+  int8``): the int8 variant ``napari_virtual_st.precision.choose_model`` makes of that file
+  (calibrated on the sample slide's tiles, made once before the rounds and cached under
+  ``VST_CACHE_DIR``, by default ``benchmarks/.cache/vst``); its accuracy is judged by the
+  product's own int8 gate against ``ours`` on every patch of the benchmark (per-output r,
+  median ≥ 0.99, every output ≥ 0.95);
 - ``tia-torch``: TIAToolbox's ``PatchPredictor`` in whole-slide mode with the same network
   in torch (its default path), loaded from the saved ``state_dict`` of the same weights;
 - ``tia-ort``: TIAToolbox's engine with the model call replaced by ONNX Runtime on the same
@@ -68,7 +74,8 @@ from bench_pipeline import (  # noqa: E402
 from resnet18_torch import TILE_PX  # noqa: E402
 from revisions import checkout_revision, source_label, write_results  # noqa: E402
 
-PATHS = ("ours", "tia-torch", "tia-ort")
+PATHS = ("ours", "ours-int8", "tia-torch", "tia-ort")
+OURS = ("ours", "ours-int8")
 TILE_UM = 112.0  # 224 px at 0.5 µm/px
 TARGETS = {"speed_vs_tia_torch_min": 3.0, "speed_vs_tia_ort_min": 1.0, "min_r": 0.99}
 _MARK = "@@RESULT@@ "
@@ -177,12 +184,14 @@ def agreement(
     cells_b: np.ndarray,
     values_b: np.ndarray,
     min_r: float = TARGETS["min_r"],
+    min_median_r: float | None = None,
 ) -> dict[str, Any]:
     """Per-output Pearson r between two runs' values on the patches both ran.
 
     ``cells_*`` are ``(n, 2)`` (row, col) grid cells in any order, ``values_*`` ``(n, G)``.
-    ``passed``: at least 2 shared patches and every output's r ≥ ``min_r`` (an output
-    constant on one side has no r and fails).
+    ``passed``: at least 2 shared patches, every output's r ≥ ``min_r`` (an output
+    constant on one side has no r and fails) and, when given, the median r ≥
+    ``min_median_r`` (the int8 gate's two thresholds).
     """
     cells_a, cells_b = np.asarray(cells_a).reshape(-1, 2), np.asarray(cells_b).reshape(-1, 2)
     index_b = {(int(r), int(c)): i for i, (r, c) in enumerate(cells_b)}
@@ -206,7 +215,13 @@ def agreement(
         "median_r": None if worst is None else round(float(np.nanmedian(r)), 6),
         "outputs_without_r": int(np.isnan(r).sum()),
         "max_abs_diff": round(float(np.abs(a - b).max()), 6),
-        "passed": bool(np.isfinite(r).all() and r.min() >= min_r),
+        "min_r_required": min_r,
+        "min_median_r_required": min_median_r,
+        "passed": bool(
+            np.isfinite(r).all()
+            and r.min() >= min_r
+            and (min_median_r is None or np.median(r) >= min_median_r)
+        ),
     }
 
 
@@ -215,7 +230,8 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
     ``speed_vs_<path>``: ours' patches/s / that path's (medians); ``cpu_vs_<path>``: that
     path's CPU-ms per patch / ours' (how many times the CPU it spends); ``rss_vs_<path>`` and
-    ``first_result_vs_<path>``: that path's / ours'.
+    ``first_result_vs_<path>``: that path's / ours'. The same for ``ours-int8`` against
+    every other path, ``ours`` included, prefixed ``ours_int8_``.
     """
     keys = ("tps", "cpu_ms_per_tile", "peak_rss_mb", "first_result_s", "other_load_cores")
     paths: dict[str, Any] = {}
@@ -228,17 +244,20 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 entry[f"{key}_range"] = [min(vals), max(vals)]
         paths[path] = entry
     ratios: dict[str, float] = {}
-    ours = paths.get("ours")
-    for path, entry in paths.items():
-        if ours is None or path == "ours":
-            continue
-        name = path.replace("-", "_")
-        ratios[f"speed_vs_{name}"] = round(ours["tps"] / entry["tps"], 3)
-        ratios[f"cpu_vs_{name}"] = round(entry["cpu_ms_per_tile"] / ours["cpu_ms_per_tile"], 3)
-        ratios[f"rss_vs_{name}"] = round(entry["peak_rss_mb"] / ours["peak_rss_mb"], 3)
-        ratios[f"first_result_vs_{name}"] = round(
-            entry["first_result_s"] / ours["first_result_s"], 3
-        )
+    for mine, prefix in (("ours", ""), ("ours-int8", "ours_int8_")):
+        ours = paths.get(mine)
+        for path, entry in paths.items():
+            if ours is None or path == mine or (mine == "ours" and path == "ours-int8"):
+                continue
+            name = path.replace("-", "_")
+            ratios[f"{prefix}speed_vs_{name}"] = round(ours["tps"] / entry["tps"], 3)
+            ratios[f"{prefix}cpu_vs_{name}"] = round(
+                entry["cpu_ms_per_tile"] / ours["cpu_ms_per_tile"], 3
+            )
+            ratios[f"{prefix}rss_vs_{name}"] = round(entry["peak_rss_mb"] / ours["peak_rss_mb"], 3)
+            ratios[f"{prefix}first_result_vs_{name}"] = round(
+                entry["first_result_s"] / ours["first_result_s"], 3
+            )
     return {"paths": paths, "ratios": ratios}
 
 
@@ -266,6 +285,7 @@ def _ours_child(spec: dict[str, Any]) -> dict[str, Any]:
             spots=grid,
             batch_size=spec["batch_size"],
             intra_op_threads=spec["threads"],
+            precision=spec.get("precision", "fp32"),
         )
         t0, c0 = time.perf_counter(), _cpu_s()
         store = run(run_spec, progress=on_event)
@@ -278,7 +298,8 @@ def _ours_child(spec: dict[str, Any]) -> dict[str, Any]:
 
     plan = plan_threads(usable_cores(), read_share=read_share_for(TILE_PX))
     return {
-        "path": "ours",
+        "path": spec["path"],
+        "precision": (store.attrs.get("model") or {}).get("precision", "fp32"),
         "spots": n,
         "seconds": round(wall, 3),
         "tps": round(n / wall, 2),
@@ -289,6 +310,92 @@ def _ours_child(spec: dict[str, Any]) -> dict[str, Any]:
         "model_threads": spec["threads"] or plan.model_threads,
         "src": source_label(Path(sys.modules["napari_virtual_st"].__file__).parent.parent),
     }
+
+
+def prepare_int8(onnx_path: Path) -> dict[str, Any]:
+    """Make (or find) the int8 variant ``ours-int8`` runs, before any timed run, exactly as
+    ``--precision int8`` would on first use; the cache is ``VST_CACHE_DIR`` (by default
+    ``benchmarks/.cache/vst``, so the user's cache is left alone).
+
+    Quantising runs in a child process: its calibration holds every calibration tile's
+    activations at once (ONNX Runtime's histogram calibrator: several GB for a 224 px
+    ResNet-18), and Linux carries a process's peak RSS into the children it starts, so
+    made here it would be every later run's "peak RSS"; the child's own peak is recorded.
+    """
+    os.environ.setdefault("VST_CACHE_DIR", str(CACHE / "vst"))
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--prepare-int8", str(onnx_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(_MARK):
+            made: dict[str, Any] = json.loads(line[len(_MARK) :])
+            return made
+    raise RuntimeError(f"int8 variant not made (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+
+
+def _prepare_int8_child(onnx_path: Path) -> dict[str, Any]:
+    from napari_virtual_st.precision import choose_model
+
+    start = time.perf_counter()
+    choice = choose_model(onnx_path, "int8")
+    return {
+        "file": choice.path.name,
+        "reason": choice.reason,
+        "seconds": round(time.perf_counter() - start, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def agreements(outputs: dict[str, Path], paths: Sequence[str], min_r: float) -> dict[str, Any]:
+    """Every comparison that makes the rates ones of equal accuracy: ``ours`` against each
+    TIAToolbox path (every output r ≥ ``min_r``), the two TIAToolbox paths against each other
+    (the same reads: the engines alone), and ``ours-int8`` against ``ours`` by the product's
+    int8 gate (median r ≥ 0.99, every output ≥ 0.95)."""
+    from napari_virtual_st.precision import MIN_GENE_R, MIN_MEDIAN_GENE_R
+
+    tia = [p for p in paths if p not in OURS]
+    pairs: list[tuple[str, str, float, float | None]] = [
+        ("ours", p, min_r, None) for p in tia if "ours" in paths
+    ]
+    if {"tia-torch", "tia-ort"} <= set(paths):
+        pairs.append(("tia-torch", "tia-ort", min_r, None))
+    if set(OURS) <= set(paths):
+        pairs.append(("ours-int8", "ours", MIN_GENE_R, MIN_MEDIAN_GENE_R))
+    out = {}
+    for a, b, least, median_r in pairs:
+        one, two = np.load(outputs[a]), np.load(outputs[b])
+        out[f"{a} vs {b}"] = agreement(
+            one["cells_rc"], one["values"], two["cells_rc"], two["values"], least, median_r
+        )
+    return out
+
+
+def verdicts(entry: dict[str, Any]) -> list[str]:
+    """Each of our paths against the issue's targets: ≥ 3× TIAToolbox's default (torch),
+    ahead of TIAToolbox + ONNX Runtime, at equal accuracy (the agreement checks)."""
+    ratios, agree = entry["ratios"], entry["agreement"]
+    lines = []
+    for mine, prefix in (("ours", ""), ("ours-int8", "ours_int8_")):
+        if mine not in entry["paths"]:
+            continue
+        checks = [f"{mine} vs ours"] if mine == "ours-int8" else []
+        checks += [f"ours vs {p}" for p in entry["paths"] if p not in OURS]
+        accurate = all(agree[c]["passed"] for c in checks if c in agree)
+        parts = []
+        for path, key in (("tia-torch", "tia_torch_min"), ("tia-ort", "tia_ort_min")):
+            ratio = ratios.get(f"{prefix}speed_vs_{path.replace('-', '_')}")
+            if ratio is not None:
+                met = "met" if ratio >= TARGETS[f"speed_vs_{key}"] else "NOT met"
+                parts.append(
+                    f"{ratio:.2f}× {path} (target ≥ {TARGETS[f'speed_vs_{key}']:g}: {met})"
+                )
+        accuracy = "equal accuracy" if accurate else "accuracy check FAILED"
+        lines.append(f"{mine}: {', '.join(parts) or 'no TIAToolbox path'}; {accuracy}")
+    return lines
 
 
 def _cpu_s() -> float:
@@ -304,7 +411,7 @@ def _children_cpu_s() -> float:
 def _spawn(path: str, spec: dict[str, Any], tia_python: str | None) -> dict[str, Any]:
     """One run of ``path`` in a fresh process; the parent adds the process's wall time and
     the cores other processes used meanwhile."""
-    if path == "ours":
+    if path in OURS:
         argv, env, mark = [sys.executable, str(Path(__file__).resolve()), "--child"], None, _MARK
     else:
         argv, env, mark = [str(tia_python), str(_CHILD)], _tia_env(), _TIA_MARK
@@ -340,18 +447,20 @@ def _spawn(path: str, spec: dict[str, Any], tia_python: str | None) -> dict[str,
 def _table(entries: Sequence[dict[str, Any]]) -> str:
     head = (
         f"{'slide':>28} {'path':>9} {'patches':>7} {'patches/s (range)':>21} "
-        f"{'CPU-ms/patch':>12} {'peak RSS MB':>11} {'first s':>7} {'ours ×':>7}"
+        f"{'CPU-ms/patch':>12} {'peak RSS MB':>11} {'first s':>7} {'ours ×':>7} {'int8 ×':>7}"
     )
     lines = [head]
     for e in entries:
         for path, p in e["paths"].items():
             lo, hi = p["tps_range"]
             rng = f"{p['tps']:.1f} ({lo:.1f}–{hi:.1f})"
-            ratio = e["ratios"].get(f"speed_vs_{path.replace('-', '_')}")
+            name = path.replace("-", "_")
+            ratio = e["ratios"].get(f"speed_vs_{name}")
+            int8 = e["ratios"].get(f"ours_int8_speed_vs_{name}")
             lines.append(
                 f"{e['slide'][-28:]:>28} {path:>9} {p['spots']:>7d} {rng:>21} "
                 f"{p['cpu_ms_per_tile']:>12.1f} {p['peak_rss_mb']:>11.0f} "
-                f"{p['first_result_s']:>7.2f} {_fmt(ratio, '.2f'):>7}"
+                f"{p['first_result_s']:>7.2f} {_fmt(ratio, '.2f'):>7} {_fmt(int8, '.2f'):>7}"
             )
     return "\n".join(lines)
 
@@ -405,6 +514,7 @@ def _parser() -> argparse.ArgumentParser:
         help="before each run wait up to S s for other processes to leave the CPUs",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a run's spec (a JSON file)
+    parser.add_argument("--prepare-int8", type=Path, help=argparse.SUPPRESS)  # (an fp32 file)
     parser.add_argument("spawn", nargs="?", help=argparse.SUPPRESS)  # (its start, epoch s)
     return parser
 
@@ -426,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = {**json.loads(Path(args.child).read_text()), "spawn_epoch": float(args.spawn)}
         print(_MARK + json.dumps(_ours_child(spec)), flush=True)
         return 0
+    if args.prepare_int8:
+        print(_MARK + json.dumps(_prepare_int8_child(args.prepare_int8)), flush=True)
+        return 0
     paths = parse_paths(args.paths)
     info, why = probe_tia(args.tia_python)
     if info is None:
@@ -446,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     onnx_path = cached_benchmark_model(CACHE)
     weights = cached_benchmark_weights(CACHE)
     threads = args.threads or usable_cores()
+    int8 = prepare_int8(onnx_path) if "ours-int8" in paths else None
     slides: list[tuple[Path, bool]] = []
     for name in args.slides.split(","):
         if name == "large":
@@ -468,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_patches": args.max_patches or None,
         "repeat": args.repeat,
         "paths": paths,
+        "int8": int8,
         "patches": "the dense 224 px / 0.5 µm grid (TIAToolbox's stride = patch grid), "
         "tissue cells wholly on the slide, bands of whole rows",
     }
@@ -500,7 +615,12 @@ def main(argv: list[str] | None = None) -> int:
                     out_npz = Path(tmp) / f"{slide_path.stem}_{path}_{round_}.npz"
                     outputs.setdefault(path, out_npz)
                     waited = _wait_idle(args.wait_idle) if args.wait_idle > 0 else 0.0
-                    spec = {**base, "path": path.removeprefix("tia-"), "out_npz": str(out_npz)}
+                    spec = {
+                        **base,
+                        "path": path.removeprefix("tia-"),
+                        "precision": "int8" if path == "ours-int8" else "fp32",
+                        "out_npz": str(out_npz),
+                    }
                     res = _spawn(path, spec, args.tia_python)
                     res["waited_for_idle_s"] = round(waited, 1)
                     runs[path].append(res)
@@ -511,15 +631,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"(others used {res['other_load_cores']:.2f} cores)",
                         flush=True,
                     )
-            agree = {}
-            pairs = [("ours", p) for p in paths[1:]]
-            if {"tia-torch", "tia-ort"} <= set(paths):  # (the same reads: the engines alone)
-                pairs.append(("tia-torch", "tia-ort"))
-            for a, b in pairs:
-                one, two = np.load(outputs[a]), np.load(outputs[b])
-                agree[f"{a} vs {b}"] = agreement(
-                    one["cells_rc"], one["values"], two["cells_rc"], two["values"], args.min_r
-                )
+            agree = agreements(outputs, paths, args.min_r)
             entries.append(
                 {
                     "slide": slide_path.name,
@@ -543,6 +655,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{e['slide']}: {pair}: {a['n_shared']} shared patches, per-output r "
                 f"min {_fmt(a['min_r'], '.4f')}, median {_fmt(a['median_r'], '.4f')}: {verdict}"
             )
+    for e in entries:
+        for line in verdicts(e):
+            print(f"{e['slide']}: {line}")
     print(f"load average (1, 5, 15 min): {uptime['loadavg_start']} → {uptime['loadavg_end']}")
     result = {
         "benchmark": "ours against TIAToolbox, side by side (benchmarks/bench_tiatoolbox.py)",

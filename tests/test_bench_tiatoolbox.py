@@ -50,6 +50,11 @@ def test_a_python_without_tiatoolbox_is_a_skip_that_names_the_import_error(
 
 def test_the_paths_are_checked_before_anything_runs() -> None:
     assert bench_tiatoolbox.parse_paths("tia-ort,ours") == ["ours", "tia-ort"]
+    assert bench_tiatoolbox.parse_paths("tia-torch,ours-int8,ours") == [
+        "ours",
+        "ours-int8",
+        "tia-torch",
+    ]
     with pytest.raises(SystemExit, match="unknown tia-tf"):
         bench_tiatoolbox.parse_paths("ours,tia-tf")
     with pytest.raises(SystemExit, match="must include ours"):
@@ -126,6 +131,84 @@ def test_summary_takes_medians_and_ranges_and_ratios_against_ours() -> None:
         "rss_vs_tia_torch": round(1850 / 700, 3),
         "first_result_vs_tia_torch": 4.0,
     }
+
+
+def test_int8_gets_its_own_ratios_and_ours_fp32_is_not_compared_with_it() -> None:
+    runs = {
+        "ours": [_round(40, 50, 700, 3.0)],
+        "ours-int8": [_round(90, 22, 650, 2.5)],
+        "tia-torch": [_round(30, 60, 1500, 10)],
+        "tia-ort": [_round(45, 40, 1600, 9)],
+    }
+    ratios = bench_tiatoolbox.summarise(runs)["ratios"]
+    assert ratios["speed_vs_tia_torch"] == round(40 / 30, 3)
+    assert ratios["ours_int8_speed_vs_tia_torch"] == 3.0
+    assert ratios["ours_int8_speed_vs_tia_ort"] == 2.0
+    assert ratios["ours_int8_speed_vs_ours"] == round(90 / 40, 3)
+    assert "speed_vs_ours_int8" not in ratios
+
+
+def _outputs(tmp_path: Path, values: dict[str, np.ndarray]) -> dict[str, Path]:
+    cells = np.array([[r, c] for r in range(5) for c in range(8)])
+    out = {}
+    for path, v in values.items():
+        out[path] = tmp_path / f"{path}.npz"
+        np.savez(out[path], cells_rc=cells, values=v)
+    return out
+
+
+def test_int8_is_held_to_the_products_gate_and_tiatoolbox_to_identity(tmp_path: Path) -> None:
+    exact = _values(40, 20)
+    near = exact + 0.02 * _values(40, 20, seed=3)  # every output r ~0.9998: within the gate
+    one_off = exact.copy()
+    one_off[:, 0] = 0.7 * exact[:, 0] + 0.7 * _values(40, 1, seed=4)[:, 0]  # r ~0.7
+    paths = ["ours", "ours-int8", "tia-torch"]
+    agree = bench_tiatoolbox.agreements(
+        _outputs(tmp_path, {"ours": exact, "ours-int8": near, "tia-torch": near}), paths, 0.99
+    )
+    assert set(agree) == {"ours vs tia-torch", "ours-int8 vs ours"}
+    assert agree["ours-int8 vs ours"]["passed"]
+    assert agree["ours-int8 vs ours"]["min_r_required"] == 0.95
+    assert agree["ours-int8 vs ours"]["min_median_r_required"] == 0.99
+    bad = bench_tiatoolbox.agreements(
+        _outputs(tmp_path, {"ours": exact, "ours-int8": one_off, "tia-torch": exact}),
+        paths,
+        0.99,
+    )
+    assert not bad["ours-int8 vs ours"]["passed"]  # one output below 0.95 fails the gate
+    assert bad["ours vs tia-torch"]["passed"]
+
+
+def test_median_agreement_below_the_gate_fails_even_when_every_output_clears_its_floor() -> None:
+    cells = np.array([[0, c] for c in range(200)])
+    values = _values(200, 10)
+    noisy = values + 0.2 * _values(200, 10, seed=8)  # every output r ~0.98
+    out = bench_tiatoolbox.agreement(cells, values, cells, noisy, 0.95, 0.99)
+    assert out["min_r"] > 0.95 and out["median_r"] < 0.99
+    assert not out["passed"]
+    assert bench_tiatoolbox.agreement(cells, values, cells, noisy, 0.95)["passed"]
+
+
+def test_verdicts_say_which_target_each_of_our_paths_meets() -> None:
+    runs = {
+        "ours": [_round(40, 50, 700, 3.0)],
+        "ours-int8": [_round(95, 22, 650, 2.5)],
+        "tia-torch": [_round(30, 60, 1500, 10)],
+        "tia-ort": [_round(45, 40, 1600, 9)],
+    }
+    entry = {
+        **bench_tiatoolbox.summarise(runs),
+        "agreement": {
+            "ours vs tia-torch": {"passed": True},
+            "ours vs tia-ort": {"passed": True},
+            "ours-int8 vs ours": {"passed": False},
+        },
+    }
+    ours, int8 = bench_tiatoolbox.verdicts(entry)
+    assert ours.startswith("ours: 1.33× tia-torch (target ≥ 3: NOT met)")
+    assert "0.89× tia-ort (target ≥ 1: NOT met)" in ours and ours.endswith("equal accuracy")
+    assert int8.startswith("ours-int8: 3.17× tia-torch (target ≥ 3: met)")
+    assert int8.endswith("accuracy check FAILED")
 
 
 @pytest.mark.parametrize(

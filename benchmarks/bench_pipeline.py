@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import threading
@@ -58,6 +57,7 @@ sys.path.insert(0, str(HERE))
 from revisions import (  # noqa: E402
     base_worktree,
     checkout_revision,
+    child_result,
     source_label,
     write_results,
 )
@@ -338,18 +338,11 @@ def _run_child(spec: dict[str, Any], src: Path | None = None) -> dict[str, Any]:
     env = dict(os.environ)
     if src is not None:  # that tree's package first (an earlier commit, for an A/B)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
+    return child_result(
         [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=False,
+        _MARK,
+        f"{spec['measure']} measurement",
         env=env,
-    )
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(_MARK):
-            return json.loads(line[len(_MARK) :])
-    raise RuntimeError(
-        f"{spec['measure']} measurement failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
     )
 
 

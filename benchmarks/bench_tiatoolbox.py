@@ -72,7 +72,12 @@ from bench_pipeline import (  # noqa: E402
     _wait_idle,
 )
 from resnet18_torch import TILE_PX  # noqa: E402
-from revisions import checkout_revision, source_label, write_results  # noqa: E402
+from revisions import (  # noqa: E402
+    checkout_revision,
+    child_result,
+    source_label,
+    write_results,
+)
 
 PATHS = ("ours", "ours-int8", "tia-torch", "tia-ort")
 OURS = ("ours", "ours-int8")
@@ -323,18 +328,12 @@ def prepare_int8(onnx_path: Path) -> dict[str, Any]:
     made here it would be every later run's "peak RSS"; the child's own peak is recorded.
     """
     os.environ.setdefault("VST_CACHE_DIR", str(CACHE / "vst"))
-    proc = subprocess.run(
+    return child_result(
         [sys.executable, str(Path(__file__).resolve()), "--prepare-int8", str(onnx_path)],
-        capture_output=True,
-        text=True,
-        check=False,
+        _MARK,
+        "making the int8 variant",
         cwd=REPO,
     )
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(_MARK):
-            made: dict[str, Any] = json.loads(line[len(_MARK) :])
-            return made
-    raise RuntimeError(f"int8 variant not made (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
 def _prepare_int8_child(onnx_path: Path) -> dict[str, Any]:
@@ -419,22 +418,11 @@ def _spawn(path: str, spec: dict[str, Any], tia_python: str | None) -> dict[str,
     spec_file.write_text(json.dumps(spec))
     busy0, child0 = _busy_s(), _children_cpu_s()
     spawn = time.time()
-    proc = subprocess.run(
-        [*argv, str(spec_file), repr(spawn)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-        cwd=REPO,
+    res = child_result(
+        [*argv, str(spec_file), repr(spawn)], mark, f"{path} run", env=env, cwd=REPO
     )
     process_s = time.time() - spawn
     child_cpu = _children_cpu_s() - child0
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(mark):
-            res: dict[str, Any] = json.loads(line[len(mark) :])
-            break
-    else:
-        raise RuntimeError(f"{path} run failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     res["process_s"] = round(process_s, 3)
     res["other_load_cores"] = round(max(0.0, _busy_s() - busy0 - child_cpu) / process_s, 2)
     res["loadavg_1min"] = round(os.getloadavg()[0], 2)

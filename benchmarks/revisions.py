@@ -1,7 +1,9 @@
 """Which code a benchmark measures: this checkout's commit, a temporary worktree of a base
 revision to compare against, and labels for records that never hold this machine's paths.
 
-Used by ``bench_pipeline.py --base``, ``compare_gui.py`` and ``bench_read_tile.py``.
+Used by ``bench_pipeline.py --base``, ``compare_gui.py`` and ``bench_read_tile.py``; also
+the two pieces every benchmark shares: a measurement run in a fresh process
+(:func:`child_result`) and the atomic results file (:func:`write_results`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import contextlib
 import json
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +74,29 @@ def write_results(path: Path, record: dict[str, Any]) -> None:
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(path)
     print(f"wrote {path}")
+
+
+def child_result(
+    argv: Sequence[str],
+    mark: str,
+    what: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> dict[str, Any]:
+    """Run ``argv`` (a measurement in a fresh process) and return the JSON of its last stdout
+    line that starts with ``mark``; raises ``RuntimeError`` naming ``what`` with the end of
+    its stderr when there is none."""
+    proc = subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        check=False,
+        env=None if env is None else dict(env),
+        cwd=cwd,
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(mark):
+            result: dict[str, Any] = json.loads(line[len(mark) :])
+            return result
+    raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")

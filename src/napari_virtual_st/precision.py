@@ -57,12 +57,14 @@ META_RECIPE = "vst.int8_recipe"
 CALIBRATION_BATCH = 16
 #: Most bytes of intermediate activations the calibrator may hold at once. ONNX Runtime's
 #: histogram calibrators keep every batch's activations of every calibrated tensor until
-#: they are histogrammed (ResNet-18 at 224 px, 213 tiles: 5.3 GB peak RSS). 1 GiB keeps a
-#: first-use quantisation beside napari and an open slide (the engine itself peaks near
-#: 0.75 GB) within an 8 GB laptop, and still takes the shipped models' calibration
-#: (732 tiles of 16 and 64 px, a few hundred MB) in one pass, as they were made.
-#: Beyond it, ranges are collected in chunks of batches that fit and merged.
-CALIBRATION_BUDGET_BYTES = 1 << 30
+#: they are histogrammed: ResNet-18 at 224 px holds 23.7 MB per tile, so the sample slide's
+#: 213 tiles peaked at 5.3 GB RSS. Beyond the budget, ranges are collected in chunks of
+#: batches that fit and merged. 512 MiB: the rest of a quantising process (Python, ONNX
+#: Runtime, the model, the tiles) takes about 0.45 GB, so a first ``--precision int8`` run
+#: stays near 1 GB, the engine's RSS target, beside napari and an open slide on a laptop;
+#: collecting in more, smaller chunks costs no more time than in a few (the merge re-bins each
+#: chunk once either way; measured in benchmarks/README.md, Precision).
+CALIBRATION_BUDGET_BYTES = 512 << 20
 
 
 def check_precision(value: str) -> Precision:
@@ -343,6 +345,7 @@ def quantize_int8(
     per_channel: bool = True,
     unsigned_activations: bool = True,
     float_depthwise: bool = True,
+    calibration_budget: float | None = None,
 ) -> Path:
     """Write an int8 variant of a contract model (static QDQ), calibrated on ``calibration_tiles``.
 
@@ -371,6 +374,13 @@ def quantize_int8(
         ``"minmax"``, ``"percentile"`` or ``"entropy"``: how activation ranges are set.
     symmetric_activations, per_channel, unsigned_activations, float_depthwise
         Quantisation options (defaults: the recipe).
+    calibration_budget
+        Most bytes of calibration activations held at once (default
+        :data:`CALIBRATION_BUDGET_BYTES`; ``math.inf``: every tile's at once, in one pass,
+        as the shipped int8 variants were made). When the tiles' activations exceed it,
+        ranges are collected in chunks of tiles and merged (histograms merged: the ranges
+        can differ a little from one pass), recorded in the recipe as
+        ``chunked_calibration``.
 
     Raises
     ------
@@ -399,7 +409,10 @@ def quantize_int8(
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
-        model = _quantise_qdq(source, Path(tmp), tiles, info.extra_inputs, keep_float, recipe_used)
+        budget = CALIBRATION_BUDGET_BYTES if calibration_budget is None else calibration_budget
+        model = _quantise_qdq(
+            source, Path(tmp), tiles, info.extra_inputs, keep_float, recipe_used, budget
+        )
         del model.metadata_props[:]
         attach_metadata(model, _int8_metadata(fp32_path, info.sha256, recipe_used))
         candidate = save_model(model, Path(tmp) / out_path.name)
@@ -432,13 +445,14 @@ def _quantise_qdq(
     extras: Mapping[str, Any],
     keep_float: list[str],
     recipe_used: dict[str, Any],
+    budget: float,
 ) -> onnx.ModelProto:
     """ONNX Runtime's static QDQ quantisation of ``source`` (its files in the folder
     ``tmp``): :data:`QUANTISED_OPS` but ``keep_float`` get int8 weights, activation ranges
     from ``tiles`` (with the ``extras`` inputs fed as the engine feeds them), the options as
     ``recipe_used`` records them (``calibrate``, ``per_channel``, ``unsigned_activations``,
     ``symmetric_activations``). When the calibration's activations would exceed
-    :data:`CALIBRATION_BUDGET_BYTES`, ranges are collected in chunks and merged, and
+    ``budget`` bytes, ranges are collected in chunks and merged, and
     ``recipe_used`` gains a ``chunked_calibration`` record (absent: one pass, as before)."""
     from onnxruntime.quantization import CalibrationMethod, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -456,7 +470,7 @@ def _quantise_qdq(
     per_batch = min(CALIBRATION_BATCH, len(tiles)) * calibration_bytes_per_tile(
         pre, tiles[:1], extras, recipe_used["calibrate"]
     )
-    chunk = calibration_chunk_batches(n_batches, per_batch, CALIBRATION_BUDGET_BYTES)
+    chunk = calibration_chunk_batches(n_batches, per_batch, budget)
     calibration = _calibration_reader(tiles, extras, chunk)
     if chunk < n_batches:
         recipe_used["chunked_calibration"] = {
@@ -464,7 +478,7 @@ def _quantise_qdq(
             "batches_per_chunk": chunk,
             "tiles_per_batch": min(CALIBRATION_BATCH, len(tiles)),
             "estimated_bytes_per_batch": per_batch,
-            "budget_bytes": CALIBRATION_BUDGET_BYTES,
+            "budget_bytes": int(budget),
         }
     raw = tmp / "int8.onnx"
     # ONNX Runtime's calibrator print()s its progress ("Number of tensors : 39", …): that
@@ -483,7 +497,7 @@ def _quantise_qdq(
     return onnx.load(str(raw))
 
 
-def calibration_chunk_batches(n_batches: int, bytes_per_batch: int, budget: int) -> int:
+def calibration_chunk_batches(n_batches: int, bytes_per_batch: int, budget: float) -> int:
     """How many calibration batches one collection pass may take: all ``n_batches`` when
     they fit ``budget`` bytes together, else as many as fit (at least one).
 
@@ -491,7 +505,7 @@ def calibration_chunk_batches(n_batches: int, bytes_per_batch: int, budget: int)
     is not a small remainder whose histogram would set little."""
     if bytes_per_batch * n_batches <= budget:
         return n_batches
-    fit = max(1, budget // max(bytes_per_batch, 1))
+    fit = max(1, int(budget // max(bytes_per_batch, 1)))
     passes = -(-n_batches // fit)
     return -(-n_batches // passes)
 

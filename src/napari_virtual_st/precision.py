@@ -3,8 +3,9 @@
 A run asks for ``fp32``, ``int8`` or ``auto`` (:data:`PRECISIONS`). ``int8`` runs an int8
 variant of the model: the one shipped beside a bundled model (``bundled_models/int8/``),
 else one made here by :func:`quantize_int8` (static, per-channel QDQ calibrated on real
-tissue tiles, the numerically sensitive layers kept in float) and cached on disk under the
-fp32 file's hash (:func:`int8_cache_dir`). ``auto`` runs int8 only where a recorded
+tissue tiles, the numerically sensitive layers kept in float, the calibration's activations
+held within :data:`CALIBRATION_BUDGET_BYTES`) and cached on disk under the fp32 file's hash
+(:func:`int8_cache_dir`). ``auto`` runs int8 only where a recorded
 :class:`PrecisionGate` passed: per-gene agreement with fp32 on held-out real tiles (median
 Pearson r ≥ :data:`MIN_MEDIAN_GENE_R`, every gene ≥ :data:`MIN_GENE_R`) and the held-out
 metric of the int8 model inside the 95 % interval of the fp32 model's. The gate is recorded
@@ -502,7 +503,17 @@ def calibration_chunk_batches(n_batches: int, bytes_per_batch: int, budget: floa
     they fit ``budget`` bytes together, else as many as fit (at least one).
 
     The passes are then made near-equal (``ceil(n / ceil(n / fit))`` batches), so the last
-    is not a small remainder whose histogram would set little."""
+    is not a small remainder whose histogram would set little.
+
+    Parameters
+    ----------
+    n_batches
+        Calibration batches in all.
+    bytes_per_batch
+        What the calibrator holds per batch (:func:`calibration_bytes_per_tile`).
+    budget
+        Most bytes held at once (``math.inf``: no limit).
+    """
     if bytes_per_batch * n_batches <= budget:
         return n_batches
     fit = max(1, int(budget // max(bytes_per_batch, 1)))
@@ -516,7 +527,7 @@ def calibration_bytes_per_tile(
     extras: Mapping[str, Any],
     calibrate: str,
 ) -> int:
-    """Bytes ONNX Runtime's calibrator holds per calibration tile, measured on one tile.
+    """Bytes ONNX Runtime's calibrator holds for the ``probe`` tiles (per tile: give one).
 
     The calibrated tensors are those ONNX Runtime picks (float inputs and outputs of
     :data:`QUANTISED_OPS` nodes with a known type in ``pre``, the shape-inferred model it
@@ -526,6 +537,18 @@ def calibration_bytes_per_tile(
     a time: their cost per tile is the sum of those tensors' bytes plus twice the largest.
     ``minmax`` keeps two reduced values per calibrated tensor per batch (counted per tile:
     an over-estimate that keeps it far below any budget).
+
+    Parameters
+    ----------
+    pre
+        The model as the quantiser calibrates it (after ``quant_pre_process``).
+    probe
+        ``(k, tile_px, tile_px, 3)`` uint8 tiles to run (one is enough: the bytes scale with
+        the batch); the result is for all ``k``.
+    extras
+        The model's extra inputs (:attr:`ModelInfo.extra_inputs`), fed as the engine feeds them.
+    calibrate
+        The calibration method (``"minmax"``, ``"percentile"``, ``"entropy"``).
     """
     import onnxruntime as ort
 

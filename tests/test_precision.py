@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -429,3 +430,106 @@ def test_the_bundled_models_precision_as_their_gates_recorded() -> None:
         assert chosen.precision == "int8", chosen.reason
         assert chosen.gate is not None and chosen.gate.passed
         assert chosen.gate.fp32_sha256 == precision.file_sha256(resolve_model(name))
+
+
+# -- calibration within a memory budget ------------------------------------------------------
+def _graph_bytes(path: Path) -> bytes:
+    """The int8 model's graph (weights, scales, zero points), without its metadata."""
+    return onnx.load(str(path)).graph.SerializeToString()
+
+
+def _recipe(path: Path) -> dict:
+    return json.loads(Predictor(path, providers=["cpu"]).info.metadata["int8_recipe"])
+
+
+def _estimated_bytes_per_tile(
+    fp32: Path, tiles: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> int:
+    """The calibrator's bytes per tile as quantisation estimates them (recorded when a
+    budget of one byte makes it chunk), checked against the synthetic model's arithmetic."""
+    budget = precision.CALIBRATION_BUDGET_BYTES
+    monkeypatch.setattr(precision, "CALIBRATION_BUDGET_BYTES", 1)
+    out = precision.quantize_int8(fp32, tmp_path / "probe.onnx", tiles)
+    record = _recipe(out)["chunked_calibration"]
+    assert record["tiles_per_batch"] == 16
+    per_tile = record["estimated_bytes_per_batch"] // 16
+    # float32 activations kept per tile: the stem's input (3×16×16), the inputs and outputs
+    # of the three convolutions (5 of 8×16×16), the head's input (8) and output (6); plus the
+    # flat copy and absolute value of the largest (8×16×16) while it is histogrammed
+    assert per_tile == 4 * (3 * 256 + 5 * 8 * 256 + 8 + 6) + 2 * 4 * 8 * 256
+    monkeypatch.setattr(precision, "CALIBRATION_BUDGET_BYTES", budget)
+    return int(per_tile)
+
+
+def test_calibration_chunks_are_near_equal_and_cover_every_batch() -> None:
+    assert precision.calibration_chunk_batches(13, 100, 10_000) == 13  # all fit: one pass
+    assert precision.calibration_chunk_batches(13, 100, 1_300) == 13
+    assert precision.calibration_chunk_batches(13, 100, 1_299) == 7  # 12 fit: 2 passes, 7 + 6
+    assert precision.calibration_chunk_batches(13, 100, 350) == 3  # 3 fit: 5 passes of ≤ 3
+    assert precision.calibration_chunk_batches(13, 100, 10) == 1  # not one fits: one each
+    tiles = tissue_like_tiles(100)  # 6 batches of 16, 4 tiles left over as before
+    one_shot = precision._calibration_reader(tiles, {})
+    chunked = precision._calibration_reader(tiles, {}, 4)
+    assert len(chunked) == 2
+    fed = []
+    for i in range(len(chunked)):
+        chunked.set_range(start_index=i, end_index=i + 1)
+        fed += [b["image"] for b in iter(chunked.get_next, None)]
+    expected = list(iter(one_shot.get_next, None))
+    assert len(fed) == len(expected) == 6
+    assert all(np.array_equal(a, b["image"]) for a, b in zip(fed, expected, strict=True))
+
+
+def test_a_small_budget_calibrates_in_chunks_and_still_agrees_with_fp32(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fp32 = write_conv_model(tmp_path / "conv.onnx")
+    tiles = tissue_like_tiles(128)
+    one_shot = precision.quantize_int8(fp32, tmp_path / "one.onnx", tiles)
+    assert "chunked_calibration" not in _recipe(one_shot)
+    per_tile = _estimated_bytes_per_tile(fp32, tiles, tmp_path, monkeypatch)
+    # two batches' activations fit, not eight
+    monkeypatch.setattr(precision, "CALIBRATION_BUDGET_BYTES", 2 * 16 * per_tile)
+    chunked = precision.quantize_int8(fp32, tmp_path / "chunked.onnx", tiles)
+    record = _recipe(chunked)["chunked_calibration"]
+    assert record["chunks"] == 4 and record["batches_per_chunk"] == 2
+    assert record["budget_bytes"] == 2 * 16 * per_tile
+    check = tissue_like_tiles(64, seed=9)
+    reference = Predictor(fp32, providers=["cpu"]).predict(check).expression
+    for path in (one_shot, chunked):
+        r = gene_agreement(reference, Predictor(path, providers=["cpu"]).predict(check).expression)
+        assert np.median(r) > 0.95
+
+
+def test_chunked_minmax_calibration_gives_the_one_pass_model_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # min and max merge exactly across passes: every batch reaches the ranges once
+    fp32 = write_conv_model(tmp_path / "conv.onnx")
+    tiles = tissue_like_tiles(96)
+    one_shot = precision.quantize_int8(fp32, tmp_path / "one.onnx", tiles, calibrate="minmax")
+    monkeypatch.setattr(precision, "CALIBRATION_BUDGET_BYTES", 1)
+    chunked = precision.quantize_int8(fp32, tmp_path / "chunked.onnx", tiles, calibrate="minmax")
+    assert _recipe(chunked)["chunked_calibration"]["chunks"] == 6
+    assert _graph_bytes(chunked) == _graph_bytes(one_shot)
+
+
+def test_a_budget_that_fits_every_tile_gives_the_one_pass_file_byte_for_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fp32 = write_conv_model(tmp_path / "conv.onnx")
+    tiles = tissue_like_tiles(64)
+    roomy = precision.quantize_int8(fp32, tmp_path / "roomy.onnx", tiles)
+    per_tile = _estimated_bytes_per_tile(fp32, tiles, tmp_path, monkeypatch)
+    monkeypatch.setattr(precision, "CALIBRATION_BUDGET_BYTES", 64 * per_tile)  # just fits
+    tight = precision.quantize_int8(fp32, tmp_path / "tight.onnx", tiles)
+    assert "chunked_calibration" not in _recipe(tight)
+    assert tight.read_bytes() == roomy.read_bytes()
+    monkeypatch.setattr(precision, "CALIBRATION_BUDGET_BYTES", 64 * per_tile - 1)
+    over = precision.quantize_int8(fp32, tmp_path / "over.onnx", tiles)
+    assert _recipe(over)["chunked_calibration"]["chunks"] == 2
+    # no budget (how gate_int8.py makes the shipped variants): one pass whatever the default
+    unbounded = precision.quantize_int8(
+        fp32, tmp_path / "unbounded.onnx", tiles, calibration_budget=math.inf
+    )
+    assert unbounded.read_bytes() == roomy.read_bytes()

@@ -3,8 +3,9 @@
 A run asks for ``fp32``, ``int8`` or ``auto`` (:data:`PRECISIONS`). ``int8`` runs an int8
 variant of the model: the one shipped beside a bundled model (``bundled_models/int8/``),
 else one made here by :func:`quantize_int8` (static, per-channel QDQ calibrated on real
-tissue tiles, the numerically sensitive layers kept in float) and cached on disk under the
-fp32 file's hash (:func:`int8_cache_dir`). ``auto`` runs int8 only where a recorded
+tissue tiles, the numerically sensitive layers kept in float, the calibration's activations
+held within :data:`CALIBRATION_BUDGET_BYTES`) and cached on disk under the fp32 file's hash
+(:func:`int8_cache_dir`). ``auto`` runs int8 only where a recorded
 :class:`PrecisionGate` passed: per-gene agreement with fp32 on held-out real tiles (median
 Pearson r ≥ :data:`MIN_MEDIAN_GENE_R`, every gene ≥ :data:`MIN_GENE_R`) and the held-out
 metric of the int8 model inside the 95 % interval of the fp32 model's. The gate is recorded
@@ -52,6 +53,19 @@ META_PRECISION = "vst.precision"
 META_INT8_OF = "vst.int8_of_sha256"
 META_GATE = "vst.precision_gate"
 META_RECIPE = "vst.int8_recipe"
+#: Tiles per calibration batch (histogram calibrators need equal batches; a remainder of
+#: fewer tiles is not fed).
+CALIBRATION_BATCH = 16
+#: Most bytes of intermediate activations the calibrator may hold at once. ONNX Runtime's
+#: histogram calibrators keep every batch's activations of every calibrated tensor until
+#: they are histogrammed: ResNet-18 at 224 px holds 23.7 MB per tile, so the sample slide's
+#: 213 tiles peaked at 5.3 GB RSS. Beyond the budget, ranges are collected in chunks of
+#: batches that fit and merged. 512 MiB: the rest of a quantising process (Python, ONNX
+#: Runtime, the model, the tiles) takes about 0.45 GB, so a first ``--precision int8`` run
+#: stays near 1 GB, the engine's RSS target, beside napari and an open slide on a laptop;
+#: collecting in more, smaller chunks costs no more time than in a few (the merge re-bins each
+#: chunk once either way; measured in benchmarks/README.md, Precision).
+CALIBRATION_BUDGET_BYTES = 512 << 20
 
 
 def check_precision(value: str) -> Precision:
@@ -332,6 +346,7 @@ def quantize_int8(
     per_channel: bool = True,
     unsigned_activations: bool = True,
     float_depthwise: bool = True,
+    calibration_budget: float | None = None,
 ) -> Path:
     """Write an int8 variant of a contract model (static QDQ), calibrated on ``calibration_tiles``.
 
@@ -360,6 +375,13 @@ def quantize_int8(
         ``"minmax"``, ``"percentile"`` or ``"entropy"``: how activation ranges are set.
     symmetric_activations, per_channel, unsigned_activations, float_depthwise
         Quantisation options (defaults: the recipe).
+    calibration_budget
+        Most bytes of calibration activations held at once (default
+        :data:`CALIBRATION_BUDGET_BYTES`; ``math.inf``: every tile's at once, in one pass,
+        as the shipped int8 variants were made). When the tiles' activations exceed it,
+        ranges are collected in chunks of tiles and merged (histograms merged: the ranges
+        can differ a little from one pass), recorded in the recipe as
+        ``chunked_calibration``.
 
     Raises
     ------
@@ -388,8 +410,10 @@ def quantize_int8(
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
-        reader = _calibration_reader(tiles, info.extra_inputs)
-        model = _quantise_qdq(source, Path(tmp), reader, keep_float, recipe_used)
+        budget = CALIBRATION_BUDGET_BYTES if calibration_budget is None else calibration_budget
+        model = _quantise_qdq(
+            source, Path(tmp), tiles, info.extra_inputs, keep_float, recipe_used, budget
+        )
         del model.metadata_props[:]
         attach_metadata(model, _int8_metadata(fp32_path, info.sha256, recipe_used))
         candidate = save_model(model, Path(tmp) / out_path.name)
@@ -418,15 +442,19 @@ def _float_nodes(
 def _quantise_qdq(
     source: onnx.ModelProto,
     tmp: Path,
-    calibration: Any,
+    tiles: NDArray[np.uint8],
+    extras: Mapping[str, Any],
     keep_float: list[str],
     recipe_used: dict[str, Any],
+    budget: float,
 ) -> onnx.ModelProto:
     """ONNX Runtime's static QDQ quantisation of ``source`` (its files in the folder
     ``tmp``): :data:`QUANTISED_OPS` but ``keep_float`` get int8 weights, activation ranges
-    from ``calibration`` (a calibration data reader), the options as ``recipe_used``
-    records them (``calibrate``, ``per_channel``, ``unsigned_activations``,
-    ``symmetric_activations``)."""
+    from ``tiles`` (with the ``extras`` inputs fed as the engine feeds them), the options as
+    ``recipe_used`` records them (``calibrate``, ``per_channel``, ``unsigned_activations``,
+    ``symmetric_activations``). When the calibration's activations would exceed
+    ``budget`` bytes, ranges are collected in chunks and merged, and
+    ``recipe_used`` gains a ``chunked_calibration`` record (absent: one pass, as before)."""
     from onnxruntime.quantization import CalibrationMethod, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -439,12 +467,141 @@ def _quantise_qdq(
     onnx.save(source, str(folded))
     pre = tmp / "pre.onnx"
     quant_pre_process(str(folded), str(pre), skip_symbolic_shape=True)
+    n_batches = len(tiles) // min(CALIBRATION_BATCH, len(tiles))
+    per_batch = min(CALIBRATION_BATCH, len(tiles)) * calibration_bytes_per_tile(
+        pre, tiles[:1], extras, recipe_used["calibrate"]
+    )
+    chunk = calibration_chunk_batches(n_batches, per_batch, budget)
+    calibration = _calibration_reader(tiles, extras, chunk)
+    if chunk < n_batches:
+        recipe_used["chunked_calibration"] = {
+            "chunks": len(calibration),
+            "batches_per_chunk": chunk,
+            "tiles_per_batch": min(CALIBRATION_BATCH, len(tiles)),
+            "estimated_bytes_per_batch": per_batch,
+            "budget_bytes": int(budget),
+        }
     raw = tmp / "int8.onnx"
     # ONNX Runtime's calibrator print()s its progress ("Number of tensors : 39", …): that
     # would land in the CLI's output and a user's script between our own lines
     with contextlib.redirect_stdout(io.StringIO()):
-        _quantize_static(quantize_static, pre, raw, calibration, keep_float, recipe_used, methods)
+        _quantize_static(
+            quantize_static,
+            pre,
+            raw,
+            calibration,
+            keep_float,
+            recipe_used,
+            methods,
+            chunked=chunk < n_batches,
+        )
     return onnx.load(str(raw))
+
+
+def calibration_chunk_batches(n_batches: int, bytes_per_batch: int, budget: float) -> int:
+    """How many calibration batches one collection pass may take: all ``n_batches`` when
+    they fit ``budget`` bytes together, else as many as fit (at least one).
+
+    The passes are then made near-equal (``ceil(n / ceil(n / fit))`` batches), so the last
+    is not a small remainder whose histogram would set little.
+
+    Parameters
+    ----------
+    n_batches
+        Calibration batches in all.
+    bytes_per_batch
+        What the calibrator holds per batch (:func:`calibration_bytes_per_tile`).
+    budget
+        Most bytes held at once (``math.inf``: no limit).
+    """
+    if bytes_per_batch * n_batches <= budget:
+        return n_batches
+    fit = max(1, int(budget // max(bytes_per_batch, 1)))
+    passes = -(-n_batches // fit)
+    return -(-n_batches // passes)
+
+
+def calibration_bytes_per_tile(
+    pre: str | Path,
+    probe: NDArray[np.uint8],
+    extras: Mapping[str, Any],
+    calibrate: str,
+) -> int:
+    """Bytes ONNX Runtime's calibrator holds for the ``probe`` tiles (per tile: give one).
+
+    The calibrated tensors are those ONNX Runtime picks (float inputs and outputs of
+    :data:`QUANTISED_OPS` nodes with a known type in ``pre``, the shape-inferred model it
+    augments); the model is run on ``probe`` (one tile) with them as outputs. Histogram
+    calibrators (``percentile``, ``entropy``) keep every calibrated tensor and the model's
+    outputs until a pass ends, then make a flat copy and its absolute value of one tensor at
+    a time: their cost per tile is the sum of those tensors' bytes plus twice the largest.
+    ``minmax`` keeps two reduced values per calibrated tensor per batch (counted per tile:
+    an over-estimate that keeps it far below any budget).
+
+    Parameters
+    ----------
+    pre
+        The model as the quantiser calibrates it (after ``quant_pre_process``).
+    probe
+        ``(k, tile_px, tile_px, 3)`` uint8 tiles to run (one is enough: the bytes scale with
+        the batch); the result is for all ``k``.
+    extras
+        The model's extra inputs (:attr:`ModelInfo.extra_inputs`), fed as the engine feeds them.
+    calibrate
+        The calibration method (``"minmax"``, ``"percentile"``, ``"entropy"``).
+    """
+    import onnxruntime as ort
+
+    model = onnx.load(str(pre))
+    graph = model.graph
+    infos = {vi.name: vi for vi in graph.value_info}
+    infos.update({o.name: o for o in graph.output})
+    infos.update({i.name: i for i in graph.input})
+    inits = {i.name for i in graph.initializer}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    tensors = sorted(
+        {
+            name
+            for node in graph.node
+            if node.op_type in QUANTISED_OPS
+            for name in (*node.input, *node.output)
+            if name in infos
+            and name not in inits
+            and infos[name].type.HasField("tensor_type")
+            and infos[name].type.tensor_type.elem_type in floats
+        }
+    )
+    if calibrate == "minmax":
+        outputs_bytes = 0
+        for value in _probe_outputs(ort, model, [], probe, extras):
+            outputs_bytes += value.nbytes
+        return outputs_bytes + 8 * len(tensors)
+    original = {o.name for o in graph.output}
+    extra = [infos[name] for name in tensors if name not in original]
+    values = _probe_outputs(ort, model, extra, probe, extras)
+    sizes = [v.nbytes for v in values]
+    return int(sum(sizes) + 2 * max(sizes, default=0))
+
+
+def _probe_outputs(
+    ort: Any,
+    model: onnx.ModelProto,
+    extra_outputs: Sequence[onnx.ValueInfoProto],
+    probe: NDArray[np.uint8],
+    extras: Mapping[str, Any],
+) -> list[np.ndarray]:
+    """The model's outputs, and ``extra_outputs`` made outputs, on the ``probe`` tiles."""
+    graph = model.graph
+    graph.output.extend(extra_outputs)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    ids = np.arange(len(probe))
+    feeds: dict[str, Any] = {"image": probe}
+    feeds.update({k: extra_input_values(s, ids) for k, s in extras.items()})
+    return [np.asarray(v) for v in session.run(None, feeds)]
 
 
 def _quantize_static(
@@ -455,8 +612,21 @@ def _quantize_static(
     keep_float: list[str],
     recipe_used: dict[str, Any],
     methods: Mapping[str, Any],
+    *,
+    chunked: bool = False,
 ) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType
+
+    extra_options: dict[str, Any] = {
+        "ActivationSymmetric": recipe_used["symmetric_activations"],
+        "WeightSymmetric": True,
+        "MatMulConstBOnly": True,
+    }
+    if chunked:
+        # one collection pass per chunk of the reader (its __len__ counts chunks, so a
+        # stride of one always divides it), each pass's activations merged into the
+        # ranges (histograms) and freed before the next
+        extra_options["CalibStridedMinMax"] = 1
 
     quantize_static(
         str(pre),
@@ -471,11 +641,7 @@ def _quantize_static(
         weight_type=QuantType.QInt8,
         nodes_to_exclude=keep_float,
         calibrate_method=methods[recipe_used["calibrate"]],
-        extra_options={
-            "ActivationSymmetric": recipe_used["symmetric_activations"],
-            "WeightSymmetric": True,
-            "MatMulConstBOnly": True,
-        },
+        extra_options=extra_options,
     )
 
 
@@ -505,22 +671,39 @@ def _quantisable_source(fp32_path: Path) -> onnx.ModelProto:
     return source
 
 
-def _calibration_reader(tiles: NDArray[np.uint8], extras: Mapping[str, Any]) -> Any:
-    """onnxruntime's calibration feed: the tiles in equal batches (histogram calibrators
-    need them), with the extra inputs (a sampler's noise) fed as the engine feeds them."""
+def _calibration_reader(
+    tiles: NDArray[np.uint8], extras: Mapping[str, Any], batches_per_chunk: int | None = None
+) -> Any:
+    """onnxruntime's calibration feed: the tiles in equal batches of
+    :data:`CALIBRATION_BATCH` (histogram calibrators need them), with the extra inputs (a
+    sampler's noise) fed as the engine feeds them.
+
+    With ``batches_per_chunk``, the batches are also grouped in chunks of that many (the
+    last may be smaller): ``len()`` counts chunks and ``set_range(i, j)`` feeds chunks
+    ``i..j-1`` only, as onnxruntime's strided collection (``CalibStridedMinMax``) asks.
+    The batches themselves are the same either way."""
     from onnxruntime.quantization import CalibrationDataReader
+
+    step = min(CALIBRATION_BATCH, len(tiles))
+    starts = list(range(0, len(tiles) - step + 1, step))
+    per_chunk = batches_per_chunk or max(len(starts), 1)
+    chunks = [starts[i : i + per_chunk] for i in range(0, len(starts), per_chunk)]
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            step = min(16, len(tiles))
-            self._starts = iter(range(0, len(tiles) - step + 1, step))
-            self._step = step
+            self._starts = iter(starts)
+
+        def __len__(self) -> int:
+            return len(chunks)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._starts = iter([s for chunk in chunks[start_index:end_index] for s in chunk])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             start = next(self._starts, None)
             if start is None:
                 return None
-            batch = tiles[start : start + self._step]
+            batch = tiles[start : start + step]
             ids = np.arange(start, start + len(batch))
             feeds = {"image": batch}
             feeds.update({k: extra_input_values(s, ids) for k, s in extras.items()})

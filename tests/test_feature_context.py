@@ -133,3 +133,9 @@ def test_predictions_of_an_isolated_spot_are_finite_and_non_negative() -> None:
     pred = predict_head(head, lone)
     assert pred.shape == (1, 3)
     assert np.isfinite(pred).all() and (pred >= 0).all()
+
+
+def test_every_candidate_describes_itself() -> None:
+    texts = {s.describe() for s in candidates()}
+    assert len(texts) == len(candidates())
+    assert "rings+count α10" in texts and "own α1" in texts

@@ -139,3 +139,30 @@ def test_every_candidate_describes_itself() -> None:
     texts = {s.describe() for s in candidates()}
     assert len(texts) == len(candidates())
     assert "rings+count α10" in texts and "own α1" in texts
+
+
+def test_own_only_head_is_the_colour_ridge_baseline_on_real_her2st() -> None:
+    """On real data (HER2ST fold C2): the head with own features only and the baseline's
+    penalty is the colour ridge baseline itself, so 'none' in the results is what it says."""
+    from her2st import workshop_data
+
+    data = workshop_data()
+    from models.evaluate import N_GENES, TILE_PX, TILE_UM
+    from models.folds import split
+    from models.workshop.baselines import RidgeColour, colour_statistics
+
+    sections = data.load_her2st(TILE_PX, TILE_UM)
+    train, test = split(sections, "C2")
+    genes = data.gene_panel(train, N_GENES, test.measured.genes)
+    baseline = RidgeColour().fit(train, genes)
+
+    def features(s: object) -> SectionFeatures:
+        xy = s.measured.xy_fullres_px * s.mpp  # type: ignore[attr-defined]
+        feats = colour_statistics(s.tiles)[:, None, :]  # type: ignore[attr-defined]
+        return SectionFeatures(s.name, feats, xy, s.targets(genes))  # type: ignore[attr-defined]
+
+    head = fit_head([features(s) for s in train], Setting("none", alpha=baseline.alpha_))
+    held = features(test)
+    np.testing.assert_allclose(
+        head.predict(held.design(head.setting)), baseline.predict(test.tiles), atol=1e-5
+    )

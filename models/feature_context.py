@@ -1,7 +1,7 @@
 """A learnt context stage in *feature* space (issue 19 item 3; TRIPLEX / mclSTExp-style).
 
-    python -m models.feature_context extract --methods nsl_light_ridgehead   # trains per fold
-    python -m models.feature_context score                                    # → results/feature_context.*
+    python -m models.feature_context extract --methods nsl_light_ridgehead ridge_colour dkan
+    python -m models.feature_context score --methods nsl_light_ridgehead ridge_colour dkan
 
 ``models/context_stage.py`` learns how to mix a spot's *predictions* with its neighbours'; this
 module instead predicts a spot's expression from its own per-tile **features** and the mean
@@ -17,7 +17,9 @@ against the fold cache (:func:`extract`). Its per-spot features are kept for eve
 - NSL (``nsl_light_ridgehead``): the per-gene stain features ``(n, G, F)`` the ridge head
   reads, standardised with the model's training constants (``F = 8``);
 - the colour ridge baseline (``ridge_colour``): the 13 colour statistics, the same for every
-  gene (no training: the features are fixed).
+  gene (no training: the features are fixed);
+- DKAN-style (``dkan``): the gene-wise ``image_path`` features ``(n, G, 128)`` its shared
+  readout reads (float16 in the cache).
 
 The head (:func:`fit_head`): per gene, a ridge on ``[own F, context F]`` where the context is
 the mean feature of the neighbours (the spot itself excluded), in one of the variants

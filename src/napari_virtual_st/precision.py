@@ -408,9 +408,24 @@ def quantize_int8(
         "per_channel": per_channel,
         "custom_exclude": exclude is not None,
     }
+    budget = CALIBRATION_BUDGET_BYTES if calibration_budget is None else calibration_budget
+    return _write_int8(out_path, fp32_path, info, source, tiles, keep_float, recipe_used, budget)
+
+
+def _write_int8(
+    out_path: Path,
+    fp32_path: Path,
+    info: ModelInfo,
+    source: onnx.ModelProto,
+    tiles: NDArray[np.uint8],
+    keep_float: list[str],
+    recipe_used: dict[str, Any],
+    budget: float,
+) -> Path:
+    """Quantise ``source`` (:func:`_quantise_qdq`) and write it, marked as the int8 variant
+    of ``fp32_path``, to ``out_path`` atomically, once it loads as a contract model."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
-        budget = CALIBRATION_BUDGET_BYTES if calibration_budget is None else calibration_budget
         model = _quantise_qdq(
             source, Path(tmp), tiles, info.extra_inputs, keep_float, recipe_used, budget
         )

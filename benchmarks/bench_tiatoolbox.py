@@ -464,7 +464,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--slides",
         default="large,cmu",
-        help="comma-separated: large (the synthetic TIFF of bench_pipeline), cmu "
+        help="comma-separated: large (the synthetic TIFF of bench_pipeline), her2st (a real "
+        "HER2ST H&E section written as a 0.5 µm/px pyramidal TIFF, make_large_tiff.py), cmu "
         "(CMU-1-Small-Region.svs), or paths",
     )
     parser.add_argument("--size", type=int, default=40960, help="side of the synthetic slide")
@@ -540,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         paths.remove("tia-ort")
 
-    from make_large_tiff import cached_large_tiff
+    from make_large_tiff import cached_her2st_tiff, cached_large_tiff
     from napari_virtual_st.pipeline import usable_cores
     from resnet18_torch import cached_benchmark_model, cached_benchmark_weights
 
@@ -552,6 +553,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.slides.split(","):
         if name == "large":
             slides.append((cached_large_tiff(CACHE, args.size, 0.5), True))
+        elif name == "her2st":
+            try:
+                slides.append((cached_her2st_tiff(CACHE), False))
+            except FileNotFoundError as exc:
+                print(f"skipping the HER2ST slide: {exc}")
         elif name == "cmu":
             if CMU_SLIDE.exists():
                 slides.append((CMU_SLIDE, False))

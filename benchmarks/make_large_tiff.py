@@ -1,4 +1,5 @@
 """Write a large SYNTHETIC pyramidal slide: JPEG-tiled BigTIFF, pyramid levels as SubIFDs.
+(:func:`cached_her2st_tiff` writes a REAL one the same way: a HER2ST section's H&E.)
 
 The content is synthetic, made to be cheap: a few pre-made H&E-coloured texture blocks
 (pink eosin background, purple nuclei) repeated over a smooth random "tissue" map, with
@@ -180,6 +181,84 @@ def cached_large_tiff(cache_dir: str | Path, size_px: int = 40960, mpp: float = 
         start = time.perf_counter()
         print(f"generating {path.name} (once; cached) ...", flush=True)
         make_large_tiff(path, size_px=size_px, mpp=mpp)
+        print(
+            f"  {path.stat().st_size / 2**20:.0f} MiB in {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
+    return path
+
+
+def make_her2st_tiff(
+    path: str | Path, section: str = "C2", *, mpp: float = 0.5, quality: int = 85
+) -> Path:
+    """Write a REAL H&E slide as the synthetic one is written: the HER2ST ``section``'s image
+    (``../shared/data/her2st_subset``, scanned at ~0.69 µm/px, its µm/px from the 200 µm
+    spot pitch as ``models/`` derives it) resampled (bicubic) to ``mpp`` µm/px, JPEG-tiled,
+    with each pyramid level the one above reduced 2×.
+
+    Real tissue for benchmarks whose outcome depends on what the pixels look like (an int8
+    model's agreement with fp32): a 224 px tile at 0.5 µm/px is upsampled 1.38× from the
+    scan, so finer detail than the scan's is not there.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the HER2ST data is not beside the checkout.
+    """
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # (models/, for the data)
+    from models.workshop.data import her2st_sections, mpp_from_spot_spacing
+    from napari_virtual_st.measured import read_legacy_st
+
+    source = {s.name: s for s in her2st_sections()}[section]
+    if not (source.image.is_file() and source.spots.is_file() and source.counts.is_file()):
+        raise FileNotFoundError(f"HER2ST section {section} not found under {source.image.parent}")
+    measured = read_legacy_st(source.counts, source.spots, source.image)
+    scan_mpp = mpp_from_spot_spacing(measured.xy_fullres_px, measured.array_rc)
+    Image.MAX_IMAGE_PIXELS = None
+    with Image.open(source.image) as scan:
+        scale = scan_mpp / mpp
+        size = (round(scan.width * scale), round(scan.height * scale))
+        level0 = scan.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    levels = [level0]
+    while min(levels[-1].size) // 2 >= TILE:
+        levels.append(levels[-1].reduce(2))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    common = {
+        "tile": (TILE, TILE),
+        "compression": "jpeg",
+        "compressionargs": {"level": quality},
+        "photometric": "rgb",
+        "resolutionunit": "CENTIMETER",
+        "metadata": None,
+    }
+    with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+        for i, level in enumerate(levels):
+            extra = (
+                {
+                    "subifds": len(levels) - 1,
+                    "description": f"HER2ST {section} H&E (real), resampled; MPP = {mpp}",
+                }
+                if i == 0
+                else {"subfiletype": 1}
+            )
+            res = 1e4 / mpp / 2**i
+            tif.write(np.asarray(level), resolution=(res, res), **common, **extra)
+    tmp.replace(path)
+    return path
+
+
+def cached_her2st_tiff(cache_dir: str | Path, section: str = "C2", mpp: float = 0.5) -> Path:
+    """The real HER2ST slide of :func:`make_her2st_tiff` under ``cache_dir``, made on first
+    use (raises ``FileNotFoundError`` without the data)."""
+    path = Path(cache_dir) / f"her2st_{section}_{mpp:g}mpp_jpeg{TILE}.tif"
+    if not path.exists():
+        start = time.perf_counter()
+        print(f"making {path.name} (once; cached) ...", flush=True)
+        make_her2st_tiff(path, section, mpp=mpp)
         print(
             f"  {path.stat().st_size / 2**20:.0f} MiB in {time.perf_counter() - start:.0f} s",
             flush=True,

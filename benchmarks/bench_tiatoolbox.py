@@ -463,7 +463,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument(
         "--slides",
-        default="large,cmu",
+        default="her2st,large,cmu",
         help="comma-separated: large (the synthetic TIFF of bench_pipeline), her2st (a real "
         "HER2ST H&E section written as a 0.5 µm/px pyramidal TIFF, make_large_tiff.py), cmu "
         "(CMU-1-Small-Region.svs), or paths",

@@ -103,6 +103,12 @@ METHODS = (
     Method("nsl", "NSL (`nsl_her2st`)", "nsl_light_ridgehead", "nsl_her2st.onnx"),
     Method("dkan", "DKAN-style (`dkan_her2st`)", "dkan", "dkan_her2st.onnx"),
     Method("stem", "Stem-style (`stem_her2st`)", "stem", "stem_her2st.onnx"),
+    Method(
+        "nsl_dkan",
+        "NSL + DKAN-style, one graph (`nsl_dkan_her2st`, models/ensemble.py)",
+        "nsl_dkan",
+        "nsl_dkan_her2st.onnx",
+    ),
 )
 LABEL_KINDS = ("raw", "smoothed_3x3")
 

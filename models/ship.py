@@ -40,7 +40,12 @@ from napari_virtual_st.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL_JSON = REPO / "models" / "results" / "protocol.json"
-SHIPPED = {"nsl": "nsl_her2st.onnx", "dkan": "dkan_her2st.onnx", "stem": "stem_her2st.onnx"}
+SHIPPED = {
+    "nsl": "nsl_her2st.onnx",
+    "dkan": "dkan_her2st.onnx",
+    "stem": "stem_her2st.onnx",
+    "nsl_dkan": "nsl_dkan_her2st.onnx",
+}
 
 
 def protocol_record(result: dict[str, Any], family: str) -> dict[str, Any]:
@@ -144,10 +149,20 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--context", action="store_true", help="write vst.context (default model)")
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        choices=sorted(SHIPPED),
+        default=list(SHIPPED),
+        help="only these (a rewritten file has another sha256: its int8 variant's gate no "
+        "longer applies until benchmarks/gate_int8.py --ship is run again)",
+    )
     args = parser.parse_args(argv)
     protocol = json.loads(PROTOCOL_JSON.read_text()) if PROTOCOL_JSON.is_file() else None
     default = protocol["default"] if protocol else None
     for family, name in SHIPPED.items():
+        if family not in args.families:
+            continue
         context = None
         if args.context and default and default["model"] == family and protocol:
             genes = list(read_metadata(onnx.load(str(BUNDLED / name))).genes)

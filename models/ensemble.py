@@ -1,0 +1,474 @@
+"""NSL + DKAN-style as one model: the two families' predictions averaged (issue 19).
+
+    python -m models.ensemble extract   # fold runs the protocol needs (~8 min a fold, 2 cores)
+    python -m models.ensemble folds     # nested weights -> models/.cache/folds/nsl_dkan__*.npz
+    python -m models.ensemble build     # src/napari_virtual_st/bundled_models/nsl_dkan_her2st.onnx
+
+Why: the two families read different things. NSL reads stain concentrations on 16 px tiles
+(6.9 µm/px, colour); DKAN-style reads 64 px tiles (1.72 µm/px, morphology through an
+EfficientNet). Under the protocol NSL is the better single model (LOSO-C and A1), while the
+issue's blind test on a third patient at full resolution ranked DKAN-style first; their errors
+differ, so their mean may beat both. What is measured, not assumed, is in
+``models/results/summary.md``.
+
+The model (one ONNX graph, input the 64 px / 110 µm tile DKAN reads):
+
+- **DKAN branch**: the shipped ``dkan_her2st`` graph up to its gene-wise image features
+  ``(n, G, 128)``, then a **per-gene ridge head** in place of its shared readout (fitted on
+  the training sections' features, penalty chosen on inner leave-one-section-out folds;
+  ``models/feature_context.py``'s ``"none"`` head: alone it lifts DKAN-style's LOSO-C from
+  0.101 to 0.160, the shared readout underfits).
+- **NSL branch**: the shipped ``nsl_her2st`` graph on the same tile averaged over 4 × 4 pixel
+  blocks to 16 px (:func:`pool_tiles`, the same arithmetic in the graph: mean, round half to
+  even, uint8). The engine's own 16 px tile is a bilinear sample of a finer level, not an
+  area mean; NSL on the pooled tile scores as well on every C section and on A1 (measured:
+  ``python -m models.ensemble extract`` keeps both).
+- **Output**: ``(1 − w) · NSL + w · DKAN-head``, clamped at 0. The weight ``w`` is chosen as
+  ``protocol.py`` chooses a kernel's σ: for held-out section k, the best mean raw PCC-ALL over
+  the *other* sections' held-out predictions; the shipped ``w`` on all five. A1 never chooses.
+
+Fold runs (:func:`extract_fold`): per leave-one-C-section-out fold, NSL and DKAN-style are
+retrained from scratch exactly as ``models/folds.py`` does (seed 0, shipped settings, same gene
+panel; NSL with 1 torch thread, DKAN with the 2 its ``fit`` sets, which is what the recorded
+folds used) and their held-out predictions are checked against the fold cache. Kept: NSL on
+the pooled 64 px tiles (full and degraded to A1's µm/px, for the resolution check), DKAN's
+gene-wise features on the degraded tiles (its full-resolution features are the
+``feature_context`` cache's, checked equal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    import onnx
+
+from models.evaluate import C_SECTIONS, N_GENES, TEST_SECTION, TILE_PX, TILE_UM, make_method
+from models.folds import degrade, fold_path, split
+from models.workshop.data import CACHE, SectionData, gene_panel, load_her2st
+
+REPO = Path(__file__).resolve().parents[1]
+ENSEMBLE_CACHE = CACHE / "ensemble"
+RESULT_JSON = REPO / "models" / "results" / "ensemble.json"
+#: The protocol's name of the combined method (fold cache ``nsl_dkan__<fold>.npz``).
+METHOD = "nsl_dkan"
+NSL_METHOD = "nsl_light_ridgehead"
+DKAN_METHOD = "dkan"
+#: Pixel blocks averaged to turn DKAN's 64 px tile into NSL's 16 px one (both 110 µm).
+POOL = 4
+#: Weights of the DKAN branch tried (0 = NSL alone, 1 = the DKAN head alone).
+WEIGHTS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
+
+
+def pool_tiles(tiles: NDArray[np.uint8], factor: int = POOL) -> NDArray[np.uint8]:
+    """``(n, s, s, 3)`` uint8 tiles averaged over ``factor`` × ``factor`` blocks, rounded half
+    to even (as ONNX ``Round``) back to uint8: ``(n, s / factor, s / factor, 3)``."""
+    n, size = tiles.shape[0], tiles.shape[1]
+    if size % factor:
+        raise ValueError(f"{size} px tiles do not split into {factor} x {factor} blocks")
+    s = size // factor
+    blocks = tiles.astype(np.float32).reshape(n, s, factor, s, factor, tiles.shape[-1])
+    return np.round(blocks.mean(axis=(2, 4))).astype(np.uint8)
+
+
+def extract_path(fold: str) -> Path:
+    return ENSEMBLE_CACHE / f"{fold}.npz"
+
+
+def extract_fold(fold: str, sections: dict[str, SectionData]) -> Path:
+    """Retrain NSL and DKAN-style for ``fold`` and keep what the combined model needs.
+
+    Saves ``genes``, ``nsl_pooled`` / ``nsl_pooled_low`` (NSL on the held-out section's pooled
+    64 px tiles, full resolution and degraded to A1's µm/px), ``nsl_16px`` (NSL on its own 16 px
+    tiles, the fold cache's run), ``dkan_feat_low`` (DKAN's gene-wise features of the degraded
+    tiles), and the largest difference of each retrained model from the recorded fold run.
+    """
+    import torch
+
+    from models.dkan.train import at_dkan_resolution
+    from models.feature_context import dkan_features, feature_path
+
+    train, test = split(sections, fold)
+    genes = gene_panel(train, N_GENES, test.measured.genes)
+    tiles64 = at_dkan_resolution(test).tiles
+    low64 = degrade(tiles64, TILE_UM, sections[TEST_SECTION].mpp)
+    start = time.perf_counter()
+    torch.set_num_threads(1)  # as the recorded NSL folds (OMP_NUM_THREADS=1)
+    nsl = make_method(NSL_METHOD).fit(train, genes)
+    nsl_16 = np.asarray(nsl.predict(test.tiles), np.float32)
+    nsl_pooled = np.asarray(nsl.predict(pool_tiles(tiles64)), np.float32)
+    nsl_pooled_low = np.asarray(nsl.predict(pool_tiles(low64)), np.float32)
+    dkan = make_method(DKAN_METHOD).fit(train, genes)  # sets 2 threads, as recorded
+    feat = dkan_features(dkan.model_, tiles64)
+    feat_low = dkan_features(dkan.model_, low64)
+    with np.load(fold_path(NSL_METHOD, fold)) as z:
+        nsl_repro = float(np.abs(z["pred"] - nsl_16).max())
+    with np.load(feature_path(DKAN_METHOD, fold)) as z:
+        dkan_repro = float(
+            np.abs(z[f"feat_{test.name}"].astype(np.float32) - feat.astype(np.float32)).max()
+        )
+    ENSEMBLE_CACHE.mkdir(parents=True, exist_ok=True)
+    out = extract_path(fold)
+    np.savez_compressed(
+        out,
+        genes=np.array(genes),
+        nsl_16px=nsl_16,
+        nsl_pooled=nsl_pooled,
+        nsl_pooled_low=nsl_pooled_low,
+        dkan_feat_low=feat_low,
+        nsl_max_diff_from_fold_cache=nsl_repro,
+        dkan_feat_max_diff_from_feature_cache=dkan_repro,
+        seconds=time.perf_counter() - start,
+    )
+    return out
+
+
+# ---------------------------------------------------------------- the combined fold runs
+
+
+def weight_scores(
+    nsl: dict[str, NDArray], dkan: dict[str, NDArray], labels: dict[str, NDArray]
+) -> dict[float, float]:
+    """Mean raw PCC-ALL over the sections of ``labels`` of each weight in :data:`WEIGHTS`."""
+    from models.workshop.metrics import pearson_per_gene
+
+    return {
+        w: float(
+            np.mean(
+                [pearson_per_gene(combine(nsl[k], dkan[k], w), labels[k]).mean() for k in labels]
+            )
+        )
+        for w in WEIGHTS
+    }
+
+
+def combine(nsl: NDArray, dkan: NDArray, weight: float) -> NDArray[np.float32]:
+    """``(1 − w) · NSL + w · DKAN-head``, clamped at 0 (what the graph computes)."""
+    return np.maximum((1.0 - weight) * nsl + weight * dkan, 0.0).astype(np.float32)
+
+
+def choose_weight(
+    nsl: dict[str, NDArray], dkan: dict[str, NDArray], labels: dict[str, NDArray]
+) -> float:
+    """The weight with the best mean raw PCC-ALL over the sections of ``labels`` (the first of
+    equals, so the smaller DKAN share wins a tie)."""
+    scores = weight_scores(nsl, dkan, labels)
+    return max(WEIGHTS, key=lambda w: (scores[w], -w))
+
+
+def dkan_head_fold(
+    fold: str, sections: dict[str, SectionData]
+) -> tuple[list[str], NDArray[np.float32], NDArray[np.float32], float]:
+    """The per-gene head on the fold's DKAN features (penalty chosen on inner folds of the
+    training sections): held-out predictions at full resolution and on the degraded tiles,
+    and the penalty chosen."""
+    from models import feature_context as fc
+
+    genes, train, test, _ = fc.section_features(DKAN_METHOD, fold, sections)
+    own = [s for s in fc.FAMILY_CANDIDATES[DKAN_METHOD] if s.variant == "none"]
+    best, _ = fc.choose(train, own)
+    head = fc.fit_head(train, best)
+    with np.load(extract_path(fold)) as z:
+        low = fc.SectionFeatures(test.name, z["dkan_feat_low"], test.xy_um, None)
+    return genes, fc.predict_head(head, test), fc.predict_head(head, low), best.alpha
+
+
+@dataclass
+class FoldRuns:
+    """Per C section: the two branches' held-out predictions (full and degraded tiles)."""
+
+    genes: dict[str, list[str]]
+    nsl: dict[str, NDArray]
+    nsl_low: dict[str, NDArray]
+    nsl_16px: dict[str, NDArray]
+    dkan: dict[str, NDArray]
+    dkan_low: dict[str, NDArray]
+    alpha: dict[str, float]
+
+
+def load_fold_runs(sections: dict[str, SectionData]) -> FoldRuns:
+    runs = FoldRuns({}, {}, {}, {}, {}, {}, {})
+    for k in C_SECTIONS:
+        genes, pred, pred_low, alpha = dkan_head_fold(k, sections)
+        with np.load(extract_path(k)) as z:
+            if [str(g) for g in z["genes"]] != genes:
+                raise ValueError(f"fold {k}: NSL and DKAN-style gene panels differ")
+            runs.nsl[k] = np.maximum(z["nsl_pooled"], 0.0)
+            runs.nsl_low[k] = np.maximum(z["nsl_pooled_low"], 0.0)
+            runs.nsl_16px[k] = np.maximum(z["nsl_16px"], 0.0)
+        runs.dkan[k], runs.dkan_low[k], runs.alpha[k] = pred, pred_low, alpha
+        runs.genes[k] = genes
+    return runs
+
+
+def write_folds(sections: dict[str, SectionData]) -> dict[str, Any]:
+    """The combined method's held-out predictions, one fold cache per C section, with the
+    weight chosen on the other sections; returns the record of what was chosen."""
+    runs = load_fold_runs(sections)
+    # each fold has its own gene panel (the top genes of its training sections)
+    raw = {k: sections[k].targets(runs.genes[k]) for k in C_SECTIONS}
+    record: dict[str, Any] = {"weights_tried": list(WEIGHTS), "folds": {}}
+    for k in C_SECTIONS:
+        others = {j: raw[j] for j in C_SECTIONS if j != k}
+        w = choose_weight(runs.nsl, runs.dkan, others)
+        np.savez_compressed(
+            fold_path(METHOD, k),
+            genes=np.array(runs.genes[k]),
+            pred=combine(runs.nsl[k], runs.dkan[k], w),
+            pred_lowres=combine(runs.nsl_low[k], runs.dkan_low[k], w),
+            weight=w,
+            dkan_head_alpha=runs.alpha[k],
+            tile_px=TILE_PX_DKAN,
+        )
+        record["folds"][k] = {"weight_chosen_on_the_others": w, "dkan_head_alpha": runs.alpha[k]}
+    scores = weight_scores(runs.nsl, runs.dkan, raw)
+    record["weight_on_all_C"] = choose_weight(runs.nsl, runs.dkan, raw)
+    record["loso_C_raw_by_weight (every weight, for reading; not a held-out choice)"] = {
+        str(w): round(v, 4) for w, v in scores.items()
+    }
+    from models.workshop.metrics import pearson_per_gene
+
+    def mean_score(preds: dict[str, NDArray]) -> float:
+        return round(
+            float(np.mean([pearson_per_gene(preds[k], raw[k]).mean() for k in C_SECTIONS])), 4
+        )
+
+    record["branches_loso_C_raw"] = {
+        "nsl_on_its_16px_tiles": mean_score(runs.nsl_16px),
+        "nsl_on_pooled_64px_tiles": mean_score(runs.nsl),
+        "dkan_per_gene_head": mean_score(runs.dkan),
+    }
+    return record
+
+
+#: DKAN's tile (the combined model's input).
+TILE_PX_DKAN = 64
+
+
+# ---------------------------------------------------------------- the shipped file
+
+BUNDLED = REPO / "src" / "napari_virtual_st" / "bundled_models"
+SHIPPED_NAME = "nsl_dkan_her2st.onnx"
+
+
+def feature_tensor(dkan: onnx.ModelProto) -> str:
+    """The name of the DKAN graph's gene-wise image features: the input of the ``MatMul``
+    whose result the shared readout's bias is added to."""
+    producers = {out: node for node in dkan.graph.node for out in node.output}
+    for node in dkan.graph.node:
+        if node.op_type == "Add" and "readout.bias" in node.input:
+            matmul = producers.get(next(i for i in node.input if i != "readout.bias"))
+            if matmul is not None and matmul.op_type == "MatMul":
+                return str(matmul.input[0])
+    raise ValueError("the DKAN graph has no shared readout (readout.bias) to replace")
+
+
+def shipped_dkan_features(tiles: NDArray[np.uint8], dkan_path: Path | None = None) -> NDArray:
+    """``(n, G, 128)`` gene-wise features of the shipped DKAN-style file on 64 px tiles."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(dkan_path or BUNDLED / "dkan_her2st.onnx"))
+    name = feature_tensor(model)
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+    )
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.concatenate(
+        [session.run([name], {"image": tiles[i : i + 64]})[0] for i in range(0, len(tiles), 64)]
+    )
+
+
+def fit_shipped_head(sections: dict[str, SectionData], genes: Sequence[str]) -> Any:
+    """The per-gene head on the shipped DKAN file's features of all five C sections (in-sample,
+    as every fold's head), its penalty chosen on leave-one-section-out folds of them."""
+    from models import feature_context as fc
+    from models.dkan.train import at_dkan_resolution
+
+    feats = []
+    for k in C_SECTIONS:
+        sec = sections[k]
+        tiles = at_dkan_resolution(sec).tiles
+        feats.append(
+            fc.SectionFeatures(
+                k, shipped_dkan_features(tiles), sec.measured.xy_fullres_px * sec.mpp,
+                sec.targets(list(genes)),
+            )
+        )  # fmt: skip
+    own = [s for s in fc.FAMILY_CANDIDATES[DKAN_METHOD] if s.variant == "none"]
+    best, _ = fc.choose(feats, own)
+    return fc.fit_head(feats, best)
+
+
+def combined_graph(
+    nsl: onnx.ModelProto, dkan: onnx.ModelProto, head: Any, weight: float
+) -> onnx.ModelProto:
+    """One graph: ``image`` (n, 64, 64, 3) uint8 → ``expression`` = (1 − w) · NSL(pooled
+    16 px tile) + w · per-gene head(DKAN features), clamped at 0."""
+    import onnx
+    from onnx import TensorProto, compose, helper, numpy_helper
+
+    from napari_virtual_st.onnx_export import clamp_non_negative
+
+    feat = feature_tensor(dkan)
+    dk = compose.add_prefix(onnx.utils.Extractor(dkan).extract_model(["image"], [feat]), "dkan/")
+    ns = compose.add_prefix(nsl, "nsl/")
+    genes = head.w.shape[0]
+    size = TILE_PX_DKAN // POOL
+    w_head = head.w.astype(np.float32)
+    c_head = (head.b - (head.mu * head.w).sum(axis=1)).astype(np.float32)  # (G,)
+
+    def const(name: str, value: NDArray) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(value), name)
+
+    inits = [
+        const("ens/pool_shape", np.array([-1, size, POOL, size, POOL, 3], np.int64)),
+        const("ens/pool_axes", np.array([2, 4], np.int64)),
+        const("ens/head_w", w_head),
+        const("ens/head_axes", np.array([2], np.int64)),
+        const("ens/head_c", c_head),
+        const("ens/w_nsl", np.array(1.0 - weight, np.float32)),
+        const("ens/w_dkan", np.array(weight, np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Identity", ["image"], ["dkan/image"], name="ens/dkan_input"),
+        helper.make_node("Cast", ["image"], ["ens/image_f"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["ens/image_f", "ens/pool_shape"], ["ens/blocks"]),
+        helper.make_node("ReduceMean", ["ens/blocks", "ens/pool_axes"], ["ens/mean"], keepdims=0),
+        helper.make_node("Round", ["ens/mean"], ["ens/rounded"]),
+        helper.make_node("Cast", ["ens/rounded"], ["nsl/image"], to=TensorProto.UINT8),
+        *dk.graph.node,
+        *ns.graph.node,
+        helper.make_node("Mul", [f"dkan/{feat}", "ens/head_w"], ["ens/head_terms"]),
+        helper.make_node("ReduceSum", ["ens/head_terms", "ens/head_axes"], ["ens/head_sum"], keepdims=0),
+        helper.make_node("Add", ["ens/head_sum", "ens/head_c"], ["ens/dkan_expression"]),
+        helper.make_node("Mul", ["nsl/expression", "ens/w_nsl"], ["ens/nsl_part"]),
+        helper.make_node("Mul", ["ens/dkan_expression", "ens/w_dkan"], ["ens/dkan_part"]),
+        helper.make_node("Add", ["ens/nsl_part", "ens/dkan_part"], ["expression"]),
+    ]  # fmt: skip
+    image = helper.make_tensor_value_info(
+        "image", TensorProto.UINT8, ["N", TILE_PX_DKAN, TILE_PX_DKAN, 3]
+    )
+    out = helper.make_tensor_value_info("expression", TensorProto.FLOAT, ["N", genes])
+    graph = helper.make_graph(
+        nodes,
+        "nsl_dkan",
+        [image],
+        [out],
+        initializer=[*dk.graph.initializer, *ns.graph.initializer, *inits],
+    )
+    model = helper.make_model(graph, opset_imports=list(dkan.opset_import))
+    model.ir_version = dkan.ir_version
+    clamp_non_negative(model)
+    onnx.checker.check_model(model)
+    return model
+
+
+def build(weight: float, sections: dict[str, SectionData], out: Path | None = None) -> Path:
+    """Write the combined model: the shipped NSL and DKAN-style files, the per-gene head fitted
+    on all of C, the DKAN weight ``weight`` (chosen on the fold runs, :func:`write_folds`)."""
+    import hashlib
+
+    import onnx
+
+    from models.workshop.provenance import HER2ST_LICENCE_NOTE, git_revision
+    from napari_virtual_st.contract import (
+        ModelMetadata,
+        attach_metadata,
+        read_metadata,
+        save_model,
+    )
+    from napari_virtual_st.predictor import Predictor
+
+    out = out or BUNDLED / SHIPPED_NAME
+    paths = {"nsl": BUNDLED / "nsl_her2st.onnx", "dkan": BUNDLED / "dkan_her2st.onnx"}
+    nsl, dkan = (onnx.load(str(paths[k])) for k in ("nsl", "dkan"))
+    genes = list(read_metadata(nsl).genes)
+    if list(read_metadata(dkan).genes) != genes:
+        raise ValueError("nsl_her2st and dkan_her2st predict different genes")
+    head = fit_shipped_head(sections, genes)
+    model = combined_graph(nsl, dkan, head, weight)
+    training = {
+        "data": "HER2ST legacy ST, patient C sections C2-C6 (910 spots)",
+        "targets": "log1p counts per 10k (library size over all genes)",
+        "branches": {
+            k: {"file": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+            for k, p in paths.items()
+        },
+        "dkan_head": {
+            "what": "per-gene ridge on the DKAN file's gene-wise image features (128 per gene), "
+            "replacing its shared readout; fitted on C2-C6 (in-sample features)",
+            "alpha": head.setting.alpha,
+            "alpha_chosen_on": "leave-one-section-out folds of C2-C6",
+        },
+        "nsl_input": f"the 64 px tile averaged over {POOL} x {POOL} blocks (16 px, 110 um)",
+        "dkan_weight": weight,
+        "dkan_weight_chosen_on": "held-out predictions of the leave-one-C-section-out fold "
+        "runs, all five C sections (models/results/ensemble.json); A1 chose nothing",
+        "code": "models/ensemble.py",
+        "code_revision": git_revision(),
+    }
+    metadata = ModelMetadata(
+        genes=genes,
+        tile_px=TILE_PX_DKAN,
+        tile_um=TILE_UM,
+        family=METHOD,
+        target="log1p_cp10k",
+        name="NSL + DKAN-style (HER2ST)",
+        training=training,
+        license="Code BSD-3-Clause; EfficientNet-Lite0 ImageNet weights Apache-2.0; "
+        "all-MiniLM-L6-v2 Apache-2.0; " + HER2ST_LICENCE_NOTE,
+        description=f"{1 - weight:g} x NSL (stain features, 16 px) + {weight:g} x DKAN-style "
+        "(EfficientNet-Lite0 + gene-text queries, 64 px) with a per-gene head; one graph, "
+        "one 64 px / 110 um tile per spot.",
+    )
+    attach_metadata(model, metadata.to_props())
+    save_model(model, out)
+    Predictor(out, providers=["cpu"])  # a valid contract model
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("step", choices=("extract", "folds", "build"))
+    parser.add_argument("--folds", nargs="+", default=list(C_SECTIONS))
+    parser.add_argument("--force", action="store_true", help="redo folds already extracted")
+    args = parser.parse_args(argv)
+    if args.step == "folds":
+        record = write_folds(load_her2st(TILE_PX, TILE_UM))
+        RESULT_JSON.write_text(json.dumps(record, indent=1) + "\n")
+        print(json.dumps(record, indent=1))
+    if args.step == "build":
+        record = json.loads(RESULT_JSON.read_text())
+        path = build(float(record["weight_on_all_C"]), load_her2st(TILE_PX, TILE_UM))
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    if args.step == "extract":
+        sections = load_her2st(TILE_PX, TILE_UM)
+        for fold in args.folds:
+            if extract_path(fold).is_file() and not args.force:
+                print(f"{fold}: kept", flush=True)
+                continue
+            path = extract_fold(fold, sections)
+            with np.load(path) as z:
+                print(
+                    f"{fold}: {path.name} ({float(z['seconds']):.0f} s; NSL vs fold cache "
+                    f"{float(z['nsl_max_diff_from_fold_cache']):.2g}, DKAN features vs cache "
+                    f"{float(z['dkan_feat_max_diff_from_feature_cache']):.2g})",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""The NSL + DKAN-style model (``models/ensemble.py``): its graph computes what its parts do,
+its weight is chosen without the section it predicts, and the shipped file reproduces its
+recorded held-out metrics.
+
+The graph tests use the bundled NSL and DKAN-style files and synthetic tiles (random pixels,
+named as such); the reproduction test uses HER2ST and skips where ``../shared/data`` is absent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from models import ensemble
+from models.feature_context import Head, Setting
+from napari_virtual_st.predictor import Predictor
+
+
+def _run(model: onnx.ModelProto, tiles: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["expression"], {"image": tiles})[0]
+
+
+def test_pool_tiles_averages_each_block_and_rounds_half_to_even() -> None:
+    tiles = np.zeros((1, 4, 4, 3), np.uint8)
+    tiles[0, :2, :2] = [[0], [1]]  # block mean 0.5 -> 0 (half to even)
+    tiles[0, :2, 2:] = [[1], [2]]  # 1.5 -> 2
+    tiles[0, 2:, :2] = 255
+    tiles[0, 2:, 2:, 0] = [[10, 20], [30, 40]]  # 25
+    pooled = ensemble.pool_tiles(tiles, factor=2)
+    assert pooled.shape == (1, 2, 2, 3) and pooled.dtype == np.uint8
+    assert pooled[0, :, :, 0].tolist() == [[0, 2], [255, 25]]
+    with pytest.raises(ValueError, match="3 x 3 blocks"):
+        ensemble.pool_tiles(tiles, factor=3)
+
+
+def test_combined_graph_equals_nsl_on_pooled_tiles_plus_the_per_gene_head_on_dkan_features() -> (
+    None
+):
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)  # synthetic
+    nsl = onnx.load(str(ensemble.BUNDLED / "nsl_her2st.onnx"))
+    dkan = onnx.load(str(ensemble.BUNDLED / "dkan_her2st.onnx"))
+    genes = 250
+    head = Head(
+        Setting("none"),
+        rng.normal(size=(genes, 128)),
+        rng.normal(size=(genes, 128)) * 0.05,
+        rng.normal(size=genes) + 2.0,
+    )
+    model = ensemble.combined_graph(nsl, dkan, head, weight=0.3)
+    got = _run(model, tiles)
+    nsl_values = _run(nsl, ensemble.pool_tiles(tiles))
+    dkan_values = head.predict(ensemble.shipped_dkan_features(tiles).astype(np.float64))
+    want = ensemble.combine(nsl_values, dkan_values, 0.3)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert got.min() >= 0.0  # clamped in the graph
+    # weight 0 is NSL alone on the pooled tile
+    np.testing.assert_allclose(
+        _run(ensemble.combined_graph(nsl, dkan, head, weight=0.0), tiles),
+        np.maximum(nsl_values, 0.0),
+        atol=1e-5,
+    )
+
+
+def test_feature_tensor_names_the_features_the_dkan_readout_reads() -> None:
+    dkan = onnx.load(str(ensemble.BUNDLED / "dkan_her2st.onnx"))
+    name = ensemble.feature_tensor(dkan)
+    rng = np.random.default_rng(1)
+    features = ensemble.shipped_dkan_features(rng.integers(0, 256, (2, 64, 64, 3), np.uint8))
+    assert features.shape == (2, 250, 128)
+    nsl = onnx.load(str(ensemble.BUNDLED / "nsl_her2st.onnx"))
+    with pytest.raises(ValueError, match="no shared readout"):
+        ensemble.feature_tensor(nsl)
+    assert name
+
+
+def test_choose_weight_picks_the_mix_best_on_the_sections_it_is_given() -> None:
+    rng = np.random.default_rng(2)
+    truth = {k: rng.normal(size=(80, 5)) for k in "abc"}  # synthetic sections
+    # NSL sees half the signal, DKAN the other half: the even mix is best on every section
+    a = {k: rng.normal(size=(80, 5)) for k in truth}
+    nsl = {k: truth[k] + a[k] for k in truth}
+    dkan = {k: truth[k] - a[k] for k in truth}
+    assert ensemble.choose_weight(nsl, dkan, truth) == 0.5
+    # a section whose labels favour DKAN alone does not move the choice when it is left out
+    poisoned = dict(truth, c=dkan["c"])
+    assert ensemble.choose_weight(nsl, dkan, {k: poisoned[k] for k in "ab"}) == 0.5
+    assert ensemble.choose_weight(nsl, dkan, {"c": poisoned["c"]}) == 1.0
+    # equal scores: the smaller DKAN share
+    assert ensemble.choose_weight(nsl, nsl, truth) == 0.0
+
+
+def test_the_shipped_file_reproduces_its_recorded_held_out_metrics() -> None:
+    from models.evaluate import evaluate_onnx
+    from models.workshop.data import HER2ST
+
+    path = ensemble.BUNDLED / ensemble.SHIPPED_NAME
+    if not HER2ST.is_dir():
+        pytest.skip(f"HER2ST data not found at {HER2ST} (../shared/data)")
+    recorded = Predictor(path, providers=["cpu"]).info.metadata["metrics"]
+    measured = evaluate_onnx(path)
+    for labels in ("raw", "smoothed_3x3"):
+        for key, value in recorded[labels].items():
+            assert measured[labels][key] == pytest.approx(value, abs=1e-3), (labels, key)
+    if "per_tile" in recorded:  # a model declaring spot context: its per-tile scores too
+        for key, value in recorded["per_tile"]["raw"].items():
+            assert measured["per_tile"]["raw"][key] == pytest.approx(value, abs=1e-3), key

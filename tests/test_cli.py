@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from napari_virtual_st.cli import main
+from napari_virtual_st.registry import default_model
 from napari_virtual_st.store import PredictionStore
 from synthetic_models import write_mean_colour_model
 
@@ -284,7 +285,7 @@ def test_demo_predicts_the_bundled_slide_and_writes_a_heatmap_png(
     out = capsys.readouterr().out
     store = PredictionStore.open(tmp_path / "CMU-1-Small-Region.vst.zarr")
     assert store.is_complete and store.n_spots > 20
-    assert store.attrs["model"]["family"] == "nsl"
+    assert store.attrs["model"]["family"] == default_model().info.family
     pngs = list(tmp_path.glob("CMU-1-Small-Region_*.png"))
     assert len(pngs) == 1 and str(pngs[0]) in out
     # the breast-cancer model on a slide that is not breast tissue is said, not left implied

@@ -35,7 +35,7 @@ EXPORT_TIMEOUT_MS = 60_000
 
 @pytest.fixture(scope="module")
 def prediction(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled NSL model on Visium spots of the bundled real slide (CMU-1 small region)."""
+    """The default bundled model on Visium spots of the bundled real slide (CMU-1 small region)."""
     out = tmp_path_factory.mktemp("napari_export") / "cmu.vst.zarr"
     predictor = Predictor(default_model().path, providers=["cpu"])
     with Slide(sample_slide_path()) as slide:

@@ -92,12 +92,13 @@ def sample_slide_path() -> Path:
 #: The bundled model used when no model is named (``virtual-st predict`` without ``--model``,
 #: ``virtual-st demo``, the plugin's choosers); ``DEFAULT_MODEL_REASON`` says why, in one
 #: sentence that ``virtual-st models`` prints.
-DEFAULT_MODEL_NAME = "nsl_her2st"
+DEFAULT_MODEL_NAME = "nsl_dkan_her2st"
 DEFAULT_MODEL_REASON = (
     "best of the bundled models under the evaluation protocol (models/results/summary.md: "
-    "leave-one-section-out within patient C, with spot context; ahead of DKAN- and Stem-style, "
-    "a tie with the colour baseline), and the fastest; a blind test on a third patient ranked "
-    "DKAN-style higher, so treat the choice as provisional"
+    "leave-one-section-out within patient C with spot context, ahead of NSL alone, DKAN-style, "
+    "Stem-style and the colour baseline; a tie with them on patient A's thumbnail): NSL's "
+    "stain features and DKAN-style's morphology in one graph, the two families a blind test "
+    "on a third patient ranked the other way round; about as slow as DKAN-style"
 )
 
 #: What may and may not be done with the bundled models' weights (``virtual-st models`` prints

@@ -430,6 +430,12 @@ def build(weight: float, sections: dict[str, SectionData], out: Path | None = No
         description=f"{1 - weight:g} x NSL (stain features, 16 px) + {weight:g} x DKAN-style "
         "(EfficientNet-Lite0 + gene-text queries, 64 px) with a per-gene head; one graph, "
         "one 64 px / 110 um tile per spot.",
+        metrics={  # the scores themselves: models/ship.py measures them on this file
+            "protocol": "models/evaluate.py cross_patient: both branches, the head and the "
+            "weight fitted on C2-C6, test A1; raw and 3x3-smoothed labels",
+            "test_section": "A1",
+            "n_test_spots": 346,
+        },
     )
     attach_metadata(model, metadata.to_props())
     save_model(model, out)

@@ -4,7 +4,7 @@ Opens the real HER2ST section A1 (the raw H&E PNG, black background and annotati
 as they come, and its legacy ST counts, from ``../shared/data/her2st_subset``) with the
 plugin's reader, types its µm per pixel in the widget's field, loads the measured data, aligns
 it three ways (scale factor, landmarks, automatic registration), predicts at the measured
-spots with the bundled NSL model, compares, and selects ERBB2. The landmark clicks are made
+spots with the default bundled model, compares, and selects ERBB2. The landmark clicks are made
 by this script (at spot centres picked by index, with a few pixels of jitter standing in for
 a hand's imprecision); everything else is what the widget does for a user. It prints the
 comparison's summary and ERBB2's scores: the numbers ``docs/measured.md`` quotes (and

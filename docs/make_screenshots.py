@@ -1,6 +1,6 @@
 """Render the user guide's screenshots from a real napari session.
 
-Opens the bundled real H&E slide (CMU-1-Small-Region.svs), predicts it with the bundled NSL
+Opens the bundled real H&E slide (CMU-1-Small-Region.svs), predicts it with the default bundled
 model through the Predict widget, browses genes and spots, and saves window screenshots to
 ``docs/images/``. Nothing is staged by hand: every picture is what a user sees.
 

@@ -341,19 +341,19 @@ def combined_graph(
     ]
     nodes = [
         helper.make_node("Identity", ["image"], ["dkan/image"], name="ens/dkan_input"),
-        helper.make_node("Cast", ["image"], ["ens/image_f"], to=TensorProto.FLOAT),
-        helper.make_node("Reshape", ["ens/image_f", "ens/pool_shape"], ["ens/blocks"]),
-        helper.make_node("ReduceMean", ["ens/blocks", "ens/pool_axes"], ["ens/mean"], keepdims=0),
-        helper.make_node("Round", ["ens/mean"], ["ens/rounded"]),
-        helper.make_node("Cast", ["ens/rounded"], ["nsl/image"], to=TensorProto.UINT8),
+        helper.make_node("Cast", ["image"], ["ens/image_f"], name="ens/to_float", to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["ens/image_f", "ens/pool_shape"], ["ens/blocks"], name="ens/blocks"),
+        helper.make_node("ReduceMean", ["ens/blocks", "ens/pool_axes"], ["ens/mean"], name="ens/pool", keepdims=0),
+        helper.make_node("Round", ["ens/mean"], ["ens/rounded"], name="ens/round"),
+        helper.make_node("Cast", ["ens/rounded"], ["nsl/image"], name="ens/nsl_input", to=TensorProto.UINT8),
         *dk.graph.node,
         *ns.graph.node,
-        helper.make_node("Mul", [f"dkan/{feat}", "ens/head_w"], ["ens/head_terms"]),
-        helper.make_node("ReduceSum", ["ens/head_terms", "ens/head_axes"], ["ens/head_sum"], keepdims=0),
-        helper.make_node("Add", ["ens/head_sum", "ens/head_c"], ["ens/dkan_expression"]),
-        helper.make_node("Mul", ["nsl/expression", "ens/w_nsl"], ["ens/nsl_part"]),
-        helper.make_node("Mul", ["ens/dkan_expression", "ens/w_dkan"], ["ens/dkan_part"]),
-        helper.make_node("Add", ["ens/nsl_part", "ens/dkan_part"], ["expression"]),
+        helper.make_node("Mul", [f"dkan/{feat}", "ens/head_w"], ["ens/head_terms"], name="ens/head_mul"),
+        helper.make_node("ReduceSum", ["ens/head_terms", "ens/head_axes"], ["ens/head_sum"], name="ens/head_sum", keepdims=0),
+        helper.make_node("Add", ["ens/head_sum", "ens/head_c"], ["ens/dkan_expression"], name="ens/head_add"),
+        helper.make_node("Mul", ["nsl/expression", "ens/w_nsl"], ["ens/nsl_part"], name="ens/nsl_part"),
+        helper.make_node("Mul", ["ens/dkan_expression", "ens/w_dkan"], ["ens/dkan_part"], name="ens/dkan_part"),
+        helper.make_node("Add", ["ens/nsl_part", "ens/dkan_part"], ["expression"], name="ens/mix"),
     ]  # fmt: skip
     image = helper.make_tensor_value_info(
         "image", TensorProto.UINT8, ["N", TILE_PX_DKAN, TILE_PX_DKAN, 3]
@@ -371,6 +371,28 @@ def combined_graph(
     clamp_non_negative(model)
     onnx.checker.check_model(model)
     return model
+
+
+def int8_float_nodes(model: onnx.ModelProto) -> list[str]:
+    """The weight nodes the combined graph's int8 variants keep float (``vst.int8_float_nodes``):
+    every NSL-branch node (NSL's own int8 fails its gate: its stain-space products need float;
+    the branch is a small share of the time), and DKAN-style's stem and every node after its
+    last convolution (token projections and attention over 5 tokens: little time). Inside the
+    combined graph ``precision.sensitive_nodes`` would take NSL's last product for DKAN's
+    head, so the graph names its own."""
+    import onnx
+
+    from napari_virtual_st.precision import QUANTISED_OPS, fold_weight_casts
+
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)  # (folding rewrites the graph in place)
+    heavy = [n for n in fold_weight_casts(folded).graph.node if n.op_type in QUANTISED_OPS]
+    nsl = [n.name for n in heavy if n.name.startswith("nsl/")]
+    dkan = [n for n in heavy if n.name.startswith("dkan/")]
+    convs = [i for i, n in enumerate(dkan) if n.op_type == "Conv"]
+    if not convs or not nsl:
+        raise ValueError("not the combined graph: no DKAN convolution or no NSL node")
+    return [dkan[0].name, *(n.name for n in dkan[convs[-1] + 1 :]), *nsl]
 
 
 def build(weight: float, sections: dict[str, SectionData], out: Path | None = None) -> Path:
@@ -436,6 +458,7 @@ def build(weight: float, sections: dict[str, SectionData], out: Path | None = No
             "test_section": "A1",
             "n_test_spots": 346,
         },
+        other_keys={"int8_float_nodes": json.dumps(int8_float_nodes(model))},
     )
     attach_metadata(model, metadata.to_props())
     save_model(model, out)

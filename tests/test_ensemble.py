@@ -108,3 +108,22 @@ def test_the_shipped_file_reproduces_its_recorded_held_out_metrics() -> None:
     if "per_tile" in recorded:  # a model declaring spot context: its per-tile scores too
         for key, value in recorded["per_tile"]["raw"].items():
             assert measured["per_tile"]["raw"][key] == pytest.approx(value, abs=1e-3), key
+
+
+def test_the_shipped_file_keeps_its_whole_nsl_branch_float_in_int8() -> None:
+    """NSL's own int8 fails its gate, so the combined file declares every NSL-branch weight
+    node (and DKAN's stem and attention) float for any int8 variant made of it."""
+    from napari_virtual_st.precision import QUANTISED_OPS, declared_float_nodes
+
+    path = ensemble.BUNDLED / ensemble.SHIPPED_NAME
+    declared = declared_float_nodes(Predictor(path, providers=["cpu"]).info)
+    model = onnx.load(str(path))
+    assert declared == ensemble.int8_float_nodes(model)
+    names = {n.name for n in model.graph.node}
+    assert set(declared) <= names
+    nsl_heavy = {
+        n.name
+        for n in model.graph.node
+        if n.op_type in QUANTISED_OPS and n.name.startswith("nsl/")
+    }
+    assert nsl_heavy and nsl_heavy <= set(declared)

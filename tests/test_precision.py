@@ -399,6 +399,24 @@ def test_unnamed_nodes_are_named_so_only_the_sensitive_ones_stay_float(tmp_path:
     assert not any(name.startswith(("w1", "head")) for name in weights)
 
 
+def test_nodes_the_model_declares_float_stay_float_whatever_the_recipe(tmp_path: Path) -> None:
+    fp32 = write_conv_model(tmp_path / "conv.onnx")
+    model = onnx.load(str(fp32))
+    attach_metadata(model, {precision.META_FLOAT_NODES: json.dumps(["body2"])})
+    declared = save_model(model, tmp_path / "declared.onnx")
+    out = precision.quantize_int8(declared, tmp_path / "declared_int8.onnx", tissue_like_tiles(32))
+    weights = {
+        n.input[0] for n in onnx.load(str(out)).graph.node if n.op_type == "DequantizeLinear"
+    }
+    assert any(name.startswith("w2") for name in weights)  # body1: quantised as before
+    assert not any(name.startswith(("w3", "w1", "head")) for name in weights)
+    assert _recipe(out)["declared_float_nodes"] == 1
+    attach_metadata(model, {precision.META_FLOAT_NODES: '{"body2": true}'})
+    broken = save_model(model, tmp_path / "broken.onnx")
+    with pytest.raises(ModelError, match="JSON list of node names"):
+        precision.quantize_int8(broken, tmp_path / "broken_int8.onnx", tissue_like_tiles(32))
+
+
 def test_a_recorded_failed_gate_refuses_int8_and_auto_says_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

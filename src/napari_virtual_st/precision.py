@@ -53,6 +53,8 @@ META_PRECISION = "vst.precision"
 META_INT8_OF = "vst.int8_of_sha256"
 META_GATE = "vst.precision_gate"
 META_RECIPE = "vst.int8_recipe"
+#: Optional key of an fp32 model: node names its int8 variants keep float.
+META_FLOAT_NODES = "vst.int8_float_nodes"
 #: Tiles per calibration batch (histogram calibrators need equal batches; a remainder of
 #: fewer tiles is not fed).
 CALIBRATION_BATCH = 16
@@ -395,7 +397,9 @@ def quantize_int8(
     tiles = _calibration_tiles(calibration_tiles, info.tile_px)
     source = _quantisable_source(fp32_path)
     heavy = [n.name for n in source.graph.node if n.op_type in QUANTISED_OPS]
+    declared = declared_float_nodes(info)
     keep_float = _float_nodes(source, heavy, exclude, float_leading, float_depthwise)
+    keep_float += declared
     recipe_used = {  # what the quantisation below applies, recorded in the int8 model
         "recipe": RECIPE,
         "float_nodes": len(set(keep_float)),
@@ -407,6 +411,7 @@ def quantize_int8(
         "unsigned_activations": unsigned_activations,
         "per_channel": per_channel,
         "custom_exclude": exclude is not None,
+        "declared_float_nodes": len(declared),
     }
     budget = CALIBRATION_BUDGET_BYTES if calibration_budget is None else calibration_budget
     return _write_int8(out_path, fp32_path, info, source, tiles, keep_float, recipe_used, budget)
@@ -435,6 +440,25 @@ def _write_int8(
         Predictor(candidate, providers=["cpu"])  # still a valid contract model
         os.replace(candidate, out_path)
     return out_path
+
+
+def declared_float_nodes(info: ModelInfo) -> list[str]:
+    """Nodes the model itself says must stay float in int8 (``vst.int8_float_nodes``, a JSON
+    list of node names; e.g. a branch whose own int8 failed its gate). Kept float whatever
+    else the recipe chooses.
+
+    Raises
+    ------
+    ModelError
+        If the key is not a JSON list of node names.
+    """
+    raw = info.metadata.get(META_FLOAT_NODES[len("vst.") :])
+    if raw is None:
+        return []
+    value = json.loads(raw) if isinstance(raw, str) else raw
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ModelError(f"metadata {META_FLOAT_NODES!r} must be a JSON list of node names")
+    return list(value)
 
 
 def _float_nodes(

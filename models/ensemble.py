@@ -1,6 +1,6 @@
 """NSL + DKAN-style as one model: the two families' predictions averaged (issue 19).
 
-    python -m models.ensemble extract   # fold runs the protocol needs (~8 min a fold, 2 cores)
+    python -m models.ensemble extract   # fold runs the protocol needs (2-5 min a fold, 2 cores)
     python -m models.ensemble folds     # nested weights -> models/.cache/folds/nsl_dkan__*.npz
                                         # (+ the learnt DKAN context variant, measured)
     python -m models.ensemble build     # src/napari_virtual_st/bundled_models/nsl_dkan_her2st.onnx
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 from models.evaluate import C_SECTIONS, N_GENES, TEST_SECTION, TILE_PX, TILE_UM, make_method
 from models.folds import degrade, fold_path, split
+from models.protocol import BUNDLED
 from models.workshop.data import CACHE, SectionData, gene_panel, load_her2st
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +69,8 @@ DKAN_METHOD = "dkan"
 POOL = 4
 #: Weights of the DKAN branch tried (0 = NSL alone, 1 = the DKAN head alone).
 WEIGHTS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
+#: DKAN's tile, the combined model's input (checked against the DKAN file when building).
+TILE_PX_DKAN = 64
 
 
 def pool_tiles(tiles: NDArray[np.uint8], factor: int = POOL) -> NDArray[np.uint8]:
@@ -98,6 +101,14 @@ def extract_fold(fold: str, sections: dict[str, SectionData]) -> Path:
     from models.dkan.train import at_dkan_resolution
     from models.feature_context import dkan_features, feature_path
 
+    needed = [fold_path(NSL_METHOD, fold), feature_path(DKAN_METHOD, fold)]
+    missing = [p for p in needed if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"fold {fold} needs {', '.join(p.name for p in missing)}: run "
+            f"python -m models.folds --methods {NSL_METHOD} and "
+            f"python -m models.feature_context extract --methods {DKAN_METHOD} first"
+        )
     train, test = split(sections, fold)
     genes = gene_panel(train, N_GENES, test.measured.genes)
     tiles64 = at_dkan_resolution(test).tiles
@@ -166,6 +177,18 @@ def choose_weight(
     return max(WEIGHTS, key=lambda w: (scores[w], -w))
 
 
+def nested_mix(
+    nsl: dict[str, NDArray], dkan: dict[str, NDArray], labels: dict[str, NDArray]
+) -> tuple[dict[str, NDArray[np.float32]], dict[str, float]]:
+    """Each section's mix with the weight chosen on the *other* sections' labels (its own never
+    read), and those weights."""
+    preds, weights = {}, {}
+    for k in labels:
+        weights[k] = choose_weight(nsl, dkan, {j: y for j, y in labels.items() if j != k})
+        preds[k] = combine(nsl[k], dkan[k], weights[k])
+    return preds, weights
+
+
 def dkan_head_fold(
     fold: str, sections: dict[str, SectionData]
 ) -> tuple[list[str], NDArray[np.float32], NDArray[np.float32], float]:
@@ -198,6 +221,11 @@ class FoldRuns:
 
 def load_fold_runs(sections: dict[str, SectionData]) -> FoldRuns:
     runs = FoldRuns({}, {}, {}, {}, {}, {}, {})
+    missing = [k for k in C_SECTIONS if not extract_path(k).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"no fold runs for {', '.join(missing)}: run python -m models.ensemble extract first"
+        )
     for k in C_SECTIONS:
         genes, pred, pred_low, alpha = dkan_head_fold(k, sections)
         with np.load(extract_path(k)) as z:
@@ -218,19 +246,22 @@ def write_folds(sections: dict[str, SectionData]) -> dict[str, Any]:
     # each fold has its own gene panel (the top genes of its training sections)
     raw = {k: sections[k].targets(runs.genes[k]) for k in C_SECTIONS}
     record: dict[str, Any] = {"weights_tried": list(WEIGHTS), "folds": {}}
+    preds, weights = nested_mix(runs.nsl, runs.dkan, raw)
+    low = {k: combine(runs.nsl_low[k], runs.dkan_low[k], weights[k]) for k in C_SECTIONS}
     for k in C_SECTIONS:
-        others = {j: raw[j] for j in C_SECTIONS if j != k}
-        w = choose_weight(runs.nsl, runs.dkan, others)
         np.savez_compressed(
             fold_path(METHOD, k),
             genes=np.array(runs.genes[k]),
-            pred=combine(runs.nsl[k], runs.dkan[k], w),
-            pred_lowres=combine(runs.nsl_low[k], runs.dkan_low[k], w),
-            weight=w,
+            pred=preds[k],
+            pred_lowres=low[k],
+            weight=weights[k],
             dkan_head_alpha=runs.alpha[k],
             tile_px=TILE_PX_DKAN,
         )
-        record["folds"][k] = {"weight_chosen_on_the_others": w, "dkan_head_alpha": runs.alpha[k]}
+        record["folds"][k] = {
+            "weight_chosen_on_the_others": weights[k],
+            "dkan_head_alpha": runs.alpha[k],
+        }
     scores = weight_scores(runs.nsl, runs.dkan, raw)
     record["weight_on_all_C"] = choose_weight(runs.nsl, runs.dkan, raw)
     record["loso_C_raw_by_weight (every weight, for reading; not a held-out choice)"] = {
@@ -249,10 +280,6 @@ def write_folds(sections: dict[str, SectionData]) -> dict[str, Any]:
         "dkan_per_gene_head": mean_score(runs.dkan),
     }
     return record
-
-
-#: DKAN's tile (the combined model's input).
-TILE_PX_DKAN = 64
 
 
 def with_learnt_dkan_context(sections: dict[str, SectionData], n_boot: int = 1000) -> dict:
@@ -277,11 +304,7 @@ def with_learnt_dkan_context(sections: dict[str, SectionData], n_boot: int = 100
         learnt[k], settings[k] = fc.predict_head(fc.fit_head(train, best), test), best.describe()
 
     def nested(nsl: dict[str, NDArray], dkan: dict[str, NDArray]) -> dict[str, NDArray]:
-        out = {}
-        for k in C_SECTIONS:
-            w = choose_weight(nsl, dkan, {j: raw[j] for j in C_SECTIONS if j != k})
-            out[k] = combine(nsl[k], dkan[k], w)
-        return out
+        return nested_mix(nsl, dkan, raw)[0]
 
     def gauss(preds: dict[str, NDArray]) -> dict[str, NDArray]:
         return {k: protocol.contextual(preds[k], folds[k], 100.0) for k in C_SECTIONS}
@@ -306,7 +329,6 @@ def with_learnt_dkan_context(sections: dict[str, SectionData], n_boot: int = 100
 
 # ---------------------------------------------------------------- the shipped file
 
-BUNDLED = REPO / "src" / "napari_virtual_st" / "bundled_models"
 SHIPPED_NAME = "nsl_dkan_her2st.onnx"
 
 
@@ -467,6 +489,13 @@ def build(weight: float, sections: dict[str, SectionData], out: Path | None = No
     genes = list(read_metadata(nsl).genes)
     if list(read_metadata(dkan).genes) != genes:
         raise ValueError("nsl_her2st and dkan_her2st predict different genes")
+    if (
+        read_metadata(dkan).tile_px != TILE_PX_DKAN
+        or read_metadata(nsl).tile_px * POOL != TILE_PX_DKAN
+    ):
+        raise ValueError(
+            f"expected DKAN at {TILE_PX_DKAN} px and NSL at {TILE_PX_DKAN // POOL} px"
+        )
     head = fit_shipped_head(sections, genes)
     model = combined_graph(nsl, dkan, head, weight)
     training = {

@@ -415,6 +415,10 @@ def test_nodes_the_model_declares_float_stay_float_whatever_the_recipe(tmp_path:
     broken = save_model(model, tmp_path / "broken.onnx")
     with pytest.raises(ModelError, match="JSON list of node names"):
         precision.quantize_int8(broken, tmp_path / "broken_int8.onnx", tissue_like_tiles(32))
+    attach_metadata(model, {precision.META_FLOAT_NODES: json.dumps(["body2", "no_such"])})
+    typo = save_model(model, tmp_path / "typo.onnx")
+    with pytest.raises(ModelError, match=r"does not have, e\.g\. 'no_such'"):
+        precision.quantize_int8(typo, tmp_path / "typo_int8.onnx", tissue_like_tiles(32))
 
 
 def test_a_recorded_failed_gate_refuses_int8_and_auto_says_why(

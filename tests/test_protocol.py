@@ -215,3 +215,15 @@ def test_results_tables_state_each_test_sets_resolution_and_call_ties_ties(name:
             elif lo > 0 or hi < 0:
                 assert not said, f"{name}: {line}"
     assert found, f"{name}: no paired difference found"
+
+
+def test_the_registry_default_is_the_model_the_protocol_recommends() -> None:
+    """``virtual-st predict`` without ``--model`` runs what ``models.protocol`` chose on C."""
+    from models.protocol import METHODS
+    from napari_virtual_st.registry import DEFAULT_MODEL_NAME
+
+    if not PROTOCOL_JSON.is_file():
+        pytest.fail("models/results/protocol.json is missing: run python -m models.protocol")
+    chosen = json.loads(PROTOCOL_JSON.read_text())["default"]["model"]
+    onnx_file = next(m.onnx for m in METHODS if m.name == chosen)
+    assert onnx_file == f"{DEFAULT_MODEL_NAME}.onnx"

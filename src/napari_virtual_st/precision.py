@@ -398,6 +398,12 @@ def quantize_int8(
     source = _quantisable_source(fp32_path)
     heavy = [n.name for n in source.graph.node if n.op_type in QUANTISED_OPS]
     declared = declared_float_nodes(info)
+    unknown = sorted(set(declared) - {n.name for n in source.graph.node})
+    if unknown:
+        raise ModelError(
+            f"metadata {META_FLOAT_NODES!r} names {len(unknown)} node(s) the graph does not "
+            f"have, e.g. {unknown[0]!r}: they could not be kept float"
+        )
     keep_float = _float_nodes(source, heavy, exclude, float_leading, float_depthwise)
     keep_float += declared
     recipe_used = {  # what the quantisation below applies, recorded in the int8 model

@@ -94,12 +94,11 @@ def sample_slide_path() -> Path:
 #: sentence that ``virtual-st models`` prints.
 DEFAULT_MODEL_NAME = "nsl_dkan_her2st"
 DEFAULT_MODEL_REASON = (
-    "best of the bundled models under the evaluation protocol (models/results/summary.md: "
-    "leave-one-section-out within patient C with spot context, ahead of NSL alone, DKAN-style, "
-    "Stem-style and the colour baseline; a tie with them on patient A's thumbnail): NSL's "
-    "stain features and DKAN-style's morphology in one graph, the two families a blind test "
-    "on a third patient ranked the other way round; half as fast as NSL alone, still about "
-    "850 spots/s on 2 CPU cores"
+    "the model the evaluation protocol recommends (models/results/summary.md): NSL's stain "
+    "features and DKAN-style's morphology in one graph, ahead of NSL alone, DKAN-style, "
+    "Stem-style and the colour baseline on held-out sections of patient C (with spot "
+    "context), a tie with NSL and the colour baseline on patient A's low-resolution "
+    "thumbnail; about half as fast as NSL alone"
 )
 
 #: What may and may not be done with the bundled models' weights (``virtual-st models`` prints

@@ -397,13 +397,7 @@ def quantize_int8(
     tiles = _calibration_tiles(calibration_tiles, info.tile_px)
     source = _quantisable_source(fp32_path)
     heavy = [n.name for n in source.graph.node if n.op_type in QUANTISED_OPS]
-    declared = declared_float_nodes(info)
-    unknown = sorted(set(declared) - {n.name for n in source.graph.node})
-    if unknown:
-        raise ModelError(
-            f"metadata {META_FLOAT_NODES!r} names {len(unknown)} node(s) the graph does not "
-            f"have, e.g. {unknown[0]!r}: they could not be kept float"
-        )
+    declared = declared_float_nodes(info, source)
     keep_float = _float_nodes(source, heavy, exclude, float_leading, float_depthwise)
     keep_float += declared
     recipe_used = {  # what the quantisation below applies, recorded in the int8 model
@@ -448,7 +442,7 @@ def _write_int8(
     return out_path
 
 
-def declared_float_nodes(info: ModelInfo) -> list[str]:
+def declared_float_nodes(info: ModelInfo, graph: onnx.ModelProto | None = None) -> list[str]:
     """Nodes the model itself says must stay float in int8 (``vst.int8_float_nodes``, a JSON
     list of node names; e.g. a branch whose own int8 failed its gate). Kept float whatever
     else the recipe chooses.
@@ -456,7 +450,7 @@ def declared_float_nodes(info: ModelInfo) -> list[str]:
     Raises
     ------
     ModelError
-        If the key is not a JSON list of node names.
+        If the key is not a JSON list of node names, or names a node ``graph`` lacks.
     """
     raw = info.metadata.get(META_FLOAT_NODES[len("vst.") :])
     if raw is None:
@@ -464,6 +458,12 @@ def declared_float_nodes(info: ModelInfo) -> list[str]:
     value = json.loads(raw) if isinstance(raw, str) else raw
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ModelError(f"metadata {META_FLOAT_NODES!r} must be a JSON list of node names")
+    unknown = sorted(set(value) - {n.name for n in graph.graph.node}) if graph else []
+    if unknown:
+        raise ModelError(
+            f"metadata {META_FLOAT_NODES!r} names {len(unknown)} node(s) the graph does not "
+            f"have, e.g. {unknown[0]!r}: they could not be kept float"
+        )
     return list(value)
 
 

@@ -381,6 +381,32 @@ def fit_shipped_head(sections: dict[str, SectionData], genes: Sequence[str]) -> 
     return fc.fit_head(feats, best)
 
 
+def pool_constants(size: int, factor: int, shape: str, axes: str) -> list[onnx.TensorProto]:
+    """The initializers of :func:`pool_nodes`: ``factor`` × ``factor`` blocks of an image of
+    ``size`` × ``factor`` px."""
+    from onnx import numpy_helper
+
+    return [
+        numpy_helper.from_array(np.array([-1, size, factor, size, factor, 3], np.int64), shape),
+        numpy_helper.from_array(np.array([2, 4], np.int64), axes),
+    ]
+
+
+def pool_nodes(source: str, target: str, shape: str, axes: str) -> list[onnx.NodeProto]:
+    """Nodes computing :func:`pool_tiles` in a graph: uint8 ``source`` averaged over blocks
+    (:func:`pool_constants` named ``shape`` and ``axes``), rounded half to even, uint8 ``target``."""
+    from onnx import TensorProto, helper
+
+    p = f"{target}/pool"
+    return [
+        helper.make_node("Cast", [source], [f"{p}/float"], name=f"{p}/to_float", to=TensorProto.FLOAT),
+        helper.make_node("Reshape", [f"{p}/float", shape], [f"{p}/blocks"], name=f"{p}/blocks"),
+        helper.make_node("ReduceMean", [f"{p}/blocks", axes], [f"{p}/mean"], name=f"{p}/mean", keepdims=0),
+        helper.make_node("Round", [f"{p}/mean"], [f"{p}/rounded"], name=f"{p}/round"),
+        helper.make_node("Cast", [f"{p}/rounded"], [target], name=f"{p}/to_uint8", to=TensorProto.UINT8),
+    ]  # fmt: skip
+
+
 def combined_graph(
     nsl: onnx.ModelProto, dkan: onnx.ModelProto, head: Any, weight: float
 ) -> onnx.ModelProto:
@@ -403,8 +429,7 @@ def combined_graph(
         return numpy_helper.from_array(np.asarray(value), name)
 
     inits = [
-        const("ens/pool_shape", np.array([-1, size, POOL, size, POOL, 3], np.int64)),
-        const("ens/pool_axes", np.array([2, 4], np.int64)),
+        *pool_constants(size, POOL, "ens/pool_shape", "ens/pool_axes"),
         const("ens/head_w", w_head),
         const("ens/head_axes", np.array([2], np.int64)),
         const("ens/head_c", c_head),
@@ -413,11 +438,7 @@ def combined_graph(
     ]
     nodes = [
         helper.make_node("Identity", ["image"], ["dkan/image"], name="ens/dkan_input"),
-        helper.make_node("Cast", ["image"], ["ens/image_f"], name="ens/to_float", to=TensorProto.FLOAT),
-        helper.make_node("Reshape", ["ens/image_f", "ens/pool_shape"], ["ens/blocks"], name="ens/blocks"),
-        helper.make_node("ReduceMean", ["ens/blocks", "ens/pool_axes"], ["ens/mean"], name="ens/pool", keepdims=0),
-        helper.make_node("Round", ["ens/mean"], ["ens/rounded"], name="ens/round"),
-        helper.make_node("Cast", ["ens/rounded"], ["nsl/image"], name="ens/nsl_input", to=TensorProto.UINT8),
+        *pool_nodes("image", "nsl/image", "ens/pool_shape", "ens/pool_axes"),
         *dk.graph.node,
         *ns.graph.node,
         helper.make_node("Mul", [f"dkan/{feat}", "ens/head_w"], ["ens/head_terms"], name="ens/head_mul"),

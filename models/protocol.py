@@ -1,7 +1,11 @@
 """The evaluation protocol that can tell models apart (issue 19): intervals, resolution,
 pathologist labels, and the spot-context kernel chosen on patient C only.
 
-    python -m models.folds --methods mean ridge_colour nsl_light_ridgehead dkan stem   # first
+    python -m models.folds --methods mean ridge_colour ridge_colour_per_slide \
+        nsl_light_ridgehead dkan stem                                  # first: the fold runs
+    python -m models.feature_context extract --methods dkan            # then the combined
+    python -m models.ensemble extract && python -m models.ensemble folds   # models' fold runs
+    python -m models.frozen_encoder extract && python -m models.frozen_encoder folds
     python -m models.protocol --json models/results/protocol.json --markdown models/results/protocol.md
 
 What each number is (HER2ST legacy ST, 100 µm spots, 200 µm pitch; PCC-ALL = mean per-gene
@@ -108,6 +112,17 @@ METHODS = (
         "NSL + DKAN-style, one graph (`nsl_dkan_her2st`, models/ensemble.py)",
         "nsl_dkan",
         "nsl_dkan_her2st.onnx",
+    ),
+    Method(
+        "lite0",
+        "frozen ImageNet EfficientNet-Lite0 + per-gene ridge (models/frozen_encoder.py)",
+        "lite0",
+    ),
+    Method(
+        "nsl_lite0",
+        "NSL + frozen EfficientNet-Lite0, one graph (`nsl_lite0_her2st`, models/frozen_encoder.py)",
+        "nsl_lite0",
+        "nsl_lite0_her2st.onnx",
     ),
 )
 LABEL_KINDS = ("raw", "smoothed_3x3")

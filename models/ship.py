@@ -45,6 +45,7 @@ SHIPPED = {
     "dkan": "dkan_her2st.onnx",
     "stem": "stem_her2st.onnx",
     "nsl_dkan": "nsl_dkan_her2st.onnx",
+    "nsl_lite0": "nsl_lite0_her2st.onnx",
 }
 
 

@@ -110,3 +110,40 @@ def test_combined_graph_equals_nsl_on_pooled_tiles_plus_the_head_on_encoder_feat
     with pytest.raises(ValueError, match="pool to NSL"):
         fe.combined_graph(nsl, fe.export_encoder_head(head, genes, 32, tiles), 0.6, 40)
 
+
+def test_the_shipped_file_reproduces_its_recorded_held_out_metrics() -> None:
+    from models.evaluate import evaluate_onnx
+    from models.protocol import BUNDLED
+    from models.workshop.data import HER2ST
+    from napari_virtual_st.predictor import Predictor
+
+    path = BUNDLED / fe.SHIPPED_NAME
+    if not HER2ST.is_dir():
+        pytest.skip(f"HER2ST data not found at {HER2ST} (../shared/data)")
+    recorded = Predictor(path, providers=["cpu"]).info.metadata["metrics"]
+    measured = evaluate_onnx(path)
+    for labels in ("raw", "smoothed_3x3"):
+        for key, value in recorded[labels].items():
+            assert measured[labels][key] == pytest.approx(value, abs=1e-3), (labels, key)
+    if "per_tile" in recorded:  # a model declaring spot context: its per-tile scores too
+        for key, value in recorded["per_tile"]["raw"].items():
+            assert measured["per_tile"]["raw"][key] == pytest.approx(value, abs=1e-3), key
+
+
+def test_the_shipped_file_keeps_its_nsl_branch_and_its_head_float_in_int8() -> None:
+    import onnx
+
+    from models.protocol import BUNDLED
+    from napari_virtual_st.precision import QUANTISED_OPS, declared_float_nodes
+    from napari_virtual_st.predictor import Predictor
+
+    path = BUNDLED / fe.SHIPPED_NAME
+    declared = declared_float_nodes(Predictor(path, providers=["cpu"]).info)
+    model = onnx.load(str(path))
+    assert declared == fe.int8_float_nodes(model)
+    heavy = [n for n in model.graph.node if n.op_type in QUANTISED_OPS]
+    nsl_heavy = {n.name for n in heavy if n.name.startswith("nsl/")}
+    assert nsl_heavy and nsl_heavy <= set(declared)
+    encoder = [n.name for n in heavy if n.name.startswith("enc/")]
+    assert encoder[0] in declared and encoder[-1] in declared  # its stem and its head
+    assert len(set(encoder) - set(declared)) > 40  # the encoder's convolutions go int8

@@ -16,6 +16,7 @@ import pytest
 from models import ensemble
 from models.feature_context import Head, Setting
 from napari_virtual_st.predictor import Predictor
+from recorded_metrics import assert_file_reproduces_its_recorded_metrics
 
 
 def _run(model: onnx.ModelProto, tiles: np.ndarray) -> np.ndarray:
@@ -94,20 +95,7 @@ def test_choose_weight_picks_the_mix_best_on_the_sections_it_is_given() -> None:
 
 
 def test_the_shipped_file_reproduces_its_recorded_held_out_metrics() -> None:
-    from models.evaluate import evaluate_onnx
-    from models.workshop.data import HER2ST
-
-    path = ensemble.BUNDLED / ensemble.SHIPPED_NAME
-    if not HER2ST.is_dir():
-        pytest.skip(f"HER2ST data not found at {HER2ST} (../shared/data)")
-    recorded = Predictor(path, providers=["cpu"]).info.metadata["metrics"]
-    measured = evaluate_onnx(path)
-    for labels in ("raw", "smoothed_3x3"):
-        for key, value in recorded[labels].items():
-            assert measured[labels][key] == pytest.approx(value, abs=1e-3), (labels, key)
-    if "per_tile" in recorded:  # a model declaring spot context: its per-tile scores too
-        for key, value in recorded["per_tile"]["raw"].items():
-            assert measured["per_tile"]["raw"][key] == pytest.approx(value, abs=1e-3), key
+    assert_file_reproduces_its_recorded_metrics(ensemble.BUNDLED / ensemble.SHIPPED_NAME)
 
 
 def test_the_shipped_file_keeps_its_whole_nsl_branch_float_in_int8() -> None:

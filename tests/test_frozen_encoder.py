@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from models import frozen_encoder as fe
+from recorded_metrics import assert_file_reproduces_its_recorded_metrics
 
 
 def test_encoder_features_are_the_imagenet_networks_and_do_not_depend_on_the_batch() -> None:
@@ -112,22 +113,9 @@ def test_combined_graph_equals_nsl_on_pooled_tiles_plus_the_head_on_encoder_feat
 
 
 def test_the_shipped_file_reproduces_its_recorded_held_out_metrics() -> None:
-    from models.evaluate import evaluate_onnx
     from models.protocol import BUNDLED
-    from models.workshop.data import HER2ST
-    from napari_virtual_st.predictor import Predictor
 
-    path = BUNDLED / fe.SHIPPED_NAME
-    if not HER2ST.is_dir():
-        pytest.skip(f"HER2ST data not found at {HER2ST} (../shared/data)")
-    recorded = Predictor(path, providers=["cpu"]).info.metadata["metrics"]
-    measured = evaluate_onnx(path)
-    for labels in ("raw", "smoothed_3x3"):
-        for key, value in recorded[labels].items():
-            assert measured[labels][key] == pytest.approx(value, abs=1e-3), (labels, key)
-    if "per_tile" in recorded:  # a model declaring spot context: its per-tile scores too
-        for key, value in recorded["per_tile"]["raw"].items():
-            assert measured["per_tile"]["raw"][key] == pytest.approx(value, abs=1e-3), key
+    assert_file_reproduces_its_recorded_metrics(BUNDLED / fe.SHIPPED_NAME)
 
 
 def test_the_shipped_file_keeps_its_nsl_branch_and_its_head_float_in_int8() -> None:

@@ -428,6 +428,10 @@ def test_a_recorded_failed_gate_refuses_int8_and_auto_says_why(
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     monkeypatch.setattr(precision, "shipped_int8_dir", lambda: shipped)
+    # a variant made on first use before any gate was recorded (it stays in the cache) ...
+    made = choose_model(fp32, "int8", calibration_tiles=tissue_like_tiles(32))
+    assert made.precision == "int8" and made.path.is_file()
+    # ... does not outlive the failure recorded afterwards for the same file
     failed = passing_gate(precision.file_sha256(fp32), median_gene_r=0.49)
     entry = {"gate": json.loads(failed.to_json()), "cannot": "no recipe agrees"}
     (shipped / precision.GATES_INDEX).write_text(json.dumps({"conv.onnx": entry}))
@@ -441,15 +445,20 @@ def test_a_recorded_failed_gate_refuses_int8_and_auto_says_why(
 
 
 def test_the_bundled_models_precision_as_their_gates_recorded() -> None:
-    from napari_virtual_st.registry import resolve_model
+    from napari_virtual_st.registry import DEFAULT_MODEL_NAME, resolve_model
 
     nsl = resolve_model("nsl_her2st")
     assert choose_model(nsl, "auto").precision == "fp32"
     with pytest.raises(ModelError, match=r"nsl_her2st\.onnx cannot run in int8"):
         choose_model(nsl, "int8")
-    # the default passes its gate but runs slower in int8 here: no variant ships, auto is fp32
-    default = choose_model(resolve_model("nsl_dkan_her2st"), "auto")
-    assert default.precision == "fp32" and "no int8 variant" in default.reason, default.reason
+    # NSL + DKAN-style passes its gate but runs slower in int8: no variant ships, auto is fp32
+    mixed = choose_model(resolve_model("nsl_dkan_her2st"), "auto")
+    assert mixed.precision == "fp32" and "no int8 variant" in mixed.reason, mixed.reason
+    # the default's int8 fails its gate (median per-gene r 0.96): refused, auto says why
+    default = resolve_model(DEFAULT_MODEL_NAME)
+    assert choose_model(default, "auto").precision == "fp32"
+    with pytest.raises(ModelError, match=rf"{DEFAULT_MODEL_NAME}\.onnx cannot run in int8"):
+        choose_model(default, "int8")
     for name in ("stem_her2st", "dkan_her2st"):
         chosen = choose_model(resolve_model(name), "auto")
         assert chosen.precision == "int8", chosen.reason

@@ -973,7 +973,10 @@ def choose_model(
         )
     sha = info.sha256
     found = _variant_for(path, sha)
-    failed = recorded_failure(path, sha) if found is None else None
+    # only a variant whose own gate passed overrides a failure recorded for this file: a
+    # cached one made on first use, before the failure was recorded, must not
+    vouched = found is not None and found[1] is not None and found[1].passed
+    failed = None if vouched else recorded_failure(path, sha)
     if failed is not None:
         why = "; ".join(failed.failures)
         if wanted == "auto":

@@ -336,6 +336,8 @@ def test_predict_int8_records_the_precision_and_a_resume_in_fp32_is_refused(
     assert main([*args, "--precision", "int8"]) == 0
     err = capsys.readouterr().err
     assert "int8 as asked (quantised now" in err
+    # the model line names the user's model, not the cached int8 file's hashed name
+    assert "model conv.onnx: " in err
     record = PredictionStore.open(store).attrs["model"]
     assert record["precision"] == "int8"
     assert record["fp32_sha256"] == precision.file_sha256(model)

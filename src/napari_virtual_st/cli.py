@@ -592,7 +592,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             spots = measured.spot_grid(mpp, transform)
     spec = replace(spec, spots=spots, transform=transform)
     print(
-        f"model {predictor.path.name}: {len(predictor.genes)} genes, tiles of "
+        f"model {model_path.name}: {len(predictor.genes)} genes, tiles of "
         f"{predictor.info.tile_um:g} µm at {predictor.info.tile_px} px, values "
         f"{predictor.info.values_description}; running on {predictor.runs_on}, "
         f"{plan.read_threads} reading"

@@ -22,11 +22,17 @@ TILE_PX = 16
 
 
 def write_conv_model(
-    path: Path, n_genes: int = 6, seed: int = 0, flip_gene: int | None = None
+    path: Path,
+    n_genes: int = 6,
+    seed: int = 0,
+    flip_gene: int | None = None,
+    head_bias: bool = False,
 ) -> Path:
     """A small convolutional contract model: three 3×3 convolutions, mean pool, a linear head.
 
-    ``flip_gene`` negates one gene's head weights (a model that disagrees on that gene).
+    ``flip_gene`` negates one gene's head weights (a model that disagrees on that gene);
+    ``head_bias`` adds a per-gene intercept after the head's product (``MatMul`` + ``Add``, as
+    a ridge head exported from torch is).
     """
     rng = np.random.default_rng(seed)
     w1 = rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32)
@@ -46,8 +52,12 @@ def write_conv_model(
         helper.make_node("Conv", ["r2", "w3"], ["c3"], pads=[1, 1, 1, 1], name="body2"),
         helper.make_node("Relu", ["c3"], ["r3"]),
         helper.make_node("ReduceMean", ["r3", "axes"], ["pooled"], keepdims=0),
-        helper.make_node("MatMul", ["pooled", "head"], ["expression"], name="head"),
+        helper.make_node(
+            "MatMul", ["pooled", "head"], ["product" if head_bias else "expression"], name="head"
+        ),
     ]
+    if head_bias:
+        nodes.append(helper.make_node("Add", ["product", "bias"], ["expression"], name="bias"))
     inits = [
         numpy_helper.from_array(np.array(255.0, np.float32), "c255"),
         numpy_helper.from_array(w1, "w1"),
@@ -56,6 +66,10 @@ def write_conv_model(
         numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
         numpy_helper.from_array(head, "head"),
     ]
+    if head_bias:
+        inits.append(
+            numpy_helper.from_array(rng.normal(3.0, 1.0, n_genes).astype(np.float32), "bias")
+        )
     graph = helper.make_graph(
         nodes,
         "synthetic_conv",
@@ -185,6 +199,27 @@ def test_quantising_keeps_stem_and_head_float_and_agrees_with_fp32(
     r = gene_agreement(
         Predictor(fp32, providers=["cpu"]).predict(check).expression,
         int8.predict(check).expression,
+    )
+    assert np.median(r) > 0.95
+
+
+def test_a_head_the_optimiser_fuses_with_its_bias_stays_float(tmp_path: Path) -> None:
+    """ONNX Runtime's pre-processing fuses ``MatMul`` + ``Add`` into a ``Gemm`` under a new
+    name; the head stays float all the same (it was quantised, output included, and the
+    default model's int8 disagreed with fp32 whatever else stayed float)."""
+    fp32 = write_conv_model(tmp_path / "biased.onnx", head_bias=True)
+    out = precision.quantize_int8(fp32, tmp_path / "biased_int8.onnx", tissue_like_tiles(64))
+    model = onnx.load(str(out))
+    dequantised = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    assert any(name.startswith("w2") for name in dequantised)  # the body is int8
+    assert not any(
+        name.startswith(("w1", "head", "bias", "pooled", "expression")) for name in dequantised
+    )
+    assert _recipe(out)["fused_float_nodes"] == 1
+    check = tissue_like_tiles(64, seed=9)
+    r = gene_agreement(
+        Predictor(fp32, providers=["cpu"]).predict(check).expression,
+        Predictor(out, providers=["cpu"]).predict(check).expression,
     )
     assert np.median(r) > 0.95
 

@@ -512,6 +512,10 @@ def _quantise_qdq(
     onnx.save(source, str(folded))
     pre = tmp / "pre.onnx"
     quant_pre_process(str(folded), str(pre), skip_symbolic_shape=True)
+    fused = _fused_float_nodes(source, onnx.load(str(pre)), keep_float)
+    if fused:
+        keep_float = [*keep_float, *fused]
+        recipe_used["fused_float_nodes"] = len(fused)
     n_batches = len(tiles) // min(CALIBRATION_BATCH, len(tiles))
     per_batch = min(CALIBRATION_BATCH, len(tiles)) * calibration_bytes_per_tile(
         pre, tiles[:1], extras, recipe_used["calibrate"]
@@ -541,6 +545,25 @@ def _quantise_qdq(
             chunked=chunk < n_batches,
         )
     return onnx.load(str(raw))
+
+
+def _fused_float_nodes(
+    source: onnx.ModelProto, pre: onnx.ModelProto, keep_float: Sequence[str]
+) -> list[str]:
+    """Nodes of ``pre`` (``source`` after ONNX Runtime's pre-processing) that must stay float
+    although ``keep_float`` does not name them: its optimiser fuses some nodes under a new
+    name (``MatMul`` + ``Add`` → ``Gemm`` named ``…/MatMulAddFusion``), which an exclusion
+    by name misses, and the fused node was quantised, e.g. a ridge head's product and its
+    output (``nsl_lite0_her2st``: median per-gene r with fp32 0.96 whatever else stayed
+    float). A node that carries a weight (initializer) of a node kept float stays float."""
+    wanted = set(keep_float)
+    inits = {i.name for i in source.graph.initializer}
+    weights = {i for n in source.graph.node if n.name in wanted for i in n.input if i in inits}
+    return [
+        n.name
+        for n in pre.graph.node
+        if n.name not in wanted and n.op_type in QUANTISED_OPS and weights.intersection(n.input)
+    ]
 
 
 def calibration_chunk_batches(n_batches: int, bytes_per_batch: int, budget: float) -> int:

@@ -491,7 +491,7 @@ def test_the_bundled_models_precision_as_their_gates_recorded() -> None:
     # NSL + DKAN-style passes its gate but runs slower in int8: no variant ships, auto is fp32
     mixed = choose_model(resolve_model("nsl_dkan_her2st"), "auto")
     assert mixed.precision == "fp32" and "no int8 variant" in mixed.reason, mixed.reason
-    # the default's int8 fails its gate (median per-gene r 0.96): refused, auto says why
+    # the default's int8 fails its gate (least gene r 0.943 on A1): refused, auto says why
     default = resolve_model(DEFAULT_MODEL_NAME)
     assert choose_model(default, "auto").precision == "fp32"
     with pytest.raises(ModelError, match=rf"{DEFAULT_MODEL_NAME}\.onnx cannot run in int8"):

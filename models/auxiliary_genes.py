@@ -19,22 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from models.evaluate import C_SECTIONS, TEST_SECTION, TILE_PX, TILE_UM
-from models.folds import fold_path
 from models.protocol import (
     LABEL_KINDS,
     N_BOOT,
-    Fold,
     Method,
     cell_text,
-    difference,
-    load_fold_prediction,
-    make_fold,
-    section_scores,
-    summarise,
+    on_off,
     test_sets_text,
 )
-from models.workshop.data import load_her2st
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Families with a shared trunk, where auxiliary targets can matter (NSL and the colour ridge
@@ -45,44 +37,19 @@ FAMILIES = ("stem", "dkan")
 def measure(family: str, n_boot: int = N_BOOT) -> dict[str, Any] | None:
     """``family_aux250 − family`` on the sections both have fold runs for, or ``None``."""
     base, aux = Method(family, family, family), Method(f"{family}_aux", "", f"{family}_aux250")
-    sections = [
-        k
-        for k in (*C_SECTIONS, TEST_SECTION)
-        if fold_path(base.fold_method, k).is_file() and fold_path(aux.fold_method, k).is_file()
-    ]
-    if not sections:
+    measured = on_off(base, aux, n_boot)
+    if measured is None:
         return None
-    data = load_her2st(TILE_PX, TILE_UM, names=sections)
-    folds: dict[str, Fold] = {}
-    preds: dict[str, dict[str, Any]] = {"base": {}, "aux": {}}
-    for k in sections:
-        genes, p_base = load_fold_prediction(base, k)
-        genes_aux, p_aux = load_fold_prediction(aux, k)
-        if genes != genes_aux:
-            raise ValueError(f"{family} {k}: the two runs' gene panels differ")
-        index = (*C_SECTIONS, TEST_SECTION).index(k)
-        folds[k] = make_fold(data[k], genes, index, n_boot)
-        preds["base"][k], preds["aux"][k] = p_base, p_aux
-    record: dict[str, Any] = {
-        "family": family,
-        "n_aux": 250,
-        "sections": sections,
-        "n_boot": n_boot,
-        "resolution_um_per_px": {k: round(data[k].mpp, 3) for k in sections},
-    }
-    for setting, wanted in (("loso_C", C_SECTIONS), ("A1", (TEST_SECTION,))):
-        keys = [k for k in sections if k in wanted]
-        if not keys:
-            continue
-        for kind in LABEL_KINDS:
-            b = section_scores({k: preds["base"][k] for k in keys}, folds, kind)
-            a = section_scores({k: preds["aux"][k] for k in keys}, folds, kind)
-            record[f"{setting}_{kind}"] = {
-                "without": summarise(*b),
-                "with_aux": summarise(*a),
-                "aux_minus_without": difference(a[0], boots=a[1], other=b),
-                "sections": keys,
+    record: dict[str, Any] = {"family": family, "n_aux": 250}
+    for key, value in measured.items():
+        if isinstance(value, dict) and "other_minus_base" in value:
+            value = {
+                "without": value["base"],
+                "with_aux": value["other"],
+                "aux_minus_without": value["other_minus_base"],
+                "sections": value["sections"],
             }
+        record[key] = value
     return record
 
 

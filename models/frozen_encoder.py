@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,20 +151,31 @@ def extract_nsl(fold: str, sections: dict[str, SectionData]) -> Path:
     return nsl_path(fold)
 
 
+#: ``(section name, tile px, low)`` → that section's ``(n, P)`` encoder features, full
+#: resolution or degraded to A1's µm/px (``low``).
+FeatureLoader = Callable[[str, int, bool], NDArray]
+
+
+def cached_features(name: str, px: int, low: bool) -> NDArray[np.float32]:
+    """The shipped head's input: the last feature map averaged over space (the cache of
+    :func:`extract_features`)."""
+    with np.load(features_path(name, px)) as z:
+        return np.asarray(z["feat_low" if low else "feat"])
+
+
 def head_predictions(
-    fold: str, px: int, sections: dict[str, SectionData]
+    fold: str, px: int, sections: dict[str, SectionData], load: FeatureLoader = cached_features
 ) -> tuple[list[str], NDArray[np.float32], NDArray[np.float32], float]:
     """The per-gene ridge on the encoder's features for ``fold`` (penalty chosen on inner
     folds of its training sections): held-out predictions, full and degraded, and the
-    penalty."""
+    penalty. ``load`` gives the features (a variant's, :mod:`models.encoder_variants`)."""
     from models import feature_context as fc
 
     train, test = split(sections, fold)
     genes = gene_panel(train, N_GENES, test.measured.genes)
 
     def section(s: SectionData, key: str, labelled: bool) -> Any:
-        with np.load(features_path(s.name, px)) as z:
-            feats = z[key].astype(np.float64)[:, None, :]
+        feats = load(s.name, px, key == "feat_low").astype(np.float64)[:, None, :]
         xy = s.measured.xy_fullres_px * s.mpp
         return fc.SectionFeatures(s.name, feats, xy, s.targets(genes) if labelled else None)
 
@@ -215,7 +226,9 @@ def nested(
 class FoldRuns:
     """Per fold (C sections and A1): NSL on the pooled tiles and the encoder head, per size."""
 
-    def __init__(self, sections: dict[str, SectionData]) -> None:
+    def __init__(
+        self, sections: dict[str, SectionData], load: FeatureLoader = cached_features
+    ) -> None:
         self.genes: dict[str, list[str]] = {}
         self.nsl: dict[tuple[int, bool], dict[str, NDArray]] = {}
         self.head: dict[tuple[int, bool], dict[str, NDArray]] = {}
@@ -230,7 +243,7 @@ class FoldRuns:
                         key = f"pooled_low_{px}" if low else f"pooled_{px}"
                         self.nsl.setdefault((px, low), {})[fold] = np.maximum(z[key], 0.0)
             for px in TILE_SIZES:
-                genes, full, low_pred, alpha = head_predictions(fold, px, sections)
+                genes, full, low_pred, alpha = head_predictions(fold, px, sections, load)
                 if genes != self.genes[fold]:
                     raise ValueError(f"fold {fold}: the gene panels of NSL and the head differ")
                 self.head.setdefault((px, False), {})[fold] = full
@@ -238,9 +251,14 @@ class FoldRuns:
                 self.alpha[(px, fold)] = alpha
 
 
-def write_folds(sections: dict[str, SectionData]) -> dict[str, Any]:
+def write_folds(
+    sections: dict[str, SectionData],
+    load: FeatureLoader = cached_features,
+    methods: tuple[str, str] = (ENCODER_METHOD, METHOD),
+) -> dict[str, Any]:
     """Both methods' held-out predictions (fold caches, C sections and A1) with their nested
-    choices; returns the record of what was chosen and the grids read."""
+    choices; returns the record of what was chosen and the grids read. ``load`` and
+    ``methods`` (the head alone, the mix) name another feature variant and its fold caches."""
     missing = [nsl_path(f).name for f in FOLDS if not nsl_path(f).is_file()] + [
         features_path(n, px).name
         for n in sections
@@ -251,7 +269,8 @@ def write_folds(sections: dict[str, SectionData]) -> dict[str, Any]:
         raise FileNotFoundError(
             f"missing {', '.join(missing)}: run python -m models.frozen_encoder extract first"
         )
-    runs = FoldRuns(sections)
+    runs = FoldRuns(sections, load)
+    alone_name, mix_name = methods
     labels = {k: sections[k].targets(runs.genes[k]) for k in C_SECTIONS}
     alone = {px: runs.head[(px, False)] for px in TILE_SIZES}
     mixes = {
@@ -268,19 +287,21 @@ def write_folds(sections: dict[str, SectionData]) -> dict[str, Any]:
         "weights": list(WEIGHTS),
         "nsl_max_diff_from_fold_cache": runs.nsl_repro,
         "head_alpha": {f"{px}px {f}": a for (px, f), a in runs.alpha.items()},
-        ENCODER_METHOD: {"chosen": chosen_alone},
-        METHOD: {"chosen": {k: list(v) for k, v in chosen_mix.items()}},
+        alone_name: {"chosen": chosen_alone},
+        mix_name: {"chosen": {k: list(v) for k, v in chosen_mix.items()}},
     }
     for fold in FOLDS:
         px = chosen_alone[fold if fold in C_SECTIONS else "all_C"]
-        _save(ENCODER_METHOD, fold, runs.genes[fold], runs.head[(px, False)][fold],
+        _save(alone_name, fold, runs.genes[fold], runs.head[(px, False)][fold],
               runs.head[(px, True)][fold], tile_px=px)  # fmt: skip
         px, w = chosen_mix[fold if fold in C_SECTIONS else "all_C"]
         low = combine(runs.nsl[(px, True)][fold], runs.head[(px, True)][fold], w)
-        _save(METHOD, fold, runs.genes[fold], mixes[(px, w)][fold], low, tile_px=px, weight=w)
+        _save(mix_name, fold, runs.genes[fold], mixes[(px, w)][fold], low, tile_px=px, weight=w)
     record["loso_C_raw_by_candidate (every one, for reading; not a held-out choice)"] = {
-        ENCODER_METHOD: {str(px): round(mean_score(p, labels), 4) for px, p in alone.items()},
-        METHOD: {f"{px}px w{w}": round(mean_score(p, labels), 4) for (px, w), p in mixes.items()},
+        alone_name: {str(px): round(mean_score(p, labels), 4) for px, p in alone.items()},
+        mix_name: {
+            f"{px}px w{w}": round(mean_score(p, labels), 4) for (px, w), p in mixes.items()
+        },
         "nsl_on_pooled_tiles": {
             str(px): round(mean_score(runs.nsl[(px, False)], labels), 4) for px in TILE_SIZES
         },

@@ -297,6 +297,74 @@ def section_scores(
     return float(np.mean(points)), boots
 
 
+def nested_context(
+    preds: dict[str, NDArray], folds: dict[str, Fold]
+) -> tuple[dict[str, NDArray], dict[str, float | None]]:
+    """Each section's predictions through the Gaussian kernel chosen without its labels: a C
+    section's σ on the other C sections present, A1's on every C section present
+    (:func:`choose_sigma`); the contextual predictions and the σ chosen per section."""
+    c_keys = [k for k in preds if k in C_SECTIONS]
+    sigmas = {
+        k: choose_sigma(preds, folds, [j for j in c_keys if j != k] if k in C_SECTIONS else c_keys)
+        for k in preds
+    }
+    return {k: contextual(preds[k], folds[k], sigmas[k]) for k in preds}, sigmas
+
+
+def on_off(
+    base: Method, other: Method, n_boot: int = N_BOOT, context: bool = False
+) -> dict[str, Any] | None:
+    """``other − base`` on the sections both have fold runs for (``None`` if none): per
+    setting (LOSO-C over the C sections, ``A1`` for the C2–C6 → A1 fold) and label kind, each
+    one's PCC-ALL with its interval and the paired difference (ties called ties). The record
+    of a technique measured on/off (``models.auxiliary_genes``, ``models.encoder_variants``).
+
+    With ``context``, also settings ``loso_C_ctx`` and ``A1_ctx``: each method's predictions
+    through its own Gaussian kernel, σ chosen nested as the protocol chooses it
+    (:func:`nested_context`)."""
+    sections = [
+        k
+        for k in (*C_SECTIONS, TEST_SECTION)
+        if fold_path(base.fold_method, k).is_file() and fold_path(other.fold_method, k).is_file()
+    ]
+    if not sections:
+        return None
+    data = load_her2st(TILE_PX, TILE_UM, names=sections)
+    folds: dict[str, Fold] = {}
+    preds: dict[str, dict[str, NDArray]] = {"base": {}, "other": {}}
+    for k in sections:
+        genes, p_base = load_fold_prediction(base, k)
+        genes_other, p_other = load_fold_prediction(other, k)
+        if genes != genes_other:
+            raise ValueError(f"{base.key} and {other.key} {k}: the runs' gene panels differ")
+        index = (*C_SECTIONS, TEST_SECTION).index(k)
+        folds[k] = make_fold(data[k], genes, index, n_boot)
+        preds["base"][k], preds["other"][k] = p_base, p_other
+    record: dict[str, Any] = {
+        "sections": sections,
+        "n_boot": n_boot,
+        "resolution_um_per_px": {k: round(data[k].mpp, 3) for k in sections},
+    }
+    settings = [("loso_C", C_SECTIONS, preds), ("A1", (TEST_SECTION,), preds)]
+    if context:
+        ctx = {key: nested_context(p, folds) for key, p in preds.items()}
+        record["context_sigma_um"] = {key: c[1] for key, c in ctx.items()}
+        ctx_preds = {key: c[0] for key, c in ctx.items()}
+        settings += [("loso_C_ctx", C_SECTIONS, ctx_preds), ("A1_ctx", (TEST_SECTION,), ctx_preds)]
+    for setting, wanted, by in settings:
+        keys = [k for k in sections if k in wanted]
+        for kind in LABEL_KINDS if keys else ():
+            b = section_scores({k: by["base"][k] for k in keys}, folds, kind)
+            o = section_scores({k: by["other"][k] for k in keys}, folds, kind)
+            record[f"{setting}_{kind}"] = {
+                "base": summarise(*b),
+                "other": summarise(*o),
+                "other_minus_base": difference(o[0], boots=o[1], other=b),
+                "sections": keys,
+            }
+    return record
+
+
 def choose_sigma(
     preds: dict[str, NDArray], folds: dict[str, Fold], sections: Sequence[str]
 ) -> float | None:

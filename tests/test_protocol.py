@@ -190,7 +190,7 @@ def test_protocol_headline_ridge_colour_on_a1_is_reproduced_from_the_data() -> N
 #: in a cell, or "| +0.002 | [-0.003, +0.006] | tie |" in protocol.md's paired table.
 _DIFF_CELL = re.compile(r"([+-]\d+\.\d+) \[([+-]\d+\.\d+), ([+-]\d+\.\d+)\]( \(tie\)| \| tie \|)?")
 _DIFF_ROW = re.compile(r"\| ([+-]\d+\.\d+) \| \[([+-]\d+\.\d+), ([+-]\d+\.\d+)\] \| (\w+) \|")
-GENERATED_TABLES = ("protocol.md", "context_stage.md", "auxiliary_genes.md")
+GENERATED_TABLES = ("protocol.md", "context_stage.md", "auxiliary_genes.md", "encoder_variants.md")
 
 
 @pytest.mark.parametrize("name", GENERATED_TABLES)
@@ -207,7 +207,7 @@ def test_results_tables_state_each_test_sets_resolution_and_call_ties_ties(name:
             lo, hi = float(diff[2]), float(diff[3])
             said = diff[4] is not None and "tie" in diff[4]
             rest = line[diff.end() :].split("|")
-            # auxiliary_genes.md gives the verdict in the next column
+            # auxiliary_genes.md and encoder_variants.md give the verdict in the next column
             said = said or (len(rest) > 1 and rest[1].strip() == "tie")
             found += 1
             if lo < 0 < hi:  # as printed; an end that rounds to 0 can go either way
@@ -227,3 +227,47 @@ def test_the_registry_default_is_the_model_the_protocol_recommends() -> None:
     chosen = json.loads(PROTOCOL_JSON.read_text())["default"]["model"]
     onnx_file = next(m.onnx for m in METHODS if m.name == chosen)
     assert onnx_file == f"{DEFAULT_MODEL_NAME}.onnx"
+
+
+def test_on_off_pairs_a_technique_with_its_base_and_calls_no_difference_a_tie(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``on_off`` (a technique measured on/off): the run that predicts the labels beats a noisy
+    one on the sections both have, and a run against itself is a tie of exactly 0."""
+    _her2st()
+    import models.folds
+    from models.evaluate import TILE_PX, TILE_UM
+    from models.protocol import Method, on_off
+    from models.workshop.data import load_her2st
+
+    monkeypatch.setattr(models.folds, "FOLD_CACHE", tmp_path)
+    rng = np.random.default_rng(0)
+    for name, section in load_her2st(TILE_PX, TILE_UM, names=["C3", "A1"]).items():
+        genes = list(section.measured.genes[:30])
+        truth = section.targets(genes)
+        noisy = truth + rng.normal(scale=3.0, size=truth.shape)  # synthetic predictions
+        for method, pred in (("truth", truth), ("noisy", noisy)):
+            np.savez(tmp_path / f"{method}__{name}.npz", genes=np.array(genes), pred=pred)
+    noisy, truth = Method("noisy", "", "noisy"), Method("truth", "", "truth")
+    assert on_off(noisy, Method("absent", "", "absent")) is None
+    record = on_off(noisy, truth, n_boot=50)
+    assert record is not None and record["sections"] == ["C3", "A1"]
+    for key in ("loso_C_raw", "loso_C_smoothed_3x3", "A1_raw", "A1_smoothed_3x3"):
+        assert record[key]["other_minus_base"]["verdict"] == "a", key
+    assert record["loso_C_raw"]["other"]["value"] == pytest.approx(1.0, abs=1e-3)
+    with_context = on_off(noisy, truth, n_boot=50, context=True)
+    assert with_context is not None
+    assert with_context["A1_raw"] == record["A1_raw"]  # the per-tile rows are unchanged
+    # C3 is the only C section: nothing else to choose its kernel on, so none; A1's is chosen
+    # on C3 (and smoothing noisy predictions helps them)
+    assert with_context["context_sigma_um"]["base"]["C3"] is None
+    assert with_context["context_sigma_um"]["base"]["A1"] is not None
+    assert with_context["loso_C_ctx_raw"]["base"] == record["loso_C_raw"]["base"]
+    assert "A1_ctx_smoothed_3x3" in with_context
+    itself = on_off(noisy, noisy, n_boot=50)
+    assert itself is not None
+    assert itself["A1_raw"]["other_minus_base"] == {
+        "difference": 0.0,
+        "ci95": [0.0, 0.0],
+        "verdict": "tie",
+    }

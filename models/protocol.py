@@ -1,11 +1,12 @@
 """The evaluation protocol that can tell models apart (issue 19): intervals, resolution,
 pathologist labels, and the spot-context kernel chosen on patient C only.
 
+    python -m models.feature_context extract --methods dkan            # DKAN-style's fold
+    #   runs and features from one training per fold (it writes the missing fold caches)
     python -m models.folds --methods mean ridge_colour ridge_colour_per_slide \
-        nsl_light_ridgehead dkan stem                                  # first: the fold runs
-    python -m models.feature_context extract --methods dkan            # then the combined
-    python -m models.ensemble extract && python -m models.ensemble folds   # models' fold runs
-    python -m models.frozen_encoder extract && python -m models.frozen_encoder folds
+        nsl_light_ridgehead dkan stem                                  # the other fold runs
+    python -m models.ensemble extract && python -m models.ensemble folds   # the combined
+    python -m models.frozen_encoder extract && python -m models.frozen_encoder folds  # models'
     python -m models.protocol --json models/results/protocol.json --markdown models/results/protocol.md
 
 What each number is (HER2ST legacy ST, 100 µm spots, 200 µm pitch; PCC-ALL = mean per-gene

@@ -4,6 +4,8 @@ reads the held-out section's labels, and edge/isolated spots fall back to their 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -166,3 +168,32 @@ def test_own_only_head_is_the_colour_ridge_baseline_on_real_her2st() -> None:
     np.testing.assert_allclose(
         head.predict(held.design(head.setting)), baseline.predict(test.tiles), atol=1e-5
     )
+
+
+def test_extracting_features_writes_the_fold_cache_run_fold_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One training per fold serves both: ``extract`` writes the fold cache where it is missing,
+    the same as ``python -m models.folds`` writes (real HER2ST, fold C3, the colour ridge), and
+    leaves an existing one alone."""
+    import models.feature_context as fc
+    import models.folds as folds
+    from her2st import workshop_data
+    from models.evaluate import TILE_PX, TILE_UM
+
+    data = workshop_data()
+    sections = data.load_her2st(TILE_PX, TILE_UM)
+    root = tmp_path
+    monkeypatch.setattr(fc, "FEATURE_CACHE", root / "features")
+    monkeypatch.setattr(folds, "FOLD_CACHE", root / "by_extract")
+    fc.extract("ridge_colour", "C3", sections)
+    by_extract = np.load(folds.fold_path("ridge_colour", "C3"))
+    monkeypatch.setattr(folds, "FOLD_CACHE", root / "by_folds")
+    by_folds = np.load(folds.run_fold("ridge_colour", "C3", sections))
+    for key in ("genes", "pred", "pred_lowres", "tile_px"):
+        np.testing.assert_array_equal(by_extract[key], by_folds[key], err_msg=key)
+    # an existing fold cache is never rewritten by an extraction
+    before = folds.fold_path("ridge_colour", "C3").stat().st_mtime_ns
+    fc.extract("ridge_colour", "C3", sections)
+    assert folds.fold_path("ridge_colour", "C3").stat().st_mtime_ns == before
+    assert fc.reproduction("ridge_colour", "C3") == 0.0

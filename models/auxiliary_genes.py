@@ -23,8 +23,8 @@ from models.protocol import (
     LABEL_KINDS,
     N_BOOT,
     Method,
-    cell_text,
     on_off,
+    on_off_cells,
     test_sets_text,
 )
 
@@ -77,13 +77,9 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
                 r = rec.get(f"{setting}_{kind}")
                 if r is None:
                     continue
-                d = r["aux_minus_without"]
-                verdict = {"a": "helps", "b": "hurts", "tie": "tie"}[d["verdict"]]
                 lines.append(
                     f"| {rec['family']} | {setting} ({', '.join(r['sections'])}) | {kind} | "
-                    f"{cell_text(r['without'])} | {cell_text(r['with_aux'])} | "
-                    f"{d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
-                    f"{verdict} |"
+                    + on_off_cells(r["without"], r["with_aux"], r["aux_minus_without"])
                 )
     return "\n".join(lines) + "\n"
 

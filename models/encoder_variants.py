@@ -175,7 +175,7 @@ def build(variant: str, out: Path) -> Path:
 
 
 def markdown(records: Sequence[dict[str, Any]], chosen: dict[str, Any]) -> str:
-    from models.protocol import LABEL_KINDS, cell_text, test_sets_text
+    from models.protocol import LABEL_KINDS, on_off_cells, test_sets_text
 
     lines = [
         "# The frozen encoder's features, on/off (issue 19 item 4)",
@@ -200,13 +200,9 @@ def markdown(records: Sequence[dict[str, Any]], chosen: dict[str, Any]) -> str:
                 r = rec.get(f"{setting}_{kind}")
                 if r is None:
                     continue
-                d = r["other_minus_base"]
-                verdict = {"a": "helps", "b": "hurts", "tie": "tie"}[d["verdict"]]
                 lines.append(
                     f"| {rec['variant']} | {rec['method']} | {setting} | {kind} | "
-                    f"{cell_text(r['base'])} | {cell_text(r['other'])} | "
-                    f"{d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
-                    f"{verdict} |"
+                    + on_off_cells(r["base"], r["other"], r["other_minus_base"])
                 )
     lines += ["", "Choices on all of C (what A1 and a shipped file would get):", ""]
     lines += [f"- {name}: {value}" for name, value in chosen.items()]

@@ -777,6 +777,17 @@ def cell_text(rec: dict[str, Any] | None) -> str:
     return f"{rec['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def on_off_cells(base: dict[str, Any], other: dict[str, Any], diff: dict[str, Any]) -> str:
+    """The last cells of a row of an on/off table (:func:`on_off`): both scores with their
+    intervals, the paired difference with its interval, and the verdict (helps, hurts, tie)."""
+    verdict = {"a": "helps", "b": "hurts", "tie": "tie"}[diff["verdict"]]
+    lo, hi = diff["ci95"]
+    return (
+        f"{cell_text(base)} | {cell_text(other)} | "
+        f"{diff['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {verdict} |"
+    )
+
+
 def _diff(d: dict[str, Any]) -> str:
     lo, hi = d["ci95"]
     tag = " (tie)" if d["verdict"] == "tie" else ""

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from graphs import expression_of
 from models import encoder_variants as ev
 from models import frozen_encoder as fe
 
@@ -98,19 +99,12 @@ def test_the_multilayer_graph_computes_the_head_on_the_features_it_was_fitted_on
     ``multilayer_means`` (stage means, then the last map's), the order the fold runs'
     ``loader("multilayer")`` concatenates the cached features in."""
     import onnx
-    import onnxruntime as ort
     import torch
 
     from models.ensemble import pool_tiles
     from models.feature_context import Head, Setting
     from models.protocol import BUNDLED
     from napari_virtual_st.contract import read_metadata
-
-    def run(model: onnx.ModelProto, tiles: np.ndarray) -> np.ndarray:
-        session = ort.InferenceSession(
-            model.SerializeToString(), providers=["CPUExecutionProvider"]
-        )
-        return session.run(["expression"], {"image": tiles})[0]
 
     rng = np.random.default_rng(3)
     tiles = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)  # synthetic
@@ -131,9 +125,9 @@ def test_the_multilayer_graph_computes_the_head_on_the_features_it_was_fitted_on
         rng.normal(size=len(genes)) + 2.0,
     )
     encoder_head = fe.export_encoder_head(head, genes, 32, tiles, ev.multilayer_means)
-    got = run(fe.combined_graph(nsl, encoder_head, 0.6, 32), tiles)
+    got = expression_of(fe.combined_graph(nsl, encoder_head, 0.6, 32), tiles)
     head_values = np.maximum(head.predict(both.astype(np.float64)[:, None, :]), 0.0)
-    want = fe.combine(run(nsl, pool_tiles(tiles, 2)), head_values, 0.6)
+    want = fe.combine(expression_of(nsl, pool_tiles(tiles, 2)), head_values, 0.6)
     np.testing.assert_allclose(got, want, atol=1e-3)
     with pytest.raises(ValueError, match="per-slide standardisation needs every tile"):
         ev.build("per_slide", Path("never.onnx"))

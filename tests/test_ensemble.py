@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
+from graphs import expression_of
 from models import ensemble
 from models.feature_context import Head, Setting
 from napari_virtual_st.predictor import Predictor
 from recorded_metrics import assert_file_reproduces_its_recorded_metrics
-
-
-def _run(model: onnx.ModelProto, tiles: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(["expression"], {"image": tiles})[0]
 
 
 def test_pool_tiles_averages_each_block_and_rounds_half_to_even() -> None:
@@ -52,15 +47,15 @@ def test_combined_graph_equals_nsl_on_pooled_tiles_plus_the_per_gene_head_on_dka
         rng.normal(size=genes) + 2.0,
     )
     model = ensemble.combined_graph(nsl, dkan, head, weight=0.3)
-    got = _run(model, tiles)
-    nsl_values = _run(nsl, ensemble.pool_tiles(tiles))
+    got = expression_of(model, tiles)
+    nsl_values = expression_of(nsl, ensemble.pool_tiles(tiles))
     dkan_values = head.predict(ensemble.shipped_dkan_features(tiles).astype(np.float64))
     want = ensemble.combine(nsl_values, dkan_values, 0.3)
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert got.min() >= 0.0  # clamped in the graph
     # weight 0 is NSL alone on the pooled tile
     np.testing.assert_allclose(
-        _run(ensemble.combined_graph(nsl, dkan, head, weight=0.0), tiles),
+        expression_of(ensemble.combined_graph(nsl, dkan, head, weight=0.0), tiles),
         np.maximum(nsl_values, 0.0),
         atol=1e-5,
     )

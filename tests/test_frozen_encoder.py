@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from graphs import expression_of
 from models import frozen_encoder as fe
 from recorded_metrics import assert_file_reproduces_its_recorded_metrics
 
@@ -74,18 +75,11 @@ def test_fold_runs_name_what_is_missing(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_combined_graph_equals_nsl_on_pooled_tiles_plus_the_head_on_encoder_features() -> None:
     import onnx
-    import onnxruntime as ort
 
     from models.ensemble import pool_tiles
     from models.feature_context import Head, Setting
     from models.protocol import BUNDLED
     from napari_virtual_st.contract import read_metadata
-
-    def run(model: onnx.ModelProto, tiles: np.ndarray) -> np.ndarray:
-        session = ort.InferenceSession(
-            model.SerializeToString(), providers=["CPUExecutionProvider"]
-        )
-        return session.run(["expression"], {"image": tiles})[0]
 
     rng = np.random.default_rng(2)
     tiles = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)  # synthetic
@@ -98,11 +92,11 @@ def test_combined_graph_equals_nsl_on_pooled_tiles_plus_the_head_on_encoder_feat
         rng.normal(size=len(genes)) + 2.0,
     )
     model = fe.combined_graph(nsl, fe.export_encoder_head(head, genes, 32, tiles), 0.6, 32)
-    got = run(model, tiles)
+    got = expression_of(model, tiles)
     features = fe.encode(fe.encoder(), tiles).astype(np.float64)[:, None, :]
     # the head's values are clamped at 0 before the mix, as in the fold runs (predict_head)
     head_values = np.maximum(head.predict(features), 0.0)
-    want = fe.combine(run(nsl, pool_tiles(tiles, 2)), head_values, 0.6)
+    want = fe.combine(expression_of(nsl, pool_tiles(tiles, 2)), head_values, 0.6)
     np.testing.assert_allclose(got, want, atol=1e-3)
     assert got.min() >= 0.0  # clamped in the graph
     floats = set(fe.int8_float_nodes(model))

@@ -153,7 +153,9 @@ def score(variants: Sequence[str]) -> list[dict[str, Any]]:
 def build(variant: str, out: Path) -> Path:
     """Write ``variant``'s combined model to ``out`` (not a shipped file): the head fitted on
     all of C, tile size and NSL share as its fold runs chose them on all of C
-    (``results/encoder_variants.json``), through :func:`models.frozen_encoder.build`."""
+    (``results/encoder_variants.json``), through :func:`models.frozen_encoder.build`. Needs
+    no fold run: the features it reads are extracted first where they are not cached (~2
+    min), so the candidate can be built and blind-tested from a fresh checkout."""
     from models.workshop.data import load_her2st
 
     if variant not in BUILDABLE:
@@ -164,6 +166,8 @@ def build(variant: str, out: Path) -> Path:
     chosen = json.loads((RESULTS / "encoder_variants.json").read_text())["chosen_on_all_C"]
     px, weight = chosen[method_names(variant)[1]]
     sections = load_her2st(fe.NSL_TILE_PX, TILE_UM)
+    fe.extract_features(sections, int(px))  # the head's inputs, where not cached yet
+    extract_stages(sections, int(px))
     text = (
         f"spatial means of the stage outputs at blocks {', '.join(map(str, STAGE_ENDS))} "
         f"({STAGE_CHANNELS}) and of the last feature map (1280)"

@@ -21,6 +21,11 @@ the shipped method's own fold runs (``lite0``, ``nsl_lite0``) under the protocol
   strides 8, 16 and 32 (40, 112 and 320 channels) beside the last map (1280): texture at
   cell scale next to the last layer's ImageNet semantics (:data:`STAGE_ENDS`).
 - ``multilayer_per_slide``: both.
+- ``stain_normalised``: stain normalisation in image space instead (Reinhard 2001): each
+  section's tiles mapped in CIELAB from that section's own mean and standard deviation to
+  those of patient C's sections (their mean; images only, no label), before the encoder.
+  NSL's branch reads the tiles as they are (its stain deconvolution is its own
+  normalisation). Per section, so it needs slide statistics in the engine too.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: at block 15 (320 ch, stride 32)).
 STAGE_ENDS = (4, 10, 15)
 STAGE_CHANNELS = 40 + 112 + 320
-VARIANTS = ("per_slide", "multilayer", "multilayer_per_slide")
+VARIANTS = ("per_slide", "multilayer", "multilayer_per_slide", "stain_normalised")
 #: Variants a per-tile graph can compute (per-slide standardisation needs slide statistics,
 #: which the engine does not hold).
 BUILDABLE = ("multilayer",)
@@ -102,6 +107,55 @@ def extract_stages(sections: dict[str, SectionData], px: int) -> None:
         tmp.replace(stages_path(name, px))
 
 
+def lab_statistics(tiles: NDArray[np.uint8]) -> NDArray[np.float64]:
+    """``(2, 3)``: the mean and standard deviation of each CIELAB channel over every pixel of
+    a section's ``(n, s, s, 3)`` tiles."""
+    from skimage.color import rgb2lab
+
+    lab = rgb2lab(tiles).reshape(-1, 3)
+    return np.stack([lab.mean(axis=0), lab.std(axis=0)])
+
+
+def reinhard(
+    tiles: NDArray[np.uint8], source: NDArray[np.float64], target: NDArray[np.float64]
+) -> NDArray[np.uint8]:
+    """``tiles`` with each CIELAB channel mapped from the ``source`` statistics to the
+    ``target`` ones (:func:`lab_statistics`), back in RGB (Reinhard et al. 2001)."""
+    from skimage.color import lab2rgb, rgb2lab
+
+    if len(tiles) == 0:
+        return tiles
+    scale = target[1] / np.maximum(source[1], 1e-6)
+    lab = (rgb2lab(tiles) - source[0]) * scale + target[0]
+    return np.clip(np.rint(lab2rgb(lab) * 255.0), 0, 255).astype(np.uint8)
+
+
+def stain_path(name: str, px: int) -> Path:
+    return fe.ENCODER_CACHE / f"stain_normalised_{name}_{px}px.npz"
+
+
+def extract_stain_normalised(sections: dict[str, SectionData], px: int) -> None:
+    """Encoder features of every section's tiles stain-normalised (:func:`reinhard`) to the
+    mean statistics of the C sections, full resolution and degraded to A1's µm/px."""
+    from models.evaluate import C_SECTIONS
+
+    if all(stain_path(name, px).is_file() for name in sections):
+        return
+    stats = {name: lab_statistics(fe.tiles_at(name, px)) for name in sections}
+    target = np.mean([stats[k] for k in C_SECTIONS], axis=0)
+    net = fe.encoder()
+    low_mpp = sections[TEST_SECTION].mpp
+    for name in sections:
+        if stain_path(name, px).is_file():
+            continue
+        tiles = reinhard(fe.tiles_at(name, px), stats[name], target)
+        feat = fe.encode(net, tiles)
+        feat_low = fe.encode(net, degrade(tiles, TILE_UM, low_mpp))
+        tmp = stain_path(name, px).with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, feat=feat, feat_low=feat_low, lab_statistics=stats[name])
+        tmp.replace(stain_path(name, px))
+
+
 def standardise_per_slide(features: NDArray) -> NDArray[np.float64]:
     """Each feature z-scored over the slide's own spots (a constant feature becomes 0)."""
     x = np.asarray(features, np.float64)
@@ -115,6 +169,14 @@ def loader(variant: str) -> fe.FeatureLoader:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
 
     def load(name: str, px: int, low: bool) -> NDArray:
+        if variant == "stain_normalised":
+            if not stain_path(name, px).is_file():
+                raise FileNotFoundError(
+                    f"missing {stain_path(name, px).name}: run "
+                    "python -m models.encoder_variants extract first"
+                )
+            with np.load(stain_path(name, px)) as z:
+                return np.asarray(z["feat_low" if low else "feat"])
         feat = fe.cached_features(name, px, low)
         if variant.startswith("multilayer"):
             if not stages_path(name, px).is_file():
@@ -160,7 +222,7 @@ def build(variant: str, out: Path) -> Path:
 
     if variant not in BUILDABLE:
         raise ValueError(
-            f"{variant!r} cannot be one graph: per-slide standardisation needs every tile of "
+            f"{variant!r} cannot be one graph: its per-slide statistics need every tile of "
             f"a slide first; buildable: {', '.join(BUILDABLE)}"
         )
     chosen = json.loads((RESULTS / "encoder_variants.json").read_text())["chosen_on_all_C"]
@@ -244,7 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for px in fe.TILE_SIZES:
             start = time.perf_counter()
             extract_stages(sections, px)
-            print(f"stage features at {px} px ({time.perf_counter() - start:.0f} s)", flush=True)
+            extract_stain_normalised(sections, px)
+            print(f"stage and stain-normalised features at {px} px "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
         return 0
     earlier = json.loads(path.read_text()) if path.is_file() else {}
     chosen = earlier.get("chosen_on_all_C", {})

@@ -129,5 +129,33 @@ def test_the_multilayer_graph_computes_the_head_on_the_features_it_was_fitted_on
     head_values = np.maximum(head.predict(both.astype(np.float64)[:, None, :]), 0.0)
     want = fe.combine(expression_of(nsl, pool_tiles(tiles, 2)), head_values, 0.6)
     np.testing.assert_allclose(got, want, atol=1e-3)
-    with pytest.raises(ValueError, match="per-slide standardisation needs every tile"):
+    with pytest.raises(ValueError, match="per-slide statistics need every tile"):
         ev.build("per_slide", Path("never.onnx"))
+
+
+def test_reinhard_moves_a_sections_colour_statistics_to_the_target() -> None:
+    rng = np.random.default_rng(4)
+    # synthetic pink-purple tiles, and the same scanned paler and bluer
+    base = np.array([190.0, 120.0, 170.0])
+    tiles = np.clip(base + rng.normal(0, 20, (6, 24, 24, 3)), 0, 255).astype(np.uint8)
+    paler = np.clip(tiles * 0.8 + np.array([40.0, 50.0, 70.0]), 0, 255).astype(np.uint8)
+    own = ev.lab_statistics(tiles)
+    # mapped onto its own statistics a section is unchanged (up to rounding through CIELAB)
+    same = ev.reinhard(tiles, own, own)
+    assert np.abs(same.astype(int) - tiles.astype(int)).max() <= 1
+    moved = ev.reinhard(paler, ev.lab_statistics(paler), own)
+    np.testing.assert_allclose(ev.lab_statistics(moved), own, atol=1.0)
+    assert np.abs(ev.lab_statistics(paler) - own).max() > 5.0  # it did have to move
+    assert ev.reinhard(tiles[:0], own, own).shape == (0, 24, 24, 3)
+
+
+def test_the_stain_normalised_variant_reads_its_own_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fe, "ENCODER_CACHE", tmp_path)
+    _write_caches(tmp_path, "C9", 160)
+    with pytest.raises(FileNotFoundError, match=r"stain_normalised_C9_160px\.npz.*extract"):
+        ev.loader("stain_normalised")("C9", 160, False)
+    normalised = np.full((6, 1280), 0.5, np.float32)  # synthetic
+    np.savez(ev.stain_path("C9", 160), feat=normalised, feat_low=normalised + 1)
+    np.testing.assert_allclose(ev.loader("stain_normalised")("C9", 160, True), normalised + 1)

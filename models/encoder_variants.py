@@ -1,7 +1,7 @@
 """The frozen encoder's features, varied and measured on/off (issue 19 item 4).
 
     python -m models.frozen_encoder extract     # first: the shipped features; NSL per fold
-    python -m models.encoder_variants extract   # the multi-layer features of every section
+    python -m models.encoder_variants extract   # stage and stain-normalised features
     python -m models.encoder_variants folds     # -> fold caches lite0_<v>__*, nsl_lite0_<v>__*
     python -m models.encoder_variants score     # -> results/encoder_variants.json, .md
     python -m models.encoder_variants build --variants multilayer --out FILE.onnx
@@ -52,8 +52,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 STAGE_ENDS = (4, 10, 15)
 STAGE_CHANNELS = 40 + 112 + 320
 VARIANTS = ("per_slide", "multilayer", "multilayer_per_slide", "stain_normalised")
-#: Variants a per-tile graph can compute (per-slide standardisation needs slide statistics,
-#: which the engine does not hold).
+#: Variants a per-tile graph can compute (per-slide standardisation and stain normalisation
+#: need slide statistics, which the engine does not hold).
 BUILDABLE = ("multilayer",)
 
 

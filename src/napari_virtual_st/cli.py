@@ -396,9 +396,23 @@ def _model_row(model: BundledModel) -> dict[str, Any]:
             license=info.metadata.get("license"),
             values=info.values_description,
             context=None if info.context is None else info.context.as_dict(),
+            precision_auto=_auto_precision(model.path),
         )
     row["terms"] = BUNDLED_MODEL_TERMS
     return row
+
+
+def _auto_precision(path: Path) -> dict[str, str]:
+    """What ``--precision auto`` runs for a bundled model, and why (its recorded int8 gate);
+    never quantises anything."""
+    from napari_virtual_st.errors import VirtualSTError
+    from napari_virtual_st.precision import choose_model
+
+    try:
+        choice = choose_model(path, "auto")
+    except VirtualSTError as exc:  # unreadable gates or variant: auto would say the same
+        return {"runs": "fp32", "reason": str(exc)}
+    return {"runs": choice.precision, "reason": choice.reason}
 
 
 def _print_model_row(row: dict[str, Any]) -> None:
@@ -412,6 +426,7 @@ def _print_model_row(row: dict[str, Any]) -> None:
         f"outputs {', '.join(row['outputs'])}, target {row['target']}"
     )
     print(f"    values: {row['values']}")
+    print(f"    --precision auto: {row['precision_auto']['reason']}")
     metrics = row.get("metrics") or {}
     raw = metrics.get("raw", {}) if isinstance(metrics, dict) else {}
     if "PCC-ALL" in raw:

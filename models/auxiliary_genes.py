@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from models.protocol import (
-    LABEL_KINDS,
     N_BOOT,
     Method,
     on_off,
     on_off_cells,
+    on_off_rows,
     test_sets_text,
 )
 
@@ -72,15 +72,11 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for rec in records:
-        for setting in ("loso_C", "A1"):
-            for kind in LABEL_KINDS:
-                r = rec.get(f"{setting}_{kind}")
-                if r is None:
-                    continue
-                lines.append(
-                    f"| {rec['family']} | {setting} ({', '.join(r['sections'])}) | {kind} | "
-                    + on_off_cells(r["without"], r["with_aux"], r["aux_minus_without"])
-                )
+        for setting, kind, r in on_off_rows(rec, ("loso_C", "A1")):
+            lines.append(
+                f"| {rec['family']} | {setting} ({', '.join(r['sections'])}) | {kind} | "
+                + on_off_cells(r["without"], r["with_aux"], r["aux_minus_without"])
+            )
     return "\n".join(lines) + "\n"
 
 

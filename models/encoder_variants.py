@@ -241,7 +241,7 @@ def build(variant: str, out: Path) -> Path:
 
 
 def markdown(records: Sequence[dict[str, Any]], chosen: dict[str, Any]) -> str:
-    from models.protocol import LABEL_KINDS, on_off_cells, test_sets_text
+    from models.protocol import on_off_cells, on_off_rows, test_sets_text
 
     lines = [
         "# The frozen encoder's features, on/off (issue 19 item 4)",
@@ -261,15 +261,11 @@ def markdown(records: Sequence[dict[str, Any]], chosen: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for rec in records:
-        for setting in ("loso_C", "A1", "loso_C_ctx", "A1_ctx"):
-            for kind in LABEL_KINDS:
-                r = rec.get(f"{setting}_{kind}")
-                if r is None:
-                    continue
-                lines.append(
-                    f"| {rec['variant']} | {rec['method']} | {setting} | {kind} | "
-                    + on_off_cells(r["base"], r["other"], r["other_minus_base"])
-                )
+        for setting, kind, r in on_off_rows(rec, ("loso_C", "A1", "loso_C_ctx", "A1_ctx")):
+            lines.append(
+                f"| {rec['variant']} | {rec['method']} | {setting} | {kind} | "
+                + on_off_cells(r["base"], r["other"], r["other_minus_base"])
+            )
     lines += ["", "Choices on all of C (what A1 and a shipped file would get):", ""]
     lines += [f"- {name}: {value}" for name, value in chosen.items()]
     return "\n".join(lines) + "\n"

@@ -46,7 +46,7 @@ import argparse
 import csv
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -775,6 +775,18 @@ def cell_text(rec: dict[str, Any] | None) -> str:
         return "not run"
     lo, hi = rec["ci95"]
     return f"{rec['value']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def on_off_rows(
+    record: dict[str, Any], settings: Sequence[str]
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """``(setting, label kind, entry)`` of an :func:`on_off` record, in the order of
+    ``settings`` then :data:`LABEL_KINDS`, for the settings the record has."""
+    for setting in settings:
+        for kind in LABEL_KINDS:
+            entry = record.get(f"{setting}_{kind}")
+            if entry is not None:
+                yield setting, kind, entry
 
 
 def on_off_cells(base: dict[str, Any], other: dict[str, Any], diff: dict[str, Any]) -> str:

@@ -386,3 +386,22 @@ def test_without_bundled_models_a_users_own_model_does_everything(
     demo = tmp_path / "demo"
     assert main(["demo", "--model", str(model), "--out", str(demo), "--quiet"]) == 0
     assert list(demo.glob("*.png"))
+
+
+def test_models_says_when_auto_precision_would_be_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model whose precision cannot be chosen is still listed, with the refusal a run
+    would print, and never claims to run in fp32."""
+    from napari_virtual_st import precision
+    from napari_virtual_st.errors import ModelError
+
+    def refuse(path: Path, requested: str = "fp32", **_: object) -> None:
+        raise ModelError(f"{Path(path).name}: its int8 variant is damaged")
+
+    monkeypatch.setattr(precision, "choose_model", refuse)
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all(row["precision_auto"]["runs"] is None for row in rows)
+    assert rows[0]["precision_auto"]["reason"].startswith("refused: ")
+    assert "its int8 variant is damaged" in rows[0]["precision_auto"]["reason"]

@@ -402,16 +402,17 @@ def _model_row(model: BundledModel) -> dict[str, Any]:
     return row
 
 
-def _auto_precision(path: Path) -> dict[str, str]:
+def _auto_precision(path: Path) -> dict[str, str | None]:
     """What ``--precision auto`` runs for a bundled model, and why (its recorded int8 gate);
-    never quantises anything."""
+    never quantises anything. Where ``auto`` would be refused (e.g. an unreadable gates
+    index), ``runs`` is ``None`` and the reason is the refusal a run would print."""
     from napari_virtual_st.errors import VirtualSTError
     from napari_virtual_st.precision import choose_model
 
     try:
         choice = choose_model(path, "auto")
-    except VirtualSTError as exc:  # unreadable gates or variant: auto would say the same
-        return {"runs": "fp32", "reason": str(exc)}
+    except VirtualSTError as exc:
+        return {"runs": None, "reason": f"refused: {exc}"}
     return {"runs": choice.precision, "reason": choice.reason}
 
 

@@ -555,7 +555,8 @@ def _fused_float_nodes(
     name (``MatMul`` + ``Add`` → ``Gemm`` named ``…/MatMulAddFusion``), which an exclusion
     by name misses, and the fused node was quantised, e.g. a ridge head's product and its
     output (``nsl_lite0_her2st``: median per-gene r with fp32 0.96 on C6 whatever else
-    stayed float; 0.997 once the head stayed float). A node that carries a weight (initializer) of a node kept float stays float."""
+    stayed float; 0.997 once the head stayed float). A node that carries a weight
+    (initializer) of a node kept float stays float."""
     wanted = set(keep_float)
     inits = {i.name for i in source.graph.initializer}
     weights = {i for n in source.graph.node if n.name in wanted for i in n.input if i in inits}

@@ -284,7 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "build":
         if args.out is None or len(args.variants) != 1:
             parser.error("build needs one --variants and --out")
-        print(build(args.variants[0], args.out))
+        from models.evaluate import evaluate_onnx
+
+        out = build(args.variants[0], args.out)
+        raw = evaluate_onnx(out)["raw"]  # the file itself on A1, per tile (no context)
+        print(f"{out}: A1 PCC-ALL per tile {raw['PCC-ALL']:.4f} (raw labels)")
         return 0
     path = RESULTS / "encoder_variants.json"
     if args.command == "score":

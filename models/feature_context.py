@@ -71,7 +71,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from models.evaluate import C_SECTIONS, N_GENES, TEST_SECTION, TILE_PX, TILE_UM, make_method
-from models.folds import FOLD_CACHE, FOLDS, fold_path, save_fold, split
+from models.folds import FOLD_CACHE, FOLDS, degrade, fold_path, save_fold, split
 from models.workshop.data import CACHE, SectionData, gene_panel, load_her2st
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +114,9 @@ def extract(method: str, fold: str, sections: dict[str, SectionData]) -> Path:
     """Train ``method`` for ``fold`` as ``run_fold`` does and keep every section's features.
 
     Saves ``genes``, ``pred`` (held-out predictions, to compare with the fold cache),
-    ``sections`` (names, training ones first, the held-out one last) and ``feat_<name>``.
+    ``sections`` (names, training ones first, the held-out one last) and ``feat_<name>``; for
+    DKAN-style on a C fold also ``feat_low_<name>``, the held-out tiles degraded to A1's µm/px
+    (what ``models.ensemble`` needs, so it does not train DKAN-style again).
     Where the fold cache of ``method`` is missing, it is written from this training too
     (``models.folds.save_fold``), so ``python -m models.folds`` finds it done: one DKAN-style
     training per fold instead of two.
@@ -136,6 +138,9 @@ def extract(method: str, fold: str, sections: dict[str, SectionData]) -> Path:
 
         names = [s.name for s in train] + [test.name]
         feats = {f"feat_{s.name}": features(at_dkan_resolution(s).tiles) for s in [*train, test]}
+        if fold != TEST_SECTION:  # the resolution check's tiles, read by models.ensemble
+            low = degrade(at_dkan_resolution(test).tiles, TILE_UM, sections[TEST_SECTION].mpp)
+            feats[f"feat_low_{test.name}"] = features(low)
         return _save(method, fold, genes, pred, names, seconds, feats)
     pred = np.asarray(fitted.predict(test.tiles), np.float32)
     if method.startswith("nsl"):

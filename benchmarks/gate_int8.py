@@ -169,12 +169,15 @@ def gate_model(path: Path, workdir: Path, ship_dir: Path | None) -> dict:
 def write_gates_index(results: list[dict]) -> Path:
     """Every model's gate, passed or not, beside the shipped variants (what the engine
     reads to refuse int8 for a model that failed it, instead of quantising it again). Models
-    not in ``results`` (a run with ``--models``) keep their entries."""
+    not in ``results`` (a run with ``--models``) keep their entries. A variant that passed but
+    ran too slowly to ship keeps why (``not_shipped``), which ``--precision auto`` reports."""
     path = precision.shipped_int8_dir() / precision.GATES_INDEX
     index = json.loads(path.read_text()) if path.is_file() else {}
     index.update(
         {
-            r["model"]: {k: r[k] for k in ("gate", "cannot", "float_leading") if k in r}
+            r["model"]: {
+                k: r[k] for k in ("gate", "cannot", "float_leading", "not_shipped") if k in r
+            }
             for r in results
             if "gate" in r
         }

@@ -4,7 +4,8 @@
     python -m models.encoder_variants extract   # stage and stain-normalised features
     python -m models.encoder_variants folds     # -> fold caches lite0_<v>__*, nsl_lite0_<v>__*
     python -m models.encoder_variants score     # -> results/encoder_variants.json, .md
-    python -m models.encoder_variants build --variants multilayer --out FILE.onnx
+    python -m models.encoder_variants build --variants multilayer   # -> bundled_models/
+                                                # nsl_lite0_multilayer_her2st.onnx (--out FILE)
 
 Each variant changes only the head's input of ``models/frozen_encoder.py``; the tile size, the
 ridge penalty and NSL's share are chosen nested exactly as for the shipped method
@@ -55,6 +56,15 @@ VARIANTS = ("per_slide", "multilayer", "multilayer_per_slide", "stain_normalised
 #: Variants a per-tile graph can compute (per-slide standardisation and stain normalisation
 #: need slide statistics, which the engine does not hold).
 BUILDABLE = ("multilayer",)
+#: The multi-layer mix as a bundled file (``build`` without ``--out``): a candidate the
+#: protocol scores beside the other shipped files (``models.protocol.METHODS``).
+SHIPPED_NAME = "nsl_lite0_multilayer_her2st.onnx"
+NAMING = fe.FileNaming(
+    family="nsl_lite0_multilayer",
+    title="NSL + frozen EfficientNet-Lite0, multi-layer features (HER2ST)",
+    code="models/encoder_variants.py",
+    choices="models/results/encoder_variants.json",
+)
 
 
 def multilayer_means(net: Any, x: Any) -> Any:
@@ -212,12 +222,14 @@ def score(variants: Sequence[str]) -> list[dict[str, Any]]:
     return records
 
 
-def build(variant: str, out: Path) -> Path:
-    """Write ``variant``'s combined model to ``out`` (not a shipped file): the head fitted on
-    all of C, tile size and NSL share as its fold runs chose them on all of C
-    (``results/encoder_variants.json``), through :func:`models.frozen_encoder.build`. Needs
-    no fold run: the features it reads are extracted first where they are not cached (~2
-    min), so the candidate can be built and blind-tested from a fresh checkout."""
+def build(variant: str, out: Path | None = None) -> Path:
+    """Write ``variant``'s combined model to ``out`` (default: the bundled
+    :data:`SHIPPED_NAME`): the head fitted on all of C, tile size and NSL share as its fold
+    runs chose them on all of C (``results/encoder_variants.json``), through
+    :func:`models.frozen_encoder.build`. Needs no fold run: the features it reads are
+    extracted first where they are not cached (~2 min), so it can be built and blind-tested
+    from a fresh checkout."""
+    from models.protocol import BUNDLED
     from models.workshop.data import load_her2st
 
     if variant not in BUILDABLE:
@@ -235,8 +247,8 @@ def build(variant: str, out: Path) -> Path:
         f"({STAGE_CHANNELS}) and of the last feature map (1280)"
     )
     return fe.build(
-        int(px), float(weight), sections, out,
-        load=loader(variant), features=multilayer_means, features_text=text,
+        int(px), float(weight), sections, out or BUNDLED / SHIPPED_NAME,
+        load=loader(variant), features=multilayer_means, features_text=text, naming=NAMING,
     )  # fmt: skip
 
 
@@ -279,11 +291,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=("extract", "folds", "score", "build"))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--out", type=Path, help="build: the file to write (not shipped)")
+    parser.add_argument(
+        "--out", type=Path, help=f"build: the file to write (default: bundled {SHIPPED_NAME})"
+    )
     args = parser.parse_args(argv)
     if args.command == "build":
-        if args.out is None or len(args.variants) != 1:
-            parser.error("build needs one --variants and --out")
+        if len(args.variants) != 1:
+            parser.error("build needs one --variants")
         from models.evaluate import evaluate_onnx
 
         out = build(args.variants[0], args.out)

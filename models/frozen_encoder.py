@@ -34,6 +34,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -328,6 +329,17 @@ def _save(
 SHIPPED_NAME = "nsl_lite0_her2st.onnx"
 
 
+@dataclass(frozen=True)
+class FileNaming:
+    """How a built file names itself: its family (the protocol's method name, ``vst.family``),
+    its title, the code that built it and the record its tile size and NSL share come from."""
+
+    family: str = METHOD
+    title: str = "NSL + frozen EfficientNet-Lite0 (HER2ST)"
+    code: str = "models/frozen_encoder.py"
+    choices: str = "models/results/frozen_encoder.json"
+
+
 def last_map_mean(net: Any, x: Any) -> Any:
     """The shipped head's input in torch: the last feature map of normalised ``(N, 3, H, W)``
     input averaged over space, ``(N, 1280)`` (what :func:`encode` caches)."""
@@ -493,12 +505,13 @@ def build(
     load: FeatureLoader = cached_features,
     features: Callable[[Any, Any], Any] = last_map_mean,
     features_text: str = LAST_MAP_FEATURES,
+    naming: FileNaming = FileNaming(),
 ) -> Path:
     """Write the combined model: the shipped NSL file, the frozen encoder at ``px`` with the
     per-gene head fitted on all of C, and the encoder's share ``weight`` (chosen on the fold
     runs, :func:`write_folds`). ``load``, ``features`` and ``features_text`` build a feature
     variant instead (:mod:`models.encoder_variants`): its cached features, the same in torch,
-    and how the metadata names them."""
+    and how the metadata names them; ``naming`` how the file names itself."""
     import hashlib
 
     import onnx
@@ -539,18 +552,18 @@ def build(
             "alpha_chosen_on": "leave-one-section-out folds of C2-C6",
         },
         "tile_px_and_weight_chosen_on": "held-out predictions of the leave-one-C-section-out "
-        "fold runs, all five C sections (models/results/frozen_encoder.json); A1 chose nothing",
+        f"fold runs, all five C sections ({naming.choices}); A1 chose nothing",
         "encoder_weight": weight,
-        "code": "models/frozen_encoder.py",
+        "code": naming.code,
         "code_revision": git_revision(),
     }
     metadata = ModelMetadata(
         genes=genes,
         tile_px=px,
         tile_um=TILE_UM,
-        family=METHOD,
+        family=naming.family,
         target="log1p_cp10k",
-        name="NSL + frozen EfficientNet-Lite0 (HER2ST)",
+        name=naming.title,
         training=training,
         license="Code BSD-3-Clause; EfficientNet-Lite0 ImageNet weights Apache-2.0; "
         + HER2ST_LICENCE_NOTE,

@@ -3,11 +3,15 @@ pathologist labels, and the spot-context kernel chosen on patient C only.
 
     python -m models.feature_context extract --methods dkan            # DKAN-style's fold
     #   runs and features from one training per fold (it writes the missing fold caches)
-    python -m models.folds --methods mean ridge_colour ridge_colour_per_slide \
-        nsl_light_ridgehead dkan stem                                  # the other fold runs
+    OMP_NUM_THREADS=1 python -m models.folds --methods mean ridge_colour \
+        ridge_colour_per_slide nsl_light_ridgehead dkan stem           # the other fold runs
     python -m models.ensemble extract && python -m models.ensemble folds   # the combined
     python -m models.frozen_encoder extract && python -m models.frozen_encoder folds  # models'
+    python -m models.encoder_variants extract
+    python -m models.encoder_variants folds --variants multilayer      # the default's folds
     python -m models.protocol --json models/results/protocol.json --markdown models/results/protocol.md
+
+(The recorded Stem-style folds were trained with one torch thread; see ``models/folds.py``.)
 
 What each number is (HER2ST legacy ST, 100 µm spots, 200 µm pitch; PCC-ALL = mean per-gene
 Pearson over the 250-gene panel of the fold, log1p CP10k, raw and 3×3-smoothed labels):
@@ -124,6 +128,13 @@ METHODS = (
         "NSL + frozen EfficientNet-Lite0, one graph (`nsl_lite0_her2st`, models/frozen_encoder.py)",
         "nsl_lite0",
         "nsl_lite0_her2st.onnx",
+    ),
+    Method(
+        "nsl_lite0_multilayer",
+        "NSL + frozen EfficientNet-Lite0 on multi-layer features, one graph "
+        "(`nsl_lite0_multilayer_her2st`, models/encoder_variants.py)",
+        "nsl_lite0_multilayer",
+        "nsl_lite0_multilayer_her2st.onnx",
     ),
 )
 LABEL_KINDS = ("raw", "smoothed_3x3")

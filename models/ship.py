@@ -46,6 +46,7 @@ SHIPPED = {
     "stem": "stem_her2st.onnx",
     "nsl_dkan": "nsl_dkan_her2st.onnx",
     "nsl_lite0": "nsl_lite0_her2st.onnx",
+    "nsl_lite0_multilayer": "nsl_lite0_multilayer_her2st.onnx",
 }
 
 

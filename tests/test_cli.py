@@ -329,10 +329,12 @@ def test_models_marks_the_one_default_with_its_reason_card_and_terms(
     auto = {row["name"]: row["precision_auto"] for row in rows}
     assert auto["stem_her2st"]["runs"] == "int8" and "passed" in auto["stem_her2st"]["reason"]
     assert auto[DEFAULT_MODEL_NAME]["runs"] == "fp32"
-    assert "failed its accuracy gate" in auto[DEFAULT_MODEL_NAME]["reason"]
+    assert "passed its accuracy gate, but int8 ran" in auto[DEFAULT_MODEL_NAME]["reason"]
+    assert "failed its accuracy gate" in auto["nsl_lite0_her2st"]["reason"]
     assert main(["models"]) == 0
     text = capsys.readouterr().out
     assert "--precision auto: fp32: int8 failed its accuracy gate" in text
+    assert "--precision auto: fp32: int8 passed its accuracy gate, but int8 ran" in text
     assert f"{DEFAULT_MODEL_NAME} (default):" in text
     assert text.count("(default)") == 1
     assert DEFAULT_MODEL_REASON in text and BUNDLED_MODEL_TERMS in text

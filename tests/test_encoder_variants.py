@@ -1,8 +1,10 @@
 """The frozen encoder's feature variants (``models/encoder_variants.py``): the stage features
 are the encoder's own stage outputs, per-slide standardisation uses only the slide's own
-features, each variant feeds the head what it says, and a missing cache is named.
+features, each variant feeds the head what it says, a missing cache is named, and the shipped
+multi-layer file is what it says it is.
 
-Tiles and features here are synthetic (random, named as such); nothing reads HER2ST.
+Tiles and features here are synthetic (random, named as such), except where the shipped file
+is re-scored on HER2ST (skipped where ``../shared/data`` is absent).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 from graphs import expression_of
 from models import encoder_variants as ev
 from models import frozen_encoder as fe
+from recorded_metrics import assert_file_reproduces_its_recorded_metrics
 
 
 def test_stage_features_are_the_encoders_stage_outputs_averaged_over_space() -> None:
@@ -131,6 +134,35 @@ def test_the_multilayer_graph_computes_the_head_on_the_features_it_was_fitted_on
     np.testing.assert_allclose(got, want, atol=1e-3)
     with pytest.raises(ValueError, match="per-slide statistics need every tile"):
         ev.build("per_slide", Path("never.onnx"))
+
+
+def test_the_shipped_multilayer_file_reproduces_its_recorded_held_out_metrics() -> None:
+    from models.protocol import BUNDLED
+
+    assert_file_reproduces_its_recorded_metrics(BUNDLED / ev.SHIPPED_NAME)
+
+
+def test_the_shipped_multilayer_file_names_itself_and_keeps_nsl_and_its_head_float_in_int8() -> (
+    None
+):
+    import onnx
+
+    from models.protocol import BUNDLED, METHODS
+    from napari_virtual_st.precision import QUANTISED_OPS, declared_float_nodes
+    from napari_virtual_st.predictor import Predictor
+
+    path = BUNDLED / ev.SHIPPED_NAME
+    info = Predictor(path, providers=["cpu"]).info
+    assert info.family == ev.NAMING.family  # the protocol scores it under this name
+    assert [m.onnx for m in METHODS if m.name == info.family] == [ev.SHIPPED_NAME]
+    assert info.metadata["training"]["code"] == "models/encoder_variants.py"
+    model = onnx.load(str(path))
+    declared = declared_float_nodes(info)
+    assert declared == fe.int8_float_nodes(model)
+    heavy = [n.name for n in model.graph.node if n.op_type in QUANTISED_OPS]
+    assert {n for n in heavy if n.startswith("nsl/")} <= set(declared)
+    encoder = [n for n in heavy if n.startswith("enc/")]
+    assert encoder[0] in declared and encoder[-1] in declared  # its stem and its head
 
 
 def test_reinhard_moves_a_sections_colour_statistics_to_the_target() -> None:

@@ -481,6 +481,26 @@ def test_a_recorded_failed_gate_refuses_int8_and_auto_says_why(
     assert choose_model(other, "int8", calibration_tiles=tissue_like_tiles(32)).precision == "int8"
 
 
+def test_auto_says_when_int8_passed_its_gate_but_was_too_slow_to_ship(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fp32 = write_conv_model(tmp_path / "conv.onnx")
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setattr(precision, "shipped_int8_dir", lambda: shipped)
+    gate = passing_gate(precision.file_sha256(fp32))
+    slow = "int8 ran 0.66x fp32 here (model only, interleaved; shipped from 1.1x)"
+    entry = {"gate": json.loads(gate.to_json()), "not_shipped": slow}
+    (shipped / precision.GATES_INDEX).write_text(json.dumps({"conv.onnx": entry}))
+    auto = choose_model(fp32, "auto")
+    assert auto.precision == "fp32" and auto.path == fp32
+    assert auto.reason == f"fp32: int8 passed its accuracy gate, but {slow}"
+    assert auto.gate is not None and auto.gate.passed
+    # the record is for that file only: a retrained file of the same name has no gate
+    other = write_conv_model(tmp_path / "conv.onnx", seed=4)
+    assert "no int8 variant with a recorded accuracy gate" in choose_model(other, "auto").reason
+
+
 def test_the_bundled_models_precision_as_their_gates_recorded() -> None:
     from napari_virtual_st.registry import DEFAULT_MODEL_NAME, resolve_model
 
@@ -488,14 +508,17 @@ def test_the_bundled_models_precision_as_their_gates_recorded() -> None:
     assert choose_model(nsl, "auto").precision == "fp32"
     with pytest.raises(ModelError, match=r"nsl_her2st\.onnx cannot run in int8"):
         choose_model(nsl, "int8")
-    # NSL + DKAN-style passes its gate but runs slower in int8: no variant ships, auto is fp32
-    mixed = choose_model(resolve_model("nsl_dkan_her2st"), "auto")
-    assert mixed.precision == "fp32" and "no int8 variant" in mixed.reason, mixed.reason
-    # the default's int8 fails its gate (least gene r 0.943 on A1): refused, auto says why
-    default = resolve_model(DEFAULT_MODEL_NAME)
-    assert choose_model(default, "auto").precision == "fp32"
-    with pytest.raises(ModelError, match=rf"{DEFAULT_MODEL_NAME}\.onnx cannot run in int8"):
-        choose_model(default, "int8")
+    # NSL + DKAN-style and the default pass their gates but run slower in int8: no variant
+    # ships, auto is fp32 and says why
+    for name in ("nsl_dkan_her2st", DEFAULT_MODEL_NAME):
+        slower = choose_model(resolve_model(name), "auto")
+        assert slower.precision == "fp32", name
+        assert "passed its accuracy gate, but int8 ran 0." in slower.reason, slower.reason
+    # the previous default's int8 fails its gate (least gene r 0.943 on A1): refused
+    lite0 = resolve_model("nsl_lite0_her2st")
+    assert choose_model(lite0, "auto").precision == "fp32"
+    with pytest.raises(ModelError, match=r"nsl_lite0_her2st\.onnx cannot run in int8"):
+        choose_model(lite0, "int8")
     for name in ("stem_her2st", "dkan_her2st"):
         chosen = choose_model(resolve_model(name), "auto")
         assert chosen.precision == "int8", chosen.reason

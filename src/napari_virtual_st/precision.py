@@ -851,8 +851,9 @@ def shipped_int8_dir() -> Path:
 GATES_INDEX = "gates.json"
 
 
-def recorded_failure(path: Path, fp32_sha256: str) -> PrecisionGate | None:
-    """The failed gate recorded for this exact bundled model file, if any."""
+def _recorded_entry(path: Path, fp32_sha256: str) -> tuple[PrecisionGate, dict] | None:
+    """The gate recorded in :data:`GATES_INDEX` for this exact bundled model file (its name
+    and its sha256), with the whole entry; ``None`` where there is none or it is unreadable."""
     index = shipped_int8_dir() / GATES_INDEX
     try:
         entry = json.loads(index.read_text()).get(path.name) if index.is_file() else None
@@ -864,9 +865,22 @@ def recorded_failure(path: Path, fp32_sha256: str) -> PrecisionGate | None:
         gate = PrecisionGate.from_json(json.dumps(entry["gate"]))
     except ModelError:
         return None
-    if gate.fp32_sha256 != fp32_sha256 or gate.passed:
+    return None if gate.fp32_sha256 != fp32_sha256 else (gate, entry)
+
+
+def recorded_failure(path: Path, fp32_sha256: str) -> PrecisionGate | None:
+    """The failed gate recorded for this exact bundled model file, if any."""
+    found = _recorded_entry(path, fp32_sha256)
+    return None if found is None or found[0].passed else found[0]
+
+
+def recorded_not_shipped(path: Path, fp32_sha256: str) -> tuple[PrecisionGate, str] | None:
+    """For a bundled model whose int8 variant passed its gate but was not shipped (it ran
+    no faster than fp32): the gate and the recorded reason; else ``None``."""
+    found = _recorded_entry(path, fp32_sha256)
+    if found is None or not found[0].passed or not isinstance(found[1].get("not_shipped"), str):
         return None
-    return gate
+    return found[0], found[1]["not_shipped"]
 
 
 def int8_cache_dir() -> Path:
@@ -1012,14 +1026,25 @@ def choose_model(
             f"held-out tiles ({why}); use --precision fp32 or auto"
         )
     if wanted == "auto":
-        return _auto_choice(path, found)
+        return _auto_choice(path, found, sha)
     return _int8_choice(path, info, found, calibration_tiles)
 
 
-def _auto_choice(path: Path, found: tuple[Path, PrecisionGate | None] | None) -> ModelChoice:
+def _auto_choice(
+    path: Path, found: tuple[Path, PrecisionGate | None] | None, sha: str
+) -> ModelChoice:
     """``auto`` for an fp32 model with no recorded failure: its int8 variant (``found``)
     when its recorded gate passed, else fp32 (the reason says why)."""
     if found is None:
+        unshipped = recorded_not_shipped(path, sha)
+        if unshipped is not None:
+            return ModelChoice(
+                path,
+                "fp32",
+                "auto",
+                f"fp32: int8 passed its accuracy gate, but {unshipped[1]}",
+                unshipped[0],
+            )
         return ModelChoice(
             path,
             "fp32",

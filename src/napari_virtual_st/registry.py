@@ -98,7 +98,8 @@ DEFAULT_MODEL_REASON = (
     "features and a frozen ImageNet encoder's morphology at 0.69 um/px (four of its layers) in "
     "one graph, ahead of every other bundled model and the colour baseline on held-out "
     "sections of patient C (with spot context); on patient A's low-resolution thumbnail ahead "
-    "of every other bundled model and level with the colour baseline"
+    "of every other bundled model and level with the colour baseline; about a third as fast "
+    "as NSL + DKAN-style"
 )
 
 #: What may and may not be done with the bundled models' weights (``virtual-st models`` prints

@@ -458,20 +458,27 @@ def test_nodes_the_model_declares_float_stay_float_whatever_the_recipe(tmp_path:
         precision.quantize_int8(typo, tmp_path / "typo_int8.onnx", tissue_like_tiles(32))
 
 
+def _gates_index_beside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty folder standing in for the package's shipped int8 variants; write its
+    :data:`precision.GATES_INDEX` to record gates."""
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setattr(precision, "shipped_int8_dir", lambda: shipped)
+    return shipped / precision.GATES_INDEX
+
+
 def test_a_recorded_failed_gate_refuses_int8_and_auto_says_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fp32 = write_conv_model(tmp_path / "conv.onnx")
-    shipped = tmp_path / "shipped"
-    shipped.mkdir()
-    monkeypatch.setattr(precision, "shipped_int8_dir", lambda: shipped)
+    index = _gates_index_beside(tmp_path, monkeypatch)
     # a variant made on first use before any gate was recorded (it stays in the cache) ...
     made = choose_model(fp32, "int8", calibration_tiles=tissue_like_tiles(32))
     assert made.precision == "int8" and made.path.is_file()
     # ... does not outlive the failure recorded afterwards for the same file
     failed = passing_gate(precision.file_sha256(fp32), median_gene_r=0.49)
     entry = {"gate": json.loads(failed.to_json()), "cannot": "no recipe agrees"}
-    (shipped / precision.GATES_INDEX).write_text(json.dumps({"conv.onnx": entry}))
+    index.write_text(json.dumps({"conv.onnx": entry}))
     with pytest.raises(ModelError, match=r"cannot run in int8.*median per-gene r.*0\.4900"):
         choose_model(fp32, "int8")
     auto = choose_model(fp32, "auto")
@@ -485,13 +492,12 @@ def test_auto_says_when_int8_passed_its_gate_but_was_too_slow_to_ship(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fp32 = write_conv_model(tmp_path / "conv.onnx")
-    shipped = tmp_path / "shipped"
-    shipped.mkdir()
-    monkeypatch.setattr(precision, "shipped_int8_dir", lambda: shipped)
+    index = _gates_index_beside(tmp_path, monkeypatch)
     gate = passing_gate(precision.file_sha256(fp32))
     slow = "int8 ran 0.66x fp32 here (model only, interleaved; shipped from 1.1x)"
-    entry = {"gate": json.loads(gate.to_json()), "not_shipped": slow}
-    (shipped / precision.GATES_INDEX).write_text(json.dumps({"conv.onnx": entry}))
+    index.write_text(
+        json.dumps({"conv.onnx": {"gate": json.loads(gate.to_json()), "not_shipped": slow}})
+    )
     auto = choose_model(fp32, "auto")
     assert auto.precision == "fp32" and auto.path == fp32
     assert auto.reason == f"fp32: int8 passed its accuracy gate, but {slow}"

@@ -196,13 +196,22 @@ def dkan_head_fold(
     and the penalty chosen."""
     from models import feature_context as fc
 
+    genes, head, test = dkan_head(fold, sections)
+    with np.load(extract_path(fold)) as z:
+        low = fc.SectionFeatures(test.name, z["dkan_feat_low"], test.xy_um, None)
+    return genes, fc.predict_head(head, test), fc.predict_head(head, low), head.setting.alpha
+
+
+def dkan_head(fold: str, sections: dict[str, SectionData]) -> tuple[list[str], Any, Any]:
+    """DKAN-style's per-gene head for ``fold``: fitted on the fold's training sections'
+    features (``feature_context``'s cache; penalty chosen on their inner folds). Returns the
+    genes, the head and the held-out section's features (labels withheld)."""
+    from models import feature_context as fc
+
     genes, train, test, _ = fc.section_features(DKAN_METHOD, fold, sections)
     own = [s for s in fc.FAMILY_CANDIDATES[DKAN_METHOD] if s.variant == "none"]
     best, _ = fc.choose(train, own)
-    head = fc.fit_head(train, best)
-    with np.load(extract_path(fold)) as z:
-        low = fc.SectionFeatures(test.name, z["dkan_feat_low"], test.xy_um, None)
-    return genes, fc.predict_head(head, test), fc.predict_head(head, low), best.alpha
+    return genes, fc.fit_head(train, best), test
 
 
 @dataclass

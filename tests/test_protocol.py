@@ -190,7 +190,13 @@ def test_protocol_headline_ridge_colour_on_a1_is_reproduced_from_the_data() -> N
 #: in a cell, or "| +0.002 | [-0.003, +0.006] | tie |" in protocol.md's paired table.
 _DIFF_CELL = re.compile(r"([+-]\d+\.\d+) \[([+-]\d+\.\d+), ([+-]\d+\.\d+)\]( \(tie\)| \| tie \|)?")
 _DIFF_ROW = re.compile(r"\| ([+-]\d+\.\d+) \| \[([+-]\d+\.\d+), ([+-]\d+\.\d+)\] \| (\w+) \|")
-GENERATED_TABLES = ("protocol.md", "context_stage.md", "auxiliary_genes.md", "encoder_variants.md")
+GENERATED_TABLES = (
+    "protocol.md",
+    "context_stage.md",
+    "auxiliary_genes.md",
+    "encoder_variants.md",
+    "encoder_dkan.md",
+)
 
 
 @pytest.mark.parametrize("name", GENERATED_TABLES)

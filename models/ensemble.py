@@ -1,6 +1,7 @@
 """NSL + DKAN-style as one model: the two families' predictions averaged (issue 19).
 
-    python -m models.ensemble extract   # NSL fold runs the combined model needs (~2 min a fold)
+    python -m models.feature_context extract --methods dkan   # first: DKAN-style per fold
+    python -m models.frozen_encoder extract                   # first: NSL per fold
     python -m models.ensemble folds     # nested weights -> models/.cache/folds/nsl_dkan__*.npz
                                         # (+ the learnt DKAN context variant, measured)
     python -m models.ensemble build     # src/napari_virtual_st/bundled_models/nsl_dkan_her2st.onnx
@@ -22,25 +23,24 @@ The model (one ONNX graph, input the 64 px / 110 µm tile DKAN reads):
 - **NSL branch**: the shipped ``nsl_her2st`` graph on the same tile averaged over 4 × 4 pixel
   blocks to 16 px (:func:`pool_tiles`, the same arithmetic in the graph: mean, round half to
   even, uint8). The engine's own 16 px tile is a bilinear sample of a finer level, not an
-  area mean; NSL on the pooled tile scores as well on every C section and on A1 (measured:
-  ``python -m models.ensemble extract`` keeps both).
+  area mean; NSL on the pooled tile scores as well on every C section and on A1
+  (``results/ensemble.json``, ``branches_loso_C_raw``).
 - **Output**: ``(1 − w) · NSL + w · DKAN-head``, clamped at 0. The weight ``w`` is chosen as
   ``protocol.py`` chooses a kernel's σ: for held-out section k, the best mean raw PCC-ALL over
   the *other* sections' held-out predictions; the shipped ``w`` on all five. A1 never chooses.
 
-Fold runs (:func:`extract_fold`): per leave-one-C-section-out fold, NSL is retrained from
-scratch exactly as ``models/folds.py`` does (seed 0, shipped settings, same gene panel, 1 torch
-thread as the recorded folds) and its held-out predictions are checked against the fold cache.
-Kept: NSL on the pooled 64 px tiles (full and degraded to A1's µm/px, for the resolution
-check). DKAN-style is not trained here: its gene-wise features, full resolution and degraded,
-come from the fold's one training in ``python -m models.feature_context extract --methods dkan``.
+Fold runs (:func:`load_fold_runs`): nothing is trained here. NSL's held-out predictions on
+the pooled 64 px tiles (full and degraded to A1's µm/px, for the resolution check) come from
+``python -m models.frozen_encoder extract``, which retrains NSL per fold exactly as
+``models/folds.py`` does and checks it against the fold cache; DKAN-style's gene-wise features,
+full resolution and degraded, from the fold's one training in ``python -m
+models.feature_context extract --methods dkan``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,13 +52,12 @@ from numpy.typing import NDArray
 if TYPE_CHECKING:
     import onnx
 
-from models.evaluate import C_SECTIONS, N_GENES, TEST_SECTION, TILE_PX, TILE_UM, make_method
-from models.folds import degrade, fold_path, split
+from models.evaluate import C_SECTIONS, TILE_PX, TILE_UM
+from models.folds import fold_path
 from models.protocol import BUNDLED
-from models.workshop.data import CACHE, SectionData, gene_panel, load_her2st
+from models.workshop.data import SectionData, load_her2st
 
 REPO = Path(__file__).resolve().parents[1]
-ENSEMBLE_CACHE = CACHE / "ensemble"
 RESULT_JSON = REPO / "models" / "results" / "ensemble.json"
 #: The protocol's name of the combined method (fold cache ``nsl_dkan__<fold>.npz``).
 METHOD = "nsl_dkan"
@@ -81,66 +80,6 @@ def pool_tiles(tiles: NDArray[np.uint8], factor: int = POOL) -> NDArray[np.uint8
     s = size // factor
     blocks = tiles.astype(np.float32).reshape(n, s, factor, s, factor, tiles.shape[-1])
     return np.round(blocks.mean(axis=(2, 4))).astype(np.uint8)
-
-
-def extract_path(fold: str) -> Path:
-    return ENSEMBLE_CACHE / f"{fold}.npz"
-
-
-def extract_fold(fold: str, sections: dict[str, SectionData]) -> Path:
-    """Retrain NSL for ``fold`` and keep what the combined model needs.
-
-    Saves ``genes``, ``nsl_pooled`` / ``nsl_pooled_low`` (NSL on the held-out section's pooled
-    64 px tiles, full resolution and degraded to A1's µm/px), ``nsl_16px`` (NSL on its own 16 px
-    tiles, the fold cache's run), ``dkan_feat_low`` (DKAN's gene-wise features of the degraded
-    tiles, from the feature cache), and the largest difference of the retrained NSL from the
-    recorded fold run.
-    """
-    import torch
-
-    from models.dkan.train import at_dkan_resolution
-    from models.feature_context import feature_path
-
-    needed = [fold_path(NSL_METHOD, fold), feature_path(DKAN_METHOD, fold)]
-    missing = [p for p in needed if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"fold {fold} needs {', '.join(p.name for p in missing)}: run "
-            f"python -m models.folds --methods {NSL_METHOD} and "
-            f"python -m models.feature_context extract --methods {DKAN_METHOD} first"
-        )
-    train, test = split(sections, fold)
-    genes = gene_panel(train, N_GENES, test.measured.genes)
-    tiles64 = at_dkan_resolution(test).tiles
-    low64 = degrade(tiles64, TILE_UM, sections[TEST_SECTION].mpp)
-    start = time.perf_counter()
-    torch.set_num_threads(1)  # as the recorded NSL folds (OMP_NUM_THREADS=1)
-    nsl = make_method(NSL_METHOD).fit(train, genes)
-    nsl_16 = np.asarray(nsl.predict(test.tiles), np.float32)
-    nsl_pooled = np.asarray(nsl.predict(pool_tiles(tiles64)), np.float32)
-    nsl_pooled_low = np.asarray(nsl.predict(pool_tiles(low64)), np.float32)
-    with np.load(fold_path(NSL_METHOD, fold)) as z:
-        nsl_repro = float(np.abs(z["pred"] - nsl_16).max())
-    with np.load(feature_path(DKAN_METHOD, fold)) as z:
-        if f"feat_low_{test.name}" not in z:
-            raise FileNotFoundError(
-                f"{feature_path(DKAN_METHOD, fold).name} has no degraded-tile features: rerun "
-                f"python -m models.feature_context extract --methods {DKAN_METHOD} --force"
-            )
-        feat_low = z[f"feat_low_{test.name}"]
-    ENSEMBLE_CACHE.mkdir(parents=True, exist_ok=True)
-    out = extract_path(fold)
-    np.savez_compressed(
-        out,
-        genes=np.array(genes),
-        nsl_16px=nsl_16,
-        nsl_pooled=nsl_pooled,
-        nsl_pooled_low=nsl_pooled_low,
-        dkan_feat_low=feat_low,
-        nsl_max_diff_from_fold_cache=nsl_repro,
-        seconds=time.perf_counter() - start,
-    )
-    return out
 
 
 # ---------------------------------------------------------------- the combined fold runs
@@ -197,8 +136,13 @@ def dkan_head_fold(
     from models import feature_context as fc
 
     genes, head, test = dkan_head(fold, sections)
-    with np.load(extract_path(fold)) as z:
-        low = fc.SectionFeatures(test.name, z["dkan_feat_low"], test.xy_um, None)
+    with np.load(fc.feature_path(DKAN_METHOD, fold)) as z:
+        if f"feat_low_{fold}" not in z:
+            raise FileNotFoundError(
+                f"{fc.feature_path(DKAN_METHOD, fold).name} has no degraded-tile features: "
+                f"rerun python -m models.feature_context extract --methods {DKAN_METHOD} --force"
+            )
+        low = fc.SectionFeatures(test.name, z[f"feat_low_{fold}"], test.xy_um, None)
     return genes, fc.predict_head(head, test), fc.predict_head(head, low), head.setting.alpha
 
 
@@ -228,20 +172,28 @@ class FoldRuns:
 
 
 def load_fold_runs(sections: dict[str, SectionData]) -> FoldRuns:
+    from models import frozen_encoder as fe
+
     runs = FoldRuns({}, {}, {}, {}, {}, {}, {})
-    missing = [k for k in C_SECTIONS if not extract_path(k).is_file()]
+    missing = [k for k in C_SECTIONS if not fe.nsl_path(k).is_file()]
     if missing:
         raise FileNotFoundError(
-            f"no fold runs for {', '.join(missing)}: run python -m models.ensemble extract first"
+            f"no NSL fold runs for {', '.join(missing)}: run "
+            "python -m models.frozen_encoder extract first"
         )
     for k in C_SECTIONS:
         genes, pred, pred_low, alpha = dkan_head_fold(k, sections)
-        with np.load(extract_path(k)) as z:
+        with np.load(fe.nsl_path(k)) as z:
             if [str(g) for g in z["genes"]] != genes:
                 raise ValueError(f"fold {k}: NSL and DKAN-style gene panels differ")
-            runs.nsl[k] = np.maximum(z["nsl_pooled"], 0.0)
-            runs.nsl_low[k] = np.maximum(z["nsl_pooled_low"], 0.0)
-            runs.nsl_16px[k] = np.maximum(z["nsl_16px"], 0.0)
+            if f"pooled_{TILE_PX_DKAN}" not in z:
+                raise FileNotFoundError(
+                    f"{fe.nsl_path(k).name} has no NSL run on {TILE_PX_DKAN} px tiles: rerun "
+                    "python -m models.frozen_encoder extract --force"
+                )
+            runs.nsl[k] = np.maximum(z[f"pooled_{TILE_PX_DKAN}"], 0.0)
+            runs.nsl_low[k] = np.maximum(z[f"pooled_low_{TILE_PX_DKAN}"], 0.0)
+            runs.nsl_16px[k] = np.maximum(z["own"], 0.0)
         runs.dkan[k], runs.dkan_low[k], runs.alpha[k] = pred, pred_low, alpha
         runs.genes[k] = genes
     return runs
@@ -578,9 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("step", choices=("extract", "folds", "build"))
-    parser.add_argument("--folds", nargs="+", default=list(C_SECTIONS))
-    parser.add_argument("--force", action="store_true", help="redo folds already extracted")
+    parser.add_argument("step", choices=("folds", "build"))
     args = parser.parse_args(argv)
     if args.step == "folds":
         sections = load_her2st(TILE_PX, TILE_UM)
@@ -592,19 +542,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = json.loads(RESULT_JSON.read_text())
         path = build(float(record["weight_on_all_C"]), load_her2st(TILE_PX, TILE_UM))
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-    if args.step == "extract":
-        sections = load_her2st(TILE_PX, TILE_UM)
-        for fold in args.folds:
-            if extract_path(fold).is_file() and not args.force:
-                print(f"{fold}: kept", flush=True)
-                continue
-            path = extract_fold(fold, sections)
-            with np.load(path) as z:
-                print(
-                    f"{fold}: {path.name} ({float(z['seconds']):.0f} s; NSL vs fold cache "
-                    f"{float(z['nsl_max_diff_from_fold_cache']):.2g})",
-                    flush=True,
-                )
     return 0
 
 

@@ -25,7 +25,9 @@ The method (everything chosen on patient C only; A1 never chooses):
   A1, the choice on all five C sections.
 
 Fold runs: NSL is retrained per fold exactly as ``models/folds.py`` does (seed 0, one torch
-thread) and checked against its fold cache; the encoder has nothing to train.
+thread) and checked against its fold cache; the encoder has nothing to train. The same NSL
+runs on NSL + DKAN-style's 64 px tile serve ``models/ensemble.py``, so NSL is trained once per
+fold for both combined models.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ METHOD = "nsl_lite0"
 NSL_METHOD = "nsl_light_ridgehead"
 #: Tile sizes tried (px over 110 µm: 0.86, 0.69 and 0.49 µm/px; C's images are 0.69 µm/px).
 TILE_SIZES = (128, 160, 224)
+#: Tiles NSL is run on, pooled to its 16 px, per fold (:func:`extract_nsl`): the encoder's, and
+#: NSL + DKAN-style's 64 px tile, which ``models.ensemble`` reads from here.
+NSL_POOLED_SIZES = (64, *TILE_SIZES)
 #: Ridge penalties tried (× each standardised feature's variance; 1280 correlated inputs and
 #: ~730 training spots want far more than the colour ridge's 0.1–1000).
 ALPHAS = (1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6)
@@ -121,8 +126,8 @@ def extract_features(sections: dict[str, SectionData], px: int) -> None:
 
 def extract_nsl(fold: str, sections: dict[str, SectionData]) -> Path:
     """Retrain NSL for ``fold`` (as ``models/folds.py``) and keep its held-out predictions on
-    the pooled tiles of every size, full resolution and degraded; checked against the fold
-    cache's run on NSL's own 16 px tiles."""
+    the pooled tiles of every size in :data:`NSL_POOLED_SIZES`, full resolution and degraded;
+    checked against the fold cache's run on NSL's own 16 px tiles (``own``)."""
     import torch
 
     from models.ensemble import pool_tiles
@@ -138,7 +143,7 @@ def extract_nsl(fold: str, sections: dict[str, SectionData]) -> Path:
     nsl = make_method(NSL_METHOD).fit(train, genes)
     own = np.asarray(nsl.predict(test.tiles), np.float32)
     out: dict[str, NDArray] = {}
-    for px in TILE_SIZES:
+    for px in NSL_POOLED_SIZES:
         tiles = tiles_at(test.name, px)
         low = degrade(tiles, TILE_UM, sections[TEST_SECTION].mpp)
         for key, t in ((f"pooled_{px}", tiles), (f"pooled_low_{px}", low)):

@@ -5,8 +5,8 @@ pathologist labels, and the spot-context kernel chosen on patient C only.
     #   runs and features from one training per fold (it writes the missing fold caches)
     OMP_NUM_THREADS=1 python -m models.folds --methods mean ridge_colour \
         ridge_colour_per_slide nsl_light_ridgehead dkan stem           # the other fold runs
-    python -m models.ensemble extract && python -m models.ensemble folds   # the combined
-    python -m models.frozen_encoder extract && python -m models.frozen_encoder folds  # models'
+    python -m models.frozen_encoder extract && python -m models.frozen_encoder folds  # the
+    python -m models.ensemble folds                                    # combined models'
     python -m models.encoder_variants extract
     python -m models.encoder_variants folds --variants multilayer      # the default's folds
     python -m models.protocol --json models/results/protocol.json --markdown models/results/protocol.md

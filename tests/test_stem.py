@@ -70,6 +70,21 @@ def test_training_on_a_tiny_real_subset_gives_finite_means_and_non_negative_vari
     assert (var >= 0).all() and var.max() > 0  # samples differ: the spread is not zero
 
 
+def test_the_mean_head_alone_is_the_samplers_prior_mean_in_log1p_units(tiny: dict) -> None:
+    """The diagnostic's mean head (``mean_head_expression``) is the prior mean the sampled
+    residuals spread around, unstandardised and clamped at 0; batching does not change it."""
+    from models.stem.train import mean_head_expression
+
+    model, tiles = tiny["model"], tiny["test"].tiles
+    head = mean_head_expression(model, tiles)
+    assert head.shape == (len(tiles), N_GENES) and (head >= 0).all()
+    np.testing.assert_allclose(mean_head_expression(model, tiles, batch_size=7), head, atol=1e-5)
+    with torch.no_grad():
+        prior = model.prior_mean(model.encoder(torch.from_numpy(tiles)))
+        want = torch.relu(prior * model.target_std + model.target_mean).numpy()
+    np.testing.assert_allclose(head, want, atol=1e-5)
+
+
 def test_the_loss_falls_while_training(tiny: dict) -> None:
     from models.stem.train import fit_stem
 

@@ -216,6 +216,21 @@ def sample_stem(
     return np.concatenate(means), np.concatenate(variances)
 
 
+def mean_head_expression(
+    model: StemModel, tiles: NDArray[np.uint8], batch_size: int = 128
+) -> NDArray[np.float32]:
+    """The mean head alone (the prior mean the sampled residuals spread around), in log1p CP10k
+    and clamped at 0: ``(n, G)`` for ``(n, s, s, 3)`` uint8 tiles. A diagnostic of the
+    diffusion part (``models.auxiliary_genes --stem-width``); the shipped graph samples."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(tiles), batch_size):
+            image = torch.from_numpy(np.ascontiguousarray(tiles[i : i + batch_size]))
+            z = model.mean_head(model.encoder(image))
+            out.append(torch.relu(z * model.target_std + model.target_mean).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
 class StemMethod:
     """The diffusion model behind the harness's ``fit`` / ``predict`` (mean of K samples)."""
 

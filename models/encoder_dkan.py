@@ -110,28 +110,21 @@ def write_folds(sections: dict[str, SectionData]) -> dict[str, float]:
 
 
 def markdown(record: dict[str, Any]) -> str:
-    from models.protocol import on_off_cells, on_off_rows, test_sets_text
+    from models.protocol import on_off_table
 
-    lines = [
-        "# The default plus DKAN-style's per-gene head, on/off (issue 19)",
-        "",
+    shares = ", ".join(f"{k} {v:g}" for k, v in record["dkan_share"].items())
+    intro = (
         "Produced by `python -m models.encoder_dkan` from the fold runs of the default "
         f"(`{BASE}`) and of DKAN-style (`feature_context` features, its per-gene head). "
-        "PCC-ALL over the 250-gene panel; per tile, and `_ctx` through each run's own Gaussian "
-        "kernel (σ chosen nested on C as `models/protocol.py` does); 95 % paired spot-bootstrap "
-        "intervals; A1 = the fold run on C2–C6 (its choices made on C). DKAN-style's share "
-        "chosen nested: " + ", ".join(f"{k} {v:g}" for k, v in record["dkan_share"].items()) + ".",
-        "",
-        test_sets_text(record["resolution_um_per_px"], record["n_boot"]),
-        "",
-        "| setting | labels | the default | with DKAN-style's head | difference | verdict |",
-        "|---|---|---|---|---|---|",
-    ]
-    for setting, kind, r in on_off_rows(record, ("loso_C", "A1", "loso_C_ctx", "A1_ctx")):
-        lines.append(
-            f"| {setting} | {kind} | " + on_off_cells(r["base"], r["other"], r["other_minus_base"])
-        )
-    return "\n".join(lines) + "\n"
+        f"DKAN-style's share chosen nested: {shares}."
+    )
+    return on_off_table(
+        "The default plus DKAN-style's per-gene head, on/off (issue 19)",
+        intro,
+        record,
+        "the default",
+        "with DKAN-style's head",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -117,6 +117,8 @@ def make_method(name: str) -> Any:
         stem_variants = {
             "stem": StemSettings(),
             "stem_plain": StemSettings(residual=False),  # diffuse expression, not residuals
+            # the same training; the mean head as the point estimate (stem_target_width.json)
+            "stem_mean_head": StemSettings(point="mean_head"),
         }
         return StemMethod(stem_variants[name])
     if name.startswith("dkan"):

@@ -811,6 +811,29 @@ def on_off_cells(base: dict[str, Any], other: dict[str, Any], diff: dict[str, An
     )
 
 
+def on_off_table(title: str, intro: str, record: dict[str, Any], base: str, other: str) -> str:
+    """A one-technique on/off record of :func:`on_off` with context as markdown: the title,
+    ``intro`` (what produced it), the test sets, then one row per setting and label kind
+    (``base`` and ``other`` name the two columns)."""
+    lines = [
+        f"# {title}",
+        "",
+        intro + " PCC-ALL over the 250-gene panel; per tile, and `_ctx` through each run's own "
+        "Gaussian kernel (σ chosen nested on C as `models/protocol.py` does); 95 % paired "
+        "spot-bootstrap intervals; A1 = the fold run on C2–C6 (its choices made on C).",
+        "",
+        test_sets_text(record["resolution_um_per_px"], record["n_boot"]),
+        "",
+        f"| setting | labels | {base} | {other} | difference | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting, kind, r in on_off_rows(record, ("loso_C", "A1", "loso_C_ctx", "A1_ctx")):
+        lines.append(
+            f"| {setting} | {kind} | " + on_off_cells(r["base"], r["other"], r["other_minus_base"])
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _diff(d: dict[str, Any]) -> str:
     lo, hi = d["ci95"]
     tag = " (tie)" if d["verdict"] == "tie" else ""

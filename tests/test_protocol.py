@@ -196,6 +196,7 @@ GENERATED_TABLES = (
     "auxiliary_genes.md",
     "encoder_variants.md",
     "encoder_dkan.md",
+    "stem_mean_head.md",
 )
 
 

@@ -85,6 +85,26 @@ def test_the_mean_head_alone_is_the_samplers_prior_mean_in_log1p_units(tiny: dic
     np.testing.assert_allclose(head, want, atol=1e-5)
 
 
+def test_the_mean_head_point_estimate_keeps_the_samples_variance(tiny: dict) -> None:
+    """``stem_mean_head`` predicts with the mean head and still reports the samples' spread;
+    an unknown point estimate is refused."""
+    import dataclasses
+
+    from models.evaluate import make_method
+    from models.stem.train import mean_head_expression, sample_stem
+
+    tiles, settings = tiny["test"].tiles[:20], tiny["settings"]
+    method = make_method("stem_mean_head")
+    method.settings = dataclasses.replace(settings, point="mean_head", n_steps=3, n_samples=4)
+    method.model_ = tiny["model"]
+    np.testing.assert_allclose(method.predict(tiles), mean_head_expression(tiny["model"], tiles))
+    _, variance = sample_stem(tiny["model"], tiles, n_steps=3, n_samples=4)
+    np.testing.assert_allclose(method.variance_, variance)
+    method.settings = dataclasses.replace(method.settings, point="median")
+    with pytest.raises(ValueError, match="point must be sampled_mean or mean_head"):
+        method.predict(tiles)
+
+
 def test_the_loss_falls_while_training(tiny: dict) -> None:
     from models.stem.train import fit_stem
 

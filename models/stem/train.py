@@ -55,6 +55,10 @@ class StemSettings:
     #: DDIM steps and samples per spot at prediction time.
     n_steps: int = 10
     n_samples: int = 8
+    #: The harness's point estimate: ``"sampled_mean"`` (the mean of the samples, what the
+    #: shipped graph outputs) or ``"mean_head"`` (:func:`mean_head_expression`; the samples
+    #: still give ``variance_``). Training is the same either way.
+    point: str = "sampled_mean"
 
 
 def spot_noise(
@@ -247,4 +251,10 @@ class StemMethod:
         mean, self.variance_ = sample_stem(
             self.model_, tiles, self.settings.n_steps, self.settings.n_samples
         )
+        if self.settings.point == "mean_head":
+            return mean_head_expression(self.model_, tiles)
+        if self.settings.point != "sampled_mean":
+            raise ValueError(
+                f"point must be sampled_mean or mean_head, not {self.settings.point!r}"
+            )
         return mean

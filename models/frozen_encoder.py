@@ -614,8 +614,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"NSL {fold}: kept", flush=True)
                 continue
             start = time.perf_counter()
-            extract_nsl(fold, sections)
-            print(f"NSL {fold}: retrained ({time.perf_counter() - start:.0f} s)", flush=True)
+            with np.load(extract_nsl(fold, sections)) as z:
+                repro = float(z["max_diff_from_fold_cache"])
+            print(
+                f"NSL {fold}: retrained ({time.perf_counter() - start:.0f} s; "
+                f"max |difference| from its fold cache {repro:.2g})",
+                flush=True,
+            )
         return 0
     if args.command == "build":
         chosen = json.loads(RESULT_JSON.read_text())[METHOD]["chosen"]["all_C"]

@@ -158,12 +158,26 @@ def gate_model(path: Path, workdir: Path, ship_dir: Path | None) -> dict:
             f"int8 ran {record['int8_vs_fp32_speed']:.2f}x fp32 here (model only, interleaved; "
             f"shipped from {MIN_SPEEDUP:g}x): auto would trade accuracy for no speed"
         )
-    elif gate.passed and chosen is not None and ship_dir is not None:
-        precision.record_gate(out, gate)
-        ship_dir.mkdir(parents=True, exist_ok=True)
-        out.replace(ship_dir / path.name)
-        record["shipped"] = str((ship_dir / path.name).relative_to(REPO))
+    ships = gate.passed and chosen is not None and "not_shipped" not in record
+    shipped = place_variant(out, gate, ship_dir / path.name, ships) if ship_dir else None
+    if shipped is not None:
+        record["shipped"] = str(shipped.relative_to(REPO))
     return record
+
+
+def place_variant(
+    out: Path, gate: precision.PrecisionGate, shipped: Path, ships: bool
+) -> Path | None:
+    """Ship the int8 variant ``out`` as ``shipped`` with its gate recorded, where it ``ships``;
+    else withdraw a variant shipped there earlier (of another fp32 file, or failing now: the
+    engine would skip it by its fp32 sha256, so it would only weigh on the wheel)."""
+    if not ships:
+        shipped.unlink(missing_ok=True)
+        return None
+    precision.record_gate(out, gate)
+    shipped.parent.mkdir(parents=True, exist_ok=True)
+    out.replace(shipped)
+    return shipped
 
 
 def write_gates_index(results: list[dict]) -> Path:

@@ -72,7 +72,7 @@ def stem_target_width(fold: str = WIDTH_FOLD) -> dict[str, Any]:
 
     from models.evaluate import N_GENES, TILE_PX, TILE_UM
     from models.folds import split
-    from models.stem.train import StemMethod, mean_head_expression
+    from models.stem.train import StemMethod, StemSettings, mean_head_expression
     from models.workshop.auxiliary import auxiliary_genes
     from models.workshop.data import gene_panel, load_her2st
     from models.workshop.metrics import pearson_per_gene
@@ -94,7 +94,7 @@ def stem_target_width(fold: str = WIDTH_FOLD) -> dict[str, Any]:
 
     results = {}
     for name, targets in widths.items():
-        method = StemMethod().fit(train, targets)
+        method = StemMethod(StemSettings(point="sampled_mean")).fit(train, targets)
         sampled = np.asarray(method.predict(test.tiles))[:, : len(genes)]
         head = mean_head_expression(method.model_, test.tiles)[:, : len(genes)]
         results[name] = {

@@ -4,7 +4,7 @@ pathologist labels, and the spot-context kernel chosen on patient C only.
     python -m models.feature_context extract --methods dkan            # DKAN-style's fold
     #   runs and features from one training per fold (it writes the missing fold caches)
     OMP_NUM_THREADS=1 python -m models.folds --methods mean ridge_colour \
-        ridge_colour_per_slide nsl_light_ridgehead dkan stem           # the other fold runs
+        ridge_colour_per_slide nsl_light_ridgehead dkan stem_mean_head # the other fold runs
     python -m models.frozen_encoder extract && python -m models.frozen_encoder folds  # the
     python -m models.ensemble folds                                    # combined models'
     python -m models.encoder_variants extract
@@ -111,7 +111,8 @@ METHODS = (
     ),
     Method("nsl", "NSL (`nsl_her2st`)", "nsl_light_ridgehead", "nsl_her2st.onnx"),
     Method("dkan", "DKAN-style (`dkan_her2st`)", "dkan", "dkan_her2st.onnx"),
-    Method("stem", "Stem-style (`stem_her2st`)", "stem", "stem_her2st.onnx"),
+    # its mean head, as shipped (the sampled mean shipped before: models/stem/mean_head.py)
+    Method("stem", "Stem-style (`stem_her2st`)", "stem_mean_head", "stem_her2st.onnx"),
     Method(
         "nsl_dkan",
         "NSL + DKAN-style, one graph (`nsl_dkan_her2st`, models/ensemble.py)",

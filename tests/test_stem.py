@@ -86,12 +86,13 @@ def test_the_mean_head_alone_is_the_samplers_prior_mean_in_log1p_units(tiny: dic
 
 
 def test_the_mean_head_point_estimate_keeps_the_samples_variance(tiny: dict) -> None:
-    """``stem_mean_head`` predicts with the mean head and still reports the samples' spread;
-    an unknown point estimate is refused."""
+    """``stem_mean_head`` (what ships) predicts with the mean head and still reports the
+    samples' spread; ``stem`` keeps the samples' mean; an unknown point estimate is refused."""
     import dataclasses
 
     from models.evaluate import make_method
-    from models.stem.train import mean_head_expression, sample_stem
+    from models.stem.model import StemSampler
+    from models.stem.train import mean_head_expression, sample_stem, spot_noise
 
     tiles, settings = tiny["test"].tiles[:20], tiny["settings"]
     method = make_method("stem_mean_head")
@@ -100,8 +101,21 @@ def test_the_mean_head_point_estimate_keeps_the_samples_variance(tiny: dict) -> 
     np.testing.assert_allclose(method.predict(tiles), mean_head_expression(tiny["model"], tiles))
     _, variance = sample_stem(tiny["model"], tiles, n_steps=3, n_samples=4)
     np.testing.assert_allclose(method.variance_, variance)
+    samples = torch.cat(  # the sampled mean, which the "stem" fold runs keep (shipped before)
+        [
+            StemSampler(tiny["model"], 3).samples(
+                torch.from_numpy(tiles), torch.from_numpy(spot_noise(np.arange(20), 4, N_GENES))
+            )
+        ]
+    )
+    sampled = make_method("stem")
+    assert sampled.settings.point == "sampled_mean"
+    sampled.settings = dataclasses.replace(sampled.settings, n_steps=3, n_samples=4)
+    sampled.model_ = tiny["model"]
+    np.testing.assert_allclose(sampled.predict(tiles), samples.mean(dim=1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(sampled.variance_, variance)
     method.settings = dataclasses.replace(method.settings, point="median")
-    with pytest.raises(ValueError, match="point must be sampled_mean or mean_head"):
+    with pytest.raises(ValueError, match="point must be one of"):
         method.predict(tiles)
 
 
@@ -142,8 +156,33 @@ def test_exported_sampler_agrees_with_the_torch_sampler_on_the_same_noise(
         mean, var = StemSampler(tiny["model"], 3)(torch.from_numpy(tiles), torch.from_numpy(noise))
     np.testing.assert_allclose(onnx_mean, mean.numpy(), rtol=0, atol=1e-4)
     np.testing.assert_allclose(onnx_var, var.numpy(), rtol=0, atol=1e-4)
-    other = session.run(["expression"], {"image": tiles, "noise": noise[::-1].copy()})[0]
-    assert not np.allclose(other, onnx_mean)  # the noise input really drives the samples
+    from models.stem.train import mean_head_expression
+
+    # expression is the mean head: the samples' centre, which the noise does not move
+    np.testing.assert_allclose(onnx_mean, mean_head_expression(tiny["model"], tiles), atol=1e-4)
+    other_mean, other_var = session.run(
+        ["expression", "variance"], {"image": tiles, "noise": noise[::-1].copy()}
+    )
+    np.testing.assert_allclose(other_mean, onnx_mean, atol=1e-6)
+    assert not np.allclose(other_var, onnx_var)  # the noise input really drives the samples
+
+
+def test_the_exported_mean_head_stays_float_in_int8(exported: Path) -> None:
+    """The nodes computing ``expression`` are declared float for int8 variants (the recipe's
+    own rule finds only the denoiser's last layer in this graph)."""
+    import onnx
+
+    from napari_virtual_st.precision import declared_float_nodes, sensitive_nodes
+    from napari_virtual_st.predictor import Predictor
+
+    model = onnx.load(str(exported))
+    declared = declared_float_nodes(Predictor(exported, providers=["cpu"]).info, model)
+    scopes = {
+        n.name: {p.key: p.value for p in n.metadata_props}.get("pkg.torch.onnx.name_scopes", "")
+        for n in model.graph.node
+    }
+    assert len(declared) == 2 and all("model.mean_head" in scopes[n] for n in declared)
+    assert not set(declared) & set(sensitive_nodes(model))
 
 
 def test_the_predictor_feeds_declared_noise_per_spot_like_the_torch_sampler(

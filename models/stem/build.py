@@ -90,6 +90,12 @@ def build(out: Path, settings: StemSettings | None = None) -> dict[str, Any]:
         "genes": f"top {N_GENES} by mean over training spots, measured in all sections",
         "settings": asdict(settings),
         "sampler": f"DDIM eta=0, {settings.n_steps} steps unrolled, {settings.n_samples} samples per spot",
+        "expression": {
+            "mean_head": "the mean head (the samples' centre), chosen under the protocol "
+            "(models/results/stem_mean_head.md)",
+            "sampled_mean": "the mean of the samples",
+        }[settings.point]
+        + "; variance: the samples' variance",
         "train_seconds_2_shared_cpu": round(seconds, 1),
         "code_revision": git_revision(),
         "built": time.strftime("%Y-%m-%d"),
@@ -105,12 +111,16 @@ def build(out: Path, settings: StemSettings | None = None) -> dict[str, Any]:
         license="Code BSD-3-Clause; " + HER2ST_LICENCE_NOTE,
         description=(
             "Conditional diffusion over the 250-gene vector given a colour+CNN image embedding; "
-            f"expression = mean and variance = variance of {settings.n_samples} DDIM samples."
+            f"expression = the conditional-mean head the {settings.n_samples} DDIM samples "
+            "spread around, variance = the samples' variance."
+            if settings.point == "mean_head"
+            else f"expression = mean and variance = variance of {settings.n_samples} DDIM samples."
         ),
     )
     sampler: dict[str, Any] = {
         "n_steps": settings.n_steps,
         "n_samples": settings.n_samples,
+        "point": settings.point,
         "check_tiles": test.tiles[:16],
     }
     export_stem(model, out, metadata, **sampler)

@@ -1,8 +1,8 @@
 """Train the Stem-style diffusion model on workshop sections, and sample from it in torch.
 
 ``fit_stem(train_sections, genes)`` returns a trained :class:`~models.stem.model.StemModel`;
-``StemMethod`` puts it behind the harness's ``fit`` / ``predict`` interface (mean of K DDIM
-samples). Used by ``models/evaluate.py`` (the protocol), ``models/stem/build.py`` (the shipped
+``StemMethod`` puts it behind the harness's ``fit`` / ``predict`` interface (the mean head, or
+the mean of K DDIM samples: ``StemSettings.point``). Used by ``models/evaluate.py`` (the protocol), ``models/stem/build.py`` (the shipped
 model) and ``models/stem/bench.py`` (steps × samples).
 """
 
@@ -55,10 +55,11 @@ class StemSettings:
     #: DDIM steps and samples per spot at prediction time.
     n_steps: int = 10
     n_samples: int = 8
-    #: The harness's point estimate: ``"sampled_mean"`` (the mean of the samples, what the
-    #: shipped graph outputs) or ``"mean_head"`` (:func:`mean_head_expression`; the samples
-    #: still give ``variance_``). Training is the same either way.
-    point: str = "sampled_mean"
+    #: The point estimate (``expression``): ``"mean_head"`` (the conditional-mean head, what
+    #: the shipped graph outputs; :func:`mean_head_expression`) or ``"sampled_mean"`` (the mean
+    #: of the samples, shipped before; ``models/results/stem_mean_head.md``). The samples give
+    #: the variance either way, and training is the same.
+    point: str = "mean_head"
 
 
 def spot_noise(
@@ -199,14 +200,16 @@ def sample_stem(
     n_samples: int,
     spot_ids: ArrayLike | None = None,
     batch_size: int = 128,
+    point: str = "mean_head",
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Torch DDIM sampling: ``(mean, variance)`` over ``n_samples`` per tile, each ``(n, G)``.
+    """Torch DDIM sampling: ``(expression, variance)`` per tile, each ``(n, G)``: the ``point``
+    estimate (:class:`~models.stem.model.StemSampler`) and the variance of ``n_samples``.
 
     The noise of spot ``i`` is :func:`spot_noise` of ``spot_ids[i]`` (default ``0..n-1``), the
     same the engine feeds the exported sampler.
     """
     ids = np.arange(len(tiles)) if spot_ids is None else np.asarray(spot_ids)
-    sampler = StemSampler(model, n_steps).eval()
+    sampler = StemSampler(model, n_steps, point).eval()
     means, variances = [], []
     with torch.no_grad():
         for i in range(0, len(tiles), batch_size):
@@ -224,8 +227,9 @@ def mean_head_expression(
     model: StemModel, tiles: NDArray[np.uint8], batch_size: int = 128
 ) -> NDArray[np.float32]:
     """The mean head alone (the prior mean the sampled residuals spread around), in log1p CP10k
-    and clamped at 0: ``(n, G)`` for ``(n, s, s, 3)`` uint8 tiles. A diagnostic of the
-    diffusion part (``models.auxiliary_genes --stem-width``); the shipped graph samples."""
+    and clamped at 0: ``(n, G)`` for ``(n, s, s, 3)`` uint8 tiles, without sampling (the
+    ``models.auxiliary_genes --stem-width`` diagnostic); the same values as the sampler's
+    ``"mean_head"`` point estimate."""
     out = []
     with torch.no_grad():
         for i in range(0, len(tiles), batch_size):
@@ -236,7 +240,8 @@ def mean_head_expression(
 
 
 class StemMethod:
-    """The diffusion model behind the harness's ``fit`` / ``predict`` (mean of K samples)."""
+    """The diffusion model behind the harness's ``fit`` / ``predict`` (the settings' point
+    estimate; the samples' variance in ``variance_``)."""
 
     name = "stem"
 
@@ -248,13 +253,11 @@ class StemMethod:
         return self
 
     def predict(self, tiles: NDArray[np.uint8]) -> NDArray[np.float32]:
-        mean, self.variance_ = sample_stem(
-            self.model_, tiles, self.settings.n_steps, self.settings.n_samples
+        expression, self.variance_ = sample_stem(
+            self.model_,
+            tiles,
+            self.settings.n_steps,
+            self.settings.n_samples,
+            point=self.settings.point,
         )
-        if self.settings.point == "mean_head":
-            return mean_head_expression(self.model_, tiles)
-        if self.settings.point != "sampled_mean":
-            raise ValueError(
-                f"point must be sampled_mean or mean_head, not {self.settings.point!r}"
-            )
-        return mean
+        return expression

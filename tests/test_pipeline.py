@@ -558,3 +558,28 @@ def test_build_grid_lays_each_kind_and_keeps_spots_on_tissue(slide: Slide) -> No
 def test_build_grid_refuses_an_unknown_kind(slide: Slide) -> None:
     with pytest.raises(ParameterError, match="grid must be visium, st or dense; got 'hex'"):
         build_grid(slide, "hex", tile_um=TILE_UM)  # type: ignore[arg-type]
+
+
+def test_resuming_with_other_slide_statistics_is_refused_and_the_store_kept(
+    cmu_small_svs: Path, tmp_path: Path
+) -> None:
+    from napari_virtual_st.errors import StoreMismatchError
+
+    model = write_mean_colour_model(tmp_path / "s.onnx", with_slide_statistics=True)
+    predictor = Predictor(model)
+    with Slide(cmu_small_svs) as slide:
+        grid = build_grid(slide, "visium", tile_um=55.0)
+        tiles = np.stack([slide.read_tile((x, y), 32, 55.0) for x, y in grid.xy_level0_px[:20]])
+        first = predictor.standardised_on(tiles)
+        with pytest.raises(CancelledError):
+            predict_slide(slide, first, grid, tmp_path / "s.vst.zarr", batch_size=8,
+                          should_cancel=iter([False, True]).__next__)  # fmt: skip
+        before = PredictionStore.open(tmp_path / "s.vst.zarr").expression()
+        other = predictor.standardised_on(tiles[:10])
+        with pytest.raises(StoreMismatchError, match="other slide statistics"):
+            predict_slide(slide, other, grid, tmp_path / "s.vst.zarr", batch_size=8)
+        with pytest.raises(StoreMismatchError, match="none are given now"):
+            predict_slide(slide, predictor, grid, tmp_path / "s.vst.zarr", batch_size=8)
+        kept = PredictionStore.open(tmp_path / "s.vst.zarr")
+        np.testing.assert_array_equal(kept.expression(), before)
+        assert kept.slide_statistics == first.slide_statistics

@@ -633,3 +633,14 @@ def test_a_budget_that_fits_every_tile_gives_the_one_pass_file_byte_for_byte(
         fp32, tmp_path / "unbounded.onnx", tiles, calibration_budget=math.inf
     )
     assert unbounded.read_bytes() == roomy.read_bytes()
+
+
+def test_int8_is_refused_for_a_model_that_standardises_per_slide_and_auto_says_why(
+    tmp_path: Path,
+) -> None:
+    model = write_mean_colour_model(tmp_path / "s.onnx", with_slide_statistics=True)
+    with pytest.raises(ModelError, match="standardises its features per slide"):
+        choose_model(model, "int8")
+    auto = choose_model(model, "auto")
+    assert auto.path == model and auto.precision == "fp32"
+    assert "calibration does not measure slide statistics" in auto.reason

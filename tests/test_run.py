@@ -500,3 +500,71 @@ def test_a_slide_far_coarser_than_the_model_reads_is_refused_naming_both(
     with pytest.raises(ParameterError, match=r"0\.499 µm per pixel .* 0\.05 µm per pixel"):
         run(spec)
     assert not spec.store_path.exists()
+
+
+def _standardising(tmp_path: Path) -> Path:
+    from synthetic_models import write_mean_colour_model
+
+    return write_mean_colour_model(tmp_path / "standardising.onnx", with_slide_statistics=True)
+
+
+def test_slide_statistics_come_from_the_slides_tissue_whatever_spots_a_run_predicts(
+    cmu_small_svs: Path, tmp_path: Path
+) -> None:
+    from napari_virtual_st.run import run
+    from napari_virtual_st.slide import Slide
+    from synthetic_models import STATISTICS_SPEC, expected_standardised
+
+    model = _standardising(tmp_path)
+    whole = run(RunSpec(cmu_small_svs, model, tmp_path / "whole.vst.zarr", batch_size=16))
+    stats = whole.slide_statistics
+    assert stats is not None and 2 <= stats.n_spots <= STATISTICS_SPEC["spots"]
+    assert "tissue" in stats.sampled_from
+    with Slide(cmu_small_svs) as slide:
+        tiles = np.stack([slide.read_tile((x, y), 32, 55.0) for x, y in whole.xy_level0_px[:6]])
+    np.testing.assert_allclose(
+        whole.expression()[:6],
+        expected_standardised(tiles, stats.mean, stats.std, 5),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    # a run at three of those spots (a drawn region, measured spots) gives them the same values
+    some = whole.grid.subset(np.array([0, 5, 9]))
+    part = run(RunSpec(cmu_small_svs, model, tmp_path / "part.vst.zarr", spots=some))
+    assert part.slide_statistics == stats
+    np.testing.assert_allclose(part.expression(), whole.expression()[[0, 5, 9]], rtol=1e-6)
+
+
+def test_a_resumed_run_feeds_its_stores_statistics_and_ends_as_an_uninterrupted_one(
+    cmu_small_svs: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from napari_virtual_st.run import run
+
+    model = _standardising(tmp_path)
+    straight = run(RunSpec(cmu_small_svs, model, tmp_path / "a.vst.zarr", batch_size=4))
+    spec = RunSpec(cmu_small_svs, model, tmp_path / "b.vst.zarr", batch_size=4)
+    batches: list[BatchEvent] = []
+    with pytest.raises(CancelledError):
+        run(spec, progress=lambda e: batches.append(e) if isinstance(e, BatchEvent) else None,
+            should_cancel=lambda: len(batches) >= 2)  # fmt: skip
+    assert not PredictionStore.open(spec.store_path).is_complete
+    # were the statistics measured again they would differ (as if the slide's sample had)
+    monkeypatch.setattr(engine, "sample_evenly", lambda n, k: np.arange(2))
+    stages: list[str] = []
+    resumed = run(spec, progress=lambda e: stages.append(getattr(e, "message", "")))
+    assert not [s for s in stages if "statistics" in s]
+    assert resumed.is_complete and resumed.slide_statistics == straight.slide_statistics
+    np.testing.assert_array_equal(resumed.expression(), straight.expression())
+
+
+def test_a_model_that_needs_slide_statistics_skips_the_preview(
+    cmu_small_svs: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(engine, "PREVIEW_MASK_PX", 64)  # as if the slide were large
+    request = _request(cmu_small_svs, _standardising(tmp_path), tmp_path)
+    events, path = _drain(run_events(request))
+    assert not [e for e in events if isinstance(e, PreviewEvent)]
+    stages = [e.message for e in events if isinstance(e, StageEvent)]
+    measuring = [i for i, s in enumerate(stages) if s.startswith("measuring the slide's")]
+    assert measuring and measuring[0] == stages.index("laying out spots") + 1
+    assert PredictionStore.open(path).is_complete

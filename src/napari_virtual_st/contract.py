@@ -14,6 +14,8 @@ A model is one ``.onnx`` file: input ``image`` uint8 ``(N, tile_px, tile_px, 3)`
 A model may declare spot context (``vst.context``, a fixed or learnt kernel: see
 :mod:`napari_virtual_st.context`): its spot values are then its per-tile outputs averaged over
 each spot's neighbours, which the engine does on reading (the graph itself stays per-tile).
+A model may also standardise its features per slide (``vst.slide_statistics``: see
+:mod:`napari_virtual_st.slide_statistics`): the engine then feeds it the slide's statistics.
 
 Every refusal is a :class:`~napari_virtual_st.errors.ModelError` naming the key or tensor at
 fault. This module knows nothing of providers, sessions or batching (``predictor.py`` does).
@@ -32,6 +34,7 @@ import onnx
 
 from napari_virtual_st.context import SpotContext, describe_values
 from napari_virtual_st.errors import ModelError
+from napari_virtual_st.slide_statistics import StatisticsSpec
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -79,6 +82,8 @@ class ModelMetadata:
         ...], "distribution", "seed"}``; empty when there are none.
     context
         The spot context its values use (``vst.context``); ``None``: per-tile values.
+    slide_statistics
+        The per-slide standardisation it needs (``vst.slide_statistics``); ``None``: none.
     other_keys
         Any other ``vst.`` keys (without the prefix), kept as written.
     """
@@ -96,6 +101,7 @@ class ModelMetadata:
     metrics: Any = None
     extra_inputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     context: SpotContext | None = None
+    slide_statistics: StatisticsSpec | None = None
     other_keys: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -106,6 +112,10 @@ class ModelMetadata:
         object.__setattr__(self, "other_keys", dict(self.other_keys))
         if isinstance(self.context, (str, Mapping)):  # its JSON text or object
             object.__setattr__(self, "context", _context(self.context))
+        if isinstance(self.slide_statistics, (str, Mapping)):
+            object.__setattr__(
+                self, "slide_statistics", StatisticsSpec.from_json(self.slide_statistics)
+            )
         if self.context is not None and self.context.n_genes not in (None, len(self.genes)):
             raise ModelError(
                 f"metadata 'vst.context': coefficients for {self.context.n_genes} genes, but "
@@ -161,6 +171,7 @@ class ModelMetadata:
             "metrics": self.metrics,
             "extra_inputs": self.extra_inputs or None,
             "context": self.context,
+            "slide_statistics": self.slide_statistics,
         }
         items.update((k, v) for k, v in optional.items() if v is not None)
         items.update(self.other_keys)
@@ -172,11 +183,13 @@ def _as_value(value: Any) -> Any:
         return list(value)
     if isinstance(value, SpotContext):
         return value.as_dict()
+    if isinstance(value, StatisticsSpec):
+        return json.loads(value.to_json())
     return value
 
 
 def _to_string(key: str, value: Any) -> str:
-    if isinstance(value, SpotContext):
+    if isinstance(value, (SpotContext, StatisticsSpec)):
         return value.to_json()
     if key in _JSON_KEYS:
         return json.dumps(list(value) if isinstance(value, tuple) else value)
@@ -346,6 +359,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "metrics": _any_json("metrics"),
     "extra_inputs": _extra_inputs,
     "context": _context,
+    "slide_statistics": StatisticsSpec.from_json,
 }
 
 
@@ -375,8 +389,46 @@ def check_graph(
     """
     by_name = {i.name: i for i in inputs}
     _check_image(by_name, metadata.tile_px)
+    statistics = metadata.slide_statistics
+    if statistics is not None:
+        _check_slide_statistics(by_name, {o.name: o for o in outputs}, statistics)
+        by_name = {k: v for k, v in by_name.items() if k not in statistics.inputs}
     _check_extra_inputs(by_name, metadata.extra_inputs)
     _check_outputs({o.name: o for o in outputs}, metadata)
+
+
+def _check_slide_statistics(
+    inputs: Mapping[str, TensorInfo], outputs: Mapping[str, TensorInfo], spec: StatisticsSpec
+) -> None:
+    where = "metadata 'vst.slide_statistics'"
+    features = outputs.get(spec.features)
+    if features is None:
+        raise ModelError(
+            f"{where} names output {spec.features!r}, which the model does not have "
+            f"(its outputs: {', '.join(outputs)})"
+        )
+    if features.type != "tensor(float)" or len(features.shape) != 2:
+        raise ModelError(
+            f"{where}: output {spec.features!r} must be float32 (N, features); it is "
+            f"{features.type} {features.shape}"
+        )
+    width = features.shape[1]
+    for name in spec.inputs:
+        node = inputs.get(name)
+        if node is None:
+            raise ModelError(f"{where} names input {name!r}, which the model does not have")
+        if node.type != "tensor(float)" or len(node.shape) != 1:
+            raise ModelError(
+                f"{where}: input {name!r} must be float32 (features,); it is "
+                f"{node.type} {node.shape}"
+            )
+        if not isinstance(node.shape[0], int):
+            raise ModelError(f"{where}: input {name!r} must have a fixed number of features")
+        if isinstance(width, int) and node.shape[0] != width:
+            raise ModelError(
+                f"{where}: input {name!r} has {node.shape[0]} values but output "
+                f"{spec.features!r} has {width} features"
+            )
 
 
 def _check_image(inputs: Mapping[str, TensorInfo], tile_px: int) -> None:
@@ -473,6 +525,8 @@ class ModelInfo:
         Declared inputs besides ``image`` (e.g. diffusion noise), name → spec.
     context
         The spot context the model's values use, ``None`` for per-tile values.
+    slide_statistics
+        The per-slide standardisation the model needs, ``None`` for none.
     metadata
         All ``vst.`` keys, parsed where they are JSON.
     sha256
@@ -489,6 +543,7 @@ class ModelInfo:
     metadata: Mapping[str, Any]
     sha256: str
     context: SpotContext | None = None
+    slide_statistics: StatisticsSpec | None = None
 
     @classmethod
     def from_metadata(cls, metadata: ModelMetadata, sha256: str = "") -> ModelInfo:
@@ -504,6 +559,7 @@ class ModelInfo:
             metadata=metadata.as_dict(),
             sha256=sha256,
             context=metadata.context,
+            slide_statistics=metadata.slide_statistics,
         )
 
     @property

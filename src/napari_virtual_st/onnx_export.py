@@ -309,6 +309,8 @@ def store_weights_fp16(
     """
     source, path = Path(source), Path(path)
     original = Predictor(source, providers=["cpu"])
+    if original.info.slide_statistics is not None:  # both fed the check tiles' statistics
+        original = original.standardised_on(check_tiles)
     reference = original.predict(check_tiles, spot_index=np.arange(len(check_tiles)))
     model = onnx.load(str(source))
     graph = model.graph
@@ -330,6 +332,8 @@ def store_weights_fp16(
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         candidate = save_model(model, Path(tmp) / path.name)
         half = Predictor(candidate, providers=["cpu"])  # validates the contract
+        if original.slide_statistics is not None:
+            half = half.with_slide_statistics(original.slide_statistics)
         got = half.predict(check_tiles, spot_index=np.arange(len(check_tiles)))
         pairs = [(reference.expression, got.expression)]
         if reference.variance is not None and got.variance is not None:

@@ -505,9 +505,34 @@ def _open_or_create(
         slide_name=slide.path.name,
         model_name=predictor.path.name,
     )
+    check_statistics_match(store, predictor)
     health = check_store(store)
     store.forget_chunks(health.damaged_chunks)
     return store, sum(s.stop - s.start for s in health.damaged_spots)
+
+
+def check_statistics_match(store: PredictionStore, predictor: Predictor) -> None:
+    """Refuse to resume a store with other slide statistics than the predictor feeds: its
+    saved values and the new ones would be standardised differently.
+
+    Raises
+    ------
+    StoreMismatchError
+        Saying what differs; the store is left as it is.
+    """
+    stored, bound = store.slide_statistics, predictor.slide_statistics
+    if stored == bound:
+        return
+    if bound is None:
+        raise StoreMismatchError(
+            f"{store.path.name} was predicted with slide statistics, but none are given now"
+        )
+    raise StoreMismatchError(
+        f"{store.path.name} was predicted with other slide statistics than this run's "
+        f"({'none' if stored is None else f'{stored.n_spots} spots'} against "
+        f"{bound.n_spots}); a run reuses a store's own, so start it again (--overwrite) "
+        "rather than mix the two"
+    )
 
 
 def check_precision_matches(store: PredictionStore, predictor: Predictor) -> None:
@@ -593,4 +618,9 @@ def _provenance(slide: Slide, predictor: Predictor) -> dict[str, Any]:
         },
         "software": {"napari_virtual_st": __version__, "onnxruntime": ort.__version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(
+            {"slide_statistics": predictor.slide_statistics.to_attrs()}
+            if predictor.slide_statistics is not None
+            else {}
+        ),
     }

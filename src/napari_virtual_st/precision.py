@@ -997,8 +997,9 @@ def choose_model(
     ParameterError
         For an unknown precision.
     ModelError
-        When ``int8`` is asked for a model that cannot be quantised, or whose int8 variant
-        is recorded to have failed its gate.
+        When ``int8`` is asked for a model that cannot be quantised (one taking slide
+        statistics: its calibration would need them), or whose int8 variant is recorded to
+        have failed its gate.
     """
     wanted = check_precision(requested)
     path = Path(model_path)
@@ -1009,6 +1010,14 @@ def choose_model(
         return ModelChoice(
             path, "int8", wanted, f"{path.name} is an int8 model", recorded_gate(info.metadata)
         )
+    if info.slide_statistics is not None:  # calibration would need each slide's statistics
+        why = (
+            f"{path.name} standardises its features per slide, and int8 calibration does not "
+            "measure slide statistics yet"
+        )
+        if wanted == "auto":
+            return ModelChoice(path, "fp32", wanted, f"fp32: {why}")
+        raise ModelError(f"{why}: use --precision fp32 or auto")
     sha = info.sha256
     found = _variant_for(path, sha)
     # only a variant whose own gate passed overrides a failure recorded for this file: a

@@ -12,6 +12,7 @@ or tensor at fault, before any slide is read.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from napari_virtual_st.contract import CONTRACT_VERSION, ModelInfo, read_model_info
 from napari_virtual_st.errors import ModelError, ParameterError
+from napari_virtual_st.slide_statistics import SlideStatistics
 
 __all__ = [
     "CONTRACT_VERSION",
@@ -291,6 +293,7 @@ class Predictor:
             io_binding = device not in (None, "cpu")  # on by default where it saves copies
         #: Where batches are bound (``"cuda"``, ``"cpu"``), or ``None``: plain ``session.run``.
         self.bound_device: str | None = (device or "cpu") if io_binding else None
+        self._statistics: SlideStatistics | None = None
 
     @property
     def genes(self) -> tuple[str, ...]:
@@ -315,6 +318,56 @@ class Predictor:
         """Whether a GPU execution provider (TensorRT, CUDA, ROCm, MIGraphX, DirectML) is in use."""
         return self.providers[0] in GPU_PROVIDERS
 
+    @property
+    def slide_statistics(self) -> SlideStatistics | None:
+        """The slide statistics this predictor feeds (:meth:`with_slide_statistics`), if any."""
+        return self._statistics
+
+    def with_slide_statistics(self, statistics: SlideStatistics) -> Predictor:
+        """A copy that feeds ``statistics`` to a model declaring ``vst.slide_statistics``.
+
+        The copy shares the ONNX Runtime session (no second load); each copy keeps its own
+        statistics, so runs of several slides may use copies side by side.
+
+        Raises
+        ------
+        ModelError
+            When the model takes no slide statistics, or their width is not its feature count.
+        """
+        spec = self.info.slide_statistics
+        if spec is None:
+            raise ModelError(f"{self.path.name} does not standardise its features per slide")
+        width = next(o.shape[1] for o in self._session.get_outputs() if o.name == spec.features)
+        if isinstance(width, int) and statistics.n_features != width:
+            raise ModelError(
+                f"slide statistics of {statistics.n_features} features do not fit "
+                f"{self.path.name}, which has {width}"
+            )
+        bound = copy.copy(self)
+        bound._statistics = statistics
+        return bound
+
+    def slide_features(
+        self, tiles: ArrayLike, spot_index: ArrayLike | None = None
+    ) -> NDArray[np.float32]:
+        """The raw features ``(N, F)`` of a model declaring ``vst.slide_statistics``: what
+        its slide statistics are measured on (:meth:`SlideStatistics.of`).
+
+        Raises
+        ------
+        ModelError
+            When the model takes no slide statistics.
+        """
+        spec = self.info.slide_statistics
+        if spec is None:
+            raise ModelError(f"{self.path.name} does not standardise its features per slide")
+        batch, ids = self._checked(tiles, spot_index)
+        return np.asarray(self._outputs(batch, ids, [spec.features])[0], dtype=np.float32)
+
+    def standardised_on(self, tiles: ArrayLike) -> Predictor:
+        """A copy fed the statistics of ``tiles`` themselves (e.g. every spot of a section)."""
+        return self.with_slide_statistics(SlideStatistics.of(self.slide_features(tiles)))
+
     def predict(self, tiles: ArrayLike, spot_index: ArrayLike | None = None) -> Prediction:
         """Run the model on a batch of tiles.
 
@@ -334,7 +387,37 @@ class Predictor:
         ------
         ParameterError
             If ``tiles`` or ``spot_index`` have the wrong shape or dtype.
+        ModelError
+            If the model needs slide statistics and none are bound
+            (:meth:`with_slide_statistics`), or it fails on the batch.
         """
+        batch, ids = self._checked(tiles, spot_index)
+        if self.info.slide_statistics is not None and self._statistics is None:
+            raise ModelError(
+                f"{self.path.name} standardises its features per slide: it needs the slide's "
+                "statistics first (a run measures them on a sample of the slide's tissue)"
+            )
+        n = len(batch)
+        if n == 0:
+            empty = np.empty((0, len(self.info.genes)), np.float32)
+            return Prediction(empty, empty.copy() if "variance" in self.info.outputs else None)
+        wanted = list(self.info.outputs)
+        out = dict(zip(wanted, self._outputs(batch, ids, wanted), strict=True))
+        expression = np.asarray(out["expression"], dtype=np.float32)
+        if expression.shape != (n, len(self.info.genes)):
+            raise ModelError(
+                f"the model returned expression of shape {expression.shape}; expected "
+                f"({n}, {len(self.info.genes)})"
+            )
+        variance = out.get("variance")
+        return Prediction(
+            expression, None if variance is None else np.asarray(variance, dtype=np.float32)
+        )
+
+    def _checked(
+        self, tiles: ArrayLike, spot_index: ArrayLike | None
+    ) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+        """``tiles`` and their spot ids as arrays, or a :class:`ParameterError`."""
         batch = np.ascontiguousarray(tiles)
         t = self.info.tile_px
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1:] != (t, t, 3):
@@ -351,49 +434,54 @@ class Predictor:
             raise ParameterError(
                 f"spot_index must hold one id per tile, shape ({n},); got shape {ids.shape}"
             )
-        if n == 0:
-            empty = np.empty((0, len(self.info.genes)), np.float32)
-            return Prediction(empty, empty.copy() if "variance" in self.info.outputs else None)
-        if self.fixed_batch_size is not None and self.fixed_batch_size != n:
-            step = self.fixed_batch_size
-            parts = [self._run(batch[i : i + step], ids[i : i + step]) for i in range(0, n, step)]
-            var = (
-                None if parts[0].variance is None else np.concatenate([p.variance for p in parts])
-            )
-            return Prediction(np.concatenate([p.expression for p in parts]), var)
-        return self._run(batch, ids)
+        return batch, ids
 
-    def _run(self, batch: NDArray[np.uint8], ids: NDArray[np.int64]) -> Prediction:
-        if self.fixed_batch_size is not None and len(batch) < self.fixed_batch_size:
-            pad = self.fixed_batch_size - len(batch)
-            padded = self._run(
-                np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)]),
-                np.concatenate([ids, np.repeat(ids[-1:], pad)]),
-            )
-            var = None if padded.variance is None else padded.variance[: len(batch)]
-            return Prediction(padded.expression[: len(batch)], var)
+    def _outputs(
+        self, batch: NDArray[np.uint8], ids: NDArray[np.int64], wanted: list[str]
+    ) -> list[NDArray[Any]]:
+        """The ``wanted`` outputs for a batch, in model calls of the model's fixed batch size
+        when it has one (the last padded with copies of its last tile)."""
+        step = self.fixed_batch_size
+        if step is None or len(batch) == step:
+            return self._run(batch, ids, wanted)
+        parts = []
+        for i in range(0, len(batch), step):
+            part, part_ids = batch[i : i + step], ids[i : i + step]
+            pad = step - len(part)
+            if pad:
+                part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
+                part_ids = np.concatenate([part_ids, np.repeat(part_ids[-1:], pad)])
+            parts.append([o[: step - pad] for o in self._run(part, part_ids, wanted)])
+        return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
+    def _run(
+        self, batch: NDArray[np.uint8], ids: NDArray[np.int64], wanted: list[str]
+    ) -> list[NDArray[Any]]:
         feeds: dict[str, np.ndarray] = {"image": batch}
         for name, spec in self.info.extra_inputs.items():
             feeds[name] = extra_input_values(spec, ids)
-        wanted = list(self.info.outputs)
+        statistics = self.info.slide_statistics
+        if statistics is not None:  # raw features (slide_features): standardised by 0 and 1
+            width = self._statistics_width()
+            bound = self._statistics
+            feeds[statistics.mean] = bound.mean if bound else np.zeros(width, np.float32)
+            feeds[statistics.std] = bound.std if bound else np.ones(width, np.float32)
         try:
-            results = self._session_run(wanted, feeds)
+            return [np.asarray(r) for r in self._session_run(wanted, feeds)]
         except _ORT_RUN_ERRORS as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(
                 f"{self.path.name} failed on a batch of {len(batch)} tiles: {message}"
             ) from exc
-        out = dict(zip(wanted, results, strict=True))
-        expression = np.asarray(out["expression"], dtype=np.float32)
-        if expression.shape != (len(batch), len(self.info.genes)):
-            raise ModelError(
-                f"the model returned expression of shape {expression.shape}; expected "
-                f"({len(batch)}, {len(self.info.genes)})"
-            )
-        variance = out.get("variance")
-        return Prediction(
-            expression, None if variance is None else np.asarray(variance, dtype=np.float32)
-        )
+
+    def _statistics_width(self) -> int:
+        """The model's feature count (its statistics inputs' fixed length)."""
+        if self._statistics is not None:
+            return self._statistics.n_features
+        spec = self.info.slide_statistics
+        assert spec is not None
+        shape = next(i.shape for i in self._session.get_inputs() if i.name == spec.mean)
+        return int(shape[0])  # (fixed: the contract checks it)
 
     def _session_run(self, wanted: list[str], feeds: dict[str, np.ndarray]) -> list[Any]:
         device = self.bound_device

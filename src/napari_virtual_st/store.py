@@ -47,6 +47,7 @@ from napari_virtual_st.atomic import move_into_place, remove_path
 from napari_virtual_st.context import ContextWeights, SpotContext, apply_context, spot_weights
 from napari_virtual_st.errors import ModelError, ParameterError, StoreError, StoreMismatchError
 from napari_virtual_st.grid import SpotGrid
+from napari_virtual_st.slide_statistics import SlideStatistics
 from napari_virtual_st.writer_lock import writer_lock
 
 if TYPE_CHECKING:
@@ -474,6 +475,18 @@ class PredictionStore:
     def context(self) -> SpotContext | None:
         """The spot context of the model's values (``None``: per-tile values)."""
         return self.model.context
+
+    @property
+    def slide_statistics(self) -> SlideStatistics | None:
+        """The slide statistics the model was fed (``None``: a model that takes none).
+
+        Raises
+        ------
+        StoreError
+            When the record is damaged.
+        """
+        record = self.attrs.get("slide_statistics")
+        return None if record is None else SlideStatistics.from_attrs(record)
 
     @property
     def is_contextual(self) -> bool:

@@ -1,8 +1,9 @@
 """``run``: the one place a prediction run is assembled.
 
 open the slide → load the model → find tissue (a quick preview first on large slides) →
-lay out the spots (or take the given ones) → refuse an empty grid → predict into the store
-(resuming it; one writer at a time) → save the alignment with it.
+lay out the spots (or take the given ones) → refuse an empty grid → measure the slide's
+statistics, for a model that standardises its features per slide (or reuse the store's) →
+predict into the store (resuming it; one writer at a time) → save the alignment with it.
 
 The CLI, the cohort task, the Predict widget (through its prediction process) and the
 Measured ST widget all call :func:`run` with a :class:`~.spec.RunSpec`; what happens
@@ -44,7 +45,8 @@ from napari_virtual_st.run.events import (
 )
 from napari_virtual_st.run.spec import Region, RunSpec
 from napari_virtual_st.slide import Slide
-from napari_virtual_st.store import PredictionStore
+from napari_virtual_st.slide_statistics import SlideStatistics, sample_evenly
+from napari_virtual_st.store import PredictionStore, is_prediction_store, store_location
 from napari_virtual_st.store_view import StoreView
 from napari_virtual_st.tissue import TissueMask, check_brightfield, detect_tissue
 
@@ -115,7 +117,9 @@ def run(
         predictor, started, _, plan = prepare_model(spec, stage)
         model_threads.update(started if spec.yield_cpu else ())
         check_resolution(mpp, predictor)
-        grid = _spots(spec, slide, predictor, stage, emit, cancelled)
+        grid, tissue = _spots(spec, slide, predictor, stage, emit, cancelled)
+        if predictor.info.slide_statistics is not None:
+            predictor = with_slide_statistics(spec, slide, predictor, tissue, stage)
         stage(f"predicting {len(grid):,} spots")
 
         def report(p: Progress) -> None:
@@ -290,17 +294,19 @@ def _spots(
     stage: Callable[[str], None],
     emit: ProgressCallback,
     cancelled: Callable[[], bool],
-) -> SpotGrid:
-    """The run's spots: the given ones, or the lattice on tissue; never none."""
+) -> tuple[SpotGrid, TissueMask | None]:
+    """The run's spots: the given ones, or the lattice on tissue; never none. Also the
+    tissue mask found on the way (``None`` where none was needed)."""
     if spec.spots is not None:
         grid = spec.spots
         if len(grid) == 0:
             raise ParameterError("there are no spots to predict")
-        return grid
+        return grid, None
     stage("finding tissue")
     tissue = None
     if spec.min_tissue_fraction > 0:
-        if _previews(spec, slide):
+        # a preview's values would need the slide's statistics, measured on the full mask
+        if _previews(spec, slide) and predictor.info.slide_statistics is None:
             view = _preview(slide, predictor, spec, cancelled)
             if view is not None:
                 emit(PreviewEvent(view))
@@ -320,7 +326,81 @@ def _spots(
             f"no {spec.grid_kind} spots have at least {spec.min_tissue_fraction:.0%} tissue "
             "under them; lower the minimum tissue fraction (--min-tissue; 0 keeps every spot)"
         )
-    return grid
+    return grid, tissue
+
+
+#: Tissue a spot of the statistics' lattice needs under it (the engine's default).
+STATISTICS_MIN_TISSUE = 0.5
+
+
+def with_slide_statistics(
+    spec: RunSpec,
+    slide: Slide,
+    predictor: Predictor,
+    tissue: TissueMask | None,
+    stage: Callable[[str], None],
+) -> Predictor:
+    """The predictor fed the slide's statistics: those of the run's store when it resumes
+    one, else measured on an even sample of the slide's own tissue lattice (the dense
+    lattice of the model's tile over tissue), whatever spots the run predicts
+    (:mod:`napari_virtual_st.slide_statistics`).
+
+    Raises
+    ------
+    ParameterError
+        When the slide has no tissue to measure them on.
+    """
+    stored = _stored_statistics(spec, predictor)
+    if stored is not None:
+        return predictor.with_slide_statistics(stored)
+    spec_ = predictor.info.slide_statistics
+    assert spec_ is not None
+    stage(f"measuring the slide's statistics (up to {spec_.spots} spots)")
+    if tissue is None:
+        tissue = detect_tissue(slide, mask_um_per_px=FULL_MASK_UM_PER_PX)
+    info = predictor.info
+    lattice = build_grid(
+        slide,
+        "dense",
+        tile_um=info.tile_um,
+        min_tissue_fraction=STATISTICS_MIN_TISSUE,
+        tissue=tissue,
+    )
+    if len(lattice) < 2:
+        raise ParameterError(
+            f"{predictor.path.name} standardises its features over the slide's tissue, but "
+            f"fewer than 2 tiles of {info.tile_um:g} µm have {STATISTICS_MIN_TISSUE:.0%} "
+            "tissue under them on this slide"
+        )
+    chosen = lattice.subset(sample_evenly(len(lattice), spec_.spots))
+    tiles = np.stack(
+        [slide.read_tile((x, y), info.tile_px, info.tile_um) for x, y in chosen.xy_level0_px]
+    )
+    features = np.concatenate(
+        [
+            predictor.slide_features(tiles[i : i + spec.batch_size])
+            for i in range(0, len(tiles), spec.batch_size)
+        ]
+    )
+    where = (
+        f"{len(chosen)} of the {len(lattice)} tiles of {info.tile_um:g} µm on the slide's "
+        f"tissue (≥ {STATISTICS_MIN_TISSUE:.0%}), evenly spread"
+    )
+    return predictor.with_slide_statistics(SlideStatistics.of(features, where))
+
+
+def _stored_statistics(spec: RunSpec, predictor: Predictor) -> SlideStatistics | None:
+    """The statistics of the store the run resumes (same model), if it has any."""
+    path = store_location(spec.store_path)
+    if spec.overwrite or not is_prediction_store(path):
+        return None
+    try:
+        store = PredictionStore.open(path)
+    except Exception:  # unreadable: predict_slide says why, with the store's own message
+        return None
+    if store.model.sha256 != predictor.info.sha256:
+        return None  # another model's store: predict_slide refuses it, naming both
+    return store.slide_statistics
 
 
 def visible_first(xy_level0_px: NDArray[np.float64], region: Region | None) -> NDArray[np.intp]:

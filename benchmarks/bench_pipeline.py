@@ -20,7 +20,8 @@ reading and the model allow *when they share the cores*: ``min(read, model, core
 rate. Threads: the engine's own sizing (:func:`napari_virtual_st.pipeline.plan_threads`)
 unless ``--read-threads`` / ``--intra-op-threads`` say otherwise. ``--precision int8`` runs
 each model's int8 variant (:mod:`napari_virtual_st.precision`). ``first_result_s`` is the time from calling ``predict_slide`` to the
-first batch in the store; ``peak_rss_mb`` is the peak RSS of the process running the
+first batch in the store (for a model that takes slide statistics, from measuring them as a
+run does, ``slide_statistics_s`` of it); ``peak_rss_mb`` is the peak RSS of the process running the
 pipeline. Every measurement runs in its own fresh subprocess (cold model, own RSS peak).
 
 Usage::
@@ -258,6 +259,8 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         pred = predictor()
         out["providers"] = pred.providers
         pool_tiles = read_chunk(slice(0, min(n, 8 * bs)))
+        if pred.info.slide_statistics is not None:  # (not timed: the model alone is)
+            pred = pred.standardised_on(pool_tiles)
         for sl in _chunks(n, bs):
             batch = pool_tiles[np.arange(sl.start, sl.stop) % len(pool_tiles)]
             with meter:
@@ -281,6 +284,9 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
             out["rss_before_run_mb"] = round(_rss_mb(), 1)
             with _RssSampler() as sampler, meter:
                 t0 = time.perf_counter()
+                if pred.info.slide_statistics is not None:  # before the first tile, as run()
+                    pred = _with_slide_statistics(spec, slide, pred, store_path, bs)
+                    out["slide_statistics_s"] = round(time.perf_counter() - t0, 3)
                 predict_slide(
                     slide,
                     pred,
@@ -323,6 +329,17 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # parent side
 # --------------------------------------------------------------------------------------------
+def _with_slide_statistics(
+    spec: dict[str, Any], slide: Any, pred: Any, store_path: Path, batch_size: int
+) -> Any:
+    """``pred`` fed the slide's statistics as a run measures them (its tissue lattice)."""
+    from napari_virtual_st.run import RunSpec
+    from napari_virtual_st.run.engine import with_slide_statistics
+
+    run = RunSpec(Path(spec["slide"]), Path(spec["model"]), store_path, batch_size=batch_size)
+    return with_slide_statistics(run, slide, pred, None, lambda message: None)
+
+
 def _wait_idle(max_s: float, threshold_cores: float = 0.2) -> float:
     """Wait until other processes use less than ``threshold_cores`` (at most ``max_s`` s)."""
     start = time.perf_counter()

@@ -15,9 +15,10 @@ the shipped method's own fold runs (``lite0``, ``nsl_lite0``) under the protocol
 
 - ``per_slide`` (HESCAPE's lesson on batch effects): each section's features z-scored over
   that section's own spots, at training and at prediction, so a slide's overall stain and
-  scanner shift is removed before the ridge reads it. In the engine it would need every tile
-  of a slide before the first value (a slide statistic), which the progressive per-tile
-  contract does not allow: it ships only if it clearly helps.
+  scanner shift is removed before the ridge reads it. As a file it declares
+  ``vst.slide_statistics``: the engine measures the statistics on a sample of the slide's
+  tissue before the first tile (:mod:`napari_virtual_st.slide_statistics`). Not shipped: its
+  values move with that sample (``models/per_slide_sensitivity.py``).
 - ``multilayer``: the spatial means of the feature maps that end the encoder's stages at
   strides 8, 16 and 32 (40, 112 and 320 channels) beside the last map (1280): texture at
   cell scale next to the last layer's ImageNet semantics (:data:`STAGE_ENDS`).
@@ -53,9 +54,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 STAGE_ENDS = (4, 10, 15)
 STAGE_CHANNELS = 40 + 112 + 320
 VARIANTS = ("per_slide", "multilayer", "multilayer_per_slide", "stain_normalised")
-#: Variants a per-tile graph can compute (per-slide standardisation and stain normalisation
-#: need slide statistics, which the engine does not hold).
-BUILDABLE = ("multilayer",)
+#: Variants built as files (stain normalisation would need the slide's colour statistics
+#: in image space, which the contract's slide statistics (of a graph output) do not give).
+BUILDABLE = ("multilayer", "multilayer_per_slide")
 #: The multi-layer mix as a bundled file (``build`` without ``--out``): a candidate the
 #: protocol scores beside the other shipped files (``models.protocol.METHODS``).
 SHIPPED_NAME = "nsl_lite0_multilayer_her2st.onnx"
@@ -65,6 +66,23 @@ NAMING = fe.FileNaming(
     code="models/encoder_variants.py",
     choices="models/results/encoder_variants.json",
 )
+#: Each buildable variant's default file (bundled where it ships) and naming.
+FILES = {
+    "multilayer": (
+        fe.REPO / "src" / "napari_virtual_st" / "bundled_models" / SHIPPED_NAME,
+        NAMING,
+    ),
+    "multilayer_per_slide": (  # not shipped: models/per_slide_sensitivity.py
+        fe.ENCODER_CACHE / "nsl_lite0_multilayer_per_slide_her2st.onnx",
+        fe.FileNaming(
+            family="nsl_lite0_multilayer_per_slide",
+            title="NSL + frozen EfficientNet-Lite0, multi-layer features standardised per "
+            "slide (HER2ST)",
+            code="models/encoder_variants.py",
+            choices="models/results/encoder_variants.json",
+        ),
+    ),
+}
 
 
 def multilayer_means(net: Any, x: Any) -> Any:
@@ -223,20 +241,17 @@ def score(variants: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def build(variant: str, out: Path | None = None) -> Path:
-    """Write ``variant``'s combined model to ``out`` (default: the bundled
-    :data:`SHIPPED_NAME`): the head fitted on all of C, tile size and NSL share as its fold
+    """Write ``variant``'s combined model to ``out`` (default: its file in
+    :data:`FILES`): the head fitted on all of C, tile size and NSL share as its fold
     runs chose them on all of C (``results/encoder_variants.json``), through
     :func:`models.frozen_encoder.build`. Needs no fold run: the features it reads are
     extracted first where they are not cached (~2 min), so it can be built and blind-tested
     from a fresh checkout."""
-    from models.protocol import BUNDLED
     from models.workshop.data import load_her2st
 
     if variant not in BUILDABLE:
-        raise ValueError(
-            f"{variant!r} cannot be one graph: its per-slide statistics need every tile of "
-            f"a slide first; buildable: {', '.join(BUILDABLE)}"
-        )
+        raise ValueError(f"{variant!r} is not built as a file; buildable: {', '.join(BUILDABLE)}")
+    default_out, naming = FILES[variant]
     chosen = json.loads((RESULTS / "encoder_variants.json").read_text())["chosen_on_all_C"]
     px, weight = chosen[method_names(variant)[1]]
     sections = load_her2st(fe.NSL_TILE_PX, TILE_UM)
@@ -247,8 +262,9 @@ def build(variant: str, out: Path | None = None) -> Path:
         f"({STAGE_CHANNELS}) and of the last feature map (1280)"
     )
     return fe.build(
-        int(px), float(weight), sections, out or BUNDLED / SHIPPED_NAME,
-        load=loader(variant), features=multilayer_means, features_text=text, naming=NAMING,
+        int(px), float(weight), sections, out or default_out,
+        load=loader(variant), features=multilayer_means, features_text=text, naming=naming,
+        per_slide=variant.endswith("per_slide"),
     )  # fmt: skip
 
 
@@ -292,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=("extract", "folds", "score", "build"))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument(
-        "--out", type=Path, help=f"build: the file to write (default: bundled {SHIPPED_NAME})"
+        "--out", type=Path, help="build: the file to write (default: its bundled file)"
     )
     args = parser.parse_args(argv)
     if args.command == "build":

@@ -215,7 +215,12 @@ def evaluate_onnx(
 
 
 def predict_onnx(predictor: Any, tiles: np.ndarray, batch: int = 64) -> np.ndarray:
-    """``(n, G)`` expression of a contract model (a ``Predictor``) for uint8 tiles."""
+    """``(n, G)`` expression of a contract model (a ``Predictor``) for uint8 tiles. A model
+    that standardises its features per slide (``vst.slide_statistics``) is fed the statistics
+    of these tiles, every spot of the section (as its fold runs standardised them; the engine
+    samples a slide's tissue lattice instead)."""
+    if predictor.info.slide_statistics is not None and predictor.slide_statistics is None:
+        predictor = predictor.standardised_on(tiles)
     return np.concatenate(
         [predictor.predict(tiles[i : i + batch]).expression for i in range(0, len(tiles), batch)]
     )

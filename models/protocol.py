@@ -137,6 +137,12 @@ METHODS = (
         "nsl_lite0_multilayer",
         "nsl_lite0_multilayer_her2st.onnx",
     ),
+    Method(  # not shipped: its values move with the spots its statistics come from
+        "nsl_lite0_multilayer_per_slide",
+        "the same, its features standardised per section (models/encoder_variants.py; not "
+        "shipped: results/per_slide_sensitivity.md)",
+        "nsl_lite0_multilayer_per_slide",
+    ),
 )
 LABEL_KINDS = ("raw", "smoothed_3x3")
 

@@ -407,3 +407,22 @@ def test_models_says_when_auto_precision_would_be_refused(
     assert rows and all(row["precision_auto"]["runs"] is None for row in rows)
     assert rows[0]["precision_auto"]["reason"].startswith("refused: ")
     assert "its int8 variant is damaged" in rows[0]["precision_auto"]["reason"]
+
+
+def test_predict_says_a_model_standardises_per_slide_and_on_which_spots(
+    cmu_small_svs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from synthetic_models import write_mean_colour_model
+
+    model = write_mean_colour_model(tmp_path / "s.onnx", with_slide_statistics=True)
+    out = tmp_path / "s.vst.zarr"
+    assert (
+        main(["predict", str(cmu_small_svs), "--model", str(model), "--out", str(out), "--quiet"])
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "values per-tile; features standardised per slide" in err
+    assert "features standardised by the slide's statistics: 16 of the" in err
+    assert main(["predict", str(cmu_small_svs), "--model", str(model), "--out",
+                 str(tmp_path / "int8.vst.zarr"), "--precision", "int8"]) == 2  # fmt: skip
+    assert "int8 calibration does not measure slide statistics" in capsys.readouterr().err

@@ -454,3 +454,26 @@ def test_the_summary_is_replaced_atomically(
         write_summary([*rows, *rows], path)
     assert path.read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [SUMMARY_NAME]
+
+
+def test_slides_of_a_cohort_each_get_their_own_slide_statistics_as_alone(
+    cmu_small_svs: Path, tmp_path: Path
+) -> None:
+    from napari_virtual_st.run import RunSpec, run
+
+    standardising = write_mean_colour_model(tmp_path / "s.onnx", with_slide_statistics=True)
+    png = write_tissue_png(tmp_path / "synthetic_tissue.png")
+    slides = [CohortSlide(cmu_small_svs), CohortSlide(png, mpp=PNG_MPP)]
+    results = run_cohort(
+        slides, CohortSpec(standardising, tmp_path / "out", workers=2, processes=False)
+    )
+    assert all(r.status == "done" for r in results), results
+    stores = [PredictionStore.open(r.store) for r in results]
+    alone = [
+        run(RunSpec(s.path, standardising, tmp_path / f"alone{i}.vst.zarr", mpp=s.mpp))
+        for i, s in enumerate(slides)
+    ]
+    assert stores[0].slide_statistics != stores[1].slide_statistics  # (two different slides)
+    for store, reference in zip(stores, alone, strict=True):  # threads side by side
+        assert store.slide_statistics == reference.slide_statistics
+        np.testing.assert_allclose(store.expression(), reference.expression(), rtol=1e-6)

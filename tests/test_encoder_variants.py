@@ -132,8 +132,57 @@ def test_the_multilayer_graph_computes_the_head_on_the_features_it_was_fitted_on
     head_values = np.maximum(head.predict(both.astype(np.float64)[:, None, :]), 0.0)
     want = fe.combine(expression_of(nsl, pool_tiles(tiles, 2)), head_values, 0.6)
     np.testing.assert_allclose(got, want, atol=1e-3)
-    with pytest.raises(ValueError, match="per-slide statistics need every tile"):
-        ev.build("per_slide", Path("never.onnx"))
+    with pytest.raises(ValueError, match="not built as a file"):
+        ev.build("stain_normalised", Path("never.onnx"))
+
+
+def test_the_per_slide_graph_outputs_its_features_and_standardises_them_as_it_is_fed() -> None:
+    """The per-slide file's graph: ``features`` = ``multilayer_means``; its expression = NSL
+    mixed with the head on the features standardised by the fed ``feature_mean`` /
+    ``feature_std`` (what the fold runs' ``loader("multilayer_per_slide")`` gave the head)."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from models.ensemble import pool_tiles
+    from models.feature_context import Head, Setting
+    from models.protocol import BUNDLED
+    from napari_virtual_st.contract import read_metadata
+    from napari_virtual_st.slide_statistics import SlideStatistics
+
+    rng = np.random.default_rng(4)
+    tiles = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)  # synthetic
+    net = fe.encoder()
+    with torch.no_grad():
+        x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float()
+        features = ev.multilayer_means(net, net.normalise(x)).numpy().astype(np.float64)
+    nsl = onnx.load(str(BUNDLED / "nsl_her2st.onnx"))
+    genes = list(read_metadata(nsl).genes)
+    width = features.shape[1]
+    head = Head(
+        Setting("none"),
+        rng.normal(size=(1, width)) * 0.1,
+        rng.normal(size=(len(genes), width)) * 0.01,
+        rng.normal(size=len(genes)) + 2.0,
+    )
+    graph = fe.export_encoder_head(head, genes, 32, tiles, ev.multilayer_means, features_only=True)
+    model = fe.combined_graph(nsl, graph, 0.7, 32, fe.linear_head(head))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ones = np.ones(width, np.float32)
+    (raw,) = session.run(
+        ["features"], {"image": tiles, "feature_mean": 0 * ones, "feature_std": ones}
+    )
+    np.testing.assert_allclose(raw, features, rtol=1e-4, atol=1e-4)
+    # (statistics of the graph's own features, as the engine takes them: a near-constant
+    # feature of six synthetic tiles would magnify torch's and ONNX Runtime's rounding)
+    stats = SlideStatistics.of(raw)
+    got = session.run(
+        ["expression"], {"image": tiles, "feature_mean": stats.mean, "feature_std": stats.std}
+    )[0]
+    standardised = ev.standardise_per_slide(raw)
+    head_values = np.maximum(head.predict(standardised[:, None, :]), 0.0)
+    want = fe.combine(expression_of(nsl, pool_tiles(tiles, 2)), head_values, 0.7)
+    np.testing.assert_allclose(got, want, atol=2e-3)
 
 
 def test_the_shipped_multilayer_file_reproduces_its_recorded_held_out_metrics() -> None:

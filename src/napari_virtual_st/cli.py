@@ -666,6 +666,10 @@ def _print_run_summary(store: PredictionStore, store_path: Path) -> None:
             "or unreadable were predicted again",
             file=sys.stderr,
         )
+    statistics = store.slide_statistics
+    if statistics is not None:
+        print(f"features standardised by the slide's statistics: {statistics.sampled_from}",
+              file=sys.stderr)  # fmt: skip
     seconds = store.attrs.get("last_run_seconds")
     rate = store.attrs.get("last_run_tiles_per_s")
     timing = f" in {seconds:.1f} s ({rate:.0f} tiles/s)" if seconds else ""

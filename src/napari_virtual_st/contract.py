@@ -574,8 +574,10 @@ class ModelInfo:
 
     @property
     def values_description(self) -> str:
-        """What a spot's value is, for people: ``per-tile`` or the context's line."""
-        return describe_values(self.context)
+        """What a spot's value is, for people: ``per-tile`` or the context's line (and, for
+        a model taking slide statistics, that its features are standardised per slide)."""
+        per_slide = "; features standardised per slide" if self.slide_statistics else ""
+        return describe_values(self.context) + per_slide
 
 
 def read_model_info(session: ort.InferenceSession, sha256: str = "") -> ModelInfo:

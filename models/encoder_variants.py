@@ -23,6 +23,10 @@ the shipped method's own fold runs (``lite0``, ``nsl_lite0``) under the protocol
   strides 8, 16 and 32 (40, 112 and 320 channels) beside the last map (1280): texture at
   cell scale next to the last layer's ImageNet semantics (:data:`STAGE_ENDS`).
 - ``multilayer_per_slide``: both.
+- ``multilayer_centred``: multi-layer features centred per slide (each section's own mean
+  subtracted, not divided by its spread): the per-slide shift removed without the division
+  that makes ``multilayer_per_slide`` depend on which spots its statistics come from
+  (``models/per_slide_sensitivity.py``).
 - ``stain_normalised``: stain normalisation in image space instead (Reinhard 2001): each
   section's tiles mapped in CIELAB from that section's own mean and standard deviation to
   those of patient C's sections (their mean; images only, no label), before the encoder.
@@ -53,7 +57,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: at block 15 (320 ch, stride 32)).
 STAGE_ENDS = (4, 10, 15)
 STAGE_CHANNELS = 40 + 112 + 320
-VARIANTS = ("per_slide", "multilayer", "multilayer_per_slide", "stain_normalised")
+VARIANTS = (
+    "per_slide",
+    "multilayer",
+    "multilayer_per_slide",
+    "stain_normalised",
+    "multilayer_centred",
+)
 #: Variants built as files (stain normalisation would need the slide's colour statistics
 #: in image space, which the contract's slide statistics (of a graph output) do not give).
 BUILDABLE = ("multilayer", "multilayer_per_slide")
@@ -184,6 +194,12 @@ def extract_stain_normalised(sections: dict[str, SectionData], px: int) -> None:
         tmp.replace(stain_path(name, px))
 
 
+def centre_per_slide(features: NDArray) -> NDArray[np.float64]:
+    """Each feature less its mean over the slide's own spots."""
+    x = np.asarray(features, np.float64)
+    return x - x.mean(axis=0)
+
+
 def standardise_per_slide(features: NDArray) -> NDArray[np.float64]:
     """Each feature z-scored over the slide's own spots (a constant feature becomes 0)."""
     x = np.asarray(features, np.float64)
@@ -214,6 +230,8 @@ def loader(variant: str) -> fe.FeatureLoader:
                 )
             with np.load(stages_path(name, px)) as z:
                 feat = np.concatenate([z["feat_low" if low else "feat"], feat], axis=1)
+        if variant.endswith("centred"):
+            return centre_per_slide(feat)
         return standardise_per_slide(feat) if variant.endswith("per_slide") else feat
 
     return load

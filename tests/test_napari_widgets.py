@@ -597,3 +597,42 @@ def test_a_fluorescence_slide_is_refused_and_the_panel_then_offers_the_override(
     _run(widget, qtbot)
     assert widget.last_outcome.error is None
     assert PredictionStore.open(tmp_path / "dapi.vst.zarr").is_complete
+
+
+def test_a_model_taking_slide_statistics_runs_from_the_panel_and_fills_in_progressively(
+    make_napari_viewer, qtbot, cmu_small_svs: Path, tmp_path: Path
+) -> None:
+    from synthetic_models import write_mean_colour_model
+
+    model = write_mean_colour_model(tmp_path / "standardising.onnx", with_slide_statistics=True)
+    viewer = make_napari_viewer()
+    viewer.open(cmu_small_svs, plugin=PLUGIN)
+    widget = _widget(viewer, qtbot)
+    widget.add_model(model)
+    assert "standardised per slide" in widget.model_info.value
+    widget.output.value = tmp_path / "standardised.vst.zarr"
+    widget.batch_size = 8
+    statuses: list[str] = []
+    show_status = widget.show_status
+    widget.show_status = lambda text: (statuses.append(text), show_status(text))  # type: ignore[method-assign]
+    finite_counts: list[int] = []
+
+    def watch(event) -> None:
+        layer = event.value
+        if vst_meta(layer).get("role") == "heatmap":
+            layer.events.set_data.connect(
+                lambda _e: finite_counts.append(int(np.isfinite(layer.data).sum()))
+            )
+
+    viewer.layers.events.inserted.connect(watch)
+    _run(widget, qtbot)
+    assert widget.last_outcome is not None and widget.last_outcome.error is None
+    store = PredictionStore.open(tmp_path / "standardised.vst.zarr")
+    assert store.is_complete and store.slide_statistics is not None
+    assert any("measuring the slide's statistics" in s for s in statuses)
+    drawn_counts = [c for c in finite_counts if c]
+    assert len(drawn_counts) >= 2 and drawn_counts[-1] == 2 * store.n_spots
+    (heatmap,) = find_layers(viewer, store.path, "heatmap")
+    gene = vst_meta(heatmap)["gene"]
+    drawn = np.unique(heatmap.data[np.isfinite(heatmap.data)])
+    np.testing.assert_allclose(drawn, np.unique(store.gene_values(gene)), rtol=1e-6)

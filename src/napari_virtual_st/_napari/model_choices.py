@@ -81,6 +81,11 @@ def model_summary(info: ModelInfo) -> str:
         lines.append("Gives an uncertainty for each value.")
     if info.context is not None:
         lines.append(f"Each spot's value also uses its neighbours ({info.context.describe()}).")
+    if info.slide_statistics is not None:
+        lines.append(
+            "Its features are standardised per slide: the run first measures them on up to "
+            f"{info.slide_statistics.spots} spots spread over the slide's tissue."
+        )
     return " ".join(lines)
 
 

@@ -197,6 +197,7 @@ GENERATED_TABLES = (
     "encoder_variants.md",
     "encoder_dkan.md",
     "stem_mean_head.md",
+    "attention_context.md",
 )
 
 

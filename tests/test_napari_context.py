@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from heatmap_draws import heatmap_draw_counts
 from napari_virtual_st._napari.gene_browser import GeneBrowser
 from napari_virtual_st._napari.layers import find_layers, vst_meta
 from napari_virtual_st._napari.views import views_of
@@ -35,16 +36,7 @@ def test_a_contextual_run_fills_its_heatmap_progressively_with_contextual_values
     assert "Gaussian context, σ 100 µm within 250 µm" in widget.model_info.value
     widget.output.value = tmp_path / "smooth.vst.zarr"
     widget.batch_size = 8
-    drawn: list[int] = []
-
-    def watch(event) -> None:
-        layer = event.value
-        if vst_meta(layer).get("role") == "heatmap":
-            layer.events.set_data.connect(
-                lambda _e: drawn.append(int(np.isfinite(layer.data).sum()))
-            )
-
-    viewer.layers.events.inserted.connect(watch)
+    drawn = heatmap_draw_counts(viewer)
     assert widget.run() is not None
     qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
 

@@ -11,6 +11,7 @@ from napari.utils.notifications import notification_manager
 from napari.utils.status_messages import status_format
 from PIL import Image
 
+from heatmap_draws import heatmap_draw_counts
 from napari_virtual_st._napari.gene_browser import GeneBrowser
 from napari_virtual_st._napari.labels import set_text
 from napari_virtual_st._napari.layer_views import LayerViews
@@ -67,17 +68,7 @@ def test_run_on_the_bundled_slide_fills_heatmaps_progressively(
     assert widget.provider.value == "Runs on: CPU"
     widget.output.value = tmp_path / "bundled.vst.zarr"
     widget.batch_size = 16
-    finite_counts: list[int] = []
-
-    def watch(event) -> None:
-        layer = event.value
-        if vst_meta(layer).get("role") == "heatmap":
-            # (set_data: napari has the layer's values, new array or changed in place)
-            layer.events.set_data.connect(
-                lambda _e: finite_counts.append(int(np.isfinite(layer.data).sum()))
-            )
-
-    viewer.layers.events.inserted.connect(watch)
+    finite_counts = heatmap_draw_counts(viewer)
     before = len(notification_manager.records)
     _run(widget, qtbot)
 
@@ -615,16 +606,7 @@ def test_a_model_taking_slide_statistics_runs_from_the_panel_and_fills_in_progre
     statuses: list[str] = []
     show_status = widget.show_status
     widget.show_status = lambda text: (statuses.append(text), show_status(text))  # type: ignore[method-assign]
-    finite_counts: list[int] = []
-
-    def watch(event) -> None:
-        layer = event.value
-        if vst_meta(layer).get("role") == "heatmap":
-            layer.events.set_data.connect(
-                lambda _e: finite_counts.append(int(np.isfinite(layer.data).sum()))
-            )
-
-    viewer.layers.events.inserted.connect(watch)
+    finite_counts = heatmap_draw_counts(viewer)
     _run(widget, qtbot)
     assert widget.last_outcome is not None and widget.last_outcome.error is None
     store = PredictionStore.open(tmp_path / "standardised.vst.zarr")

@@ -27,6 +27,13 @@ the shipped method's own fold runs (``lite0``, ``nsl_lite0``) under the protocol
   subtracted, not divided by its spread): the per-slide shift removed without the division
   that makes ``multilayer_per_slide`` depend on which spots its statistics come from
   (``models/per_slide_sensitivity.py``).
+- ``multilayer_floored``: multi-layer features standardised per slide as a run would do it
+  (mean and SD over at most 128 of the slide's spots, evenly spread:
+  ``slide_statistics.sample_evenly``) with each feature's SD floored at :data:`FLOOR_SHARE`
+  of its SD over every spot of patient C (a reference fixed by the training data), so a
+  feature that hardly varies within a slide is not blown up by the sample. For the LOSO-C
+  folds the reference includes the held-out section's own (unlabelled) features, one fifth
+  of its spots; the A1 fold's and a shipped file's reference is exactly the training data.
 - ``stain_normalised``: stain normalisation in image space instead (Reinhard 2001): each
   section's tiles mapped in CIELAB from that section's own mean and standard deviation to
   those of patient C's sections (their mean; images only, no label), before the encoder.
@@ -63,10 +70,11 @@ VARIANTS = (
     "multilayer_per_slide",
     "stain_normalised",
     "multilayer_centred",
+    "multilayer_floored",
 )
 #: Variants built as files (stain normalisation would need the slide's colour statistics
 #: in image space, which the contract's slide statistics (of a graph output) do not give).
-BUILDABLE = ("multilayer", "multilayer_per_slide")
+BUILDABLE = ("multilayer", "multilayer_per_slide", "multilayer_floored")
 #: The multi-layer mix as a bundled file (``build`` without ``--out``): a candidate the
 #: protocol scores beside the other shipped files (``models.protocol.METHODS``).
 SHIPPED_NAME = "nsl_lite0_multilayer_her2st.onnx"
@@ -88,6 +96,16 @@ FILES = {
             family="nsl_lite0_multilayer_per_slide",
             title="NSL + frozen EfficientNet-Lite0, multi-layer features standardised per "
             "slide (HER2ST)",
+            code="models/encoder_variants.py",
+            choices="models/results/encoder_variants.json",
+        ),
+    ),
+    "multilayer_floored": (  # a candidate: models/results/summary.md
+        fe.ENCODER_CACHE / "nsl_lite0_multilayer_floored_her2st.onnx",
+        fe.FileNaming(
+            family="nsl_lite0_multilayer_floored",
+            title="NSL + frozen EfficientNet-Lite0, multi-layer features standardised per "
+            "slide with a floored SD (HER2ST)",
             code="models/encoder_variants.py",
             choices="models/results/encoder_variants.json",
         ),
@@ -194,6 +212,26 @@ def extract_stain_normalised(sections: dict[str, SectionData], px: int) -> None:
         tmp.replace(stain_path(name, px))
 
 
+#: ``multilayer_floored``: a slide's SD of a feature is taken as at least this share of the
+#: feature's SD over patient C (fixed before any score).
+FLOOR_SHARE = 0.5
+#: ``multilayer_floored``: the spots a run samples for the statistics (its file declares
+#: this many: with the floor, 128 give what every spot gives, per_slide_sensitivity.md, in
+#: half the time of 256 before the first value).
+FLOOR_SPOTS = 128
+
+
+def floored_standardise(features: NDArray, reference_sd: NDArray) -> NDArray[np.float64]:
+    """``features`` standardised by the mean and SD of at most :data:`FLOOR_SPOTS` of them
+    (evenly spread), the SD floored at :data:`FLOOR_SHARE` × ``reference_sd``."""
+    from napari_virtual_st.slide_statistics import sample_evenly
+
+    x = np.asarray(features, np.float64)
+    sample = x[sample_evenly(len(x), FLOOR_SPOTS)]
+    sd = np.maximum(sample.std(axis=0), FLOOR_SHARE * np.asarray(reference_sd, np.float64))
+    return (x - sample.mean(axis=0)) / np.where(sd > 1e-12, sd, 1.0)
+
+
 def centre_per_slide(features: NDArray) -> NDArray[np.float64]:
     """Each feature less its mean over the slide's own spots."""
     x = np.asarray(features, np.float64)
@@ -212,7 +250,15 @@ def loader(variant: str) -> fe.FeatureLoader:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
 
+    reference: dict[tuple[int, bool], NDArray] = {}
+
     def load(name: str, px: int, low: bool) -> NDArray:
+        if variant == "multilayer_floored":
+            if (px, low) not in reference:
+                raw = loader("multilayer")
+                pooled = np.concatenate([raw(k, px, low) for k in fe.C_SECTIONS])
+                reference[(px, low)] = pooled.astype(np.float64).std(axis=0)
+            return floored_standardise(loader("multilayer")(name, px, low), reference[(px, low)])
         if variant == "stain_normalised":
             if not stain_path(name, px).is_file():
                 raise FileNotFoundError(
@@ -282,8 +328,18 @@ def build(variant: str, out: Path | None = None) -> Path:
     return fe.build(
         int(px), float(weight), sections, out or default_out,
         load=loader(variant), features=multilayer_means, features_text=text, naming=naming,
-        per_slide=variant.endswith("per_slide"),
+        per_slide=variant.endswith(("per_slide", "floored")),
+        std_floor=std_floor(int(px)) if variant == "multilayer_floored" else None,
+        statistics_spots=FLOOR_SPOTS if variant == "multilayer_floored" else 256,
     )  # fmt: skip
+
+
+def std_floor(px: int) -> NDArray[np.float32]:
+    """The floored variant's SD floor at ``px``: :data:`FLOOR_SHARE` × each multi-layer
+    feature's SD over every spot of patient C (what its fold runs' A1 fold used)."""
+    raw = loader("multilayer")
+    pooled = np.concatenate([raw(k, px, False) for k in fe.C_SECTIONS]).astype(np.float64)
+    return (FLOOR_SHARE * pooled.std(axis=0)).astype(np.float32)
 
 
 def markdown(records: Sequence[dict[str, Any]], chosen: dict[str, Any]) -> str:

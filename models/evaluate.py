@@ -217,10 +217,13 @@ def evaluate_onnx(
 def predict_onnx(predictor: Any, tiles: np.ndarray, batch: int = 64) -> np.ndarray:
     """``(n, G)`` expression of a contract model (a ``Predictor``) for uint8 tiles. A model
     that standardises its features per slide (``vst.slide_statistics``) is fed the statistics
-    of these tiles, every spot of the section (as its fold runs standardised them; the engine
-    samples a slide's tissue lattice instead)."""
-    if predictor.info.slide_statistics is not None and predictor.slide_statistics is None:
-        predictor = predictor.standardised_on(tiles)
+    of at most its declared number of these tiles, evenly spread, as a run samples a slide
+    (``slide_statistics.sample_evenly``; a run samples the slide's tissue lattice)."""
+    spec = predictor.info.slide_statistics
+    if spec is not None and predictor.slide_statistics is None:
+        from napari_virtual_st.slide_statistics import sample_evenly
+
+        predictor = predictor.standardised_on(tiles[sample_evenly(len(tiles), spec.spots)])
     return np.concatenate(
         [predictor.predict(tiles[i : i + batch]).expression for i in range(0, len(tiles), batch)]
     )

@@ -393,6 +393,7 @@ def combined_graph(
     weight: float,
     tile_px: int,
     per_slide_head: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None,
+    std_floor: NDArray[np.float32] | None = None,
 ) -> onnx.ModelProto:
     """One graph: ``image`` (n, s, s, 3) uint8 → ``expression`` = (1 − w) · NSL(the tile
     averaged to 16 px) + w · head(encoder features), clamped at 0.
@@ -400,7 +401,8 @@ def combined_graph(
     With ``per_slide_head`` = (W ``(F, G)``, c ``(G,)``), ``encoder_head`` outputs the
     encoder's features ``(n, F)`` instead; the graph outputs them as ``features``, takes the
     slide's ``feature_mean`` and ``feature_std`` ``(F,)`` (``vst.slide_statistics``) and
-    applies the head to the standardised features: max(((f − mean) / std) · W + c, 0)."""
+    applies the head to the standardised features: max(((f − mean) / std) · W + c, 0). With
+    ``std_floor`` ``(F,)`` the fed SD is first raised to at least it."""
     import onnx
     from onnx import TensorProto, compose, helper, numpy_helper
 
@@ -439,13 +441,20 @@ def combined_graph(
             numpy_helper.from_array(w, "enc/head_w"),
             numpy_helper.from_array(c, "enc/head_c"),
         ]
+        std = "feature_std"
+        if std_floor is not None:
+            inits.append(numpy_helper.from_array(std_floor.astype(np.float32), "enc/std_floor"))
+            nodes.insert(
+                -3, helper.make_node("Max", [std, "enc/std_floor"], ["enc/std"], name="enc/floor")
+            )
+            std = "enc/std"
         nodes[-3:-3] = [  # before the mix reads enc/head
             helper.make_node("Identity", ["enc/expression"], ["features"], name="enc/features"),
             helper.make_node(
                 "Sub", ["enc/expression", "feature_mean"], ["enc/centred"], name="enc/centre"
             ),
             helper.make_node(
-                "Div", ["enc/centred", "feature_std"], ["enc/standardised"], name="enc/standardise"
+                "Div", ["enc/centred", std], ["enc/standardised"], name="enc/standardise"
             ),
             helper.make_node(
                 "MatMul",
@@ -568,8 +577,8 @@ SLIDE_STATISTICS = {"features": "features", "mean": "feature_mean", "std": "feat
                     "spots": 256}  # fmt: skip
 PER_SLIDE_TEXT = (
     "; each slide's features first standardised by that slide's own mean and standard "
-    "deviation (training: every spot of each C section; the engine: up to 256 spots evenly "
-    "spread over the slide's tissue lattice, vst.slide_statistics)"
+    "deviation (vst.slide_statistics: the engine measures them on spots evenly spread over "
+    "the slide's tissue lattice)"
 )
 #: The shipped head's input, as :func:`build` describes it in the file's metadata.
 LAST_MAP_FEATURES = "last feature map averaged over space (1280)"
@@ -586,6 +595,8 @@ def build(
     features_text: str = LAST_MAP_FEATURES,
     naming: FileNaming = FileNaming(),
     per_slide: bool = False,
+    std_floor: NDArray[np.float32] | None = None,
+    statistics_spots: int = 256,
 ) -> Path:
     """Write the combined model: the shipped NSL file, the frozen encoder at ``px`` with the
     per-gene head fitted on all of C, and the encoder's share ``weight`` (chosen on the fold
@@ -593,7 +604,9 @@ def build(
     variant instead (:mod:`models.encoder_variants`): its cached features, the same in torch,
     and how the metadata names them; ``naming`` how the file names itself. ``per_slide``: the
     head reads the features standardised per slide (``load`` gives them so), and the file
-    declares ``vst.slide_statistics`` for the engine to feed each slide's own."""
+    declares ``vst.slide_statistics`` for the engine to feed each slide's own (with
+    ``std_floor``, the graph raises the fed SD to at least it; ``statistics_spots``: at most
+    how many spots a run samples for them)."""
     import hashlib
 
     import onnx
@@ -618,7 +631,9 @@ def build(
     encoder_head = export_encoder_head(
         head, genes, px, check[:16], features, features_only=per_slide
     )
-    model = combined_graph(nsl, encoder_head, weight, px, linear_head(head) if per_slide else None)
+    model = combined_graph(
+        nsl, encoder_head, weight, px, linear_head(head) if per_slide else None, std_floor
+    )
     training = {
         "data": "HER2ST legacy ST, patient C sections C2-C6 (910 spots)",
         "targets": "log1p counts per 10k (library size over all genes)",
@@ -663,7 +678,7 @@ def build(
             "n_test_spots": 346,
         },
         other_keys={"int8_float_nodes": json.dumps(int8_float_nodes(model))},
-        slide_statistics=SLIDE_STATISTICS if per_slide else None,
+        slide_statistics={**SLIDE_STATISTICS, "spots": statistics_spots} if per_slide else None,
     )
     attach_metadata(model, metadata.to_props())
     save_model(model, out)

@@ -181,7 +181,18 @@ def test_the_per_slide_graph_outputs_its_features_and_standardises_them_as_it_is
     )[0]
     standardised = ev.standardise_per_slide(raw)
     head_values = np.maximum(head.predict(standardised[:, None, :]), 0.0)
-    want = fe.combine(expression_of(nsl, pool_tiles(tiles, 2)), head_values, 0.7)
+    nsl_values = expression_of(nsl, pool_tiles(tiles, 2))
+    want = fe.combine(nsl_values, head_values, 0.7)
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    # with a floor, the fed SD is raised to at least it (the floored variant)
+    floor = np.full(width, 2.0 * float(np.median(stats.std)), np.float32)
+    floored = fe.combined_graph(nsl, graph, 0.7, 32, fe.linear_head(head), floor)
+    session = ort.InferenceSession(floored.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(
+        ["expression"], {"image": tiles, "feature_mean": stats.mean, "feature_std": stats.std}
+    )[0]
+    z = (raw - stats.mean) / np.maximum(stats.std, floor)
+    want = fe.combine(nsl_values, np.maximum(head.predict(z[:, None, :]), 0.0), 0.7)
     np.testing.assert_allclose(got, want, atol=2e-3)
 
 

@@ -151,3 +151,16 @@ def test_a_model_without_slide_statistics_takes_none(synthetic_model: Path) -> N
     np.testing.assert_allclose(
         predictor.predict(tiles).expression, expected_mean_colour(tiles, 5), rtol=1e-5
     )
+
+
+def test_the_workshop_scores_a_file_with_statistics_sampled_as_a_run_samples_them(
+    standardising_model: Path,
+) -> None:
+    from models.evaluate import predict_onnx
+    from napari_virtual_st.slide_statistics import sample_evenly
+
+    tiles = _tiles(40, seed=3)  # more than the model's declared 16 spots
+    predictor = Predictor(standardising_model)
+    expected = predictor.standardised_on(tiles[sample_evenly(40, 16)]).predict(tiles).expression
+    np.testing.assert_allclose(predict_onnx(predictor, tiles, batch=7), expected, rtol=1e-6)
+    assert not np.allclose(predict_onnx(predictor.standardised_on(tiles), tiles), expected)

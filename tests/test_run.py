@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_virtual_st.errors import CancelledError, MissingResolutionError, ModelError
+from napari_virtual_st.errors import (
+    CancelledError,
+    MissingResolutionError,
+    ModelError,
+    ParameterError,
+)
 from napari_virtual_st.run import (
     BatchEvent,
     PreviewEvent,
@@ -568,3 +573,18 @@ def test_a_model_that_needs_slide_statistics_skips_the_preview(
     measuring = [i for i, s in enumerate(stages) if s.startswith("measuring the slide's")]
     assert measuring and measuring[0] == stages.index("laying out spots") + 1
     assert PredictionStore.open(path).is_complete
+
+
+def test_a_slide_without_tissue_for_the_statistics_is_refused_naming_why(tmp_path: Path) -> None:
+    from napari_virtual_st.grid import SpotGrid
+    from napari_virtual_st.run import run
+
+    blank = tmp_path / "blank.png"  # synthetic: white glass, no tissue
+    Image.fromarray(np.full((400, 400, 3), 250, np.uint8)).save(blank)
+    spots = SpotGrid.from_coordinates(np.array([[100.0, 100.0], [200.0, 200.0]]), mpp=2.0,
+                                      spot_diameter_um=55.0)  # fmt: skip
+    spec = RunSpec(blank, _standardising(tmp_path), tmp_path / "b.vst.zarr", spots=spots,
+                   mpp=2.0, allow_non_brightfield=True)  # fmt: skip
+    with pytest.raises(ParameterError, match="standardises its features over the slide's tissue"):
+        run(spec)
+    assert not spec.store_path.exists()  # nothing written

@@ -353,9 +353,9 @@ def with_slide_statistics(
     stored = _stored_statistics(spec, predictor)
     if stored is not None:
         return predictor.with_slide_statistics(stored)
-    spec_ = predictor.info.slide_statistics
-    assert spec_ is not None
-    stage(f"measuring the slide's statistics (up to {spec_.spots} spots)")
+    declared = predictor.info.slide_statistics
+    assert declared is not None
+    stage(f"measuring the slide's statistics (up to {declared.spots} spots)")
     if tissue is None:
         tissue = detect_tissue(slide, mask_um_per_px=FULL_MASK_UM_PER_PX)
     info = predictor.info
@@ -372,7 +372,7 @@ def with_slide_statistics(
             f"fewer than 2 tiles of {info.tile_um:g} µm have {STATISTICS_MIN_TISSUE:.0%} "
             "tissue under them on this slide"
         )
-    chosen = lattice.subset(sample_evenly(len(lattice), spec_.spots))
+    chosen = lattice.subset(sample_evenly(len(lattice), declared.spots))
     tiles = np.stack(
         [slide.read_tile((x, y), info.tile_px, info.tile_um) for x, y in chosen.xy_level0_px]
     )

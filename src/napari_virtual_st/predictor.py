@@ -27,7 +27,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from napari_virtual_st.contract import CONTRACT_VERSION, ModelInfo, read_model_info
 from napari_virtual_st.errors import ModelError, ParameterError
-from napari_virtual_st.slide_statistics import SlideStatistics
+from napari_virtual_st.slide_statistics import SlideStatistics, StatisticsSpec
 
 __all__ = [
     "CONTRACT_VERSION",
@@ -334,9 +334,7 @@ class Predictor:
         ModelError
             When the model takes no slide statistics, or their width is not its feature count.
         """
-        spec = self.info.slide_statistics
-        if spec is None:
-            raise ModelError(f"{self.path.name} does not standardise its features per slide")
+        spec = self._declared_statistics()
         width = next(o.shape[1] for o in self._session.get_outputs() if o.name == spec.features)
         if isinstance(width, int) and statistics.n_features != width:
             raise ModelError(
@@ -358,11 +356,16 @@ class Predictor:
         ModelError
             When the model takes no slide statistics.
         """
+        spec = self._declared_statistics()
+        batch, ids = self._checked(tiles, spot_index)
+        return np.asarray(self._outputs(batch, ids, [spec.features])[0], dtype=np.float32)
+
+    def _declared_statistics(self) -> StatisticsSpec:
+        """The model's ``vst.slide_statistics``, or a :class:`ModelError` when it has none."""
         spec = self.info.slide_statistics
         if spec is None:
             raise ModelError(f"{self.path.name} does not standardise its features per slide")
-        batch, ids = self._checked(tiles, spot_index)
-        return np.asarray(self._outputs(batch, ids, [spec.features])[0], dtype=np.float32)
+        return spec
 
     def standardised_on(self, tiles: ArrayLike) -> Predictor:
         """A copy fed the statistics of ``tiles`` themselves (e.g. every spot of a section)."""
@@ -478,8 +481,7 @@ class Predictor:
         """The model's feature count (its statistics inputs' fixed length)."""
         if self._statistics is not None:
             return self._statistics.n_features
-        spec = self.info.slide_statistics
-        assert spec is not None
+        spec = self._declared_statistics()
         shape = next(i.shape for i in self._session.get_inputs() if i.name == spec.mean)
         return int(shape[0])  # (fixed: the contract checks it)
 

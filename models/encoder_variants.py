@@ -78,6 +78,7 @@ BUILDABLE = ("multilayer", "multilayer_per_slide", "multilayer_floored")
 #: The multi-layer mix as a bundled file (``build`` without ``--out``): a candidate the
 #: protocol scores beside the other shipped files (``models.protocol.METHODS``).
 SHIPPED_NAME = "nsl_lite0_multilayer_her2st.onnx"
+FLOORED_NAME = "nsl_lite0_multilayer_floored_her2st.onnx"
 NAMING = fe.FileNaming(
     family="nsl_lite0_multilayer",
     title="NSL + frozen EfficientNet-Lite0, multi-layer features (HER2ST)",
@@ -100,8 +101,8 @@ FILES = {
             choices="models/results/encoder_variants.json",
         ),
     ),
-    "multilayer_floored": (  # a candidate: models/results/summary.md
-        fe.ENCODER_CACHE / "nsl_lite0_multilayer_floored_her2st.onnx",
+    "multilayer_floored": (  # the default since 2026-12-08: models/results/summary.md
+        fe.REPO / "src" / "napari_virtual_st" / "bundled_models" / FLOORED_NAME,
         fe.FileNaming(
             family="nsl_lite0_multilayer_floored",
             title="NSL + frozen EfficientNet-Lite0, multi-layer features standardised per "

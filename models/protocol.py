@@ -143,11 +143,13 @@ METHODS = (
         "shipped: results/per_slide_sensitivity.md)",
         "nsl_lite0_multilayer_per_slide",
     ),
-    Method(  # a candidate, not shipped yet (models/results/summary.md, per-slide section)
+    Method(
         "nsl_lite0_multilayer_floored",
         "the same, standardised per section as a run does it: statistics of at most 128 "
-        "spots, each SD floored at half its SD over patient C (models/encoder_variants.py)",
+        "spots, each SD floored at half its SD over patient C, one graph "
+        "(`nsl_lite0_multilayer_floored_her2st`, models/encoder_variants.py)",
         "nsl_lite0_multilayer_floored",
+        "nsl_lite0_multilayer_floored_her2st.onnx",
     ),
 )
 LABEL_KINDS = ("raw", "smoothed_3x3")

@@ -47,6 +47,7 @@ SHIPPED = {
     "nsl_dkan": "nsl_dkan_her2st.onnx",
     "nsl_lite0": "nsl_lite0_her2st.onnx",
     "nsl_lite0_multilayer": "nsl_lite0_multilayer_her2st.onnx",
+    "nsl_lite0_multilayer_floored": "nsl_lite0_multilayer_floored_her2st.onnx",
 }
 
 

@@ -225,6 +225,57 @@ def test_the_shipped_multilayer_file_names_itself_and_keeps_nsl_and_its_head_flo
     assert encoder[0] in declared and encoder[-1] in declared  # its stem and its head
 
 
+def test_the_shipped_floored_file_reproduces_its_recorded_held_out_metrics() -> None:
+    from models.protocol import BUNDLED
+
+    assert_file_reproduces_its_recorded_metrics(BUNDLED / ev.FLOORED_NAME)
+
+
+def test_the_shipped_floored_file_declares_its_statistics_and_floors_the_fed_sd() -> None:
+    """The default: it names itself as the protocol scores it, asks the engine for the
+    statistics of at most :data:`FLOOR_SPOTS` spots, and its graph raises a fed SD to its
+    floor (half the feature's SD over patient C), so a slide on which features hardly vary
+    gives what the floor gives (a plain per-slide model would divide by the tiny spreads)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from models.protocol import BUNDLED, METHODS
+    from napari_virtual_st.predictor import Predictor
+    from napari_virtual_st.registry import DEFAULT_MODEL_NAME
+    from napari_virtual_st.slide_statistics import SlideStatistics
+
+    path = BUNDLED / ev.FLOORED_NAME
+    predictor = Predictor(path, providers=["cpu"])
+    info = predictor.info
+    assert f"{DEFAULT_MODEL_NAME}.onnx" == ev.FLOORED_NAME
+    assert info.family == ev.FILES["multilayer_floored"][1].family
+    assert [m.onnx for m in METHODS if m.name == info.family] == [ev.FLOORED_NAME]
+    assert info.slide_statistics is not None
+    assert info.slide_statistics.spots == ev.FLOOR_SPOTS
+    rng = np.random.default_rng(8)
+    tiles = rng.integers(0, 256, (4, info.tile_px, info.tile_px, 3), dtype=np.uint8)  # synthetic
+    mean = predictor.slide_features(tiles).mean(axis=0).astype(np.float32)
+    model = onnx.load(str(path))
+    (floor_node,) = [n for n in model.graph.node if n.op_type == "Max"]
+    assert floor_node.input[0] == info.slide_statistics.std
+    weights = {t.name: t for t in model.graph.initializer}
+    floor = numpy_helper.to_array(weights[floor_node.input[1]])
+    assert np.allclose(floor, ev.std_floor(info.tile_px), rtol=1e-6)  # half of C's SD
+    # (a feature constant over C has floor 0 and head weight 0: it is fed 1 in each case)
+    fed = np.where(floor > 0, floor, 1.0).astype(np.float32)
+
+    def expression(share: float) -> np.ndarray:
+        spread = np.where(floor > 0, share * fed, 1.0).astype(np.float32)
+        stats = SlideStatistics(mean, spread, 4)
+        return predictor.with_slide_statistics(stats).predict(tiles).expression
+
+    under = expression(0.5)
+    np.testing.assert_array_equal(under, expression(0.01))  # spreads under the floor: floor
+    assert np.isfinite(under).all() and (under >= 0).all()
+    np.testing.assert_allclose(under, expression(1.0), atol=1e-5)  # = fed at the floor
+    assert not np.allclose(under, expression(3.0), atol=1e-3)  # above it, the slide's SD
+
+
 def test_reinhard_moves_a_sections_colour_statistics_to_the_target() -> None:
     rng = np.random.default_rng(4)
     # synthetic pink-purple tiles, and the same scanned paler and bluer

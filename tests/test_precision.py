@@ -514,9 +514,9 @@ def test_the_bundled_models_precision_as_their_gates_recorded() -> None:
     assert choose_model(nsl, "auto").precision == "fp32"
     with pytest.raises(ModelError, match=r"nsl_her2st\.onnx cannot run in int8"):
         choose_model(nsl, "int8")
-    # NSL + DKAN-style and the default pass their gates but run slower in int8: no variant
-    # ships, auto is fp32 and says why
-    for name in ("nsl_dkan_her2st", DEFAULT_MODEL_NAME):
+    # NSL + DKAN-style and the previous default pass their gates but run slower in int8: no
+    # variant ships, auto is fp32 and says why
+    for name in ("nsl_dkan_her2st", "nsl_lite0_multilayer_her2st"):
         slower = choose_model(resolve_model(name), "auto")
         assert slower.precision == "fp32", name
         assert "passed its accuracy gate, but int8 ran 0." in slower.reason, slower.reason
@@ -525,6 +525,11 @@ def test_the_bundled_models_precision_as_their_gates_recorded() -> None:
     assert choose_model(lite0, "auto").precision == "fp32"
     with pytest.raises(ModelError, match=r"nsl_lite0_her2st\.onnx cannot run in int8"):
         choose_model(lite0, "int8")
+    # the default standardises its features per slide, which int8 calibration cannot measure
+    default = resolve_model(DEFAULT_MODEL_NAME)
+    assert "standardises its features per slide" in choose_model(default, "auto").reason
+    with pytest.raises(ModelError, match="int8 calibration does not measure slide statistics"):
+        choose_model(default, "int8")
     for name in ("stem_her2st", "dkan_her2st"):
         chosen = choose_model(resolve_model(name), "auto")
         assert chosen.precision == "int8", chosen.reason

@@ -92,14 +92,16 @@ def sample_slide_path() -> Path:
 #: The bundled model used when no model is named (``virtual-st predict`` without ``--model``,
 #: ``virtual-st demo``, the plugin's choosers); ``DEFAULT_MODEL_REASON`` says why, in one
 #: sentence that ``virtual-st models`` prints.
-DEFAULT_MODEL_NAME = "nsl_lite0_multilayer_her2st"
+DEFAULT_MODEL_NAME = "nsl_lite0_multilayer_floored_her2st"
 DEFAULT_MODEL_REASON = (
     "the model the evaluation protocol recommends (models/results/summary.md): NSL's stain "
-    "features and a frozen ImageNet encoder's morphology at 0.69 um/px (four of its layers) in "
-    "one graph, ahead of every other bundled model and the colour baseline on held-out "
-    "sections of patient C (with spot context); on patient A's low-resolution thumbnail ahead "
-    "of every other bundled model and level with the colour baseline; about a third as fast "
-    "as NSL + DKAN-style"
+    "features and a frozen ImageNet encoder's morphology at 0.49 um/px (four of its layers), "
+    "the encoder's features standardised by each slide's own statistics (128 tiles spread "
+    "over its tissue, each spread floored so the sample hardly matters), in one graph; ahead "
+    "of every other bundled model on held-out sections of patient C (with spot context); on "
+    "patient A's low-resolution thumbnail level with the other NSL mixes, NSL and the colour "
+    "baseline; about a third as fast as NSL + DKAN-style, and its first values wait about a "
+    "second for the slide's statistics"
 )
 
 #: What may and may not be done with the bundled models' weights (``virtual-st models`` prints

@@ -46,7 +46,9 @@ def main() -> None:
     _, predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict expression")
     settle()
     tmp = Path(tempfile.mkdtemp(prefix="vst-layout-"))
-    predict.output.value = tmp / "CMU-1-Small-Region.nsl_lite0_multilayer_her2st.visium.vst.zarr"
+    predict.output.value = (
+        tmp / "CMU-1-Small-Region.nsl_lite0_multilayer_floored_her2st.visium.vst.zarr"
+    )
     predict.min_tissue.value = 0.3
     predict.run()
     while predict.running:

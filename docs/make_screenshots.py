@@ -56,7 +56,9 @@ def main() -> None:
     # 2. predict with the bundled model (Plugins ▸ Virtual ST ▸ Predict expression)
     _, predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict expression")
     tmp = Path(tempfile.mkdtemp(prefix="vst-screens-"))
-    predict.output.value = tmp / "CMU-1-Small-Region.nsl_lite0_multilayer_her2st.visium.vst.zarr"
+    predict.output.value = (
+        tmp / "CMU-1-Small-Region.nsl_lite0_multilayer_floored_her2st.visium.vst.zarr"
+    )
     predict.min_tissue.value = 0.3
     predict.batch_size = 1  # one spot a batch, so that the run can be caught half-way
     predict.run()

@@ -4,6 +4,8 @@
     python -m models.encoder_variants extract   # stage and stain-normalised features
     python -m models.encoder_variants folds     # -> fold caches lite0_<v>__*, nsl_lite0_<v>__*
     python -m models.encoder_variants score     # -> results/encoder_variants.json, .md
+    python -m models.encoder_variants build --variants multilayer_floored   # the default ->
+                              # bundled_models/nsl_lite0_multilayer_floored_her2st.onnx
     python -m models.encoder_variants build --variants multilayer   # -> bundled_models/
                                                 # nsl_lite0_multilayer_her2st.onnx (--out FILE)
 
@@ -34,6 +36,8 @@ the shipped method's own fold runs (``lite0``, ``nsl_lite0``) under the protocol
   feature that hardly varies within a slide is not blown up by the sample. For the LOSO-C
   folds the reference includes the held-out section's own (unlabelled) features, one fifth
   of its spots; the A1 fold's and a shipped file's reference is exactly the training data.
+  Shipped as ``nsl_lite0_multilayer_floored_her2st.onnx``, the default since the protocol
+  chose it (``models/nsl_lite0_multilayer_floored/README.md``).
 - ``stain_normalised``: stain normalisation in image space instead (Reinhard 2001): each
   section's tiles mapped in CIELAB from that section's own mean and standard deviation to
   those of patient C's sections (their mean; images only, no label), before the encoder.
@@ -75,8 +79,9 @@ VARIANTS = (
 #: Variants built as files (stain normalisation would need the slide's colour statistics
 #: in image space, which the contract's slide statistics (of a graph output) do not give).
 BUILDABLE = ("multilayer", "multilayer_per_slide", "multilayer_floored")
-#: The multi-layer mix as a bundled file (``build`` without ``--out``): a candidate the
-#: protocol scores beside the other shipped files (``models.protocol.METHODS``).
+#: The multi-layer mix and its floored per-slide variant (the default) as bundled files
+#: (``build`` without ``--out``), scored by the protocol beside the other shipped files
+#: (``models.protocol.METHODS``).
 SHIPPED_NAME = "nsl_lite0_multilayer_her2st.onnx"
 FLOORED_NAME = "nsl_lite0_multilayer_floored_her2st.onnx"
 NAMING = fe.FileNaming(

@@ -95,13 +95,14 @@ def sample_slide_path() -> Path:
 DEFAULT_MODEL_NAME = "nsl_lite0_multilayer_floored_her2st"
 DEFAULT_MODEL_REASON = (
     "the model the evaluation protocol recommends (models/results/summary.md): NSL's stain "
-    "features and a frozen ImageNet encoder's morphology at 0.49 um/px (four of its layers), "
-    "the encoder's features standardised by each slide's own statistics (128 tiles spread "
-    "over its tissue, each spread floored so the sample hardly matters), in one graph; ahead "
-    "of every other bundled model on held-out sections of patient C (with spot context); on "
-    "patient A's low-resolution thumbnail level with the other NSL mixes, NSL and the colour "
-    "baseline; about a third as fast as NSL + DKAN-style, and its first values wait about a "
-    "second for the slide's statistics"
+    "features and a frozen ImageNet encoder's morphology (four of its layers, on a 224 px "
+    "tile per spot), the encoder's features standardised by each slide's own statistics "
+    "(128 tiles spread over its tissue, each spread floored so the sample hardly matters), "
+    "in one graph; ahead of every other bundled model on held-out sections of patient C "
+    "(with spot context); on patient A's low-resolution thumbnail level with the other NSL "
+    "mixes, NSL and the colour baseline; about half as fast as the previous default "
+    "(nsl_lite0_multilayer_her2st), and its first values wait about 1.4 s (2 cores) for the "
+    "slide's statistics"
 )
 
 #: What may and may not be done with the bundled models' weights (``virtual-st models`` prints

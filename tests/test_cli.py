@@ -329,7 +329,9 @@ def test_models_marks_the_one_default_with_its_reason_card_and_terms(
     auto = {row["name"]: row["precision_auto"] for row in rows}
     assert auto["stem_her2st"]["runs"] == "int8" and "passed" in auto["stem_her2st"]["reason"]
     assert auto["nsl_lite0_multilayer_her2st"]["runs"] == "fp32"
-    assert "passed its accuracy gate, but int8 ran" in auto["nsl_lite0_multilayer_her2st"]["reason"]
+    assert (
+        "passed its accuracy gate, but int8 ran" in auto["nsl_lite0_multilayer_her2st"]["reason"]
+    )
     # the default standardises its features per slide: int8 calibration cannot, so fp32
     assert auto[DEFAULT_MODEL_NAME]["runs"] == "fp32"
     assert "standardises its features per slide" in auto[DEFAULT_MODEL_NAME]["reason"]

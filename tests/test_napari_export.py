@@ -18,15 +18,13 @@ from napari_virtual_st._napari import export_worker
 from napari_virtual_st._napari.export_widget import ExportWidget
 from napari_virtual_st._napari.shapes_regions import regions_from_shapes
 from napari_virtual_st.frames import xy_level0_px_to_yx_um
-from napari_virtual_st.pipeline import build_grid, predict_slide
-from napari_virtual_st.predictor import Predictor
 from napari_virtual_st.regions import (
     assign_spots,
     read_geojson_regions,
     regions_from_geojson,
 )
 from napari_virtual_st.registry import default_model, sample_slide_path
-from napari_virtual_st.slide import Slide
+from napari_virtual_st.run import RunSpec, run
 from napari_virtual_st.store import PredictionStore
 
 PLUGIN = "napari-virtual-st"
@@ -37,10 +35,15 @@ EXPORT_TIMEOUT_MS = 60_000
 def prediction(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default bundled model on Visium spots of the bundled real slide (CMU-1 small region)."""
     out = tmp_path_factory.mktemp("napari_export") / "cmu.vst.zarr"
-    predictor = Predictor(default_model().path, providers=["cpu"])
-    with Slide(sample_slide_path()) as slide:
-        grid = build_grid(slide, "visium", tile_um=predictor.info.tile_um)
-        predict_slide(slide, predictor, grid, out, batch_size=64)
+    spec = RunSpec(
+        slide_path=sample_slide_path(),
+        model_path=default_model().path,
+        store_path=out,
+        grid_kind="visium",
+        providers=("cpu",),
+        batch_size=64,
+    )
+    run(spec)  # (the engine: it measures the slide statistics the default model needs)
     return out
 
 

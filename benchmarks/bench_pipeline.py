@@ -333,11 +333,17 @@ def _with_slide_statistics(
     spec: dict[str, Any], slide: Any, pred: Any, store_path: Path, batch_size: int
 ) -> Any:
     """``pred`` fed the slide's statistics as a run measures them (its tissue lattice)."""
+    import inspect
+
     from napari_virtual_st.run import RunSpec
     from napari_virtual_st.run.engine import with_slide_statistics
 
     run = RunSpec(Path(spec["slide"]), Path(spec["model"]), store_path, batch_size=batch_size)
-    return with_slide_statistics(run, slide, pred, None, lambda message: None)
+    quiet = lambda message: None  # noqa: E731
+    # (a --base from before the statistics moved ahead of the grid took the tissue mask)
+    if "tissue" in inspect.signature(with_slide_statistics).parameters:
+        return with_slide_statistics(run, slide, pred, None, quiet)
+    return with_slide_statistics(run, slide, pred, quiet)[0]
 
 
 def _wait_idle(max_s: float, threshold_cores: float = 0.2) -> float:

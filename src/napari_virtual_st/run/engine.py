@@ -117,9 +117,8 @@ def run(
         predictor, started, _, plan = prepare_model(spec, stage)
         model_threads.update(started if spec.yield_cpu else ())
         check_resolution(mpp, predictor)
-        measured: TissueMask | None = None
-        if predictor.info.slide_statistics is not None:  # first: a preview needs them too
-            predictor, measured = with_slide_statistics(spec, slide, predictor, stage)
+        # the slide's statistics where the model needs them, first: a preview needs them too
+        predictor, measured = with_slide_statistics(spec, slide, predictor, stage)
         grid = _spots(spec, slide, predictor, stage, emit, cancelled, measured)
         stage(f"predicting {len(grid):,} spots")
 
@@ -344,7 +343,8 @@ def with_slide_statistics(
     one, else measured on an even sample of the slide's own tissue lattice (the dense
     lattice of the model's tile over the tissue mask at :func:`statistics_mask_um_per_px`),
     whatever spots the run predicts (:mod:`napari_virtual_st.slide_statistics`). Also the
-    mask, where it is the run's full one (to reuse), else ``None``.
+    mask, where it is the run's full one (to reuse), else ``None``. A model that takes no
+    slide statistics is returned as it is.
 
     They come before the spots are laid out, on the coarse mask of a large slide, so that
     its preview can show values before the full mask is made.
@@ -354,11 +354,12 @@ def with_slide_statistics(
     ParameterError
         When the slide has no tissue to measure them on.
     """
+    declared = predictor.info.slide_statistics
+    if declared is None:
+        return predictor, None
     stored = _stored_statistics(spec, predictor)
     if stored is not None:
         return predictor.with_slide_statistics(stored), None
-    declared = predictor.info.slide_statistics
-    assert declared is not None
     stage(f"measuring the slide's statistics (up to {declared.spots} spots)")
     um_per_px = statistics_mask_um_per_px(slide)
     tissue = detect_tissue(slide, mask_um_per_px=um_per_px)

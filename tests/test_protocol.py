@@ -198,6 +198,7 @@ GENERATED_TABLES = (
     "encoder_dkan.md",
     "stem_mean_head.md",
     "attention_context.md",
+    "encoder_size.md",
 )
 
 

@@ -32,8 +32,7 @@ from numpy.typing import NDArray
 
 from models import encoder_variants as ev
 from models import frozen_encoder as fe
-from models.evaluate import TEST_SECTION, TILE_UM
-from models.folds import degrade
+from models.evaluate import TILE_UM
 from models.workshop.data import SectionData
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -50,56 +49,14 @@ def encoder() -> Any:
     return efficientnet_lite2(pretrained=True).eval()
 
 
-def multilayer_means(net: Any, x: Any) -> Any:
-    """In torch, for normalised ``(N, 3, H, W)`` input: the spatial means of the outputs of
-    the network's stages 3, 5 and 7 and of its last feature map, in one pass."""
-    import torch
-
-    from models.workshop.efficientnet_lite import stage_ends
-
-    ends = stage_ends(net.stages)
-    x = torch.clamp(net._bn0(net._conv_stem(x)), 0.0, 6.0)
-    means = []
-    for b, block in enumerate(net._blocks):
-        x = block(x)
-        if b in ends:
-            means.append(x.mean(dim=(2, 3)))
-    last = torch.clamp(net._bn1(net._conv_head(x)), 0.0, 6.0)
-    return torch.cat([*means, last.mean(dim=(2, 3))], dim=1)
-
-
-def encode(net: Any, tiles: NDArray[np.uint8], batch: int = 32) -> NDArray[np.float32]:
-    """``(n, F)`` :func:`multilayer_means` of ``(n, s, s, 3)`` uint8 tiles."""
-    import torch
-
-    parts = []
-    with torch.no_grad():
-        for i in range(0, len(tiles), batch):
-            x = torch.from_numpy(np.ascontiguousarray(tiles[i : i + batch]))
-            x = x.permute(0, 3, 1, 2).float()
-            parts.append(multilayer_means(net, net.normalise(x)).numpy())
-    return np.concatenate(parts).astype(np.float32)
-
-
 def features_path(name: str, px: int) -> Path:
     return fe.ENCODER_CACHE / f"lite2_multilayer_{name}_{px}px.npz"
 
 
 def extract(sections: dict[str, SectionData], px: int) -> None:
-    """Lite2's multi-layer features of every section at ``px``, full resolution and degraded
-    to A1's µm/px (the resolution check), cached."""
-    net = encoder()
-    low_mpp = sections[TEST_SECTION].mpp
-    for name in sections:
-        if features_path(name, px).is_file():
-            continue
-        tiles = fe.tiles_at(name, px)
-        feat = encode(net, tiles)
-        feat_low = encode(net, degrade(tiles, TILE_UM, low_mpp))
-        fe.ENCODER_CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = features_path(name, px).with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, feat=feat, feat_low=feat_low)
-        tmp.replace(features_path(name, px))
+    """Lite2's multi-layer features (:func:`models.encoder_variants.multilayer_means`) of
+    every section at ``px``, full resolution and degraded to A1's µm/px, cached."""
+    ev.extract_cached(sections, px, encoder, ev.encode_multilayer, features_path)
 
 
 def raw_features(name: str, px: int, low: bool) -> NDArray[np.float32]:
@@ -113,17 +70,8 @@ def raw_features(name: str, px: int, low: bool) -> NDArray[np.float32]:
 
 def floored_loader() -> fe.FeatureLoader:
     """Lite2's features standardised per section as the default's are
-    (:func:`models.encoder_variants.floored_standardise`, the floor's reference the SD over
-    every spot of patient C at the same tile size and resolution)."""
-    reference: dict[tuple[int, bool], NDArray] = {}
-
-    def load(name: str, px: int, low: bool) -> NDArray:
-        if (px, low) not in reference:
-            pooled = np.concatenate([raw_features(k, px, low) for k in fe.C_SECTIONS])
-            reference[(px, low)] = pooled.astype(np.float64).std(axis=0)
-        return ev.floored_standardise(raw_features(name, px, low), reference[(px, low)])
-
-    return load
+    (:func:`models.encoder_variants.floored_loader`)."""
+    return ev.floored_loader(raw_features)
 
 
 def score() -> list[dict[str, Any]]:
@@ -142,12 +90,11 @@ def score() -> list[dict[str, Any]]:
 
 
 def markdown(records: Sequence[dict[str, Any]], chosen: dict[str, Any], speed: str) -> str:
-    from models.protocol import on_off_cells, on_off_rows, test_sets_text
-
-    lines = [
-        "# A larger frozen encoder (EfficientNet-Lite2) under the default's recipe, on/off",
-        "",
-        "Produced by `python -m models.encoder_size score` from the fold runs of "
+    return ev.on_off_markdown(
+        records,
+        chosen,
+        title="A larger frozen encoder (EfficientNet-Lite2) under the default's recipe, on/off",
+        intro="Produced by `python -m models.encoder_size score` from the fold runs of "
         "`python -m models.encoder_size folds` and the default's own "
         "(`python -m models.encoder_variants folds --variants multilayer_floored`). PCC-ALL "
         "over the 250-gene panel; per tile, and `_ctx` through each run's own Gaussian kernel "
@@ -155,23 +102,9 @@ def markdown(records: Sequence[dict[str, Any]], chosen: dict[str, Any], speed: s
         "intervals; A1 = the fold run on C2–C6 (its choices made on C). Only the encoder "
         "changes: multi-layer features, per-slide standardisation with the floored SD, tile "
         "size, penalty and NSL share chosen nested exactly as the default's.",
-        "",
-        test_sets_text(records[0]["resolution_um_per_px"], records[0]["n_boot"]),
-        "",
-        "| variant | method | setting | labels | default (Lite0) | Lite2 | difference | verdict |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for rec in records:
-        for setting, kind, r in on_off_rows(rec, ("loso_C", "A1", "loso_C_ctx", "A1_ctx")):
-            lines.append(
-                f"| {rec['variant']} | {rec['method']} | {setting} | {kind} | "
-                + on_off_cells(r["base"], r["other"], r["other_minus_base"])
-            )
-    lines += ["", "Choices on all of C (what A1 and a file would get):", ""]
-    lines += [f"- {name}: {value}" for name, value in chosen.items()]
-    if speed:
-        lines += ["", speed]
-    return "\n".join(lines) + "\n"
+        columns=("default (Lite0)", "Lite2"),
+        after=[speed] if speed else [],
+    )
 
 
 def encoder_speed(px: int = 224, n: int = 128) -> str:
@@ -185,9 +118,9 @@ def encoder_speed(px: int = 224, n: int = 128) -> str:
     tiles = rng.integers(0, 256, (n, px, px, 3), dtype=np.uint8)  # synthetic: timing only
     rates = {}
     for label, net in (("Lite0", efficientnet_lite0().eval()), ("Lite2", encoder())):
-        encode(net, tiles[:32])  # warm-up
+        ev.encode_multilayer(net, tiles[:32])  # warm-up
         start = time.perf_counter()
-        encode(net, tiles)
+        ev.encode_multilayer(net, tiles)
         rates[label] = n / (time.perf_counter() - start)
     return (
         f"Encoder speed at {px} px (torch, {torch.get_num_threads()} threads, {n} synthetic "

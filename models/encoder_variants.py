@@ -50,7 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,33 +120,44 @@ FILES = {
 
 
 def multilayer_means(net: Any, x: Any) -> Any:
-    """In torch, for normalised ``(N, 3, H, W)`` input: the spatial means of the stage outputs
-    at :data:`STAGE_ENDS` and of the last feature map, ``(N, 40 + 112 + 320 + 1280)``, in one
-    pass (the ``multilayer`` head's input, in the order :func:`loader` concatenates them)."""
+    """In torch, for normalised ``(N, 3, H, W)`` input: the spatial means of the outputs of
+    the network's stages 3, 5 and 7 (Lite0: blocks :data:`STAGE_ENDS`) and of the last feature
+    map, ``(N, 40 + 112 + 320 + 1280)`` for Lite0, in one pass (the ``multilayer`` head's
+    input, in the order :func:`loader` concatenates them)."""
     import torch
 
+    from models.workshop.efficientnet_lite import stage_ends
+
+    ends = stage_ends(net.stages)
     x = torch.clamp(net._bn0(net._conv_stem(x)), 0.0, 6.0)
     means = []
     for b, block in enumerate(net._blocks):
         x = block(x)
-        if b in STAGE_ENDS:
+        if b in ends:
             means.append(x.mean(dim=(2, 3)))
     last = torch.clamp(net._bn1(net._conv_head(x)), 0.0, 6.0)
     return torch.cat([*means, last.mean(dim=(2, 3))], dim=1)
 
 
-def encode_stages(net: Any, tiles: NDArray[np.uint8], batch: int = 32) -> NDArray[np.float32]:
-    """``(n, 40 + 112 + 320)`` spatial means of the stage outputs at :data:`STAGE_ENDS` of
-    ``(n, s, s, 3)`` uint8 tiles (the last map's 1280 are :func:`models.frozen_encoder.encode`'s)."""
+def encode_multilayer(net: Any, tiles: NDArray[np.uint8], batch: int = 32) -> NDArray[np.float32]:
+    """``(n, F)`` :func:`multilayer_means` of ``(n, s, s, 3)`` uint8 tiles."""
     import torch
 
     parts = []
     with torch.no_grad():
         for i in range(0, len(tiles), batch):
             x = torch.from_numpy(np.ascontiguousarray(tiles[i : i + batch])).permute(0, 3, 1, 2)
-            means = multilayer_means(net, net.normalise(x.float()))
-            parts.append(means[:, :STAGE_CHANNELS].numpy().astype(np.float32))
-    return np.concatenate(parts) if parts else np.zeros((0, STAGE_CHANNELS), np.float32)
+            parts.append(multilayer_means(net, net.normalise(x.float())).numpy())
+    if not parts:
+        return np.zeros((0, 0), np.float32)
+    return np.concatenate(parts).astype(np.float32)
+
+
+def encode_stages(net: Any, tiles: NDArray[np.uint8], batch: int = 32) -> NDArray[np.float32]:
+    """``(n, 40 + 112 + 320)`` spatial means of the stage outputs at :data:`STAGE_ENDS` of
+    ``(n, s, s, 3)`` uint8 tiles (the last map's 1280 are :func:`models.frozen_encoder.encode`'s)."""
+    means = encode_multilayer(net, tiles, batch)
+    return means[:, :STAGE_CHANNELS] if len(means) else np.zeros((0, STAGE_CHANNELS), np.float32)
 
 
 def stages_path(name: str, px: int) -> Path:
@@ -156,17 +167,32 @@ def stages_path(name: str, px: int) -> Path:
 def extract_stages(sections: dict[str, SectionData], px: int) -> None:
     """The stage features of every section at ``px``, full resolution and degraded to A1's
     µm/px (as :func:`models.frozen_encoder.extract_features`)."""
-    net = fe.encoder()
+    extract_cached(sections, px, fe.encoder, encode_stages, stages_path)
+
+
+def extract_cached(
+    sections: dict[str, SectionData],
+    px: int,
+    network: Callable[[], Any],
+    encode: Callable[[Any, NDArray[np.uint8]], NDArray[np.float32]],
+    path: Callable[[str, int], Path],
+) -> None:
+    """``encode(network(), tiles)`` of every section's tiles at ``px``, full resolution and
+    degraded to A1's µm/px, cached at ``path(section, px)`` (written atomically; a section
+    already cached is skipped, and the network is only made when one is not)."""
+    todo = [name for name in sections if not path(name, px).is_file()]
+    if not todo:
+        return
+    net = network()
     low_mpp = sections[TEST_SECTION].mpp
-    for name in sections:
-        if stages_path(name, px).is_file():
-            continue
+    for name in todo:
         tiles = fe.tiles_at(name, px)
-        feat = encode_stages(net, tiles)
-        feat_low = encode_stages(net, degrade(tiles, TILE_UM, low_mpp))
-        tmp = stages_path(name, px).with_suffix(".tmp.npz")
+        feat = encode(net, tiles)
+        feat_low = encode(net, degrade(tiles, TILE_UM, low_mpp))
+        path(name, px).parent.mkdir(parents=True, exist_ok=True)
+        tmp = path(name, px).with_suffix(".tmp.npz")
         np.savez_compressed(tmp, feat=feat, feat_low=feat_low)
-        tmp.replace(stages_path(name, px))
+        tmp.replace(path(name, px))
 
 
 def lab_statistics(tiles: NDArray[np.uint8]) -> NDArray[np.float64]:
@@ -238,6 +264,21 @@ def floored_standardise(features: NDArray, reference_sd: NDArray) -> NDArray[np.
     return (x - sample.mean(axis=0)) / np.where(sd > 1e-12, sd, 1.0)
 
 
+def floored_loader(raw: fe.FeatureLoader) -> fe.FeatureLoader:
+    """``raw``'s features standardised per section by :func:`floored_standardise`, the
+    floor's reference each feature's SD over every spot of patient C at the same tile size
+    and resolution (computed once per size)."""
+    reference: dict[tuple[int, bool], NDArray] = {}
+
+    def load(name: str, px: int, low: bool) -> NDArray:
+        if (px, low) not in reference:
+            pooled = np.concatenate([raw(k, px, low) for k in fe.C_SECTIONS])
+            reference[(px, low)] = pooled.astype(np.float64).std(axis=0)
+        return floored_standardise(raw(name, px, low), reference[(px, low)])
+
+    return load
+
+
 def centre_per_slide(features: NDArray) -> NDArray[np.float64]:
     """Each feature less its mean over the slide's own spots."""
     x = np.asarray(features, np.float64)
@@ -256,15 +297,11 @@ def loader(variant: str) -> fe.FeatureLoader:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
 
-    reference: dict[tuple[int, bool], NDArray] = {}
+    floored = floored_loader(loader("multilayer")) if variant == "multilayer_floored" else None
 
     def load(name: str, px: int, low: bool) -> NDArray:
-        if variant == "multilayer_floored":
-            if (px, low) not in reference:
-                raw = loader("multilayer")
-                pooled = np.concatenate([raw(k, px, low) for k in fe.C_SECTIONS])
-                reference[(px, low)] = pooled.astype(np.float64).std(axis=0)
-            return floored_standardise(loader("multilayer")(name, px, low), reference[(px, low)])
+        if floored is not None:
+            return floored(name, px, low)
         if variant == "stain_normalised":
             if not stain_path(name, px).is_file():
                 raise FileNotFoundError(
@@ -349,12 +386,11 @@ def std_floor(px: int) -> NDArray[np.float32]:
 
 
 def markdown(records: Sequence[dict[str, Any]], chosen: dict[str, Any]) -> str:
-    from models.protocol import on_off_cells, on_off_rows, test_sets_text
-
-    lines = [
-        "# The frozen encoder's features, on/off (issue 19 item 4)",
-        "",
-        "Produced by `python -m models.encoder_variants score` from the fold runs of "
+    return on_off_markdown(
+        records,
+        chosen,
+        title="The frozen encoder's features, on/off (issue 19 item 4)",
+        intro="Produced by `python -m models.encoder_variants score` from the fold runs of "
         "`python -m models.encoder_variants folds` and `python -m models.frozen_encoder "
         "folds`. PCC-ALL over the 250-gene panel; per tile, and `_ctx` through each run's own "
         "Gaussian kernel (σ chosen nested on C as `models/protocol.py` does); 95 % paired "
@@ -362,10 +398,32 @@ def markdown(records: Sequence[dict[str, Any]], chosen: dict[str, Any]) -> str:
         "`lite0` is the ridge on the frozen encoder alone, `nsl_lite0` its mix with NSL "
         "(the shipped default); each variant's tile size, penalty and NSL share are chosen "
         "nested as the shipped method's.",
+        columns=("shipped", "variant"),
+    )
+
+
+def on_off_markdown(
+    records: Sequence[dict[str, Any]],
+    chosen: dict[str, Any],
+    *,
+    title: str,
+    intro: str,
+    columns: tuple[str, str],
+    after: Sequence[str] = (),
+) -> str:
+    """A results table of on/off records (:func:`models.protocol.on_off`): per variant and
+    method, LOSO-C and A1, per tile and with context; the choices on all of C after it."""
+    from models.protocol import on_off_cells, on_off_rows, test_sets_text
+
+    lines = [
+        f"# {title}",
+        "",
+        intro,
         "",
         test_sets_text(records[0]["resolution_um_per_px"], records[0]["n_boot"]),
         "",
-        "| variant | method | setting | labels | shipped | variant | difference | verdict |",
+        f"| variant | method | setting | labels | {columns[0]} | {columns[1]} | difference "
+        "| verdict |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for rec in records:
@@ -374,8 +432,9 @@ def markdown(records: Sequence[dict[str, Any]], chosen: dict[str, Any]) -> str:
                 f"| {rec['variant']} | {rec['method']} | {setting} | {kind} | "
                 + on_off_cells(r["base"], r["other"], r["other_minus_base"])
             )
-    lines += ["", "Choices on all of C (what A1 and a shipped file would get):", ""]
+    lines += ["", "Choices on all of C (what A1 and a file built from them would get):", ""]
     lines += [f"- {name}: {value}" for name, value in chosen.items()]
+    lines += [line for text in after for line in ("", text)]
     return "\n".join(lines) + "\n"
 
 

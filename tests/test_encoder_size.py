@@ -32,7 +32,7 @@ def test_lite2_loads_its_imagenet_weights_and_gives_four_layers_means_in_one_pas
     assert len(net.state_dict()) == 386
     rng = np.random.default_rng(3)
     tiles = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)  # synthetic
-    features = es.encode(net, tiles)
+    features = ev.encode_multilayer(net, tiles)
     assert features.shape == (3, 48 + 120 + 352 + 1280)
     with torch.no_grad():
         x = net.normalise(torch.from_numpy(tiles).permute(0, 3, 1, 2).float())

@@ -611,6 +611,9 @@ def test_a_slide_without_tissue_for_the_statistics_is_refused_naming_why(tmp_pat
                                       spot_diameter_um=55.0)  # fmt: skip
     spec = RunSpec(blank, _standardising(tmp_path), tmp_path / "b.vst.zarr", spots=spots,
                    mpp=2.0, allow_non_brightfield=True)  # fmt: skip
-    with pytest.raises(ParameterError, match="standardises its features over the slide's tissue"):
+    with pytest.raises(
+        ParameterError, match="standardises its features over the slide's tissue"
+    ) as err:
         run(spec)
+    assert "a model that does not standardise per slide can still predict it" in str(err.value)
     assert not spec.store_path.exists()  # nothing written

@@ -375,7 +375,8 @@ def with_slide_statistics(
         raise ParameterError(
             f"{predictor.path.name} standardises its features over the slide's tissue, but "
             f"fewer than 2 tiles of {info.tile_um:g} µm have {STATISTICS_MIN_TISSUE:.0%} "
-            "tissue under them on this slide"
+            "tissue under them on this slide; a model that does not standardise per slide "
+            "can still predict it (virtual-st models says which do)"
         )
     chosen = lattice.subset(sample_evenly(len(lattice), declared.spots))
     tiles = np.stack(

@@ -76,8 +76,8 @@ VARIANTS = (
     "multilayer_centred",
     "multilayer_floored",
 )
-#: Variants built as files (stain normalisation would need the slide's colour statistics
-#: in image space, which the contract's slide statistics (of a graph output) do not give).
+#: Variants built as files (stain normalisation is not: it ties on A1, and beside per-slide
+#: features a run would need two rounds of statistics, models/results/summary.md).
 BUILDABLE = ("multilayer", "multilayer_per_slide", "multilayer_floored")
 #: The multi-layer mix and its floored per-slide variant (the default) as bundled files
 #: (``build`` without ``--out``), scored by the protocol beside the other shipped files

@@ -601,6 +601,30 @@ def test_a_large_slides_statistics_come_first_on_its_coarse_mask_and_its_preview
     np.testing.assert_allclose(preview.expression[list(a)], store.expression()[list(b)], rtol=1e-5)
 
 
+def test_cancelling_while_the_statistics_are_measured_stops_there_and_writes_nothing(
+    cmu_small_svs: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from napari_virtual_st.predictor import Predictor
+    from napari_virtual_st.run import run
+
+    batches: list[int] = []
+    features = Predictor.slide_features
+    monkeypatch.setattr(Predictor, "slide_features",
+                        lambda self, tiles, *a: batches.append(len(tiles)) or features(self, tiles, *a))  # fmt: skip
+    spec = RunSpec(cmu_small_svs, _standardising(tmp_path), tmp_path / "c.vst.zarr", batch_size=4)
+    stages: list[str] = []
+
+    def measuring() -> bool:  # the user presses Cancel once the statistics are under way
+        return any(s.startswith("measuring the slide's statistics") for s in stages)
+
+    with pytest.raises(CancelledError, match="nothing was saved"):
+        run(spec, progress=lambda e: stages.append(getattr(e, "message", "")),
+            should_cancel=measuring)  # fmt: skip
+    assert stages[-1].startswith("measuring the slide's statistics")
+    assert batches == []  # stopped between its batches, before reading any more tiles
+    assert not spec.store_path.exists()
+
+
 def test_a_slide_without_tissue_for_the_statistics_is_refused_naming_why(tmp_path: Path) -> None:
     from napari_virtual_st.grid import SpotGrid
     from napari_virtual_st.run import run

@@ -11,11 +11,12 @@ whole slide. The contract says how the engine supplies them:
 - its graph outputs its raw features ``(N, F)`` float32 under ``features`` and takes two
   float32 inputs of shape ``(F,)``, the slide's mean and standard deviation of each feature,
   with which it standardises them before its head;
-- before a run's first tile the engine samples at most ``spots`` spots evenly from **the
-  slide's own tissue lattice** (the dense lattice of the model's tile over tissue, whatever
-  spots the run predicts: a drawn region, ``--measured`` spots or a Visium grid give a spot
-  the value a whole-slide run gives it), runs the graph on them with mean 0 and std 1, and
-  takes each feature's mean and population standard deviation (:meth:`SlideStatistics.of`);
+- first in a run (before its tissue mask and preview) the engine samples at most ``spots``
+  spots evenly from **the slide's own tissue lattice** (the dense lattice of the model's tile
+  over tissue, on the preview's coarse mask of a large slide: whatever spots the run
+  predicts, a drawn region, ``--measured`` spots or a Visium grid give a spot the value a
+  whole-slide run gives it), runs the graph on them with mean 0 and std 1, and takes each
+  feature's mean and population standard deviation (:meth:`SlideStatistics.of`);
 - the statistics are bound to the run's :class:`~napari_virtual_st.predictor.Predictor`
   (:meth:`~napari_virtual_st.predictor.Predictor.with_slide_statistics`, a copy sharing the
   session), recorded in the store (``slide_statistics``) and reused when the run resumes,

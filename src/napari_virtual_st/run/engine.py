@@ -1,8 +1,8 @@
 """``run``: the one place a prediction run is assembled.
 
-open the slide → load the model → find tissue (a quick preview first on large slides) →
-lay out the spots (or take the given ones) → refuse an empty grid → measure the slide's
-statistics, for a model that standardises its features per slide (or reuse the store's) →
+open the slide → load the model → measure the slide's statistics, for a model that
+standardises its features per slide (or reuse the store's) → find tissue (a quick preview
+first on large slides) → lay out the spots (or take the given ones) → refuse an empty grid →
 predict into the store (resuming it; one writer at a time) → save the alignment with it.
 
 The CLI, the cohort task, the Predict widget (through its prediction process) and the
@@ -118,7 +118,7 @@ def run(
         model_threads.update(started if spec.yield_cpu else ())
         check_resolution(mpp, predictor)
         # the slide's statistics where the model needs them, first: a preview needs them too
-        predictor, measured = with_slide_statistics(spec, slide, predictor, stage)
+        predictor, measured = with_slide_statistics(spec, slide, predictor, stage, cancelled)
         grid = _spots(spec, slide, predictor, stage, emit, cancelled, measured)
         stage(f"predicting {len(grid):,} spots")
 
@@ -338,6 +338,7 @@ def with_slide_statistics(
     slide: Slide,
     predictor: Predictor,
     stage: Callable[[str], None],
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> tuple[Predictor, TissueMask | None]:
     """The predictor fed the slide's statistics: those of the run's store when it resumes
     one, else measured on an even sample of the slide's own tissue lattice (the dense
@@ -353,6 +354,8 @@ def with_slide_statistics(
     ------
     ParameterError
         When the slide has no tissue to measure them on.
+    CancelledError
+        When ``cancelled()`` turns true between batches (nothing has been written yet).
     """
     declared = predictor.info.slide_statistics
     if declared is None:
@@ -379,15 +382,14 @@ def with_slide_statistics(
             "can still predict it (virtual-st models says which do)"
         )
     chosen = lattice.subset(sample_evenly(len(lattice), declared.spots))
-    tiles = np.stack(
-        [slide.read_tile((x, y), info.tile_px, info.tile_um) for x, y in chosen.xy_level0_px]
-    )
-    features = np.concatenate(
-        [
-            predictor.slide_features(tiles[i : i + spec.batch_size])
-            for i in range(0, len(tiles), spec.batch_size)
-        ]
-    )
+    parts = []
+    for start in range(0, len(chosen), spec.batch_size):  # (a batch in memory at a time)
+        if cancelled():
+            raise CancelledError("cancelled before prediction started; nothing was saved")
+        xy = chosen.xy_level0_px[start : start + spec.batch_size]
+        tiles = np.stack([slide.read_tile((x, y), info.tile_px, info.tile_um) for x, y in xy])
+        parts.append(predictor.slide_features(tiles))
+    features = np.concatenate(parts)
     where = (
         f"{len(chosen)} of the {len(lattice)} tiles of {info.tile_um:g} µm on the slide's "
         f"tissue (≥ {STATISTICS_MIN_TISSUE:.0%}), evenly spread"

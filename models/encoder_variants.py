@@ -447,7 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=("extract", "folds", "score", "build"))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument(
-        "--out", type=Path, help="build: the file to write (default: its bundled file)"
+        "--out",
+        type=Path,
+        help="build: the file to write (default: its file in FILES, bundled where it ships)",
     )
     args = parser.parse_args(argv)
     if args.command == "build":

@@ -20,6 +20,7 @@ from napari_virtual_st.errors import (
     MissingResolutionError,
     ModelError,
     ParameterError,
+    StoreError,
 )
 from napari_virtual_st.run import (
     BatchEvent,
@@ -623,6 +624,31 @@ def test_cancelling_while_the_statistics_are_measured_stops_there_and_writes_not
     assert stages[-1].startswith("measuring the slide's statistics")
     assert batches == []  # stopped between its batches, before reading any more tiles
     assert not spec.store_path.exists()
+
+
+def test_a_store_whose_statistics_record_is_damaged_is_not_resumed_and_is_left_as_it_is(
+    cmu_small_svs: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from napari_virtual_st.run import run
+
+    spec = RunSpec(cmu_small_svs, _standardising(tmp_path), tmp_path / "d.vst.zarr", batch_size=4)
+    batches: list[BatchEvent] = []
+    with pytest.raises(CancelledError):
+        run(spec, progress=lambda e: batches.append(e) if isinstance(e, BatchEvent) else None,
+            should_cancel=lambda: len(batches) >= 2)  # fmt: skip
+    meta = spec.store_path / "zarr.json"  # the store's attributes (zarr v3)
+    record = json.loads(meta.read_text())
+    record["attributes"]["slide_statistics"]["std"][0] = 0.0  # damaged: a spread of 0
+    meta.write_text(json.dumps(record))
+    before = PredictionStore.open(spec.store_path).expression()
+    with pytest.raises(
+        StoreError, match=r"d\.vst\.zarr cannot be resumed: .*damaged.*--overwrite"
+    ):
+        run(spec)
+    after = PredictionStore.open(spec.store_path)
+    np.testing.assert_array_equal(after.expression(), before)  # nothing computed is lost
 
 
 def test_a_slide_without_tissue_for_the_statistics_is_refused_naming_why(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from napari_virtual_st.errors import CancelledError, ParameterError
+from napari_virtual_st.errors import CancelledError, ParameterError, StoreError
 from napari_virtual_st.grid import SpotGrid
 from napari_virtual_st.pipeline import (
     Progress,
@@ -416,7 +416,13 @@ def _stored_statistics(spec: RunSpec, predictor: Predictor) -> SlideStatistics |
         return None
     if store.model.sha256 != predictor.info.sha256:
         return None  # another model's store: predict_slide refuses it, naming both
-    return store.slide_statistics
+    try:
+        return store.slide_statistics
+    except StoreError as exc:  # nothing is touched: the user chooses to start again
+        raise StoreError(
+            f"{path.name} cannot be resumed: {exc}; start it again (--overwrite, or "
+            "'Replace earlier results' in the Predict panel) or choose another file"
+        ) from None
 
 
 def visible_first(xy_level0_px: NDArray[np.float64], region: Region | None) -> NDArray[np.intp]:

@@ -530,8 +530,8 @@ def check_statistics_match(store: PredictionStore, predictor: Predictor) -> None
     raise StoreMismatchError(
         f"{store.path.name} was predicted with other slide statistics than this run's "
         f"({'none' if stored is None else f'{stored.n_spots} spots'} against "
-        f"{bound.n_spots}); a run reuses a store's own, so start it again (--overwrite) "
-        "rather than mix the two"
+        f"{bound.n_spots}); a run reuses a store's own, so start it again (--overwrite, or "
+        "'Replace earlier results' in the Predict panel) rather than mix the two"
     )
 
 
